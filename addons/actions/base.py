@@ -1,0 +1,78 @@
+"""What every policy action is.
+
+An action is a frozen dataclass: its fields are the parameters read from the
+rule (``status: 451``), so two rules with the same parameters compare equal.
+It says how it is applied at each level:
+
+- ``on_connect(flow, decision)``: a CONNECT the policy decided without seeing
+  the request (the TLS inside is then relayed untouched, or refused);
+- ``on_request(flow, decision)``: an HTTP request, plain or intercepted.
+
+and what leaves the machine because of it (``egress``): ``direct`` opens a
+connection from the user's machine to the site; ``none`` sends nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from mitmproxy import http
+
+from hush.daemon.yamlschema import Field, Reader
+
+if TYPE_CHECKING:
+    from hush.daemon.policy.model import Decision
+
+REGISTRY: dict[str, type["Action"]] = {}
+
+GENERIC_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParseContext:
+    """Defaults an action may take from the daemon's config."""
+
+    user_agent: str = GENERIC_USER_AGENT
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    name: ClassVar[str]
+    params: ClassVar[frozenset[str]] = frozenset()
+    needs_http: ClassVar[bool] = False  # must see the HTTP request: forces TLS interception
+    egress: ClassVar[Literal["direct", "none"]] = "direct"
+
+    @classmethod
+    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> "Action | None":
+        """Build the action from the rule's parameter fields (only names in
+        ``params`` are passed).  Record problems with ``reader.error`` and
+        return None if any."""
+        return cls()
+
+    def describe(self) -> str:
+        """One line for ``hush policy explain``."""
+        values = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"{self.name} ({values})" if values else self.name
+
+    def on_connect(self, flow: http.HTTPFlow, decision: "Decision") -> None:
+        """Apply to a CONNECT decided at connection level."""
+
+    def on_request(self, flow: http.HTTPFlow, decision: "Decision") -> None:
+        """Apply to an HTTP request."""
+
+
+def register(cls: type[Action]) -> type[Action]:
+    if cls.name in REGISTRY:
+        raise RuntimeError(f"action {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def local_response(status: int, text: str, decision: "Decision") -> http.Response:
+    """A response made by hush, not by the site."""
+    return http.Response.make(
+        status,
+        f"{text}\n".encode(),
+        {"Content-Type": "text/plain; charset=utf-8", "X-Hush-Decision": f"{decision.action.name} {decision.ref}"},
+    )

@@ -1,0 +1,59 @@
+"""Classify: what kind of request this is, and what it carries of the user.
+
+Sets ``hush.kind``: ``preview`` when the User-Agent is a known link-preview
+fetcher, ``media`` for image/video/audio fetches, else ``other``.  A
+User-Agent labels the *kind* of request, never the app (Signal Desktop sends
+``WhatsApp/2``).  Sets ``hush.carried``: the identifying headers as the app
+sent them, before any action changes them.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from hush.addons.flowinfo import identifiers
+from hush.daemon.policy.glob import Glob
+
+PREVIEW_AGENTS = tuple(
+    Glob.parse(p, casefold=True)
+    for p in (
+        "WhatsApp/*",  # WhatsApp clients, and Signal Desktop's preview fetcher
+        "*TelegramBot*",
+        "facebookexternalhit/*",
+        "Slackbot-LinkExpanding*",
+        "Discordbot/*",
+        "Twitterbot/*",
+        "SkypeUriPreview*",
+        "*Iframely*",
+        "Mozilla/5.0 (compatible; Element*",
+    )
+)
+MEDIA_TYPES = ("image/", "video/", "audio/")
+MEDIA_SUFFIXES = (
+    ".png", ".jpg", ".jpeg", ".gif", ".webp", ".avif", ".svg", ".ico",
+    ".mp4", ".webm", ".mp3", ".ogg", ".m4a",
+)
+
+
+def kind_of(user_agent: str | None, accept: str | None, path: str) -> str:
+    if user_agent and any(g.matches(user_agent) for g in PREVIEW_AGENTS):
+        return "preview"
+    if accept and accept.lstrip().lower().startswith(MEDIA_TYPES):
+        return "media"
+    if path.split("?", 1)[0].lower().endswith(MEDIA_SUFFIXES):
+        return "media"
+    return "other"
+
+
+class Classify:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        headers = flow.request.headers
+        flow.metadata["hush.kind"] = kind_of(headers.get("user-agent"), headers.get("accept"), flow.request.path)
+        flow.metadata["hush.carried"] = identifiers(headers)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        flow.metadata["hush.kind"] = "other"
+        flow.metadata["hush.carried"] = identifiers(flow.request.headers)
+
+
+addons = [Classify()]

@@ -1,0 +1,153 @@
+"""Decide: the first matching rule of the app's policy, at the earliest level.
+
+A CONNECT (HTTP listener) or a new connection (SOCKS5 listener) is decided at
+*connection level* when every rule that can match its host needs only host and
+port: the TLS inside is then relayed untouched, or refused, and no CA is
+involved.  Otherwise the connection is intercepted and each request is decided
+on its own (``requestheaders``).  The decision goes to ``hush.decision``;
+connection-level ones are also announced with the ``hush_tunnel`` hook.
+
+Whatever goes wrong here (no app for the listener, no policy loaded, an
+exception) becomes a fail-closed decision: nothing leaves.  This addon also
+pins ``connection_strategy=lazy``: with ``eager`` mitmproxy would contact the
+site before any hook runs (DESIGN.md fact 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from mitmproxy import connection, ctx, http, tcp, tls
+
+from hush.addons.flowinfo import fail_closed, request_info
+from hush.addons.identify import identify_connection
+from hush.addons.tunnel import HushTunnelEndHook, HushTunnelHook, Tunnel
+from hush.daemon.policy.hosts import normalize
+from hush.daemon.policy.model import Decision, PolicySet
+
+log = logging.getLogger("hush.decide")
+
+
+def connect_decision(policyset: PolicySet | None, app: str | None, host: str, port: int) -> Decision | None:
+    """The connection-level decision, None to inspect, or a fail-closed one."""
+    if policyset is None:
+        return fail_closed(app, "no policy loaded", level="connect")
+    if app is None:
+        return fail_closed(app, "no policy owns this listener", policyset.version, "connect")
+    try:
+        return policyset.decide_connect(app, host, port)
+    except Exception as e:  # fail closed, never open
+        log.exception("deciding CONNECT %s:%s for %s failed", host, port, app)
+        return fail_closed(app, f"error while deciding: {e!r}", policyset.version, "connect")
+
+
+class Decide:
+    def __init__(self):
+        self._tunnels: dict[str, Tunnel] = {}
+
+    def configure(self, updated):
+        if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
+            log.warning("hush requires connection_strategy=lazy (eager contacts sites before any policy runs); "
+                        "setting it back to lazy")
+            ctx.options.connection_strategy = "lazy"
+
+    # -- connection level ----------------------------------------------------
+
+    def _open(self, tunnel: Tunnel, policyset: PolicySet | None) -> None:
+        tunnel.decision = connect_decision(policyset, tunnel.app, tunnel.host, tunnel.port)
+        self._tunnels[tunnel.client_id] = tunnel
+        if tunnel.decision is not None:
+            ctx.master.addons.trigger(HushTunnelHook(tunnel))
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        policyset = flow.metadata.get("hush.policy")
+        tunnel = Tunnel(
+            client_id=flow.client_conn.id,
+            app=flow.metadata.get("hush.app"),
+            listener=flow.metadata.get("hush.listener", flow.client_conn.proxy_mode.full_spec),
+            host=normalize(flow.request.host),
+            port=flow.request.port,
+            policyset=policyset,
+            flow=flow,
+            user_agent=flow.request.headers.get("user-agent"),
+        )
+        flow.metadata["hush.tunnel"] = tunnel
+        self._open(tunnel, policyset)
+        if tunnel.decision is not None:
+            flow.metadata["hush.decision"] = tunnel.decision
+
+    def _flowless_tunnel(self, client: connection.Client, server: connection.Server, name: str | None) -> Tunnel:
+        """A connection with no CONNECT before it (SOCKS5): decide it now."""
+        identify = ctx.master.addons.get("identify")
+        policyset = identify.holder.current if identify else None
+        fallback = ctx.options.hush_app if identify else None
+        app, listener = identify_connection(client, policyset, fallback)
+        host, port = server.address if server.address else ("", 0)
+        tunnel = Tunnel(client.id, app, listener, normalize(name or host), port, policyset)
+        self._open(tunnel, policyset)
+        return tunnel
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        client = data.context.client
+        tunnel = self._tunnels.get(client.id)
+        if tunnel is None:
+            tunnel = self._flowless_tunnel(client, data.context.server, data.client_hello.sni)
+        if tunnel.decision is not None:
+            # Decided without the request: relay the TLS untouched (and, if
+            # the decision sends nothing, act grants no egress).
+            data.ignore_connection = True
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        tunnel = self._tunnels.get(flow.client_conn.id)
+        if tunnel is None:
+            tunnel = self._flowless_tunnel(flow.client_conn, flow.server_conn, None)
+        if tunnel.decision is None:
+            # Rules need the HTTP request, but this is not HTTP: nothing to inspect.
+            tunnel.decision = fail_closed(tunnel.app, "rules need HTTP but the connection is not HTTP",
+                                          getattr(tunnel.policyset, "version", ""), "connect")
+            ctx.master.addons.trigger(HushTunnelHook(tunnel))
+        flow.metadata["hush.tunnel"] = tunnel
+        flow.metadata["hush.decision"] = tunnel.decision
+        if tunnel.decision.action.egress == "none":
+            flow.kill()
+
+    def _end(self, tunnel: Tunnel) -> None:
+        if tunnel.decision is not None and tunnel.ended is None:
+            tunnel.ended = time.time()
+            ctx.master.addons.trigger(HushTunnelEndHook(tunnel))
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        tunnel = self._tunnels.pop(client.id, None)
+        if tunnel is not None:
+            self._end(tunnel)
+
+    def done(self) -> None:
+        for tunnel in list(self._tunnels.values()):
+            self._end(tunnel)
+        self._tunnels.clear()
+
+    # -- request level -------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        policyset: PolicySet | None = flow.metadata.get("hush.policy")
+        app = flow.metadata.get("hush.app")
+        if policyset is None:
+            decision = fail_closed(app, "no policy loaded")
+        elif app is None:
+            decision = fail_closed(app, "no policy owns this listener", policyset.version)
+        else:
+            try:
+                req = request_info(flow, flow.metadata.get("hush.kind", "other"))
+                decision = policyset.decide(app, req)
+            except Exception as e:
+                log.exception("deciding %s for %s failed", flow.request.pretty_url, app)
+                decision = fail_closed(app, f"error while deciding: {e!r}", policyset.version)
+        flow.metadata["hush.decision"] = decision
+
+
+addons = [Decide()]

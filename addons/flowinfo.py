@@ -1,0 +1,56 @@
+"""Small pure helpers the addons share (not an addon).
+
+``request_info`` turns a mitmproxy flow into the :class:`RequestInfo` the
+policy decides on, so the live proxy and ``hush policy explain`` decide
+through the same code.  ``identifiers`` lists what a request carries that
+identifies the user.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from mitmproxy import http
+
+from hush.addons.actions.block import Block
+from hush.daemon.policy.hosts import normalize
+from hush.daemon.policy.model import Decision, RequestInfo
+from hush.daemon.yamlschema import Location
+
+FAIL_CLOSED = Location("<hush>", 0, 0)
+META = "hush."  # every metadata key hush sets starts with this
+
+
+def request_info(flow: http.HTTPFlow, kind: str = "other") -> RequestInfo:
+    req = flow.request
+    path, _, query = req.path.partition("?")
+    headers = {name.lower(): ", ".join(req.headers.get_all(name)) for name in req.headers}
+    return RequestInfo(
+        method=req.method.upper(),
+        scheme=req.scheme,
+        host=normalize(req.host),
+        port=req.port,
+        path=path or "/",
+        query=query,
+        headers=headers,
+        kind=kind,
+    )
+
+
+def identifiers(headers: Mapping[str, str] | http.Headers) -> dict:
+    """What of the user a request's headers reveal (values the audit may keep)."""
+    get = headers.get
+    cookie = get("cookie")
+    return {
+        "user_agent": get("user-agent"),
+        "cookies": len([c for c in cookie.split(";") if c.strip()]) if cookie else 0,
+        "referer": get("referer"),
+        "accept_language": get("accept-language"),
+        "range": get("range"),
+        "authorization": get("authorization") is not None,
+    }
+
+
+def fail_closed(app: str | None, reason: str, version: str = "", level="request") -> Decision:
+    """A decision hush makes on its own when it cannot decide: nothing leaves."""
+    return Decision(app or "?", Block(502), None, FAIL_CLOSED, level, version, note=f"fail-closed: {reason}")

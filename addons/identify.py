@@ -1,0 +1,77 @@
+"""Identify: which app a flow belongs to, and which policy set decides it.
+
+Sets ``hush.policy`` (the PolicySet snapshot that will decide this flow, taken
+once), ``hush.app`` and ``hush.listener``.  The app is the one whose policy
+owns the listener the client connected to (``proxy_mode.full_spec``).  Under
+a stock ``mitmdump -s``, ``--set hush_policies=DIR`` loads the policies and
+``--set hush_app=NAME`` names the app for listeners no policy owns.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from mitmproxy import connection, ctx, exceptions, http, tcp
+
+from hush.daemon.policy import load
+from hush.daemon.policy.holder import PolicyHolder
+from hush.daemon.policy.model import PolicySet
+from hush.daemon.yamlschema import LoadError
+
+log = logging.getLogger("hush.identify")
+
+
+def identify_connection(client: connection.Client, policyset: PolicySet | None, fallback: str | None = None):
+    """(app or None, listener spec) for a client connection."""
+    spec = client.proxy_mode.full_spec
+    app = policyset.app_for_listener(spec) if policyset else None
+    if app is None and fallback and policyset and fallback in policyset.policies:
+        app = fallback
+    return app, spec
+
+
+class Identify:
+    def __init__(self, holder: PolicyHolder | None = None):
+        self.holder = holder or PolicyHolder()
+
+    def load(self, loader):
+        loader.add_option(
+            "hush_policies", Optional[str], None,
+            "A directory (or file) of hush policies. The hush daemon sets the policy set itself; "
+            "use this with a stock mitmdump -s.",
+        )
+        loader.add_option(
+            "hush_app", Optional[str], None,
+            "The app for flows on listeners that no policy owns (mitmdump -s users).",
+        )
+
+    def configure(self, updated):
+        if "hush_policies" in updated and ctx.options.hush_policies:
+            try:
+                self.holder.swap(load([ctx.options.hush_policies]))
+            except LoadError as e:
+                raise exceptions.OptionsError(f"Cannot load hush policies {ctx.options.hush_policies}:\n{e}")
+
+    def stamp(self, flow: http.HTTPFlow | tcp.TCPFlow) -> None:
+        if "hush.policy" in flow.metadata:
+            return
+        policyset = self.holder.current
+        app, listener = identify_connection(flow.client_conn, policyset, ctx.options.hush_app)
+        flow.metadata["hush.policy"] = policyset
+        flow.metadata["hush.app"] = app
+        flow.metadata["hush.listener"] = listener
+        if app is None:
+            log.warning("no policy owns listener %s: its flows are blocked", listener)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self.stamp(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.stamp(flow)
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        self.stamp(flow)
+
+
+addons = [Identify()]

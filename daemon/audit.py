@@ -1,0 +1,171 @@
+"""The audit store: one SQLite row per decided flow, written off the event loop.
+
+::
+
+    writer = AuditWriter(state_dir / "audit.db")
+    writer.submit(record)      # never blocks: a queue put
+    writer.close()             # writes everything queued, then returns
+
+The writer thread takes whatever is queued (up to ``batch`` records) and
+writes it in one transaction, so a burst costs one commit per batch.  If the
+disk refuses (full, read-only), the batch is kept and retried: enforcement
+never waits for the audit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("hush.audit")
+
+REDACTIONS = ("full", "no-query", "site")
+DEFAULT_REDACTION = "site"
+
+COLUMNS = (
+    "ts", "app", "listener", "level", "method", "scheme", "host", "port", "site", "url", "kind",
+    "decision", "rule", "policy_version", "note", "status", "ip_exposed", "carried", "sent",
+    "bytes_up", "bytes_down", "duration_ms", "error",
+)
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    app TEXT, listener TEXT, level TEXT,
+    method TEXT, scheme TEXT, host TEXT, port INTEGER, site TEXT, url TEXT, kind TEXT,
+    decision TEXT NOT NULL, rule TEXT, policy_version TEXT, note TEXT,
+    status INTEGER, ip_exposed INTEGER NOT NULL,
+    carried TEXT, sent TEXT,
+    bytes_up INTEGER, bytes_down INTEGER, duration_ms REAL, error TEXT
+);
+CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
+CREATE INDEX IF NOT EXISTS records_app_ts ON records (app, ts);
+"""
+_INSERT = f"INSERT INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
+_STOP = object()
+
+
+def redact(url: str | None, mode: str, site: str | None = None) -> str | None:
+    """``full`` keeps the URL; ``no-query`` drops query and fragment;
+    ``site`` keeps only scheme and registrable domain."""
+    if not url or mode == "full":
+        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return None
+    if mode == "no-query":
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    from hush.daemon.policy.hosts import site_of
+
+    return f"{parts.scheme}://{site or site_of(parts.hostname or '')}/"
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    else:
+        conn = sqlite3.connect(path, timeout=5, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def create_private(path: Path) -> None:
+    """Make ``path``'s directory 0700 and the file 0600, before SQLite opens it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class AuditWriter:
+    def __init__(self, path: Path, *, batch: int = 2000, retry_after: float = 1.0):
+        self.path = Path(path)
+        self.batch = batch
+        self.retry_after = retry_after
+        self.written = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        create_private(self.path)
+        self._conn = connect(self.path)  # here, so a bad path fails at start
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="hush-audit-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def degraded(self) -> bool:
+        return self.last_error is not None
+
+    def submit(self, record: dict[str, Any]) -> None:
+        self._queue.put(record)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write every queued record, then stop the thread."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("audit writer did not finish within %.0fs; %d records pending", timeout, self.pending)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            records = []
+            item = self._queue.get()
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                records.append(_row(item))
+                if len(records) >= self.batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            while records and not self._write(records):
+                if stopping and self.failures > 3:
+                    log.error("audit: giving up on %d records at shutdown: %s", len(records), self.last_error)
+                    break
+                time.sleep(self.retry_after)
+        self._conn.close()
+
+    def _write(self, rows: list[dict]) -> bool:
+        try:
+            with self._conn:
+                self._conn.executemany(_INSERT, rows)
+        except sqlite3.Error as e:
+            self.failures += 1
+            if self.last_error is None:
+                log.error("audit: cannot write %d records (%s); enforcement goes on, retrying", len(rows), e)
+            self.last_error = str(e)
+            return False
+        if self.last_error is not None:
+            log.warning("audit: writing again after: %s", self.last_error)
+            self.last_error = None
+        self.written += len(rows)
+        return True
+
+
+def _row(record: dict[str, Any]) -> dict[str, Any]:
+    row = {c: record.get(c) for c in COLUMNS}
+    for key in ("carried", "sent"):
+        if row[key] is not None and not isinstance(row[key], str):
+            row[key] = json.dumps(row[key], sort_keys=True)
+    row["ip_exposed"] = int(bool(row["ip_exposed"]))
+    return row

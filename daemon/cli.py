@@ -1,0 +1,333 @@
+"""The ``hush`` command.
+
+Example::
+
+    hush run --policies policies --state-dir ~/.local/state/hush
+    hush policy check policies/
+    hush policy explain --app whatsapp https://example.com/a --header 'User-Agent: WhatsApp/2'
+    hush audit summary --since 24h
+    hush ca path
+
+Exit codes are :class:`hush.daemon.run.ExitStatus`: 0 ok, 1 error, 2 usage,
+3 policy invalid, 4 a listener could not bind, 5 a policy example failed,
+6 not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+from hush.daemon import paths
+from hush.daemon.config import Config, load_config
+from hush.daemon.run import ExitStatus
+from hush.daemon.yamlschema import LoadError
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # exit 2 with the message, as argparse does, but testable
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _common(p: argparse.ArgumentParser, *, policies=False, state=False, config=True) -> None:
+    if policies:
+        p.add_argument("--policies", metavar="DIR", help="policy directory (default: $HUSH_POLICIES, "
+                       "~/.config/hush/policies, or the shipped policies)")
+    if state:
+        p.add_argument("--state-dir", metavar="DIR", help="state directory (default: $HUSH_STATE_DIR, "
+                       "~/.local/state/hush)")
+    if config:
+        p.add_argument("--config", metavar="FILE", help="config file (default: ~/.config/hush/config.yaml)")
+
+
+def _output(p: argparse.ArgumentParser) -> None:
+    """--json / --table; JSON when stdout is not a terminal."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", dest="fmt", action="store_const", const="json", help="JSON output")
+    g.add_argument("--table", dest="fmt", action="store_const", const="table", help="human-readable output")
+
+
+def _fmt(args) -> str:
+    return args.fmt or ("table" if sys.stdout.isatty() else "json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hush", description="A privacy proxy for messenger link previews.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Exit")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run the proxy daemon in the foreground")
+    _common(run, policies=True, state=True)
+    run.add_argument("-v", "--verbose", action="store_true", help="also log mitmproxy's connection events")
+
+    policy = sub.add_parser("policy", help="check and explain policies")
+    psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
+    check = psub.add_parser("check", help="validate policies and run their examples")
+    check.add_argument("paths", nargs="*", metavar="PATH", help="policy files or directories")
+    _common(check, policies=True)
+    explain = psub.add_parser("explain", help="show the decision for a URL and the rule that made it")
+    explain.add_argument("--app", required=True)
+    explain.add_argument("url")
+    explain.add_argument("--method", default="GET")
+    explain.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'")
+    _common(explain, policies=True)
+    _output(explain)
+
+    audit = sub.add_parser("audit", help="review what was decided and what leaked")
+    asub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    tail = asub.add_parser("tail", help="the newest records")
+    tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+    summary = asub.add_parser("summary", help="per app: requests, decisions, sites, leaks prevented")
+    summary.add_argument("--since", help="e.g. 30m, 24h, 7d, or an ISO date")
+    summary.add_argument("--app")
+    show = asub.add_parser("show", help="one record, whole")
+    show.add_argument("id", type=int)
+    for p in (tail, summary, show):
+        _common(p, state=True)
+        _output(p)
+
+    ca = sub.add_parser("ca", help="hush's certificate authority")
+    csub = ca.add_subparsers(dest="ca_command", required=True, parser_class=_Parser)
+    ca_path = csub.add_parser("path", help="print the CA certificate's path (creating the CA if needed)")
+    _common(ca_path, state=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return ExitStatus.USAGE
+    try:
+        return int(_dispatch(args))
+    except LoadError as e:
+        print(e, file=sys.stderr)
+        return ExitStatus.POLICY_INVALID
+    except UsageError as e:
+        print(f"hush: {e}", file=sys.stderr)
+        return ExitStatus.USAGE
+    except FileNotFoundError as e:
+        print(f"hush: {e}", file=sys.stderr)
+        return ExitStatus.NOT_FOUND
+    except BrokenPipeError:
+        return ExitStatus.OK
+
+
+def _dispatch(args) -> int:
+    config = load_config(paths.config_file(getattr(args, "config", None)))
+    if args.command == "run":
+        return cmd_run(args, config)
+    if args.command == "policy":
+        return cmd_policy_check(args, config) if args.policy_command == "check" else cmd_explain(args, config)
+    if args.command == "audit":
+        return {"tail": cmd_audit_tail, "summary": cmd_audit_summary, "show": cmd_audit_show}[args.audit_command](
+            args, config)
+    if args.command == "ca":
+        return cmd_ca_path(args, config)
+    raise UsageError(f"unknown command {args.command}")  # pragma: no cover
+
+
+# -- run ------------------------------------------------------------------------
+
+
+def setup_logging(level: str, verbose: bool) -> None:
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=getattr(logging, level.upper()))
+    logging.getLogger("mitmproxy").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def cmd_run(args, config: Config) -> int:
+    from hush.daemon.policy import load
+    from hush.daemon.run import serve
+
+    setup_logging(config.log_level, args.verbose)
+    policies = paths.policies(args.policies, config.policies)
+    state = paths.state_dir(args.state_dir, config.state_dir)
+    try:
+        policyset = load([policies], config.parse_context)
+    except LoadError as e:
+        print(f"hush: not starting, the policies in {policies} have {len(e.errors)} error(s):\n{e}", file=sys.stderr)
+        return ExitStatus.POLICY_INVALID
+    logging.getLogger("hush").info("policies from %s (set %s), state in %s", policies, policyset.version, state)
+    return asyncio.run(serve(policyset, config, state, policies))
+
+
+# -- policy -----------------------------------------------------------------------
+
+
+def cmd_policy_check(args, config: Config) -> int:
+    from hush.daemon.policy import check_examples, load
+
+    targets = args.paths or [paths.policies(args.policies, config.policies)]
+    policyset = load(targets, config.parse_context)  # LoadError → exit 3 with every error
+    failures = check_examples(policyset)
+    if failures:
+        print("\n".join(str(f) for f in failures), file=sys.stderr)
+        return ExitStatus.EXAMPLES_FAILED
+    n_rules = sum(len(p.rules) for p in policyset.policies.values())
+    n_examples = sum(len(p.examples) for p in policyset.policies.values())
+    print(f"ok: {len(policyset.policies)} policies, {n_rules} rules, {n_examples} examples pass "
+          f"(set {policyset.version})")
+    return ExitStatus.OK
+
+
+def _headers(raw: list[str]) -> dict[str, str]:
+    out = {}
+    for item in raw:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise UsageError(f"--header {item!r} must look like 'Name: value'")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def cmd_explain(args, config: Config) -> int:
+    from hush.addons.classify import kind_of
+    from hush.daemon.policy import RequestInfo, load
+
+    policyset = load([paths.policies(args.policies, config.policies)], config.parse_context)
+    if args.app not in policyset.policies:
+        raise UsageError(f"no policy for app {args.app!r} (apps: {', '.join(sorted(policyset.policies))})")
+    headers = _headers(args.header)
+    lower = {k.lower(): v for k, v in headers.items()}
+    try:
+        probe = RequestInfo.from_url(args.url, args.method, headers)
+    except ValueError as e:
+        raise UsageError(str(e))
+    req = RequestInfo.from_url(args.url, args.method, headers,
+                               kind_of(lower.get("user-agent"), lower.get("accept"), probe.path))
+    decision = policyset.decide(args.app, req)
+    connect = policyset.decide_connect(args.app, req.host, req.port)
+    result = {
+        "app": args.app,
+        "url": args.url,
+        "kind": req.kind,
+        "decision": decision.action.name,
+        "action": decision.action.describe(),
+        "rule": decision.rule.index if decision.rule else None,
+        "source": decision.ref,
+        "by": decision.describe(),
+        "connection_level": connect is not None,
+        "tls_intercepted": req.scheme == "https" and connect is None,
+        "policy_version": policyset.version,
+    }
+    if _fmt(args) == "json":
+        print(json.dumps(result, indent=2))
+        return ExitStatus.OK
+    print(f"{decision.action.describe()}   by {decision.describe()}")
+    if req.scheme == "https":
+        if connect is not None:
+            print(f"decided at CONNECT time ({connect.action.name}, {connect.describe()}): TLS is not intercepted")
+        else:
+            print("decided per request: TLS to this host is intercepted, the app must trust hush's CA")
+    print(f"kind: {req.kind}; policy set {policyset.version}")
+    return ExitStatus.OK
+
+
+# -- audit ------------------------------------------------------------------------
+
+
+def _state(args, config) -> Path:
+    return paths.state_dir(args.state_dir, config.state_dir)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _line(r: dict) -> str:
+    what = r["url"] or f"{r['host']}:{r['port']}"
+    rule = r["rule"] or r["note"] or ""
+    ip = "ip→site" if r["ip_exposed"] else "ip hidden"
+    return f"{r['id']:>6} {_when(r['ts'])} {r['app'] or '?':<10} {r['decision']:<11} {r['method'] or '':<7} {what}  [{ip}] {rule}"
+
+
+def cmd_audit_tail(args, config: Config) -> int:
+    from hush.daemon import auditview
+
+    conn = auditview.open_db(_state(args, config))
+    fmt = _fmt(args)
+    records = auditview.tail(conn, args.n)
+    if fmt == "json" and not args.follow:
+        print(json.dumps(records, indent=2))
+        return ExitStatus.OK
+    last = 0
+    while True:
+        for r in records:
+            print(json.dumps(r) if fmt == "json" else _line(r), flush=True)
+            last = r["id"]
+        if not args.follow:
+            return ExitStatus.OK
+        time.sleep(0.5)
+        records = auditview.tail(conn, 1000, after_id=last)
+
+
+def cmd_audit_summary(args, config: Config) -> int:
+    from hush.daemon import auditview
+
+    try:
+        since = auditview.parse_since(args.since) if args.since else None
+    except ValueError as e:
+        raise UsageError(str(e))
+    result = auditview.summary(auditview.open_db(_state(args, config)), since, args.app)
+    if _fmt(args) == "json":
+        print(json.dumps(result, indent=2))
+        return ExitStatus.OK
+    if not result["apps"]:
+        print("no records" + (f" since {_when(since)}" if since else ""))
+    for app, s in result["apps"].items():
+        decisions = ", ".join(f"{k} {v}" for k, v in s["by_decision"].items())
+        prevented = ", ".join(f"{k} {v}" for k, v in s["prevented"].items() if v)
+        print(f"{app}: {s['requests']} requests to {s['sites']} sites ({decisions})")
+        print(f"  IP reached the site {s['ip_exposed']} times; prevented: {prevented or 'nothing'}")
+        print("  top sites: " + ", ".join(f"{t['site']} ({t['requests']})" for t in s["top_sites"]))
+    return ExitStatus.OK
+
+
+def cmd_audit_show(args, config: Config) -> int:
+    from hush.daemon import auditview
+
+    record = auditview.show(auditview.open_db(_state(args, config)), args.id)
+    if record is None:
+        raise FileNotFoundError(f"no audit record {args.id}")
+    if _fmt(args) == "json":
+        print(json.dumps(record, indent=2))
+    else:
+        for key, value in record.items():
+            if key == "ts":
+                value = f"{_when(value)} ({value})"
+            print(f"{key:>15}: {value}")
+    return ExitStatus.OK
+
+
+# -- ca ---------------------------------------------------------------------------
+
+
+def cmd_ca_path(args, config: Config) -> int:
+    import os
+
+    from mitmproxy import certs
+
+    state = _state(args, config)
+    os.umask(0o077)
+    paths.ca_dir(state).mkdir(parents=True, exist_ok=True, mode=0o700)
+    certs.CertStore.from_store(paths.ca_dir(state), "mitmproxy", 2048)
+    print(paths.ca_cert(state))
+    return ExitStatus.OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The daemon's config file (``~/.config/hush/config.yaml``), read strictly.
+
+::
+
+    state_dir: ~/.local/state/hush    # where audit.db and the CA live
+    policies: ~/.config/hush/policies
+    audit:
+      redaction: site                 # full | no-query | site
+    strip:
+      user_agent: "Mozilla/5.0 …"     # what `strip` puts in place of User-Agent
+    upstream_ca: /path/to/ca.pem      # extra CAs to trust for sites (intercepted flows)
+    log_level: info                   # debug | info | warning | error
+
+Errors come as ``file:line:col: message``, all at once, like policy errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from hush.addons.actions.base import GENERIC_USER_AGENT, ParseContext
+from hush.daemon.audit import DEFAULT_REDACTION, REDACTIONS
+from hush.daemon.yamlschema import LoadError, LocatedError, Location, Reader
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    file: Path | None = None
+    state_dir: Path | None = None
+    policies: Path | None = None
+    redaction: str = DEFAULT_REDACTION
+    user_agent: str = GENERIC_USER_AGENT
+    upstream_ca: Path | None = None
+    log_level: str = "info"
+
+    @property
+    def parse_context(self) -> ParseContext:
+        return ParseContext(user_agent=self.user_agent)
+
+
+def load_config(path: Path | None) -> Config:
+    """:raises LoadError: with every error in the file."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise LoadError([LocatedError(Location(str(path), 1, 1), f"cannot read: {e}")])
+    return parse_config(str(path), text)
+
+
+def parse_config(file: str, text: str) -> Config:
+    reader = Reader(file)
+    root = reader.compose(text)
+    if root is None:
+        raise LoadError(reader.errors)
+    fields = reader.mapping(
+        root, allowed={"state_dir", "policies", "audit", "strip", "upstream_ca", "log_level"}, what="the config"
+    )
+    base = Path(file).parent
+    values: dict = {"file": Path(file)}
+
+    def path_of(key: str) -> Path | None:
+        text = reader.string(fields[key].value, key)
+        if text is None:
+            return None
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else base / path
+
+    for key in ("state_dir", "policies", "upstream_ca"):
+        if key in fields:
+            values[key] = path_of(key)
+    if "audit" in fields:
+        audit = reader.mapping(fields["audit"].value, allowed={"redaction"}, what="audit")
+        if "redaction" in audit:
+            values["redaction"] = reader.choice(audit["redaction"].value, "audit redaction", REDACTIONS)
+    if "strip" in fields:
+        strip = reader.mapping(fields["strip"].value, allowed={"user_agent"}, what="strip")
+        if "user_agent" in strip:
+            values["user_agent"] = reader.string(strip["user_agent"].value, "strip user_agent")
+    if "log_level" in fields:
+        values["log_level"] = reader.choice(fields["log_level"].value, "log_level", LOG_LEVELS)
+    if reader.errors:
+        raise LoadError(reader.errors)
+    return Config(**values)

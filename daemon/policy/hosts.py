@@ -1,0 +1,131 @@
+"""Host names: normalisation, registrable domains, and an O(1) rule index.
+
+``site_of`` uses tldextract's bundled Public Suffix List snapshot only: no
+download, no cache directory (DESIGN.md fact 8).
+
+    >>> site_of("a.b.example.co.uk")
+    'example.co.uk'
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from collections import defaultdict
+from typing import Iterable, Mapping
+
+import tldextract
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
+
+
+def normalize(host: str) -> str:
+    """Lower-case, without brackets around IPv6 or a trailing dot."""
+    host = host.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host.rstrip(".")
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=8192)
+def site_of(host: str) -> str:
+    """The registrable domain (eTLD+1); an IP address or bare name is its own site."""
+    host = normalize(host)
+    if not host or is_ip(host):
+        return host
+    result = _extract(host)
+    return result.top_domain_under_public_suffix or host
+
+
+def parents(host: str) -> Iterable[str]:
+    """``a.b.c`` → ``b.c``, ``c``: the names a ``*.suffix`` pattern could be."""
+    dot = host.find(".")
+    while dot >= 0:
+        host = host[dot + 1 :]
+        yield host
+        dot = host.find(".")
+
+
+def check_name(name: str) -> str | None:
+    """Why ``name`` is not a valid host name or IP, or None."""
+    if is_ip(name):
+        return None
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+        return f"{name!r} is not a valid host name"
+    return None
+
+
+def parse_host_pattern(pattern: str) -> tuple[str, bool]:
+    """``example.com`` → (name, False); ``*.example.com`` → (suffix, True).
+
+    :raises ValueError: for anything else (wildcards elsewhere, bad labels).
+    """
+    pattern = normalize(pattern)
+    wildcard = pattern.startswith("*.")
+    name = pattern[2:] if wildcard else pattern
+    if "*" in name:
+        raise ValueError(f"{pattern!r}: a wildcard is only allowed as a leading '*.' label")
+    if wildcard and is_ip(name):
+        raise ValueError(f"{pattern!r}: '*.' cannot be put in front of an IP address")
+    problem = check_name(name)
+    if problem:
+        raise ValueError(problem)
+    return name, wildcard
+
+
+class HostIndex:
+    """Which rules can match a host, found by dictionary lookups.
+
+    Each rule is indexed under one host-level key (exact names, ``*.`` suffixes,
+    or sites); rules without any are candidates for every host.  Looking up a
+    host costs one lookup per label plus one for its site, whatever the number
+    of rules or names.
+    """
+
+    def __init__(
+        self,
+        exact: Mapping[int, Iterable[str]],
+        suffix: Mapping[int, Iterable[str]],
+        site: Mapping[int, Iterable[str]],
+        unindexed: Iterable[int],
+    ):
+        self._exact: dict[str, tuple[int, ...]] = _invert(exact)
+        self._suffix: dict[str, tuple[int, ...]] = _invert(suffix)
+        self._site: dict[str, tuple[int, ...]] = _invert(site)
+        self._any = tuple(sorted(unindexed))
+
+    def candidates(self, host: str, site: str) -> list[int]:
+        """Indexes of the rules that may match ``host``, in rule order."""
+        found: set[int] = set(self._any)
+        hit = self._exact.get(host)
+        if hit:
+            found.update(hit)
+        if self._suffix:
+            for parent in parents(host):
+                hit = self._suffix.get(parent)
+                if hit:
+                    found.update(hit)
+        if self._site:
+            hit = self._site.get(site)
+            if hit:
+                found.update(hit)
+        return sorted(found)
+
+
+def _invert(by_rule: Mapping[int, Iterable[str]]) -> dict[str, tuple[int, ...]]:
+    out: dict[str, list[int]] = defaultdict(list)
+    for index, names in by_rule.items():
+        for name in names:
+            out[name].append(index)
+    return {name: tuple(indexes) for name, indexes in out.items()}

@@ -1,0 +1,397 @@
+"""Policy files → :class:`PolicySet`, or every error with its location.
+
+``load`` reads the files and hands their text to ``build``; ``build`` is a
+pure function of (file name, text) pairs, so tests feed it strings::
+
+    policyset = build([("policies/x.yaml", text)])   # or raises LoadError
+
+Nothing is half-loaded: one error anywhere and no PolicySet is returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import time
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from hush.addons.actions import REGISTRY, Action, ParseContext
+from hush.daemon.policy.glob import Glob
+from hush.daemon.policy.hosts import HostIndex, check_name, parse_host_pattern, site_of
+from hush.daemon.policy.model import Example, Listener, Match, Policy, PolicySet, RequestInfo, Rule
+from hush.daemon.yamlschema import INT, Field, LoadError, LocatedError, Location, Reader
+
+POLICY_KEYS = {"app", "description", "listen", "default", "rules", "examples"}
+RULE_KEYS = {"name", "match", "action"}
+MATCH_KEYS = {"host", "site", "port", "path", "method", "scheme", "header", "kind"}
+LISTEN_KEYS = {"port", "host", "mode"}
+EXAMPLE_KEYS = {"url", "method", "headers", "kind", "expect"}
+KINDS = {"preview", "media", "other"}
+SCHEMES = {"http", "https"}
+_APP = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_METHOD = re.compile(r"^[A-Z]{1,20}$")
+_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+
+
+def policy_files(paths: Iterable[Path | str]) -> list[Path]:
+    """Every ``*.yaml``/``*.yml`` of the directories given, and the files given."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()))
+        else:
+            out.append(path)
+    return out
+
+
+def load(paths: Iterable[Path | str], ctx: ParseContext = ParseContext()) -> PolicySet:
+    """:raises LoadError: with every error in every file."""
+    files = policy_files(paths)
+    sources, errors = [], []
+    for path in files:
+        try:
+            sources.append((str(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as e:
+            errors.append(LocatedError(Location(str(path), 1, 1), f"cannot read: {e}"))
+    if not files:
+        names = ", ".join(str(p) for p in paths)
+        errors.append(LocatedError(Location(names or ".", 1, 1), "no policy files (*.yaml) found"))
+    if errors:
+        raise LoadError(errors)
+    return build(sources, ctx)
+
+
+def build(sources: Iterable[tuple[str, str]], ctx: ParseContext = ParseContext()) -> PolicySet:
+    """:raises LoadError: with every error found."""
+    sources = list(sources)
+    errors: list[LocatedError] = []
+    policies: dict[str, Policy] = {}
+    listeners: dict[tuple[str, int], Listener] = {}
+    for file, text in sources:
+        reader = Reader(file)
+        policy = _policy(reader, text, ctx)
+        if policy is not None:
+            if policy.app in policies:
+                other = policies[policy.app]
+                reader.error(policy.location, f"app '{policy.app}' is already defined in {other.file}")
+            for listener in policy.listeners:
+                clash = listeners.get((listener.host, listener.port))
+                if clash:
+                    reader.error(listener.location,
+                                 f"listener {listener.address} is already used by app "
+                                 f"'{clash.app}' ({clash.location})")
+                else:
+                    listeners[(listener.host, listener.port)] = listener
+        errors.extend(reader.errors)
+        if policy is not None and not reader.errors:
+            policies[policy.app] = policy
+    if errors:
+        raise LoadError(errors)
+    digest = hashlib.sha256()
+    for file, text in sorted(sources):
+        digest.update(f"{file}\0{text}\0".encode())
+    return PolicySet(policies, digest.hexdigest()[:12], time.time())
+
+
+def check_examples(policyset: PolicySet) -> list[LocatedError]:
+    """Every example whose expected action differs from the decision."""
+    failures = []
+    for policy in policyset.policies.values():
+        for example in policy.examples:
+            decision = policyset.decide(policy.app, example.request)
+            if decision.action.name != example.expect:
+                failures.append(LocatedError(
+                    example.location,
+                    f"example expects {example.expect} but {decision.describe()} decides "
+                    f"{decision.action.name}",
+                ))
+    return failures
+
+
+# -- one file -----------------------------------------------------------------
+
+
+def _policy(reader: Reader, text: str, ctx: ParseContext) -> Policy | None:
+    root = reader.compose(text)
+    if root is None:
+        return None
+    fields = reader.mapping(root, allowed=POLICY_KEYS, required={"app", "listen", "default"}, what="a policy")
+    if not fields:
+        return None
+    app = None
+    if "app" in fields:
+        app = reader.string(fields["app"].value, "app")
+        if app is not None and not _APP.match(app):
+            reader.error(fields["app"].value, f"app name {app!r} must be lower-case letters, digits, '-' or '_'")
+            app = None
+    if "description" in fields:
+        reader.string(fields["description"].value, "description")
+    listeners = _listeners(reader, fields["listen"].value, app or "?") if "listen" in fields else ()
+    default = None
+    if "default" in fields:
+        default = _action_spec(reader, fields["default"].value, ctx)
+    rules = []
+    if "rules" in fields:
+        for i, node in enumerate(reader.sequence(fields["rules"].value, "rules"), start=1):
+            rule = _rule(reader, node, i, ctx)
+            if rule is not None:
+                rules.append(rule)
+    examples = []
+    if "examples" in fields:
+        for node in reader.sequence(fields["examples"].value, "examples"):
+            example = _example(reader, node)
+            if example is not None:
+                examples.append(example)
+    if reader.errors or app is None or default is None:
+        return None
+    return Policy(
+        app=app,
+        file=reader.file,
+        location=reader.loc(fields["app"].value),
+        listeners=tuple(listeners),
+        rules=tuple(rules),
+        default=default,
+        default_location=reader.loc(fields["default"].value),
+        examples=tuple(examples),
+        index=_index(rules),
+    )
+
+
+def _index(rules: list[Rule]) -> HostIndex:
+    exact, suffix, site, unindexed = {}, {}, {}, []
+    for i, rule in enumerate(rules):
+        m = rule.match
+        if m.hosts or m.suffixes:
+            exact[i], suffix[i] = m.hosts, m.suffixes
+        elif m.sites:
+            site[i] = m.sites
+        else:
+            unindexed.append(i)
+    return HostIndex(exact, suffix, site, unindexed)
+
+
+def _listeners(reader: Reader, node: yaml.Node, app: str) -> list[Listener]:
+    nodes = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    if not nodes:
+        reader.error(node, "listen must name at least one listener")
+    out = []
+    for item in nodes:
+        listener = _listener(reader, item, app)
+        if listener is not None:
+            out.append(listener)
+    return out
+
+
+def _listener(reader: Reader, node: yaml.Node, app: str) -> Listener | None:
+    host, mode, port = "127.0.0.1", "http", None
+    if isinstance(node, yaml.ScalarNode) and node.tag == INT:
+        port = reader.integer(node, "listen port", 1, 65535)
+    elif isinstance(node, yaml.ScalarNode):
+        text = reader.string(node, "listen")
+        if text is None:
+            return None
+        head, sep, tail = text.rpartition(":")
+        if not sep or not tail.isdigit():
+            reader.error(node, f"listen {text!r} must be a port, 'HOST:PORT' or a mapping")
+            return None
+        host, port = head.strip("[]"), int(tail)
+        if not 1 <= port <= 65535:
+            reader.error(node, f"listen port must be between 1 and 65535, not {port}")
+            return None
+    else:
+        fields = reader.mapping(node, allowed=LISTEN_KEYS, required={"port"}, what="listen")
+        if "port" in fields:
+            port = reader.integer(fields["port"].value, "listen port", 1, 65535)
+        if "mode" in fields:
+            mode = reader.choice(fields["mode"].value, "listen mode", {"http", "socks5"})
+        if "host" in fields:
+            host = reader.string(fields["host"].value, "listen host")
+        if port is None or mode is None or host is None:
+            return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        reader.error(node, f"listen host {host!r} must be an IP address (127.0.0.1 or ::1)")
+        return None
+    if not address.is_loopback:
+        reader.error(node, f"listen host {host} is not a loopback address: hush listens on loopback only")
+        return None
+    if port is None:
+        return None
+    return Listener(app, str(address), port, mode, reader.loc(node))
+
+
+def _action_spec(reader: Reader, node: yaml.Node, ctx: ParseContext) -> Action | None:
+    """``default: block`` or ``default: {action: block, status: 451}``."""
+    if isinstance(node, yaml.MappingNode):
+        allowed = {"action"} | set().union(*(a.params for a in REGISTRY.values()))
+        fields = reader.mapping(node, allowed=allowed, required={"action"}, what="default")
+        if "action" not in fields:
+            return None
+        return _action(reader, fields, ctx)
+    name = _action_name(reader, node)
+    return None if name is None else REGISTRY[name].parse(reader, {}, ctx)
+
+
+def _action_name(reader: Reader, node: yaml.Node) -> str | None:
+    return reader.choice(node, "action", REGISTRY)
+
+
+def _action(reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> Action | None:
+    name = _action_name(reader, fields["action"].value)
+    if name is None:
+        return None
+    cls = REGISTRY[name]
+    params = {}
+    for key, field in fields.items():
+        if key in ("action", "name", "match"):
+            continue
+        if key in cls.params:
+            params[key] = field
+        else:
+            takes = ", ".join(sorted(cls.params)) or "no parameters"
+            reader.error(field.key, f"action '{name}' does not take '{key}' (it takes: {takes})")
+    return cls.parse(reader, params, ctx)
+
+
+def _rule(reader: Reader, node: yaml.Node, index: int, ctx: ParseContext) -> Rule | None:
+    allowed = RULE_KEYS | set().union(*(a.params for a in REGISTRY.values()))
+    fields = reader.mapping(node, allowed=allowed, required={"action"}, what="a rule")
+    if not fields:
+        return None
+    before = len(reader.errors)
+    name = reader.string(fields["name"].value, "name") if "name" in fields else None
+    match = _match(reader, fields["match"].value) if "match" in fields else Match()
+    action = _action(reader, fields, ctx) if "action" in fields else None
+    if action is not None and match is not None and action.name == "passthrough" and match.request_level:
+        reader.error(fields["action"].value,
+                     "passthrough can only use host-level matchers (host, site, port): "
+                     "path, method, scheme, header and kind need TLS interception")
+    if len(reader.errors) > before or match is None or action is None:
+        return None
+    return Rule(index, name, match, action, reader.loc(node))
+
+
+def _match(reader: Reader, node: yaml.Node) -> Match | None:
+    fields = reader.mapping(node, allowed=MATCH_KEYS, what="match")
+    before = len(reader.errors)
+    hosts, suffixes, sites, ports, paths, methods, schemes, kinds = (set() for _ in range(8))
+    headers = []
+    if "host" in fields:
+        for item in reader.items(fields["host"].value, "host"):
+            text = reader.string(item, "host")
+            if text is None:
+                continue
+            try:
+                name, wildcard = parse_host_pattern(text)
+            except ValueError as e:
+                reader.error(item, str(e))
+                continue
+            (suffixes if wildcard else hosts).add(name)
+    if "site" in fields:
+        for item in reader.items(fields["site"].value, "site"):
+            text = reader.string(item, "site")
+            if text is None:
+                continue
+            text = text.lower().rstrip(".")
+            problem = check_name(text)
+            if problem:
+                reader.error(item, problem)
+            elif site_of(text) != text:
+                reader.error(item, f"{text!r} is not a registrable domain (did you mean {site_of(text)!r}?)")
+            else:
+                sites.add(text)
+    if "port" in fields:
+        for item in reader.items(fields["port"].value, "port"):
+            port = reader.integer(item, "port", 1, 65535)
+            if port is not None:
+                ports.add(port)
+    if "path" in fields:
+        for item in reader.items(fields["path"].value, "path"):
+            text = reader.string(item, "path")
+            if text is None:
+                continue
+            if not text.startswith(("/", "*")):
+                reader.error(item, f"path {text!r} must start with '/' or '*'")
+                continue
+            try:
+                paths.add(Glob.parse(text))
+            except ValueError as e:
+                reader.error(item, f"bad path glob: {e}")
+    if "method" in fields:
+        for item in reader.items(fields["method"].value, "method"):
+            text = reader.string(item, "method")
+            if text is not None and not _METHOD.match(text):
+                reader.error(item, f"method {text!r} must be an upper-case HTTP method such as GET")
+            elif text is not None:
+                methods.add(text)
+    if "scheme" in fields:
+        for item in reader.items(fields["scheme"].value, "scheme"):
+            text = reader.choice(item, "scheme", SCHEMES)
+            if text is not None:
+                schemes.add(text)
+    if "kind" in fields:
+        for item in reader.items(fields["kind"].value, "kind"):
+            text = reader.choice(item, "kind", KINDS)
+            if text is not None:
+                kinds.add(text)
+    if "header" in fields:
+        header_fields = reader.mapping(fields["header"].value, allowed=None, what="header")
+        for hname, field in header_fields.items():
+            if not _HEADER.match(hname.lower()):
+                reader.error(field.key, f"{hname!r} is not a valid header name")
+                continue
+            globs = []
+            for item in reader.items(field.value, f"header {hname}"):
+                text = reader.string(item, f"header {hname}")
+                if text is None:
+                    continue
+                try:
+                    globs.append(Glob.parse(text, casefold=True))
+                except ValueError as e:
+                    reader.error(item, f"bad header glob: {e}")
+            headers.append((hname.lower(), tuple(globs)))
+        if len({h for h, _ in headers}) != len(headers):
+            reader.error(fields["header"].value, "a header is named twice (header names are case-insensitive)")
+    if len(reader.errors) > before:
+        return None
+    return Match(
+        hosts=frozenset(hosts),
+        suffixes=frozenset(suffixes),
+        sites=frozenset(sites),
+        ports=frozenset(ports),
+        paths=tuple(sorted(paths, key=lambda g: g.pattern)),
+        methods=frozenset(methods),
+        schemes=frozenset(schemes),
+        headers=tuple(headers),
+        kinds=frozenset(kinds),
+    )
+
+
+def _example(reader: Reader, node: yaml.Node) -> Example | None:
+    fields = reader.mapping(node, allowed=EXAMPLE_KEYS, required={"url", "expect"}, what="an example")
+    if "url" not in fields or "expect" not in fields:
+        return None
+    before = len(reader.errors)
+    url = reader.string(fields["url"].value, "url")
+    method = reader.string(fields["method"].value, "method") if "method" in fields else "GET"
+    kind = reader.choice(fields["kind"].value, "kind", KINDS) if "kind" in fields else "other"
+    expect = _action_name(reader, fields["expect"].value)
+    headers = {}
+    if "headers" in fields:
+        for hname, field in reader.mapping(fields["headers"].value, allowed=None, what="headers").items():
+            value = reader.string(field.value, f"header {hname}")
+            if value is not None:
+                headers[hname] = value
+    if len(reader.errors) > before or None in (url, method, kind, expect):
+        return None
+    try:
+        request = RequestInfo.from_url(url, method, headers, kind)
+    except ValueError as e:
+        reader.error(fields["url"].value, str(e))
+        return None
+    return Example(request, expect, reader.loc(node))

@@ -1,0 +1,246 @@
+"""The immutable policy objects and the one decision function.
+
+A :class:`PolicySet` is built by :func:`hush.daemon.policy.loader.load` and
+never changed afterwards; a reload builds a new one and swaps it in.  Both the
+live proxy and ``hush policy explain`` decide through :meth:`PolicySet.decide`
+and :meth:`PolicySet.decide_connect`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import urllib.parse
+from typing import TYPE_CHECKING, Iterable, Literal, Mapping
+
+from hush.daemon.policy.glob import Glob
+from hush.daemon.policy.hosts import HostIndex, normalize, parents, site_of
+from hush.daemon.yamlschema import Location
+
+if TYPE_CHECKING:
+    from hush.addons.actions.base import Action
+
+Level = Literal["connect", "request"]
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestInfo:
+    """What a rule can look at.  Header names are lower-case."""
+
+    method: str
+    scheme: str
+    host: str
+    port: int
+    path: str  # without the query string
+    query: str = ""
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    kind: str = "other"
+
+    @property
+    def site(self) -> str:
+        return site_of(self.host)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        kind: str = "other",
+    ) -> "RequestInfo":
+        """:raises ValueError: if ``url`` is not an absolute http(s) URL."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+            raise ValueError(f"not an absolute http:// or https:// URL: {url!r}")
+        return cls(
+            method=method.upper(),
+            scheme=parts.scheme,
+            host=normalize(parts.hostname),
+            port=parts.port or DEFAULT_PORTS[parts.scheme],
+            path=parts.path or "/",
+            query=parts.query,
+            headers={k.lower(): v for k, v in (headers or {}).items()},
+            kind=kind,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """Conditions of one rule: AND across keys, OR within a key's list."""
+
+    hosts: frozenset[str] = frozenset()
+    suffixes: frozenset[str] = frozenset()  # from '*.example.com'
+    sites: frozenset[str] = frozenset()
+    ports: frozenset[int] = frozenset()
+    paths: tuple[Glob, ...] = ()
+    methods: frozenset[str] = frozenset()
+    schemes: frozenset[str] = frozenset()
+    headers: tuple[tuple[str, tuple[Glob, ...]], ...] = ()
+    kinds: frozenset[str] = frozenset()
+
+    @property
+    def request_level(self) -> bool:
+        """True if deciding needs the HTTP request, not only host and port."""
+        return bool(self.paths or self.methods or self.schemes or self.headers or self.kinds)
+
+    def host_ok(self, host: str, site: str, port: int) -> bool:
+        if self.hosts or self.suffixes:
+            if host not in self.hosts and not any(p in self.suffixes for p in parents(host)):
+                return False
+        if self.sites and site not in self.sites:
+            return False
+        return not self.ports or port in self.ports
+
+    def request_ok(self, req: RequestInfo) -> bool:
+        if self.methods and req.method not in self.methods:
+            return False
+        if self.schemes and req.scheme not in self.schemes:
+            return False
+        if self.kinds and req.kind not in self.kinds:
+            return False
+        if self.paths and not any(g.matches(req.path) for g in self.paths):
+            return False
+        for name, globs in self.headers:
+            value = req.headers.get(name)
+            if value is None or not any(g.matches(value) for g in globs):
+                return False
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    index: int  # 1-based position in the policy's rules
+    name: str | None
+    match: Match
+    action: "Action"
+    location: Location
+
+    def describe(self) -> str:
+        label = f"rule {self.index}" + (f" '{self.name}'" if self.name else "")
+        return f"{label} ({self.location.short})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Listener:
+    app: str
+    host: str
+    port: int
+    mode: Literal["http", "socks5"]
+    location: Location
+
+    @property
+    def spec(self) -> str:
+        """The mitmproxy mode spec, which is also ``proxy_mode.full_spec``."""
+        kind = "regular" if self.mode == "http" else "socks5"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{kind}@{host}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    request: RequestInfo
+    expect: str
+    location: Location
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    app: str
+    action: "Action"
+    rule: Rule | None  # None: the policy's default
+    source: Location
+    level: Level
+    policy_version: str
+    note: str | None = None  # why hush decided without a rule (failing closed)
+
+    @property
+    def ref(self) -> str:
+        """``policies/x.yaml:14``: where the deciding rule (or default) is."""
+        return self.source.short
+
+    def describe(self) -> str:
+        if self.note:
+            return self.note
+        return self.rule.describe() if self.rule else f"default ({self.source.short})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    app: str
+    file: str
+    location: Location  # of the app name
+    listeners: tuple[Listener, ...]
+    rules: tuple[Rule, ...]
+    default: "Action"
+    default_location: Location
+    examples: tuple[Example, ...]
+    index: HostIndex = dataclasses.field(compare=False, repr=False)
+
+    def _candidates(self, host: str, site: str, port: int) -> Iterable[Rule]:
+        for i in self.index.candidates(host, site):
+            rule = self.rules[i]
+            if rule.match.host_ok(host, site, port):
+                yield rule
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySet:
+    policies: Mapping[str, Policy]
+    version: str
+    loaded_at: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "policies", types.MappingProxyType(dict(self.policies)))
+        listeners = {l.spec: l for p in self.policies.values() for l in p.listeners}
+        object.__setattr__(self, "_by_spec", types.MappingProxyType(listeners))
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        return tuple(self._by_spec.values())
+
+    def app_for_listener(self, spec: str) -> str | None:
+        listener = self._by_spec.get(spec)
+        return listener.app if listener else None
+
+    def _decision(self, policy: Policy, rule: Rule | None, level: Level) -> Decision:
+        if rule is None:
+            return Decision(policy.app, policy.default, None, policy.default_location, level, self.version)
+        return Decision(policy.app, rule.action, rule, rule.location, level, self.version)
+
+    def decide(self, app: str, req: RequestInfo) -> Decision:
+        """The first rule of ``app`` that matches ``req``, else the default.
+
+        :raises KeyError: for an app without a policy.
+        """
+        policy = self.policies[app]
+        host = normalize(req.host)
+        site = site_of(host)
+        for rule in policy._candidates(host, site, req.port):
+            if rule.match.request_ok(req):
+                return self._decision(policy, rule, "request")
+        return self._decision(policy, None, "request")
+
+    def decide_connect(self, app: str, host: str, port: int) -> Decision | None:
+        """The decision for a connection to ``host:port`` when it can be made
+        without seeing the HTTP request, or None when the request must be
+        inspected (a rule that may match looks at the request, or the action
+        needs HTTP, as ``strip`` does).
+
+        :raises KeyError: for an app without a policy.
+        """
+        policy = self.policies[app]
+        host = normalize(host)
+        site = site_of(host)
+        for rule in policy._candidates(host, site, port):
+            if rule.match.request_level:
+                return None
+            return None if rule.action.needs_http else self._decision(policy, rule, "connect")
+        if policy.default.needs_http:
+            return None
+        return self._decision(policy, None, "connect")
