@@ -69,7 +69,9 @@ class Field(NamedTuple):
 
 
 def _quoted(node: yaml.Node) -> str:
-    return repr(node.value) if isinstance(node, yaml.ScalarNode) else f"a {kind(node)}"
+    if isinstance(node, yaml.ScalarNode):
+        return "an empty value" if node.tag == NULL else repr(node.value)
+    return f"a {kind(node)}"
 
 
 def kind(node: yaml.Node) -> str:
@@ -172,8 +174,11 @@ class Reader:
         return []
 
     def sequence(self, node: yaml.Node, what: str) -> list[yaml.Node]:
+        """A list's items; an empty value (``rules:``) is an empty list."""
         if isinstance(node, yaml.SequenceNode):
             return list(node.value)
+        if isinstance(node, yaml.ScalarNode) and node.tag == NULL:
+            return []
         self.error(node, f"{what} must be a list, not {_quoted(node)}")
         return []
 

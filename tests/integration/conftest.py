@@ -1,0 +1,238 @@
+"""Real processes on loopback: an origin that counts what reaches it, the
+daemon as a subprocess, and curl.
+
+The origin records every TCP accept (before any TLS or HTTP is read) with the
+peer address, and every request with its headers, so tests assert on what
+the far side saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import trustme
+
+pytestmark = pytest.mark.integration
+
+ORIGIN_NAMES = ["localhost", "127.0.0.1", "127.0.0.2", "127.0.0.3"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def payload(n: int) -> bytes:
+    """n deterministic bytes, all 256 values, for byte-for-byte checks."""
+    out = bytearray()
+    counter = 0
+    while len(out) < n:
+        out += hashlib.sha256(counter.to_bytes(8, "big")).digest()
+        counter += 1
+    return bytes(out[:n])
+
+
+@dataclasses.dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    peer: tuple
+
+
+class Origin:
+    """An HTTP(S) server on one loopback address that records what reaches it."""
+
+    def __init__(self, host: str, tls: ssl.SSLContext | None = None):
+        self.host = host
+        self.accepts: list[tuple] = []
+        self.requests: list[Seen] = []
+        origin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                origin.requests.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
+                                            self.client_address))
+                if self.path.startswith("/bytes/"):
+                    body = payload(int(self.path.split("/")[2]))
+                else:
+                    body = f"origin {origin.host} {self.path}\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_HEAD = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def get_request(self):
+                sock, addr = super().get_request()
+                origin.accepts.append(addr)  # counted before any byte is read
+                if tls is not None:
+                    sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                return sock, addr
+
+            def handle_error(self, request, client_address):
+                pass
+
+        self.server = Server((host, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.scheme = "https" if tls else "http"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str = "/", host: str | None = None) -> str:
+        return f"{self.scheme}://{host or self.host}:{self.port}{path}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("origin-ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+def origin():
+    o = Origin("127.0.0.1")
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def origin2():
+    """A second origin, on another loopback address."""
+    o = Origin("127.0.0.3")
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def tls_origin(ca):
+    cert = ca.issue_cert(*ORIGIN_NAMES)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    o = Origin("127.0.0.1", ctx)
+    yield o
+    o.close()
+
+
+class Hush:
+    """``hush run`` as a subprocess, with its own state dir and policies."""
+
+    def __init__(self, tmp: Path, policies: dict[str, str], config: str | None = None, args=()):
+        self.dir = tmp
+        self.state = tmp / "state"
+        self.policies = tmp / "policies"
+        self.policies.mkdir(exist_ok=True)
+        for name, text in policies.items():
+            (self.policies / f"{name}.yaml").write_text(textwrap.dedent(text))
+        self.log_path = tmp / "hush.log"
+        cmd = [sys.executable, "-m", "hush.daemon.cli", "run", "--policies", str(self.policies),
+               "--state-dir", str(self.state), *args]
+        if config is not None:
+            (tmp / "config.yaml").write_text(textwrap.dedent(config))
+            cmd += ["--config", str(tmp / "config.yaml")]
+        self._log = open(self.log_path, "wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30) -> "Hush":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "hush is running" in self.log:
+                return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hush exited with {self.proc.returncode}:\n{self.log}")
+            time.sleep(0.05)
+        raise AssertionError(f"hush not ready after {timeout}s:\n{self.log}")
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.wait_exit()
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.state / "ca" / "mitmproxy-ca-cert.pem"
+
+    def audit(self) -> list[dict]:
+        """Every audit row (call after stop(): SIGTERM writes everything)."""
+        import sqlite3
+
+        conn = sqlite3.connect(self.state / "audit.db")
+        conn.row_factory = sqlite3.Row
+        rows = [dict(r) for r in conn.execute("SELECT * FROM records ORDER BY id")]
+        conn.close()
+        return rows
+
+
+@pytest.fixture
+def hush(tmp_path):
+    started: list[Hush] = []
+
+    def start(policies: dict[str, str], config: str | None = None, args=(), ready=True) -> Hush:
+        d = tmp_path / f"hush{len(started)}"
+        d.mkdir()
+        h = Hush(d, policies, config, args)
+        started.append(h)
+        return h.wait_ready() if ready else h
+
+    yield start
+    for h in started:
+        if h.proc.poll() is None:
+            h.proc.kill()
+            h.wait_exit()
+
+
+CURL = shutil.which("curl")
+
+
+def curl(*args, timeout=20) -> subprocess.CompletedProcess:
+    """curl with output to stdout (bytes) and ``%{http_code}`` on stderr's last line."""
+    assert CURL, "curl is not installed (.ci/run installs it)"
+    return subprocess.run([CURL, "-sS", "--max-time", "15", "--noproxy", "", *args],
+                          capture_output=True, timeout=timeout, env={"PATH": os.environ.get("PATH", "")})

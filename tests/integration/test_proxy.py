@@ -1,0 +1,208 @@
+"""The daemon end to end: real hush, real curl, an origin that counts accepts."""
+
+import pytest
+
+from .conftest import curl, free_port, payload
+
+pytestmark = pytest.mark.integration
+
+
+def policy(port, rules="", default="allow", mode="http"):
+    return f"""\
+        app: testapp
+        listen: {{port: {port}, mode: {mode}}}
+        default: {default}
+        rules:
+        {rules}
+    """
+
+
+def proxy(port):
+    return ["-x", f"http://127.0.0.1:{port}"]
+
+
+def only(rows, **match):
+    found = [r for r in rows if all(r[k] == v for k, v in match.items())]
+    assert len(found) == 1, (match, rows)
+    return found[0]
+
+
+def test_allowed_flow_is_delivered_byte_for_byte(hush, origin):
+    port = free_port()
+    h = hush({"t": policy(port)})
+    res = curl(*proxy(port), origin.url("/bytes/300000"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == payload(300000)
+    assert len(origin.accepts) == 1 and len(origin.requests) == 1
+    assert h.stop() == 0
+    row = only(h.audit(), decision="allow")
+    assert (row["app"], row["method"], row["host"], row["status"], row["ip_exposed"]) == (
+        "testapp", "GET", "127.0.0.1", 200, 1)
+    assert row["bytes_down"] == 300000
+    assert row["rule"].endswith("t.yaml:3")  # the default
+
+
+def test_blocked_plain_http_never_reaches_the_origin(hush, origin):
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: 127.0.0.1}, action: block, status: 451}")})
+    res = curl("-o", "/dev/null", "-w", "%{http_code}", *proxy(port), origin.url("/x?token=secret"))
+    assert res.stdout == b"451"
+    assert origin.accepts == []
+    h.stop()
+    row = only(h.audit(), decision="block")
+    assert row["ip_exposed"] == 0 and row["sent"] is None and row["status"] == 451
+    assert row["url"] == "http://127.0.0.1/"  # default redaction: site only
+    assert "secret" not in str(row)
+
+
+def test_connect_level_block_sends_nothing_not_even_a_clienthello(hush, tls_origin, ca_file):
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: 127.0.0.1}, action: block}")})
+    res = curl("--cacert", str(ca_file), *proxy(port), tls_origin.url("/"))
+    assert res.returncode == 56 and b"403" in res.stderr  # CONNECT refused
+    assert tls_origin.accepts == []
+    h.stop()
+    row = only(h.audit(), method="CONNECT")
+    assert (row["decision"], row["level"], row["ip_exposed"], row["status"]) == ("block", "connect", 0, 403)
+
+
+def test_connect_level_reset(hush, tls_origin):
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: 127.0.0.1}, action: block, status: reset}")})
+    res = curl(*proxy(port), tls_origin.url("/"))
+    assert res.returncode != 0
+    assert tls_origin.accepts == []
+    h.stop()
+    assert only(h.audit(), method="CONNECT")["decision"] == "block"
+
+
+def test_inspected_block_never_reaches_the_origin(hush, tls_origin, ca_file):
+    port = free_port()
+    h = hush({"t": policy(port, '  - {match: {host: 127.0.0.1, path: "/secret*"}, action: block}')},
+             config=f"upstream_ca: {ca_file}\n")
+    res = curl("--cacert", str(h.ca_cert), "-w", "%{http_code}", "-o", "/dev/null", *proxy(port),
+               tls_origin.url("/secret/1"))
+    assert res.stdout == b"403", res.stderr
+    assert tls_origin.accepts == []  # with connection_strategy=eager this would be 1
+    res = curl("--cacert", str(h.ca_cert), *proxy(port), tls_origin.url("/public"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == b"origin 127.0.0.1 /public\n"
+    assert len(tls_origin.accepts) == 1 and [r.path for r in tls_origin.requests] == ["/public"]
+    h.stop()
+    rows = h.audit()
+    blocked = only(rows, decision="block")
+    assert (blocked["scheme"], blocked["level"], blocked["ip_exposed"]) == ("https", "request", 0)
+    allowed = only(rows, decision="allow")
+    assert (allowed["scheme"], allowed["ip_exposed"], allowed["status"]) == ("https", 1, 200)
+
+
+STRIPPED = ["-H", "Cookie: session=abc", "-H", "Referer: https://chat.example.com/room/1",
+            "-H", "Accept-Language: de-CH", "-H", "User-Agent: WhatsApp/2.19.305 A", "-H", "X-Keep: 1"]
+
+
+def test_strip_plain_http(hush, origin):
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: 127.0.0.1}, action: strip}")})
+    res = curl(*STRIPPED, *proxy(port), origin.url("/p"))
+    assert res.returncode == 0, res.stderr
+    [seen] = origin.requests
+    for name in ("cookie", "referer", "accept-language"):
+        assert name not in seen.headers
+    assert seen.headers["user-agent"].startswith("Mozilla/5.0") and "WhatsApp" not in seen.headers["user-agent"]
+    assert seen.headers["x-keep"] == "1"
+    h.stop()
+    import json
+
+    row = only(h.audit(), decision="strip")
+    carried, sent = json.loads(row["carried"]), json.loads(row["sent"])
+    assert carried["cookies"] == 1 and sent["cookies"] == 0
+    assert carried["user_agent"] == "WhatsApp/2.19.305 A" and sent["user_agent"].startswith("Mozilla/5.0")
+    assert carried["referer"] == "https://example.com/" and sent["referer"] is None
+
+
+def test_strip_inspected_https(hush, tls_origin, ca_file):
+    port = free_port()
+    h = hush({"t": policy(port, '  - {match: {host: 127.0.0.1}, action: strip, headers: [cookie], '
+                                'user_agent: "Generic/1.0"}')},
+             config=f"upstream_ca: {ca_file}\n")
+    res = curl("--cacert", str(h.ca_cert), *STRIPPED, *proxy(port), tls_origin.url("/s"))
+    assert res.returncode == 0, res.stderr
+    [seen] = tls_origin.requests
+    assert "cookie" not in seen.headers
+    assert seen.headers["accept-language"] == "de-CH"  # not listed: kept
+    assert seen.headers["user-agent"] == "WhatsApp/2.19.305 A"  # user-agent not listed: kept
+    h.stop()
+
+
+def test_passthrough_is_not_intercepted(hush, tls_origin, ca_file):
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: 127.0.0.1}, action: passthrough}", default="block")})
+    # curl trusts only the origin's CA: it succeeds only if hush did not intercept
+    res = curl("--cacert", str(ca_file), *proxy(port), tls_origin.url("/pinned"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == b"origin 127.0.0.1 /pinned\n"
+    assert len(tls_origin.accepts) == 1
+    h.stop()
+    row = only(h.audit(), method="CONNECT")
+    assert (row["decision"], row["level"], row["ip_exposed"]) == ("passthrough", "connect", 1)
+    assert row["duration_ms"] is not None
+
+
+def test_connect_level_allow_needs_no_ca(hush, tls_origin, ca_file):
+    port = free_port()
+    h = hush({"t": policy(port)})
+    res = curl("--cacert", str(ca_file), *proxy(port), tls_origin.url("/a"))
+    assert res.returncode == 0, res.stderr
+    h.stop()
+    assert only(h.audit(), method="CONNECT")["decision"] == "allow"
+
+
+def test_socks5_listener(hush, origin, origin2):
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: 127.0.0.3}, action: block}", mode="socks5")})
+    ok = curl("--socks5-hostname", f"127.0.0.1:{port}", origin.url("/s"))
+    assert ok.returncode == 0 and ok.stdout == b"origin 127.0.0.1 /s\n"
+    blocked = curl("-w", "%{http_code}", "-o", "/dev/null", "--socks5-hostname", f"127.0.0.1:{port}", origin2.url("/s"))
+    assert blocked.stdout == b"403"
+    assert origin2.accepts == [] and len(origin.accepts) == 1
+    h.stop()
+    rows = h.audit()
+    assert only(rows, host="127.0.0.3")["decision"] == "block"
+    assert only(rows, host="127.0.0.1")["listener"] == f"socks5@127.0.0.1:{port}"
+
+
+def test_socks5_tls_blocked_at_connection_level(hush, tls_origin):
+    port = free_port()
+    h = hush({"t": policy(port, default="block", mode="socks5")})
+    res = curl("--socks5-hostname", f"127.0.0.1:{port}", "-k", tls_origin.url("/"))
+    assert res.returncode != 0
+    assert tls_origin.accepts == []
+    h.stop()
+    assert only(h.audit(), method="CONNECT")["decision"] == "block"
+
+
+def test_two_apps_two_listeners(hush, origin):
+    p1, p2 = free_port(), free_port()
+    h = hush({
+        "a": f"app: a\nlisten: {p1}\ndefault: allow\n",
+        "b": f"app: b\nlisten: {p2}\ndefault: block\n",
+    })
+    assert curl(*proxy(p1), origin.url("/a")).returncode == 0
+    assert curl("-w", "%{http_code}", "-o", "/dev/null", *proxy(p2), origin.url("/b")).stdout == b"403"
+    assert [r.path for r in origin.requests] == ["/a"]
+    assert f"listening: app=a address=127.0.0.1:{p1} mode=http" in h.log
+    assert f"listening: app=b address=127.0.0.1:{p2} mode=http" in h.log
+    h.stop()
+    assert {(r["app"], r["decision"]) for r in h.audit()} == {("a", "allow"), ("b", "block")}
+
+
+def test_sigterm_writes_every_audit_record(hush, origin):
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {path: '/blocked/*'}, action: block}")})
+    urls = [origin.url(f"/blocked/{i}") for i in range(150)]
+    res = curl("--parallel", "--parallel-max", "20", *proxy(port), *[a for u in urls for a in ("-o", "/dev/null", u)],
+               timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert h.stop() == 0
+    assert len([r for r in h.audit() if r["decision"] == "block"]) == 150
+    assert origin.accepts == []

@@ -1,0 +1,136 @@
+from mitmproxy.proxy import server_hooks
+from mitmproxy.test import taddons, tflow
+
+from hush.addons.act import Act
+from hush.addons.classify import Classify
+from hush.addons.decide import Decide
+from hush.addons.tunnel import Tunnel
+
+from .helpers import connect_flow, http_flow, policyset
+
+
+def decided(url, **kw):
+    f = http_flow(url, **kw)
+    f.metadata.update({"hush.policy": policyset(), "hush.app": "x", "hush.listener": "l"})
+    Classify().requestheaders(f)
+    Decide().requestheaders(f)
+    return f
+
+
+def connect(act, f):
+    data = server_hooks.ServerConnectionHookData(f.server_conn, f.client_conn)
+    f.server_conn.address = (f.request.host, f.request.port)
+    f.server_conn.error = None
+    act.server_connect(data)
+    return f.server_conn.error
+
+
+def test_block_answers_locally_and_permits_nothing():
+    act = Act()
+    with taddons.context(act):
+        f = decided("http://blocked.org/x")
+        act.requestheaders(f)
+        assert f.response.status_code == 403
+        assert f.response.headers["X-Hush-Decision"] == "block p.yaml:7"
+        assert connect(act, f).startswith("hush: no decision permits a direct connection to blocked.org:80")
+
+
+def test_block_status_and_reset():
+    act = Act()
+    with taddons.context(act):
+        f = decided("https://www.example.com/p/1")
+        act.requestheaders(f)
+        assert f.response.status_code == 204
+        g = decided("http://reset.org/")
+        act.requestheaders(g)
+        assert g.error and g.error.msg == "Connection killed." and g.response is None
+
+
+def test_allow_permits_exactly_that_host_and_port():
+    act = Act()
+    with taddons.context(act):
+        f = decided("http://a.org:8080/")
+        act.requestheaders(f)
+        assert f.response is None
+        assert connect(act, f) is None
+        other = http_flow("http://b.org:8080/")
+        other.client_conn = f.client_conn
+        assert connect(act, other) is not None  # same client, undecided host
+        f.server_conn.address = ("a.org", 8081)
+        act.server_connect(server_hooks.ServerConnectionHookData(f.server_conn, f.client_conn))
+        assert f.server_conn.error is not None
+        act.client_disconnected(f.client_conn)
+        assert connect(act, f) is not None  # permits end with the connection
+
+
+def test_strip_removes_and_replaces():
+    act = Act()
+    with taddons.context(act):
+        f = decided("http://www.strip.org/", headers={"Cookie": "a=1", "Referer": "https://x/",
+                                                       "Accept-Language": "de", "User-Agent": "WhatsApp/2",
+                                                       "Accept": "text/html"})
+        act.requestheaders(f)
+    h = f.request.headers
+    assert "cookie" not in h and "referer" not in h and "accept-language" not in h
+    assert h["user-agent"].startswith("Mozilla/5.0") and h["accept"] == "text/html"
+
+
+def test_an_action_that_raises_fails_closed(monkeypatch):
+    from hush.addons.actions.strip import Strip
+
+    monkeypatch.setattr(Strip, "on_request", lambda self, flow, d: 1 / 0)
+    act = Act()
+    with taddons.context(act):
+        f = decided("http://www.strip.org/")
+        act.requestheaders(f)
+        assert f.response.status_code == 502
+        assert f.metadata["hush.decision"].note.startswith("fail-closed: failed to apply strip")
+        assert connect(act, f) is not None
+
+
+def test_undecided_flow_fails_closed():
+    act = Act()
+    with taddons.context(act):
+        f = http_flow("http://a.org/")
+        act.requestheaders(f)
+        assert f.response.status_code == 502
+        assert connect(act, f) is not None
+
+
+def test_tunnel_decisions():
+    ps = policyset()
+    act = Act()
+    with taddons.context(act):
+        f = connect_flow("blocked.org")
+        t = Tunnel(f.client_conn.id, "x", "l", "blocked.org", 443, ps, ps.decide_connect("x", "blocked.org", 443), f)
+        act.hush_tunnel(t)
+        assert f.response.status_code == 403
+        assert connect(act, f) is not None
+        g = connect_flow("a.backend.net")
+        t = Tunnel(g.client_conn.id, "x", "l", "a.backend.net", 443, ps,
+                   ps.decide_connect("x", "a.backend.net", 443), g)
+        act.hush_tunnel(t)
+        assert g.response is None
+        assert connect(act, g) is None
+
+
+def test_connect_block_below_400_answers_403():
+    ps = policyset()
+    act = Act()
+    with taddons.context(act):
+        f = connect_flow("www.example.com")
+        d = ps.decide("x", __import__("hush.daemon.policy", fromlist=["RequestInfo"]).RequestInfo.from_url(
+            "https://www.example.com/p/x"))
+        assert d.action.status == 204
+        act.hush_tunnel(Tunnel(f.client_conn.id, "x", "l", "www.example.com", 443, ps, d, f))
+        assert f.response.status_code == 403  # a 2xx would open the tunnel
+
+
+def test_guard_failing_itself_refuses():
+    act = Act()
+    with taddons.context(act):
+        server = tflow.tserver_conn()
+        server.address = ("a.org", 80)
+        act._permits = None  # break it
+        act.server_connect(server_hooks.ServerConnectionHookData(server, tflow.tclient_conn()))
+        assert server.error.startswith("hush: egress check failed")

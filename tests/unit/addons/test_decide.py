@@ -1,0 +1,116 @@
+from mitmproxy import tls
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy import context
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow
+
+from hush.addons.decide import Decide
+from hush.addons.identify import Identify
+from hush.daemon.policy.holder import PolicyHolder
+
+from .helpers import Recorder, connect_flow, http_flow, policyset
+
+
+def run(decide, f, ps=None, app="x"):
+    f.metadata["hush.policy"] = ps if ps is not None else policyset()
+    f.metadata["hush.app"] = app
+    f.metadata["hush.listener"] = "regular@127.0.0.1:8101"
+    decide.requestheaders(f)
+    return f.metadata["hush.decision"]
+
+
+def test_request_decision():
+    decide = Decide()
+    with taddons.context(decide):
+        d = run(decide, http_flow("https://www.example.com/p/1"))
+    assert (d.action.name, d.rule.index, d.level) == ("block", 4, "request")
+
+
+def test_fail_closed_without_policy_app_or_on_error(monkeypatch):
+    decide = Decide()
+    with taddons.context(decide):
+        f = http_flow("http://a.org/")
+        f.metadata["hush.app"] = "x"
+        decide.requestheaders(f)
+        assert f.metadata["hush.decision"].note == "fail-closed: no policy loaded"
+        assert run(decide, http_flow("http://a.org/"), app=None).note == "fail-closed: no policy owns this listener"
+        ps = policyset()
+        monkeypatch.setattr(type(ps), "decide", lambda *a: 1 / 0)
+        d = run(decide, http_flow("http://a.org/"), ps=ps)
+    assert d.action.name == "block" and d.action.egress == "none"
+    assert d.note.startswith("fail-closed: error while deciding: ZeroDivisionError")
+
+
+def test_connect_decided_at_connection_level_announces_tunnel():
+    decide, recorder = Decide(), Recorder()
+    with taddons.context(decide, recorder):
+        f = connect_flow("blocked.org")
+        f.metadata.update({"hush.policy": policyset(), "hush.app": "x", "hush.listener": "l"})
+        decide.http_connect(f)
+    tunnel = f.metadata["hush.tunnel"]
+    assert recorder.tunnels == [tunnel]
+    assert tunnel.decision.level == "connect" and tunnel.decision.action.name == "block"
+    assert f.metadata["hush.decision"] is tunnel.decision
+
+
+def test_connect_that_needs_the_request_is_inspected():
+    decide, recorder = Decide(), Recorder()
+    with taddons.context(decide, recorder):
+        f = connect_flow("www.example.com")  # the /p/* rule needs the path
+        f.metadata.update({"hush.policy": policyset(), "hush.app": "x", "hush.listener": "l"})
+        decide.http_connect(f)
+    assert f.metadata["hush.tunnel"].decision is None
+    assert "hush.decision" not in f.metadata and recorder.tunnels == []
+
+
+
+
+class _Hello:
+    def __init__(self, sni):
+        self.sni = sni
+
+
+def hello_data(client, host):
+    c = context.Context(client, None)
+    c.server = tflow.tserver_conn()
+    c.server.address = (host, 443)
+    return tls.ClientHelloData(c, _Hello(host))
+
+
+def test_decided_tunnel_tls_is_not_intercepted():
+    decide = Decide()
+    with taddons.context(decide, Recorder()):
+        allowed = connect_flow("a.backend.net")
+        allowed.metadata.update({"hush.policy": policyset(), "hush.app": "x", "hush.listener": "l"})
+        decide.http_connect(allowed)
+        data = hello_data(allowed.client_conn, "a.backend.net")
+        decide.tls_clienthello(data)
+        assert data.ignore_connection is True
+        inspected = connect_flow("www.example.com")
+        inspected.metadata.update({"hush.policy": policyset(), "hush.app": "x", "hush.listener": "l"})
+        decide.http_connect(inspected)
+        data = hello_data(inspected.client_conn, "www.example.com")
+        decide.tls_clienthello(data)
+        assert data.ignore_connection is False
+
+
+def test_socks_connection_is_decided_at_clienthello():
+    identify, decide, recorder = Identify(PolicyHolder(policyset("app: s\nlisten: {port: 1080, mode: socks5}\n"
+                                                                 "default: block\n"))), Decide(), Recorder()
+    with taddons.context(identify, decide, recorder):
+        client = tflow.tclient_conn()
+        client.proxy_mode = ProxyMode.parse("socks5@127.0.0.1:1080")
+        data = hello_data(client, "anything.org")
+        decide.tls_clienthello(data)
+        decide.client_disconnected(client)
+    assert data.ignore_connection is True
+    [tunnel] = recorder.tunnels
+    assert (tunnel.app, tunnel.host, tunnel.decision.action.name, tunnel.flow) == ("s", "anything.org", "block", None)
+    assert recorder.ended == [tunnel] and tunnel.ended is not None
+
+
+def test_lazy_strategy_is_forced():
+    decide = Decide()
+    with taddons.context(Proxyserver(), decide) as tctx:
+        tctx.configure(decide, connection_strategy="eager")
+        assert tctx.options.connection_strategy == "lazy"

@@ -1,0 +1,205 @@
+import textwrap
+
+import pytest
+
+from hush.daemon.policy import RequestInfo, build, check_examples, load
+from hush.daemon.yamlschema import LoadError
+
+F = "policies/x.yaml"
+
+BASE = """\
+app: x
+listen: 8101
+default: allow
+"""
+
+
+def errors(text: str, file: str = F) -> list[str]:
+    with pytest.raises(LoadError) as e:
+        build([(file, textwrap.dedent(text))])
+    return [str(err) for err in e.value.errors]
+
+
+def rules(body: str) -> str:
+    return BASE + "rules:\n" + textwrap.indent(textwrap.dedent(body), "  ")
+
+
+@pytest.mark.parametrize("text, message", [
+    # the policy file itself
+    ("", f"{F}:1:1: the file is empty"),
+    (BASE + "---\napp: y\n", f"{F}:5:1: only one YAML document is allowed per file"),
+    ("app: [x\n", f"{F}:2:1: YAML syntax error: did not find expected ',' or ']'"),
+    ("- a\n", f"{F}:1:1: a policy must be a mapping, not a list"),
+    ("app: x\nlisten: 8101\n", f"{F}:1:1: missing required key 'default' in a policy"),
+    (BASE + "app: y\n", f"{F}:4:1: duplicate key 'app' (first at line 1)"),
+    (BASE + "colour: red\n",
+     f"{F}:4:1: unknown key 'colour' (expected one of: app, default, description, examples, listen, rules)"),
+    ("app: Big\nlisten: 1\ndefault: allow\n", f"{F}:1:6: app name 'Big' must be lower-case letters, digits, '-' or '_'"),
+    ("app: no\nlisten: 1\ndefault: allow\n",
+     f"{F}:1:6: app: 'no' is read by YAML 1.1 as a boolean; quote it (\"no\") if you mean the string"),
+    # listeners
+    ("app: x\nlisten: 0\ndefault: allow\n", f"{F}:2:9: listen port must be between 1 and 65535, not 0"),
+    ("app: x\nlisten: 0.0.0.0:80\ndefault: allow\n",
+     f"{F}:2:9: listen host 0.0.0.0 is not a loopback address: hush listens on loopback only"),
+    ("app: x\nlisten: localhost:80\ndefault: allow\n",
+     f"{F}:2:9: listen host 'localhost' must be an IP address (127.0.0.1 or ::1)"),
+    ("app: x\nlisten: {port: 80, mode: socks4}\ndefault: allow\n",
+     f"{F}:2:26: unknown listen mode 'socks4' (expected one of: http, socks5)"),
+    ("app: x\nlisten: eighty\ndefault: allow\n", f"{F}:2:9: listen 'eighty' must be a port, 'HOST:PORT' or a mapping"),
+    # actions
+    ("app: x\nlisten: 1\ndefault: drop\n",
+     f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, passthrough, strip)"),
+    ("app: x\nlisten: 1\ndefault: {action: block, status: 200000}\n",
+     f"{F}:3:34: status must be between 100 and 599, not 200000"),
+    ("app: x\nlisten: 1\ndefault: {action: allow, status: 403}\n",
+     f"{F}:3:26: action 'allow' does not take 'status' (it takes: no parameters)"),
+    (rules("- action: block\n  status: later\n"),
+     f"{F}:6:13: unknown status 'later' (expected one of: reset)"),
+    (rules("- action: strip\n  headers: [cookie, 'bad header']\n"),
+     f"{F}:6:23: 'bad header' is not a valid header name"),
+    (rules("- action: strip\n  user_agent: off\n"),
+     f"{F}:6:17: user_agent: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
+    (rules("- match: {host: a.com}\n"), f"{F}:5:5: missing required key 'action' in a rule"),
+    (rules("- action: block\n  stauts: 403\n"),
+     f"{F}:6:5: unknown key 'stauts' (expected one of: action, headers, match, name, status, user_agent)"),
+    (rules("- action: block\n  headers: [cookie]\n"),
+     f"{F}:6:5: action 'block' does not take 'headers' (it takes: status)"),
+    (rules("- action: block\n  action: allow\n"), f"{F}:6:5: duplicate key 'action' (first at line 5)"),
+    # matchers
+    (rules("- match: {host: 'a.*.com'}\n  action: block\n"),
+     f"{F}:5:19: 'a.*.com': a wildcard is only allowed as a leading '*.' label"),
+    (rules("- match: {host: 'exa mple.com'}\n  action: block\n"), f"{F}:5:19: 'exa mple.com' is not a valid host name"),
+    (rules("- match: {site: www.example.co.uk}\n  action: block\n"),
+     f"{F}:5:19: 'www.example.co.uk' is not a registrable domain (did you mean 'example.co.uk'?)"),
+    (rules("- match: {path: 'x/*'}\n  action: block\n"), f"{F}:5:19: path 'x/*' must start with '/' or '*'"),
+    (rules("- match: {path: '/[ab]'}\n  action: block\n"),
+     f"{F}:5:19: bad path glob: character classes ('[') are not supported in '/[ab]'; use * and ?"),
+    (rules("- match: {method: get}\n  action: block\n"),
+     f"{F}:5:21: method 'get' must be an upper-case HTTP method such as GET"),
+    (rules("- match: {scheme: ftp}\n  action: block\n"),
+     f"{F}:5:21: unknown scheme 'ftp' (expected one of: http, https)"),
+    (rules("- match: {kind: off}\n  action: block\n"),
+     f"{F}:5:19: kind: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
+    (rules("- match: {port: 70000}\n  action: block\n"), f"{F}:5:19: port must be between 1 and 65535, not 70000"),
+    (rules("- match: {header: {user-agent: '{a,b}'}}\n  action: block\n"),
+     f"{F}:5:34: bad header glob: braces ('{{') are not supported in '{{a,b}}'; use * and ?"),
+    (rules("- match: {header: {User-Agent: a, user-agent: b}}\n  action: block\n"),
+     f"{F}:5:21: a header is named twice (header names are case-insensitive)"),
+    (rules("- match: {hots: a.com}\n  action: block\n"),
+     f"{F}:5:13: unknown key 'hots' (expected one of: header, host, kind, method, path, port, scheme, site)"),
+    (rules("- match: {path: /a}\n  action: passthrough\n"),
+     f"{F}:6:13: passthrough can only use host-level matchers (host, site, port): "
+     "path, method, scheme, header and kind need TLS interception"),
+    # examples
+    (BASE + "examples:\n  - url: ftp://a/\n    expect: allow\n", f"{F}:5:10: not an absolute http:// or https:// URL: 'ftp://a/'"),
+    (BASE + "examples:\n  - url: https://a/\n    expect: maybe\n",
+     f"{F}:6:13: unknown action 'maybe' (expected one of: allow, block, passthrough, strip)"),
+    (BASE + "examples:\n  - url: https://a/\n", f"{F}:5:5: missing required key 'expect' in an example"),
+])
+def test_error_table(text, message):
+    assert errors(text) == [message]
+
+
+def test_all_errors_at_once_in_order():
+    text = """\
+    app: x
+    listen: 99999
+    default: drop
+    rules:
+      - match: {method: get}
+        action: block
+        status: 9
+    """
+    assert errors(text) == [
+        f"{F}:2:9: listen port must be between 1 and 65535, not 99999",
+        f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, passthrough, strip)",
+        f"{F}:5:21: method 'get' must be an upper-case HTTP method such as GET",
+        f"{F}:7:13: status must be between 100 and 599, not 9",
+    ]
+
+
+def test_errors_from_several_files_together():
+    a = ("policies/a.yaml", "app: a\nlisten: 8101\ndefault: allow\n")
+    b = ("policies/b.yaml", "app: b\nlisten: 8101\ndefault: allow\n")
+    c = ("policies/c.yaml", "app: a\nlisten: 8103\ndefault: nope\n")
+    with pytest.raises(LoadError) as e:
+        build([a, b, c])
+    assert [str(x) for x in e.value.errors] == [
+        "policies/b.yaml:2:9: listener 127.0.0.1:8101 is already used by app 'a' (policies/a.yaml:2:9)",
+        "policies/c.yaml:3:10: unknown action 'nope' (expected one of: allow, block, passthrough, strip)",
+    ]
+
+
+def test_duplicate_app_across_files():
+    a = ("policies/a.yaml", "app: a\nlisten: 8101\ndefault: allow\n")
+    b = ("policies/b.yaml", "app: a\nlisten: 8102\ndefault: allow\n")
+    with pytest.raises(LoadError) as e:
+        build([a, b])
+    assert [str(x) for x in e.value.errors] == ["policies/b.yaml:1:6: app 'a' is already defined in policies/a.yaml"]
+
+
+def test_valid_policy_builds_everything():
+    ps = build([(F, textwrap.dedent("""\
+        app: x
+        description: test
+        listen:
+          - 8101
+          - {port: 8102, mode: socks5, host: "::1"}
+        default: {action: block, status: reset}
+        rules:
+          - name: backend
+            match: {host: ["*.x.net", x.com], port: 443}
+            action: passthrough
+          - match: {header: {User-Agent: ["WhatsApp/*", "*Bot*"]}, method: [GET, HEAD]}
+            action: strip
+            headers: [Cookie, Referer]
+            user_agent: remove
+        examples:
+          - url: https://a.x.net/
+            expect: passthrough
+          - url: https://example.org/p
+            headers: {User-Agent: WhatsApp/2}
+            expect: strip
+    """))])
+    policy = ps.policies["x"]
+    assert [l.spec for l in policy.listeners] == ["regular@127.0.0.1:8101", "socks5@[::1]:8102"]
+    assert policy.default.status is None
+    assert policy.rules[0].name == "backend" and policy.rules[0].location.line == 8
+    strip = policy.rules[1].action
+    assert strip.headers == ("cookie", "referer") and strip.user_agent is None
+    assert check_examples(ps) == []
+
+
+def test_failing_example_is_reported_with_its_location():
+    ps = build([(F, BASE + "examples:\n  - url: https://a/\n    expect: block\n")])
+    assert [str(e) for e in check_examples(ps)] == [
+        f"{F}:5:5: example expects block but default ({F}:3) decides allow"]
+
+
+def test_load_reads_a_directory_and_versions_by_content(tmp_path):
+    (tmp_path / "a.yaml").write_text("app: a\nlisten: 8101\ndefault: allow\n")
+    (tmp_path / "notes.txt").write_text("ignored")
+    first = load([tmp_path])
+    assert list(first.policies) == ["a"]
+    assert load([tmp_path]).version == first.version
+    (tmp_path / "a.yaml").write_text("app: a\nlisten: 8101\ndefault: block\n")
+    assert load([tmp_path]).version != first.version
+
+
+def test_load_empty_directory_is_an_error(tmp_path):
+    with pytest.raises(LoadError) as e:
+        load([tmp_path])
+    assert str(e.value) == f"{tmp_path}:1:1: no policy files (*.yaml) found"
+
+
+def test_strip_default_user_agent_comes_from_config():
+    from hush.addons.actions import ParseContext
+
+    ps = build([(F, rules("- action: strip\n"))], ParseContext(user_agent="Generic/1"))
+    assert ps.policies["x"].rules[0].action.user_agent == "Generic/1"
+
+
+def test_anchors_are_allowed():
+    text = BASE + "rules:\n  - match: &m {host: a.com}\n    action: block\n  - match: *m\n    action: allow\n"
+    ps = build([(F, text)])
+    assert ps.decide("x", RequestInfo.from_url("http://a.com/")).rule.index == 1

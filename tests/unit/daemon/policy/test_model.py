@@ -1,0 +1,81 @@
+import textwrap
+
+import pytest
+
+from hush.daemon.policy import RequestInfo, build
+
+POLICY = textwrap.dedent("""\
+    app: x
+    listen: 8101
+    default: allow
+    rules:
+      - match: {host: "*.backend.net"}
+        action: passthrough
+      - match: {host: tracker.com}
+        action: block
+      - match: {site: example.com, path: "/private/*"}
+        action: block
+        status: 451
+      - match: {header: {user-agent: "WhatsApp/*"}, kind: preview}
+        action: block
+      - match: {site: strip.org}
+        action: strip
+""")
+
+
+@pytest.fixture
+def ps():
+    return build([("p.yaml", POLICY)])
+
+
+def req(url, **kw):
+    return RequestInfo.from_url(url, **kw)
+
+
+def test_first_match_wins(ps):
+    d = ps.decide("x", req("https://a.backend.net/x"))
+    assert (d.action.name, d.rule.index, d.ref, d.level) == ("passthrough", 1, "p.yaml:5", "request")
+
+
+def test_site_and_path(ps):
+    assert ps.decide("x", req("https://www.example.com/private/a")).action.status == 451
+    assert ps.decide("x", req("https://www.example.com/public")).rule is None  # default
+
+
+def test_header_and_kind(ps):
+    ua = {"User-Agent": "WhatsApp/2.19.305 A"}
+    assert ps.decide("x", req("https://a.org/", headers=ua, kind="preview")).rule.index == 4
+    assert ps.decide("x", req("https://a.org/", headers=ua, kind="other")).rule is None
+
+
+def test_connect_level_when_only_host_rules_can_match(ps):
+    assert ps.decide_connect("x", "mmg.backend.net", 443).action.name == "passthrough"
+    # the header rule (no host) could match any host, so other hosts need the request
+    assert ps.decide_connect("x", "tracker.com", 443).action.name == "block"
+    assert ps.decide_connect("x", "other.org", 443) is None
+
+
+def test_connect_level_not_for_actions_that_need_http():
+    ps = build([("p.yaml", "app: x\nlisten: 1\ndefault: allow\nrules:\n  - {match: {site: s.org}, action: strip}\n")])
+    assert ps.decide_connect("x", "a.s.org", 443) is None
+    assert ps.decide_connect("x", "other.org", 443).action.name == "allow"
+
+
+def test_port_matcher():
+    ps = build([("p.yaml", "app: x\nlisten: 1\ndefault: allow\nrules:\n  - {match: {port: 25}, action: block}\n")])
+    assert ps.decide_connect("x", "mail.org", 25).action.name == "block"
+    assert ps.decide_connect("x", "mail.org", 443).action.name == "allow"
+
+
+def test_listeners_and_unknown_app(ps):
+    assert ps.app_for_listener("regular@127.0.0.1:8101") == "x"
+    assert ps.app_for_listener("regular@127.0.0.1:9999") is None
+    with pytest.raises(KeyError):
+        ps.decide("nope", req("http://a/"))
+
+
+def test_policyset_is_immutable(ps):
+    with pytest.raises(TypeError):
+        ps.policies["y"] = None
+    with pytest.raises(AttributeError):
+        ps.version = "other"
