@@ -1,0 +1,175 @@
+import json
+import textwrap
+
+import pytest
+
+from hush.daemon.audit import AuditWriter
+from hush.daemon.cli import main
+from hush.daemon.run import ExitStatus
+
+POLICY = textwrap.dedent("""\
+    app: x
+    listen: 8101
+    default: allow
+    rules:
+      - name: previews
+        match: {header: {user-agent: "WhatsApp/*"}}
+        action: block
+      - match: {host: tracker.com}
+        action: block
+    examples:
+      - url: https://a.org/
+        headers: {User-Agent: WhatsApp/2}
+        expect: block
+""")
+
+
+@pytest.fixture
+def policies(tmp_path):
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "x.yaml").write_text(POLICY)
+    return d
+
+
+def test_check_ok(policies, capsys):
+    assert main(["policy", "check", str(policies)]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    assert out.startswith("ok: 1 policies, 2 rules, 1 examples pass (set ")
+
+
+def test_check_uses_hush_policies_env(policies, capsys, monkeypatch):
+    monkeypatch.setenv("HUSH_POLICIES", str(policies))
+    assert main(["policy", "check"]) == ExitStatus.OK
+
+
+def test_check_invalid_prints_every_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("app: x\nlisten: 8101\ndefault: drop\nrules:\n  - {action: block, status: 9}\n")
+    assert main(["policy", "check", str(bad)]) == ExitStatus.POLICY_INVALID
+    assert capsys.readouterr().err.splitlines() == [
+        f"{bad}:3:10: unknown action 'drop' (expected one of: allow, block, passthrough, strip)",
+        f"{bad}:5:29: status must be between 100 and 599, not 9",
+    ]
+
+
+def test_check_failing_example(tmp_path, capsys):
+    p = tmp_path / "x.yaml"
+    p.write_text("app: x\nlisten: 8101\ndefault: allow\nexamples:\n  - {url: 'https://a/', expect: block}\n")
+    assert main(["policy", "check", str(p)]) == ExitStatus.EXAMPLES_FAILED
+    assert capsys.readouterr().err == f"{p}:5:5: example expects block but default ({p}:3) decides allow\n"
+
+
+def test_explain_table(policies, capsys):
+    argv = ["policy", "explain", "--policies", str(policies), "--app", "x", "https://a.org/p",
+            "--header", "User-Agent: WhatsApp/2.19", "--table"]
+    assert main(argv) == ExitStatus.OK
+    assert capsys.readouterr().out.splitlines() == [
+        f"block (answer 403)   by rule 1 'previews' ({policies}/x.yaml:5)",
+        "decided per request: TLS to this host is intercepted, the app must trust hush's CA",
+        "kind: preview; policy set " + _version(policies),
+    ]
+
+
+def _version(policies):
+    from hush.daemon.policy import load
+
+    return load([policies]).version
+
+
+def test_explain_json_and_connect_level(policies, capsys):
+    # tracker.com is matched at CONNECT time only if no earlier rule needs the request;
+    # the User-Agent rule comes first, so it is inspected.
+    assert main(["policy", "explain", "--policies", str(policies), "--app", "x", "https://tracker.com/",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] == "block" and result["rule"] == 2
+    assert result["connection_level"] is False and result["tls_intercepted"] is True
+
+
+def test_explain_unknown_app_and_bad_url(policies, capsys):
+    assert main(["policy", "explain", "--policies", str(policies), "--app", "nope", "https://a/"]) == ExitStatus.USAGE
+    assert "no policy for app 'nope' (apps: x)" in capsys.readouterr().err
+    assert main(["policy", "explain", "--policies", str(policies), "--app", "x", "a.org"]) == ExitStatus.USAGE
+    assert main(["policy", "explain", "--policies", str(policies), "--app", "x", "https://a/",
+                 "--header", "nocolon"]) == ExitStatus.USAGE
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main([]) == ExitStatus.USAGE
+    assert main(["policy", "frobnicate"]) == ExitStatus.USAGE
+
+
+def _fill(state, records):
+    writer = AuditWriter(state / "audit.db")
+    for r in records:
+        writer.submit(r)
+    writer.close()
+
+
+def rec(**kw):
+    base = {"ts": 1795000000.0, "app": "x", "listener": "regular@127.0.0.1:8101", "level": "request",
+            "method": "GET", "scheme": "https", "host": "a.org", "port": 443, "site": "a.org",
+            "url": "https://a.org/", "kind": "other", "decision": "block", "rule": "p/x.yaml:5",
+            "policy_version": "v1", "status": 403, "ip_exposed": False,
+            "carried": {"user_agent": "WhatsApp/2", "cookies": 1, "referer": None, "accept_language": None,
+                        "range": None, "authorization": False}, "sent": None}
+    base.update(kw)
+    return base
+
+
+def test_audit_commands(tmp_path, capsys):
+    state = tmp_path / "state"
+    _fill(state, [rec(), rec(decision="allow", ip_exposed=True, sent={"user_agent": "WhatsApp/2", "cookies": 1}),
+                  rec(app="y", site="b.org", host="b.org")])
+    assert main(["audit", "summary", "--state-dir", str(state), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    x = summary["apps"]["x"]
+    assert x["requests"] == 2 and x["by_decision"] == {"block": 1, "allow": 1}
+    assert x["prevented"] == {"ip": 1, "user_agent": 1, "cookies": 1, "referer": 0, "accept_language": 0}
+    assert x["ip_exposed"] == 1 and x["top_sites"] == [{"site": "a.org", "requests": 2}]
+    assert main(["audit", "summary", "--state-dir", str(state), "--app", "y", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["apps"]) == ["y"]
+
+    assert main(["audit", "tail", "-n", "2", "--state-dir", str(state), "--json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [2, 3]
+    assert main(["audit", "show", "1", "--state-dir", str(state), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["carried"]["cookies"] == 1 and shown["ip_exposed"] is False
+    assert main(["audit", "show", "99", "--state-dir", str(state)]) == ExitStatus.NOT_FOUND
+    assert main(["audit", "summary", "--state-dir", str(state), "--since", "yesterday"]) == ExitStatus.USAGE
+
+
+def test_audit_summary_table(tmp_path, capsys):
+    state = tmp_path / "state"
+    _fill(state, [rec(), rec()])
+    assert main(["audit", "summary", "--state-dir", str(state), "--table"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "x: 2 requests to 1 sites (block 2)",
+        "  IP reached the site 0 times; prevented: ip 2, user_agent 2, cookies 2",
+        "  top sites: a.org (2)",
+    ]
+
+
+def test_audit_without_database(tmp_path, capsys):
+    assert main(["audit", "tail", "--state-dir", str(tmp_path)]) == ExitStatus.NOT_FOUND
+    assert "no audit database" in capsys.readouterr().err
+
+
+def test_ca_path_creates_a_private_ca(tmp_path, capsys):
+    assert main(["ca", "path", "--state-dir", str(tmp_path)]) == 0
+    cert = tmp_path / "ca" / "mitmproxy-ca-cert.pem"
+    assert capsys.readouterr().out == f"{cert}\n"
+    assert cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert (tmp_path / "ca" / "mitmproxy-ca.pem").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "ca").stat().st_mode & 0o777 == 0o700
+
+
+def test_invalid_config_is_located(tmp_path, policies, capsys):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("audit:\n  redaction: none\nlog_level: loud\n")
+    assert main(["policy", "check", str(policies), "--config", str(cfg)]) == ExitStatus.POLICY_INVALID
+    assert capsys.readouterr().err.splitlines() == [
+        f"{cfg}:2:14: unknown audit redaction 'none' (expected one of: full, no-query, site)",
+        f"{cfg}:3:12: unknown log_level 'loud' (expected one of: debug, error, info, warning)",
+    ]
