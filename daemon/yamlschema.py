@@ -91,8 +91,9 @@ def kind(node: yaml.Node) -> str:
 class Reader:
     """Collects errors for one file while its nodes are converted."""
 
-    def __init__(self, file: str):
+    def __init__(self, file: str, read=None):
         self.file = file
+        self.read = read  # how to fetch files this one refers to (policy host lists)
         self.errors: list[LocatedError] = []
 
     # -- locations and errors ------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Iterable, Mapping
 
 import tldextract
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_NAME = re.compile(r"^(?:(?!-)[a-z0-9_-]{1,63}(?<!-)\.)*(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _extract = tldextract.TLDExtract(
     suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True, include_psl_private_domains=True
 )
@@ -32,6 +32,8 @@ def normalize(host: str) -> str:
 
 
 def is_ip(host: str) -> bool:
+    if not host or not (host[0].isdigit() or ":" in host):
+        return False  # cheap: most names cannot be addresses
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -60,12 +62,9 @@ def parents(host: str) -> Iterable[str]:
 
 def check_name(name: str) -> str | None:
     """Why ``name`` is not a valid host name or IP, or None."""
-    if is_ip(name):
+    if len(name) <= 253 and _NAME.match(name) or is_ip(name):
         return None
-    labels = name.split(".")
-    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
-        return f"{name!r} is not a valid host name"
-    return None
+    return f"{name!r} is not a valid host name"
 
 
 def parse_host_pattern(pattern: str) -> tuple[str, bool]:

@@ -10,24 +10,26 @@ Nothing is half-loaded: one error anywhere and no PolicySet is returned.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import yaml
 
 from hush.addons.actions import REGISTRY, Action, ParseContext
 from hush.daemon.policy.glob import Glob
-from hush.daemon.policy.hosts import HostIndex, check_name, parse_host_pattern, site_of
+from hush.daemon.policy.hosts import HostIndex, check_name, is_ip, parse_host_pattern, site_of
 from hush.daemon.policy.model import Example, Listener, Match, Policy, PolicySet, RequestInfo, Rule
 from hush.daemon.yamlschema import INT, Field, LoadError, LocatedError, Location, Reader
 
 POLICY_KEYS = {"app", "description", "listen", "default", "rules", "examples"}
 RULE_KEYS = {"name", "match", "action"}
-MATCH_KEYS = {"host", "site", "port", "path", "method", "scheme", "header", "kind"}
+MATCH_KEYS = {"host", "hosts_from", "site", "port", "path", "method", "scheme", "header", "kind"}
+MAX_LIST_ERRORS = 20
 LISTEN_KEYS = {"port", "host", "mode"}
 EXAMPLE_KEYS = {"url", "method", "headers", "kind", "expect"}
 KINDS = {"preview", "media", "other"}
@@ -50,6 +52,7 @@ def policy_files(paths: Iterable[Path | str]) -> list[Path]:
 
 def load(paths: Iterable[Path | str], ctx: ParseContext = ParseContext()) -> PolicySet:
     """:raises LoadError: with every error in every file."""
+    paths = list(paths)
     files = policy_files(paths)
     sources, errors = [], []
     for path in files:
@@ -65,14 +68,25 @@ def load(paths: Iterable[Path | str], ctx: ParseContext = ParseContext()) -> Pol
     return build(sources, ctx)
 
 
-def build(sources: Iterable[tuple[str, str]], ctx: ParseContext = ParseContext()) -> PolicySet:
-    """:raises LoadError: with every error found."""
+def _read(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def build(
+    sources: Iterable[tuple[str, str]],
+    ctx: ParseContext = ParseContext(),
+    read: Callable[[str], str] = _read,
+) -> PolicySet:
+    """:raises LoadError: with every error found.
+
+    ``read`` fetches the text of ``hosts_from:`` list files (tests pass a dict's get).
+    """
     sources = list(sources)
     errors: list[LocatedError] = []
     policies: dict[str, Policy] = {}
     listeners: dict[tuple[str, int], Listener] = {}
     for file, text in sources:
-        reader = Reader(file)
+        reader = Reader(file, read)
         policy = _policy(reader, text, ctx)
         if policy is not None:
             if policy.app in policies:
@@ -228,8 +242,7 @@ def _listener(reader: Reader, node: yaml.Node, app: str) -> Listener | None:
 def _action_spec(reader: Reader, node: yaml.Node, ctx: ParseContext) -> Action | None:
     """``default: block`` or ``default: {action: block, status: 451}``."""
     if isinstance(node, yaml.MappingNode):
-        allowed = {"action"} | set().union(*(a.params for a in REGISTRY.values()))
-        fields = reader.mapping(node, allowed=allowed, required={"action"}, what="default")
+        fields = reader.mapping(node, allowed={"action"} | _params(), required={"action"}, what="default")
         if "action" not in fields:
             return None
         return _action(reader, fields, ctx)
@@ -258,9 +271,14 @@ def _action(reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> Acti
     return cls.parse(reader, params, ctx)
 
 
+@functools.cache
+def _params() -> frozenset[str]:
+    """Every parameter key any action takes (the registry is complete after import)."""
+    return frozenset().union(*(a.params for a in REGISTRY.values()))
+
+
 def _rule(reader: Reader, node: yaml.Node, index: int, ctx: ParseContext) -> Rule | None:
-    allowed = RULE_KEYS | set().union(*(a.params for a in REGISTRY.values()))
-    fields = reader.mapping(node, allowed=allowed, required={"action"}, what="a rule")
+    fields = reader.mapping(node, allowed=RULE_KEYS | _params(), required={"action"}, what="a rule")
     if not fields:
         return None
     before = len(reader.errors)
@@ -279,7 +297,8 @@ def _rule(reader: Reader, node: yaml.Node, index: int, ctx: ParseContext) -> Rul
 def _match(reader: Reader, node: yaml.Node) -> Match | None:
     fields = reader.mapping(node, allowed=MATCH_KEYS, what="match")
     before = len(reader.errors)
-    hosts, suffixes, sites, ports, paths, methods, schemes, kinds = (set() for _ in range(8))
+    hosts, suffixes, sites, ports = set(), set(), set(), set()
+    paths, methods, schemes, kinds = set(), set(), set(), set()
     headers = []
     if "host" in fields:
         for item in reader.items(fields["host"].value, "host"):
@@ -292,6 +311,13 @@ def _match(reader: Reader, node: yaml.Node) -> Match | None:
                 reader.error(item, str(e))
                 continue
             (suffixes if wildcard else hosts).add(name)
+    if "hosts_from" in fields:
+        for item in reader.items(fields["hosts_from"].value, "hosts_from"):
+            text = reader.string(item, "hosts_from")
+            if text is not None:
+                names = _host_list(reader, item, text)
+                hosts.update(names)  # a listed domain blocks itself and everything under it
+                suffixes.update(names)
     if "site" in fields:
         for item in reader.items(fields["site"].value, "site"):
             text = reader.string(item, "site")
@@ -370,6 +396,38 @@ def _match(reader: Reader, node: yaml.Node) -> Match | None:
         headers=tuple(headers),
         kinds=frozenset(kinds),
     )
+
+
+def _host_list(reader: Reader, node: yaml.Node, name: str) -> list[str]:
+    """Domains from a list file: one per line, or hosts-file lines
+    (``0.0.0.0 ads.example.com``); ``#`` starts a comment."""
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        path = Path(reader.file).parent / path
+    try:
+        text = reader.read(str(path))
+    except (OSError, UnicodeDecodeError) as e:
+        reader.error(node, f"cannot read hosts_from {name!r}: {e}")
+        return []
+    out, bad = [], 0
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        body = line.split("#", 1)[0]
+        words = body.split()
+        if not words:
+            continue
+        word = words[-1] if len(words) == 2 and is_ip(words[0]) else words[0]
+        domain = word.lower().rstrip(".")
+        problem = None if len(words) <= 2 and (len(words) == 1 or is_ip(words[0])) else "expected one domain per line"
+        problem = problem or check_name(domain) or (f"{domain!r} is an IP address" if is_ip(domain) else None)
+        if problem:
+            bad += 1
+            if bad <= MAX_LIST_ERRORS:
+                reader.error(Location(str(path), lineno, line.index(word) + 1), problem)
+            continue
+        out.append(domain)
+    if bad > MAX_LIST_ERRORS:
+        reader.error(node, f"hosts_from {name!r}: {bad - MAX_LIST_ERRORS} more bad lines not shown")
+    return out
 
 
 def _example(reader: Reader, node: yaml.Node) -> Example | None:

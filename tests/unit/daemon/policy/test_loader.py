@@ -86,7 +86,7 @@ def rules(body: str) -> str:
     (rules("- match: {header: {User-Agent: a, user-agent: b}}\n  action: block\n"),
      f"{F}:5:21: a header is named twice (header names are case-insensitive)"),
     (rules("- match: {hots: a.com}\n  action: block\n"),
-     f"{F}:5:13: unknown key 'hots' (expected one of: header, host, kind, method, path, port, scheme, site)"),
+     f"{F}:5:13: unknown key 'hots' (expected one of: header, host, hosts_from, kind, method, path, port, scheme, site)"),
     (rules("- match: {path: /a}\n  action: passthrough\n"),
      f"{F}:6:13: passthrough can only use host-level matchers (host, site, port): "
      "path, method, scheme, header and kind need TLS interception"),
@@ -203,3 +203,47 @@ def test_anchors_are_allowed():
     text = BASE + "rules:\n  - match: &m {host: a.com}\n    action: block\n  - match: *m\n    action: allow\n"
     ps = build([(F, text)])
     assert ps.decide("x", RequestInfo.from_url("http://a.com/")).rule.index == 1
+
+
+LIST_POLICY = "app: x\nlisten: 1\ndefault: allow\nrules:\n  - {match: {hosts_from: lists/ads.txt}, action: block}\n"
+
+
+def test_hosts_from_reads_domain_and_hosts_file_lines():
+    files = {"/p/lists/ads.txt": "# ads\nads.example.com\n0.0.0.0 track.example.org  # hosts format\n\n"}
+    ps = build([("/p/x.yaml", LIST_POLICY)], read=files.__getitem__)
+    decide = lambda url: ps.decide("x", RequestInfo.from_url(url)).action.name  # noqa: E731
+    assert decide("https://ads.example.com/") == "block"
+    assert decide("https://cdn.ads.example.com/") == "block"  # a listed domain covers its subdomains
+    assert decide("https://example.com/") == "allow"
+    assert decide("https://track.example.org/") == "block"
+    assert ps.decide_connect("x", "ads.example.com", 443).action.name == "block"
+
+
+def test_hosts_from_errors_point_into_the_list_file():
+    files = {"/p/lists/ads.txt": "ok.example.com\nbad name here\n1.2.3.4\n  -x.com\n"}
+    with pytest.raises(LoadError) as e:
+        build([("/p/x.yaml", LIST_POLICY)], read=files.__getitem__)
+    assert [str(x) for x in e.value.errors] == [
+        "/p/lists/ads.txt:2:1: expected one domain per line",
+        "/p/lists/ads.txt:3:1: '1.2.3.4' is an IP address",
+        "/p/lists/ads.txt:4:3: '-x.com' is not a valid host name",
+    ]
+
+
+def test_hosts_from_missing_file():
+    def missing(path):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    with pytest.raises(LoadError) as e:
+        build([("/p/x.yaml", LIST_POLICY)], read=missing)
+    assert [str(x) for x in e.value.errors] == [
+        "/p/x.yaml:5:32: cannot read hosts_from 'lists/ads.txt': [Errno 2] No such file or directory"]
+
+
+def test_hosts_from_caps_the_error_listing():
+    files = {"/p/lists/ads.txt": "bad name\n" * 50}
+    with pytest.raises(LoadError) as e:
+        build([("/p/x.yaml", LIST_POLICY)], read=files.__getitem__)
+    messages = [str(x) for x in e.value.errors]
+    assert len(messages) == 21
+    assert "/p/x.yaml:5:32: hosts_from 'lists/ads.txt': 30 more bad lines not shown" in messages
