@@ -237,7 +237,7 @@ def test_hosts_from_missing_file():
     with pytest.raises(LoadError) as e:
         build([("/p/x.yaml", LIST_POLICY)], read=missing)
     assert [str(x) for x in e.value.errors] == [
-        "/p/x.yaml:5:32: cannot read hosts_from 'lists/ads.txt': [Errno 2] No such file or directory"]
+        "/p/x.yaml:5:26: cannot read hosts_from 'lists/ads.txt': [Errno 2] No such file or directory"]
 
 
 def test_hosts_from_caps_the_error_listing():
@@ -246,4 +246,4 @@ def test_hosts_from_caps_the_error_listing():
         build([("/p/x.yaml", LIST_POLICY)], read=files.__getitem__)
     messages = [str(x) for x in e.value.errors]
     assert len(messages) == 21
-    assert "/p/x.yaml:5:32: hosts_from 'lists/ads.txt': 30 more bad lines not shown" in messages
+    assert "/p/x.yaml:5:26: hosts_from 'lists/ads.txt': 30 more bad lines not shown" in messages
