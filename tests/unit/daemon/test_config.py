@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import pytest
+
+from hush.daemon.config import Config, load_config, parse_config
+from hush.daemon.yamlschema import LoadError
+
+
+def test_defaults():
+    c = load_config(None)
+    assert c == Config() and c.redaction == "site" and c.parse_context.user_agent.startswith("Mozilla/5.0")
+
+
+def test_full_config_resolves_relative_paths():
+    c = parse_config("/etc/hush/config.yaml", (
+        "state_dir: state\npolicies: /abs/policies\naudit: {redaction: no-query}\n"
+        "strip: {user_agent: Generic/1}\nupstream_ca: ca.pem\nlog_level: debug\n"))
+    assert c.state_dir == Path("/etc/hush/state") and c.policies == Path("/abs/policies")
+    assert c.upstream_ca == Path("/etc/hush/ca.pem") and c.redaction == "no-query"
+    assert c.parse_context.user_agent == "Generic/1" and c.log_level == "debug"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("state_dir: 5\n", "c.yaml:1:12: state_dir must be a string, not the number 5; quote it"),
+    ("audit: {redaction: off}\n",
+     "c.yaml:1:20: audit redaction: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
+    ("audit: {keep: 3}\n", "c.yaml:1:9: unknown key 'keep' (expected one of: redaction)"),
+    ("listen: 1\n",
+     "c.yaml:1:1: unknown key 'listen' (expected one of: audit, log_level, policies, state_dir, strip, upstream_ca)"),
+])
+def test_errors(text, message):
+    with pytest.raises(LoadError) as e:
+        parse_config("c.yaml", text)
+    assert [str(x) for x in e.value.errors] == [message]
+
+
+def test_unreadable(tmp_path):
+    with pytest.raises(LoadError) as e:
+        load_config(tmp_path / "missing.yaml")
+    assert str(e.value).startswith(f"{tmp_path / 'missing.yaml'}:1:1: cannot read:")
