@@ -1,20 +1,25 @@
-"""hush's mitmproxy addons: identify → classify → decide → act → audit.
+"""hush's mitmproxy addons: identify → classify → decide → act (→ torroute) → audit.
 
 Each addon is one file and one class; they pass notes to each other only in
 ``flow.metadata`` under ``hush.*`` keys (see docs/architecture.md).
 """
 
 
-def chain(holder=None):
+def chain(holder=None, tor=None):
     """A fresh instance of every addon, in pipeline order.
 
     ``holder`` (a :class:`~hush.daemon.policy.holder.PolicyHolder`) is the
     policy set the daemon swaps on reload; without it, set ``hush_policies``.
+    ``tor`` (a :class:`~hush.daemon.tor.TorManager`) is the tor flows go through.
     """
     from hush.addons.act import Act
     from hush.addons.audit import Audit
     from hush.addons.classify import Classify
     from hush.addons.decide import Decide
     from hush.addons.identify import Identify
+    from hush.addons.torroute import TorRoute
 
-    return [Identify(holder), Classify(), Decide(), Act(), Audit()]
+    router = TorRoute()
+    if tor is not None:
+        router.set_manager(tor)
+    return [Identify(holder), Classify(), Decide(), Act(), router, Audit()]

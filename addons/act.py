@@ -6,7 +6,8 @@ directly has been applied without error does this addon *permit* a direct
 connection to that exact host and port for that client connection.
 
 ``server_connect`` is the egress guard: mitmproxy asks it before every
-connection to a site, and any connection without a permit is refused.  That
+connection it dials, and any connection without a permit is refused.  A flow
+sent through tor permits only tor's HTTPTunnelPort.  That
 covers a decide step that raised, a hook that never ran, a Host that differs
 from the address decided, or an action that failed half-way: fail closed.
 """
@@ -33,13 +34,19 @@ class Act:
     def _permit(self, client_id: str, host: str, port: int) -> None:
         self._permits.setdefault(client_id, set()).add((normalize(host), port))
 
+    def _egress(self, client_id: str, egress: str, host: str, port: int, route) -> None:
+        """Permit what the applied action sends: the site itself, or tor."""
+        if egress == "direct":
+            self._permit(client_id, host, port)
+        elif egress == "tor" and route is not None and route.address is not None:
+            self._permit(client_id, *route.address)
+
     def hush_tunnel(self, tunnel: Tunnel) -> None:
         decision = tunnel.decision
         try:
-            if tunnel.flow is not None:
-                decision.action.on_connect(tunnel.flow, decision)
-            if decision.action.egress == "direct":
-                self._permit(tunnel.client_id, tunnel.host, tunnel.port)
+            decision.action.on_tunnel(tunnel)
+            if tunnel.outcome is None and not (tunnel.flow and tunnel.flow.response):
+                self._egress(tunnel.client_id, decision.action.egress, tunnel.host, tunnel.port, tunnel.route)
         except Exception as e:
             log.exception("applying %s to CONNECT %s:%s failed", decision.action.name, tunnel.host, tunnel.port)
             tunnel.error = f"hush failed to apply {decision.action.name}: {e!r}"
@@ -64,11 +71,15 @@ class Act:
             flow.metadata["hush.decision"] = decision
             flow.response = local_response(502, decision.describe(), decision)
             return
-        if decision.action.egress == "direct" and flow.response is None and flow.error is None:
-            self._permit(flow.client_conn.id, flow.request.host, flow.request.port)
+        if flow.response is None and flow.error is None:
+            self._egress(flow.client_conn.id, decision.action.egress, flow.request.host, flow.request.port,
+                         flow.metadata.get("hush.tor"))
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         try:
+            # open_connection dials server.address, whatever server.via says
+            # (via only works through an upstream-proxy layer, whose own
+            # connection to tor is what arrives here): check what is dialled.
             address = data.server.address
             permitted = self._permits.get(data.client.id, ())
             if address is not None and (normalize(address[0]), address[1]) in permitted:

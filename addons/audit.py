@@ -27,14 +27,21 @@ from hush.daemon.policy.hosts import normalize, site_of
 log = logging.getLogger("hush.audit")
 
 
-def _decision_fields(decision) -> dict:
+def _decision_fields(decision, outcome: str | None = None) -> dict:
     return {
-        "decision": decision.action.name,
+        "decision": outcome or decision.action.name,
         "rule": decision.ref if decision.rule is not None or decision.note is None else None,
         "policy_version": decision.policy_version,
         "note": decision.note,
         "level": decision.level,
     }
+
+
+def _tor_fields(route) -> dict:
+    if route is None:
+        return {}
+    exit_ = f"{route.exit[0]}~{route.exit[1]}" if route.exit else None
+    return {"tor_isolation": route.isolation, "tor_circuit": route.circuit, "tor_exit": exit_}
 
 
 def _redacted_identifiers(values: dict | None, mode: str) -> dict | None:
@@ -51,8 +58,10 @@ def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
     decision = flow.metadata.get("hush.decision") or fail_closed(flow.metadata.get("hush.app"), "not decided")
     host = normalize(req.host)
     site = site_of(host)
-    reached = flow.server_conn.timestamp_tcp_setup is not None
-    sent = identifiers(req.headers) if reached else None
+    server = flow.server_conn
+    direct = server.timestamp_tcp_setup is not None  # a TCP connection from this machine to the site
+    via_tor = server.via is not None and server.timestamp_start is not None
+    sent = identifiers(req.headers) if direct or via_tor else None
     end = (flow.response.timestamp_end if flow.response and flow.response.timestamp_end else None) or time.time()
     return {
         "ts": req.timestamp_start,
@@ -65,21 +74,22 @@ def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
         "site": site,
         "url": redact(req.pretty_url if req.method != "CONNECT" else None, redaction, site),
         "kind": flow.metadata.get("hush.kind"),
-        **_decision_fields(decision),
+        **_decision_fields(decision, flow.metadata.get("hush.outcome")),
         "status": flow.response.status_code if flow.response else None,
-        "ip_exposed": reached,
+        "ip_exposed": direct and server.via is None,
         "carried": _redacted_identifiers(flow.metadata.get("hush.carried"), redaction),
         "sent": _redacted_identifiers(sent, redaction),
         "bytes_up": len(req.raw_content or b""),
         "bytes_down": len(flow.response.raw_content or b"") if flow.response else 0,
         "duration_ms": round((end - req.timestamp_start) * 1000, 3),
         "error": flow.error.msg if flow.error else None,
+        **_tor_fields(flow.metadata.get("hush.tor")),
     }
 
 
 def tunnel_record(tunnel: Tunnel, redaction: str) -> dict:
     decision = tunnel.decision
-    direct = decision.action.egress == "direct" and tunnel.error is None
+    direct = decision.action.egress == "direct" and tunnel.error is None and tunnel.outcome is None
     carried = identifiers({"user-agent": tunnel.user_agent} if tunnel.user_agent else {})
     end = tunnel.ended or time.time()
     return {
@@ -93,7 +103,7 @@ def tunnel_record(tunnel: Tunnel, redaction: str) -> dict:
         "site": site_of(tunnel.host),
         "url": None,
         "kind": "other",
-        **_decision_fields(decision),
+        **_decision_fields(decision, tunnel.outcome),
         "status": tunnel.flow.response.status_code if tunnel.flow and tunnel.flow.response else None,
         "ip_exposed": direct,
         "carried": _redacted_identifiers(carried, redaction),
@@ -102,6 +112,7 @@ def tunnel_record(tunnel: Tunnel, redaction: str) -> dict:
         "bytes_down": None,
         "duration_ms": round((end - tunnel.started) * 1000, 3) if tunnel.ended else None,
         "error": tunnel.error,
+        **_tor_fields(tunnel.route),
     }
 
 
@@ -157,7 +168,7 @@ class Audit:
 
     # tunnels
     def hush_tunnel(self, tunnel: Tunnel) -> None:
-        if tunnel.decision.action.egress == "direct" and tunnel.error is None:
+        if tunnel.decision.action.egress != "none" and tunnel.error is None and tunnel.outcome is None:
             self._open[id(tunnel)] = tunnel  # recorded when it closes, with its duration
         else:
             self._emit(tunnel_record(tunnel, ctx.options.hush_audit_redaction))

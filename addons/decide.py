@@ -90,6 +90,18 @@ class Decide:
         self._open(tunnel, policyset)
         return tunnel
 
+    def next_layer(self, nextlayer) -> None:
+        """A SOCKS5 connection is decided as soon as its destination is known,
+        before any byte of it is read (a ``tor`` decision must be in place
+        before the relay starts)."""
+        context = nextlayer.context
+        client = context.client
+        if client.id in self._tunnels or client.proxy_mode.type_name != "socks5":
+            return
+        if context.server.address is None:
+            return
+        self._flowless_tunnel(client, context.server, None)
+
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         client = data.context.client
         tunnel = self._tunnels.get(client.id)

@@ -32,6 +32,8 @@ class Tunnel:
     started: float = dataclasses.field(default_factory=time.time)
     ended: float | None = None
     error: str | None = None
+    outcome: str | None = None  # what happened instead of the decision (e.g. "tor-unavailable")
+    route: object | None = None  # a torroute.Route when the tunnel goes through tor
 
 
 @dataclasses.dataclass

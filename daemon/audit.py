@@ -33,7 +33,7 @@ DEFAULT_REDACTION = "site"
 COLUMNS = (
     "ts", "app", "listener", "level", "method", "scheme", "host", "port", "site", "url", "kind",
     "decision", "rule", "policy_version", "note", "status", "ip_exposed", "carried", "sent",
-    "bytes_up", "bytes_down", "duration_ms", "error",
+    "bytes_up", "bytes_down", "duration_ms", "error", "tor_isolation", "tor_circuit", "tor_exit",
 )
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS records (
@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS records (
     decision TEXT NOT NULL, rule TEXT, policy_version TEXT, note TEXT,
     status INTEGER, ip_exposed INTEGER NOT NULL,
     carried TEXT, sent TEXT,
-    bytes_up INTEGER, bytes_down INTEGER, duration_ms REAL, error TEXT
+    bytes_up INTEGER, bytes_down INTEGER, duration_ms REAL, error TEXT,
+    tor_isolation TEXT, tor_circuit TEXT, tor_exit TEXT
 );
 CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
 CREATE INDEX IF NOT EXISTS records_app_ts ON records (app, ts);
@@ -77,8 +78,19 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
+        _migrate(conn)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add columns a newer hush records to a database an older one made."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
+    for column in COLUMNS:
+        if column not in have:
+            kind = "REAL" if column == "ts" else "TEXT"
+            conn.execute(f"ALTER TABLE records ADD COLUMN {column} {kind}")
+    conn.commit()
 
 
 def create_private(path: Path) -> None:

@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p, state=True)
         _output(p)
 
+    tor = sub.add_parser("tor", help="hush's tor")
+    tsub = tor.add_subparsers(dest="tor_command", required=True, parser_class=_Parser)
+    tor_status = tsub.add_parser("status", help="bootstrap progress, circuits, ports")
+    newnym = tsub.add_parser("newnym", help="new circuits for new streams (SIGNAL NEWNYM)")
+    for p in (tor_status, newnym):
+        _common(p, state=True)
+    _output(tor_status)
+
     ca = sub.add_parser("ca", help="hush's certificate authority")
     csub = ca.add_subparsers(dest="ca_command", required=True, parser_class=_Parser)
     ca_path = csub.add_parser("path", help="print the CA certificate's path (creating the CA if needed)")
@@ -137,6 +145,8 @@ def _dispatch(args) -> int:
             args, config)
     if args.command == "ca":
         return cmd_ca_path(args, config)
+    if args.command == "tor":
+        return cmd_tor(args, config)
     raise UsageError(f"unknown command {args.command}")  # pragma: no cover
 
 
@@ -147,6 +157,7 @@ def setup_logging(level: str, verbose: bool) -> None:
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=getattr(logging, level.upper()))
     logging.getLogger("mitmproxy").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("stem").setLevel(logging.WARNING)
 
 
 def cmd_run(args, config: Config) -> int:
@@ -310,6 +321,68 @@ def cmd_audit_show(args, config: Config) -> int:
             if key == "ts":
                 value = f"{_when(value)} ({value})"
             print(f"{key:>15}: {value}")
+    return ExitStatus.OK
+
+
+# -- tor --------------------------------------------------------------------------
+
+
+def _tor_controller(args, config: Config):
+    """A stem Controller for hush's tor: the one it launched (its control port
+    file in the state dir) or the one the config attaches to."""
+    from stem import SocketError
+    from stem.control import Controller
+
+    if config.tor.mode == "attach":
+        target = config.tor.control
+    else:
+        port_file = _state(args, config) / "tor" / "control-port"
+        if not port_file.exists():
+            raise FileNotFoundError(f"hush's tor is not running (no {port_file})")
+        target = port_file.read_text().strip().split("=", 1)[-1]
+    try:
+        if target.startswith("/"):
+            controller = Controller.from_socket_file(target)
+        else:
+            host, _, port = target.rpartition(":")
+            controller = Controller.from_port(address=host, port=int(port))
+    except SocketError as e:
+        raise FileNotFoundError(f"cannot reach tor's control port {target}: {e}") from None
+    controller.authenticate(password=config.tor.password) if config.tor.password else controller.authenticate()
+    return controller
+
+
+def cmd_tor(args, config: Config) -> int:
+    from stem import Signal
+
+    from hush.daemon.tor import parse_bootstrap
+
+    with _tor_controller(args, config) as controller:
+        if args.tor_command == "newnym":
+            wait = controller.get_newnym_wait()
+            controller.signal(Signal.NEWNYM)
+            print(f"NEWNYM sent: new streams get new circuits" +
+                  (f" (tor accepts the next one in {wait:.0f}s)" if wait > 0 else ""))
+            return ExitStatus.OK
+        phase = parse_bootstrap(controller.get_info("status/bootstrap-phase", ""))
+        status = {
+            "pid": int(controller.get_info("process/pid", "0")) or None,
+            "version": str(controller.get_version()),
+            "bootstrap": phase.progress,
+            "bootstrap_summary": phase.summary,
+            "circuit_established": controller.get_info("status/circuit-established", "0") == "1",
+            "circuits": len(controller.get_circuits([])),
+            "http_tunnel": [f"{h}:{p}" for h, p in controller.get_listeners("HTTPTUNNEL", [])],
+            "socks": [f"{h}:{p}" for h, p in controller.get_listeners("SOCKS", [])],
+        }
+    if _fmt(args) == "json":
+        print(json.dumps(status, indent=2))
+    else:
+        ok = status["bootstrap"] == 100 and status["circuit_established"]
+        print(f"tor {status['version']} (pid {status['pid']}): {'ready' if ok else 'not ready'}")
+        print(f"  bootstrapped {status['bootstrap']}% ({status['bootstrap_summary']}); "
+              f"{status['circuits']} circuits; circuit established: {status['circuit_established']}")
+        print(f"  HTTPTunnelPort {', '.join(status['http_tunnel']) or '-'}; SocksPort {', '.join(status['socks']) or '-'}")
     return ExitStatus.OK
 
 

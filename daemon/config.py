@@ -10,6 +10,13 @@
       user_agent: "Mozilla/5.0 …"     # what `strip` puts in place of User-Agent
     upstream_ca: /path/to/ca.pem      # extra CAs to trust for sites (intercepted flows)
     log_level: info                   # debug | info | warning | error
+    tor:                              # used when a policy has `action: tor`
+      mode: launch                    # launch (hush runs its own tor) | attach
+      control: 127.0.0.1:9051         # attach: control port, or a unix socket path
+      password: …                     # attach: control password (default: cookie)
+      binary: tor                     # launch: the tor executable
+      torrc:                          # launch: extra torrc lines (bridges, a test network)
+        - UseBridges 1
 
 Errors come as ``file:line:col: message``, all at once, like policy errors.
 """
@@ -21,6 +28,7 @@ from pathlib import Path
 
 from hush.addons.actions.base import GENERIC_USER_AGENT, ParseContext
 from hush.daemon.audit import DEFAULT_REDACTION, REDACTIONS
+from hush.daemon.tor import TorConfig
 from hush.daemon.yamlschema import LoadError, LocatedError, Location, Reader
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -35,6 +43,7 @@ class Config:
     user_agent: str = GENERIC_USER_AGENT
     upstream_ca: Path | None = None
     log_level: str = "info"
+    tor: TorConfig = TorConfig()
 
     @property
     def parse_context(self) -> ParseContext:
@@ -58,7 +67,8 @@ def parse_config(file: str, text: str) -> Config:
     if root is None:
         raise LoadError(reader.errors)
     fields = reader.mapping(
-        root, allowed={"state_dir", "policies", "audit", "strip", "upstream_ca", "log_level"}, what="the config"
+        root, allowed={"state_dir", "policies", "audit", "strip", "upstream_ca", "log_level", "tor"},
+        what="the config"
     )
     base = Path(file).parent
     values: dict = {"file": Path(file)}
@@ -83,6 +93,33 @@ def parse_config(file: str, text: str) -> Config:
             values["user_agent"] = reader.string(strip["user_agent"].value, "strip user_agent")
     if "log_level" in fields:
         values["log_level"] = reader.choice(fields["log_level"].value, "log_level", LOG_LEVELS)
+    if "tor" in fields:
+        values["tor"] = _tor(reader, fields["tor"].value)
     if reader.errors:
         raise LoadError(reader.errors)
     return Config(**values)
+
+
+def _tor(reader: Reader, node) -> TorConfig:
+    fields = reader.mapping(node, allowed={"mode", "control", "password", "binary", "torrc"}, what="tor")
+    values = {}
+    if "mode" in fields:
+        values["mode"] = reader.choice(fields["mode"].value, "tor mode", ("launch", "attach"))
+    for key in ("control", "password", "binary"):
+        if key in fields:
+            values[key] = reader.string(fields[key].value, f"tor {key}")
+    if "torrc" in fields:
+        lines = []
+        for item in reader.sequence(fields["torrc"].value, "tor torrc"):
+            line = reader.string(item, "torrc line")
+            if line is None:
+                continue
+            key = line.split(None, 1)[0]
+            if key in ("DataDirectory", "ControlPort", "ControlSocket", "HTTPTunnelPort", "SocksPort", "Log"):
+                reader.error(item, f"torrc line '{key}' is set by hush itself")
+            else:
+                lines.append(line)
+        values["torrc"] = tuple(lines)
+    if values.get("mode") == "attach" and not values.get("control"):
+        reader.error(node, "tor mode attach needs 'control' (HOST:PORT or a socket path)")
+    return TorConfig(**{k: v for k, v in values.items() if v is not None})

@@ -26,6 +26,7 @@ from hush.daemon import paths
 from hush.daemon.config import Config
 from hush.daemon.policy import PolicySet, load
 from hush.daemon.policy.holder import PolicyHolder
+from hush.daemon.tor import TorManager
 from hush.daemon.yamlschema import LoadError
 
 log = logging.getLogger("hush")
@@ -79,6 +80,14 @@ def _explain_bind_error(exc) -> str:
     return text
 
 
+def uses_tor(policyset: PolicySet) -> bool:
+    return any(
+        action.egress == "tor"
+        for policy in policyset.policies.values()
+        for action in [policy.default, *(rule.action for rule in policy.rules)]
+    )
+
+
 def mitmproxy_options(policyset: PolicySet, config: Config, state_dir: Path) -> dict:
     opts = {
         "mode": [l.spec for l in policyset.listeners],
@@ -101,29 +110,37 @@ async def serve(policyset: PolicySet, config: Config, state_dir: Path, policies:
     master = Master(options.Options())
     master.addons.add(*mitm_addons.default_addons())
     holder = PolicyHolder(policyset)
+    tor = TorManager(config.tor, state_dir)
     lifecycle = Lifecycle(holder)
-    master.addons.add(*chain(holder), lifecycle)
+    master.addons.add(*chain(holder, tor), lifecycle)
     master.options.update(**mitmproxy_options(policyset, config, state_dir))
+    if uses_tor(policyset):
+        await tor.start()  # returns at once: non-Tor flows are served while tor bootstraps
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, master.shutdown)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload(master, holder, config, policies)))
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: asyncio.ensure_future(reload(master, holder, config, policies, tor)))
     try:
         await master.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        await tor.stop()
     return lifecycle.exit_status
 
 
-async def reload(master: Master, holder: PolicyHolder, config: Config, policies: Path) -> bool:
+async def reload(master: Master, holder: PolicyHolder, config: Config, policies: Path,
+                 tor: TorManager | None = None) -> bool:
     """Build a complete new set off the event loop; swap it in or keep the old."""
     try:
         new = await asyncio.to_thread(load, [policies], config.parse_context)
     except LoadError as e:
         log.error("reload refused, keeping policy set %s:\n%s", holder.current.version, e)
         return False
+    if tor is not None and tor.state == "off" and uses_tor(new):
+        await tor.start()
     old = holder.swap(new)
     modes = [l.spec for l in new.listeners]
     if modes != list(master.options.mode):

@@ -4,12 +4,14 @@ An action is a frozen dataclass: its fields are the parameters read from the
 rule (``status: 451``), so two rules with the same parameters compare equal.
 It says how it is applied at each level:
 
-- ``on_connect(flow, decision)``: a CONNECT the policy decided without seeing
-  the request (the TLS inside is then relayed untouched, or refused);
+- ``on_tunnel(tunnel)``: a connection decided without seeing a request (a
+  CONNECT, whose flow is ``tunnel.flow``, or a SOCKS5 connection, which has
+  none); the TLS inside is then relayed untouched, or refused;
 - ``on_request(flow, decision)``: an HTTP request, plain or intercepted.
 
 and what leaves the machine because of it (``egress``): ``direct`` opens a
-connection from the user's machine to the site; ``none`` sends nothing.
+connection from the user's machine to the site; ``tor`` one to tor, which
+carries it on; ``none`` sends nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mitmproxy import http
 from hush.daemon.yamlschema import Field, Reader
 
 if TYPE_CHECKING:
+    from hush.addons.tunnel import Tunnel
     from hush.daemon.policy.model import Decision
 
 REGISTRY: dict[str, type["Action"]] = {}
@@ -41,7 +44,7 @@ class Action:
     name: ClassVar[str]
     params: ClassVar[frozenset[str]] = frozenset()
     needs_http: ClassVar[bool] = False  # must see the HTTP request: forces TLS interception
-    egress: ClassVar[Literal["direct", "none"]] = "direct"
+    egress: ClassVar[Literal["direct", "tor", "none"]] = "direct"
 
     @classmethod
     def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> "Action | None":
@@ -55,8 +58,13 @@ class Action:
         values = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
         return f"{self.name} ({values})" if values else self.name
 
+    def on_tunnel(self, tunnel: "Tunnel") -> None:
+        """Apply to a connection decided at connection level."""
+        if tunnel.flow is not None:
+            self.on_connect(tunnel.flow, tunnel.decision)
+
     def on_connect(self, flow: http.HTTPFlow, decision: "Decision") -> None:
-        """Apply to a CONNECT decided at connection level."""
+        """Apply to a CONNECT decided at connection level (from ``on_tunnel``)."""
 
     def on_request(self, flow: http.HTTPFlow, decision: "Decision") -> None:
         """Apply to an HTTP request."""

@@ -26,9 +26,11 @@ from pathlib import Path
 import pytest
 import trustme
 
+from .procnet import owner_pid
+
 pytestmark = pytest.mark.integration
 
-ORIGIN_NAMES = ["localhost", "127.0.0.1", "127.0.0.2", "127.0.0.3"]
+ORIGIN_NAMES = ["localhost", "127.0.0.1", "127.0.0.2", "127.0.0.3", "origin.hushtest", "*.hushtest"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -61,6 +63,7 @@ class Origin:
     def __init__(self, host: str, tls: ssl.SSLContext | None = None):
         self.host = host
         self.accepts: list[tuple] = []
+        self.owners: list[int | None] = []  # pid owning the peer socket, per accept
         self.requests: list[Seen] = []
         origin = self
 
@@ -92,6 +95,7 @@ class Origin:
             def get_request(self):
                 sock, addr = super().get_request()
                 origin.accepts.append(addr)  # counted before any byte is read
+                origin.owners.append(owner_pid(addr))
                 if tls is not None:
                     sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
                 return sock, addr

@@ -26,7 +26,7 @@ def test_full_config_resolves_relative_paths():
      "c.yaml:1:20: audit redaction: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
     ("audit: {keep: 3}\n", "c.yaml:1:9: unknown key 'keep' (expected one of: redaction)"),
     ("listen: 1\n",
-     "c.yaml:1:1: unknown key 'listen' (expected one of: audit, log_level, policies, state_dir, strip, upstream_ca)"),
+     "c.yaml:1:1: unknown key 'listen' (expected one of: audit, log_level, policies, state_dir, strip, tor, upstream_ca)"),
 ])
 def test_errors(text, message):
     with pytest.raises(LoadError) as e:

@@ -11,10 +11,10 @@ from hush.daemon.yamlschema import LoadError
 
 
 def test_registry_finds_every_action_file():
-    assert sorted(REGISTRY) == ["allow", "block", "passthrough", "strip"]
+    assert sorted(REGISTRY) == ["allow", "block", "passthrough", "strip", "tor"]
     assert {n: (a.needs_http, a.egress) for n, a in REGISTRY.items()} == {
         "allow": (False, "direct"), "block": (False, "none"),
-        "passthrough": (False, "direct"), "strip": (True, "direct"),
+        "passthrough": (False, "direct"), "strip": (True, "direct"), "tor": (False, "tor"),
     }
 
 

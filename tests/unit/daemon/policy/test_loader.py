@@ -48,7 +48,7 @@ def rules(body: str) -> str:
     ("app: x\nlisten: eighty\ndefault: allow\n", f"{F}:2:9: listen 'eighty' must be a port, 'HOST:PORT' or a mapping"),
     # actions
     ("app: x\nlisten: 1\ndefault: drop\n",
-     f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, passthrough, strip)"),
+     f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, passthrough, strip, tor)"),
     ("app: x\nlisten: 1\ndefault: {action: block, status: 200000}\n",
      f"{F}:3:34: status must be between 100 and 599, not 200000"),
     ("app: x\nlisten: 1\ndefault: {action: allow, status: 403}\n",
@@ -61,7 +61,7 @@ def rules(body: str) -> str:
      f"{F}:6:17: user_agent: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
     (rules("- match: {host: a.com}\n"), f"{F}:5:5: missing required key 'action' in a rule"),
     (rules("- action: block\n  stauts: 403\n"),
-     f"{F}:6:5: unknown key 'stauts' (expected one of: action, headers, match, name, status, user_agent)"),
+     f"{F}:6:5: unknown key 'stauts' (expected one of: action, headers, isolation, match, name, status, user_agent)"),
     (rules("- action: block\n  headers: [cookie]\n"),
      f"{F}:6:5: action 'block' does not take 'headers' (it takes: status)"),
     (rules("- action: block\n  action: allow\n"), f"{F}:6:5: duplicate key 'action' (first at line 5)"),
@@ -93,7 +93,7 @@ def rules(body: str) -> str:
     # examples
     (BASE + "examples:\n  - url: ftp://a/\n    expect: allow\n", f"{F}:5:10: not an absolute http:// or https:// URL: 'ftp://a/'"),
     (BASE + "examples:\n  - url: https://a/\n    expect: maybe\n",
-     f"{F}:6:13: unknown action 'maybe' (expected one of: allow, block, passthrough, strip)"),
+     f"{F}:6:13: unknown action 'maybe' (expected one of: allow, block, passthrough, strip, tor)"),
     (BASE + "examples:\n  - url: https://a/\n", f"{F}:5:5: missing required key 'expect' in an example"),
 ])
 def test_error_table(text, message):
@@ -112,7 +112,7 @@ def test_all_errors_at_once_in_order():
     """
     assert errors(text) == [
         f"{F}:2:9: listen port must be between 1 and 65535, not 99999",
-        f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, passthrough, strip)",
+        f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, passthrough, strip, tor)",
         f"{F}:5:21: method 'get' must be an upper-case HTTP method such as GET",
         f"{F}:7:13: status must be between 100 and 599, not 9",
     ]
@@ -126,7 +126,7 @@ def test_errors_from_several_files_together():
         build([a, b, c])
     assert [str(x) for x in e.value.errors] == [
         "policies/b.yaml:2:9: listener 127.0.0.1:8101 is already used by app 'a' (policies/a.yaml:2:9)",
-        "policies/c.yaml:3:10: unknown action 'nope' (expected one of: allow, block, passthrough, strip)",
+        "policies/c.yaml:3:10: unknown action 'nope' (expected one of: allow, block, passthrough, strip, tor)",
     ]
 
 

@@ -1,0 +1,61 @@
+"""``tor``: the request reaches the site from a Tor exit, never from this machine.
+
+``isolation`` chooses which flows may share a circuit: ``app`` (default: all
+of this app's Tor flows), ``site`` (per registrable domain), or ``flow``
+(each flow its own).  When tor is not ready the flow is answered at once
+(503, or a refused CONNECT) and audited ``tor-unavailable``: it is never sent
+directly and never left waiting for tor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mitmproxy import ctx
+
+from hush.addons.actions.base import Action, ParseContext, local_response, register
+from hush.daemon.yamlschema import Field, Reader
+
+ISOLATIONS = ("app", "site", "flow")
+
+
+def _router():
+    return ctx.master.addons.get("torroute")
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Tor(Action):
+    name = "tor"
+    params = frozenset({"isolation"})
+    egress = "tor"
+
+    isolation: str = "app"
+
+    @classmethod
+    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext):
+        if "isolation" not in fields:
+            return cls()
+        isolation = reader.choice(fields["isolation"].value, "isolation", ISOLATIONS)
+        return None if isolation is None else cls(isolation)
+
+    def describe(self) -> str:
+        return f"tor (circuits isolated per {self.isolation})"
+
+    def on_tunnel(self, tunnel) -> None:
+        router = _router()
+        why = router.route_tunnel(tunnel, self.isolation) if router else "tor routing is not loaded"
+        if why:
+            tunnel.outcome = "tor-unavailable"
+            tunnel.error = why
+            if tunnel.flow is not None:
+                tunnel.flow.response = local_response(
+                    503, f"Tor is unavailable ({why}); hush does not send this directly.", tunnel.decision)
+
+    def on_request(self, flow, decision) -> None:
+        router = _router()
+        why = router.route_request(flow, self.isolation) if router else "tor routing is not loaded"
+        if why:
+            flow.metadata["hush.outcome"] = "tor-unavailable"
+            flow.response = local_response(503, f"Tor is unavailable ({why}); hush does not send this directly.",
+                                           decision)

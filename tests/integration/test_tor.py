@@ -1,0 +1,203 @@
+"""The tor action on a private Tor network on loopback (tests/torlab).
+
+The path is proven by the owner of the origin's peer socket: the exit relay's
+tor for flows sent through Tor, hush itself for direct ones.
+"""
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import time
+
+import pytest
+
+from tests.torlab import TorLab
+from tests.torlab.dns import ExitDNS
+
+from .conftest import curl, free_port
+from .procnet import children
+
+pytestmark = pytest.mark.integration
+
+NAME = "origin.hushtest"  # known only to the exit's DNS server
+
+
+@pytest.fixture(scope="session")
+def exit_dns():
+    dns = ExitDNS({NAME: "127.0.0.1", "other.hushtest": "127.0.0.1"})
+    yield dns
+    dns.close()
+
+
+@pytest.fixture(scope="session")
+def torlab(tmp_path_factory, exit_dns):
+    lab = TorLab(tmp_path_factory.mktemp("torlab"), exit_dns.port)
+    lab.start()
+    yield lab
+    lab.stop()
+
+
+def tor_config(lab, extra=""):
+    lines = "\n".join(f"    - {json.dumps(line)}" for line in lab.client_torrc())
+    return f"tor:\n  torrc:\n{lines}\n{extra}"
+
+
+def wait_tor_ready(h, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "tor ready" in h.log:
+            return
+        assert h.proc.poll() is None, h.log
+        time.sleep(0.1)
+    raise AssertionError(f"hush's tor not ready after {timeout}s:\n{h.log}")
+
+
+def hush_tor(h) -> int:
+    [pid] = children(h.proc.pid, "tor")
+    return pid
+
+
+def rows(h):
+    conn = sqlite3.connect(h.state / "audit.db")
+    conn.row_factory = sqlite3.Row
+    return [dict(r) for r in conn.execute("SELECT * FROM records ORDER BY id")]
+
+
+POLICY = """\
+    app: {app}
+    listen: {port}
+    default: block
+    rules:
+      - match: {{host: "*.hushtest"}}
+        action: tor
+        {isolation}
+      - match: {{host: 127.0.0.1}}
+        action: allow
+"""
+
+
+def policy(app, port, isolation=""):
+    return POLICY.format(app=app, port=port, isolation=f"isolation: {isolation}" if isolation else "")
+
+
+def test_name_does_not_resolve_locally():
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo(NAME, 80)
+
+
+def test_flows_go_through_the_exit_and_direct_ones_do_not(hush, torlab, exit_dns, origin, tls_origin, ca_file):
+    port = free_port()
+    h = hush({"a": policy("a", port)}, config=tor_config(torlab))
+    wait_tor_ready(h)
+    proxy = ["-x", f"http://127.0.0.1:{port}"]
+
+    # inspected (plain HTTP) flow through tor
+    res = curl(*proxy, origin.url("/via-tor", host=NAME))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"origin 127.0.0.1 /via-tor\n".encode()
+    assert origin.owners == [torlab.exit_pid]  # the exit relay made the connection
+    assert NAME in exit_dns.queries  # the exit resolved the name; hush could not have
+
+    # HTTPS passed through untouched, tunnelled through tor: curl trusts only the origin's CA
+    res = curl("--cacert", str(ca_file), *proxy, tls_origin.url("/tls-via-tor", host=NAME))
+    assert res.returncode == 0, res.stderr
+    assert tls_origin.owners == [torlab.exit_pid]
+
+    # a direct (allowed) flow is owned by hush itself
+    res = curl(*proxy, origin.url("/direct"))
+    assert res.returncode == 0, res.stderr
+    assert origin.owners[-1] == h.proc.pid
+    assert h.proc.pid != torlab.exit_pid
+
+    assert h.stop() == 0
+    audit = rows(h)
+    http_row = next(r for r in audit if r["url"] and r["scheme"] == "http" and r["host"] == NAME)
+    assert (http_row["decision"], http_row["ip_exposed"], http_row["tor_isolation"]) == ("tor", 0, "hush/a")
+    assert http_row["tor_circuit"] and http_row["tor_exit"].endswith("~exit0")
+    tunnel_row = next(r for r in audit if r["method"] == "CONNECT")
+    assert (tunnel_row["decision"], tunnel_row["level"], tunnel_row["ip_exposed"]) == ("tor", "connect", 0)
+    assert tunnel_row["tor_exit"].endswith("~exit0")
+    direct_row = next(r for r in audit if r["host"] == "127.0.0.1")
+    assert (direct_row["decision"], direct_row["ip_exposed"], direct_row["tor_circuit"]) == ("allow", 1, None)
+
+
+def test_isolation_apps_get_their_own_circuits(hush, torlab, origin):
+    pa, pb, ps = free_port(), free_port(), free_port()
+    h = hush({"a": policy("a", pa), "b": policy("b", pb), "s": policy("s", ps, "site")},
+             config=tor_config(torlab))
+    wait_tor_ready(h)
+    for port, host in ((pa, NAME), (pa, NAME), (pb, NAME), (ps, NAME), (ps, "other.hushtest")):
+        res = curl("-x", f"http://127.0.0.1:{port}", origin.url("/i", host=host))
+        assert res.returncode == 0, res.stderr
+    time.sleep(0.5)  # the last STREAM events
+    h.stop()
+    circuits = [(r["app"], r["host"], r["tor_isolation"], r["tor_circuit"]) for r in rows(h)]
+    (a1, a2, b, s1, s2) = circuits
+    assert a1[3] and a1[3] == a2[3]  # one app, one circuit
+    assert b[3] != a1[3]  # another app, another circuit
+    assert s1[2] == "hush/s/site/origin.hushtest" and s2[2] == "hush/s/site/other.hushtest"
+    assert s1[3] != s2[3]  # isolation: site
+
+
+def test_tor_down_fails_closed_fast_and_recovers(hush, torlab, origin, tls_origin, ca_file):
+    port = free_port()
+    h = hush({"a": policy("a", port)}, config=tor_config(torlab))
+    wait_tor_ready(h)
+    proxy = ["-x", f"http://127.0.0.1:{port}"]
+    assert curl(*proxy, origin.url("/before", host=NAME)).returncode == 0
+    hush_pid = h.proc.pid
+
+    os.kill(hush_tor(h), signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while "tor down" not in h.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    results = []
+    for i in range(10):  # keep sending while tor is down
+        start = time.monotonic()
+        res = curl("-w", "%{http_code}", "-o", "/dev/null", *proxy, origin.url(f"/down/{i}", host=NAME))
+        tls = curl("--cacert", str(ca_file), *proxy, tls_origin.url(f"/down/{i}", host=NAME))
+        results.append((res.stdout, tls.returncode, time.monotonic() - start))
+        if "tor ready" in h.log.split("tor down")[-1]:
+            break
+    down = [r for r in results if r[0] == b"503"]
+    assert down, (results, h.log)
+    assert all(elapsed < 3 for _, _, elapsed in down)  # at once, not after tor's SocksTimeout
+    assert all(tls_rc != 0 for _, tls_rc, _ in down)  # CONNECT refused too
+    assert hush_pid not in origin.owners and hush_pid not in tls_origin.owners
+
+    wait_tor_ready_again(h)
+    res = curl(*proxy, origin.url("/after", host=NAME))
+    assert res.returncode == 0, (res.stderr, h.log)
+    assert origin.owners[-1] == torlab.exit_pid
+    h.stop()
+    audit = rows(h)
+    unavailable = [r for r in audit if r["decision"] == "tor-unavailable"]
+    assert len(unavailable) >= 2 * len(down)
+    assert all(r["ip_exposed"] == 0 for r in unavailable)
+    assert {r["method"] for r in unavailable} == {"GET", "CONNECT"}
+
+
+def wait_tor_ready_again(h, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "tor ready" in h.log.split("tor down")[-1]:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"tor did not come back:\n{h.log}")
+
+
+def test_tor_status_and_newnym_commands(hush, torlab, capsys):
+    from hush.daemon.cli import main
+
+    port = free_port()
+    h = hush({"a": policy("a", port)}, config=tor_config(torlab))
+    wait_tor_ready(h)
+    assert main(["tor", "status", "--state-dir", str(h.state), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["bootstrap"] == 100 and status["circuit_established"] is True
+    assert status["pid"] == hush_tor(h)
+    assert main(["tor", "newnym", "--state-dir", str(h.state)]) == 0
+    assert "NEWNYM sent" in capsys.readouterr().out
+    h.stop()

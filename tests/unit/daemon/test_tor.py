@@ -1,0 +1,128 @@
+"""The tor manager, fed canned control-port messages (stem's ControlMessage.from_str)."""
+
+import asyncio
+
+import pytest
+from stem.response import ControlMessage
+
+from hush.daemon.tor import Bootstrap, TorConfig, TorManager, parse_bootstrap, torrc_dict
+
+
+G, M, X = "A" * 40, "B" * 40, "C" * 40  # relay fingerprints
+
+
+def event(text: str):
+    return ControlMessage.from_str(text + "\r\n", "EVENT")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('NOTICE BOOTSTRAP PROGRESS=50 TAG=loading_descriptors SUMMARY="Loading relay descriptors"',
+     Bootstrap(50, "loading_descriptors", "Loading relay descriptors")),
+    ('NOTICE BOOTSTRAP PROGRESS=100 TAG=done SUMMARY="Done"', Bootstrap(100, "done", "Done")),
+    ("", Bootstrap(0, "", "")),
+    ("NOTICE BOOTSTRAP PROGRESS=x", Bootstrap(0, "", "")),
+])
+def test_parse_bootstrap(text, expected):
+    assert parse_bootstrap(text) == expected
+
+
+def test_torrc_dict_repeats_become_lists():
+    assert torrc_dict(["# c", "", "UseBridges 1", "Bridge a", "Bridge b", "DirAuthority x y"]) == {
+        "UseBridges": "1", "Bridge": ["a", "b"], "DirAuthority": "x y"}
+
+
+class FakeController:
+    def close(self):
+        pass
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def manager_on_loop():
+    m = TorManager(TorConfig(), "/nonexistent")
+    m._loop = asyncio.get_running_loop()
+    m._controller = FakeController()
+    m.tunnel_address = ("127.0.0.1", 9080)
+    m.state = "bootstrapping"
+    return m
+
+
+def test_bootstrap_events_make_it_ready_and_are_logged(caplog):
+    async def go():
+        m = manager_on_loop()
+        m._on_status_client(event('650 STATUS_CLIENT NOTICE BOOTSTRAP PROGRESS=85 TAG=ap_conn_done '
+                                  'SUMMARY="Connected to a relay to build circuits"'))
+        await asyncio.sleep(0)
+        assert (m.bootstrap.progress, m.ready) == (85, False)
+        m._on_status_client(event('650 STATUS_CLIENT NOTICE BOOTSTRAP PROGRESS=100 TAG=done SUMMARY="Done"'))
+        await asyncio.sleep(0)
+        assert not m.ready  # no circuit yet
+        m._on_status_client(event("650 STATUS_CLIENT NOTICE CIRCUIT_ESTABLISHED"))
+        await asyncio.sleep(0)
+        assert m.ready and m.status()["state"] == "ready"
+        m._on_status_client(event("650 STATUS_CLIENT NOTICE CIRCUIT_NOT_ESTABLISHED REASON=CLOCK_JUMPED"))
+        await asyncio.sleep(0)
+        assert not m.ready and m.state == "bootstrapping"
+
+    caplog.set_level("INFO", "hush.tor")
+    run(go())
+    assert "tor bootstrapped 85% (ap_conn_done): Connected to a relay to build circuits" in caplog.text
+    assert "tor ready: bootstrapped, circuits established" in caplog.text
+
+
+def test_stream_events_name_the_circuit_and_exit():
+    seen = []
+
+    async def go():
+        m = manager_on_loop()
+        m.stream_callbacks.append(lambda port, circ, circuit: seen.append((port, circ, circuit.exit)))
+        m._on_circ(event(f"650 CIRC 3 BUILT ${G}~guard,${M}~middle,${X}~exit0 PURPOSE=GENERAL"))
+        m._on_stream(event("650 STREAM 14 NEW 0 origin.hushtest:443 SOURCE_ADDR=127.0.0.1:38580 PURPOSE=USER"))
+        m._on_stream(event("650 STREAM 14 SENTCONNECT 3 origin.hushtest:443"))
+        m._on_stream(event("650 STREAM 14 SUCCEEDED 3 origin.hushtest:443"))
+        m._on_stream(event("650 STREAM 15 SUCCEEDED 3 other:443"))  # not ours: no SOURCE_ADDR seen
+        await asyncio.sleep(0)
+
+    run(go())
+    assert seen == [(38580, "3", (X, "exit0"))]
+
+
+def test_closed_circuits_are_forgotten():
+    async def go():
+        m = manager_on_loop()
+        m._on_circ(event(f"650 CIRC 3 BUILT ${G}~a,${X}~exit0 PURPOSE=GENERAL"))
+        m._on_circ(event(f"650 CIRC 3 CLOSED ${G}~a,${X}~exit0 REASON=FINISHED"))
+        await asyncio.sleep(0)
+        return m.circuit("3")
+
+    assert run(go()) is None
+
+
+def test_losing_the_control_connection_marks_it_down():
+    from stem.control import State
+
+    async def go():
+        m = manager_on_loop()
+        m.state = "ready"
+        m._lost = asyncio.Event()
+        m._on_control_state(None, State.CLOSED, 0)
+        await asyncio.sleep(0)
+        return m
+
+    m = run(go())
+    assert m.state == "down" and not m.ready and m._lost.is_set()
+    assert m.reason == "the control connection to tor closed"
+
+
+def test_not_ready_without_a_controller_or_with_a_dead_process():
+    m = TorManager(TorConfig(), "/x")
+    assert not m.ready and m.status()["state"] == "off"
+
+    class Dead:
+        def poll(self):
+            return 1
+
+    m.state, m._controller, m.tunnel_address, m._process = "ready", FakeController(), ("127.0.0.1", 1), Dead()
+    assert not m.ready
