@@ -13,6 +13,7 @@ Under a stock ``mitmdump -s``, ``--set hush_state_dir=DIR`` names where
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from typing import Optional
@@ -119,6 +120,7 @@ def tunnel_record(tunnel: Tunnel, redaction: str) -> dict:
 class Audit:
     def __init__(self):
         self.writer: AuditWriter | None = None
+        self.counts: collections.Counter[str] = collections.Counter()  # decisions since start
         self._open: dict[int, Tunnel] = {}
 
     def load(self, loader):
@@ -145,6 +147,7 @@ class Audit:
                 raise exceptions.OptionsError(f"Cannot open the audit database in {ctx.options.hush_state_dir}: {e}")
 
     def _emit(self, record: dict) -> None:
+        self.counts[record["decision"]] += 1
         if self.writer is not None:
             self.writer.submit(record)
         else:

@@ -54,8 +54,8 @@ class Decide:
 
     # -- connection level ----------------------------------------------------
 
-    def _open(self, tunnel: Tunnel, policyset: PolicySet | None) -> None:
-        tunnel.decision = connect_decision(policyset, tunnel.app, tunnel.host, tunnel.port)
+    def _open(self, tunnel: Tunnel, policyset: PolicySet | None, decision: Decision | None = None) -> None:
+        tunnel.decision = decision or connect_decision(policyset, tunnel.app, tunnel.host, tunnel.port)
         self._tunnels[tunnel.client_id] = tunnel
         if tunnel.decision is not None:
             ctx.master.addons.trigger(HushTunnelHook(tunnel))
@@ -79,28 +79,35 @@ class Decide:
         if tunnel.decision is not None:
             flow.metadata["hush.decision"] = tunnel.decision
 
-    def _flowless_tunnel(self, client: connection.Client, server: connection.Server, name: str | None) -> Tunnel:
-        """A connection with no CONNECT before it (SOCKS5): decide it now."""
+    def _flowless(self, client: connection.Client, server: connection.Server, name: str | None):
+        """A tunnel for a connection with no CONNECT before it (SOCKS5)."""
         identify = ctx.master.addons.get("identify")
         policyset = identify.holder.current if identify else None
         fallback = ctx.options.hush_app if identify else None
         app, listener = identify_connection(client, policyset, fallback)
         host, port = server.address if server.address else ("", 0)
-        tunnel = Tunnel(client.id, app, listener, normalize(name or host), port, policyset)
+        return Tunnel(client.id, app, listener, normalize(name or host), port, policyset), policyset
+
+    def _flowless_tunnel(self, client: connection.Client, server: connection.Server, name: str | None) -> Tunnel:
+        tunnel, policyset = self._flowless(client, server, name)
         self._open(tunnel, policyset)
         return tunnel
 
     def next_layer(self, nextlayer) -> None:
-        """A SOCKS5 connection is decided as soon as its destination is known,
-        before any byte of it is read (a ``tor`` decision must be in place
-        before the relay starts)."""
+        """A SOCKS5 connection the policy sends through Tor is decided as soon
+        as its destination is known, before any byte is read: the relay into
+        tor must be in place before data flows.  Other SOCKS5 connections are
+        decided later, with the TLS SNI or the HTTP request in hand."""
         context = nextlayer.context
         client = context.client
         if client.id in self._tunnels or client.proxy_mode.type_name != "socks5":
             return
         if context.server.address is None:
             return
-        self._flowless_tunnel(client, context.server, None)
+        tunnel, policyset = self._flowless(client, context.server, None)
+        decision = connect_decision(policyset, tunnel.app, tunnel.host, tunnel.port)
+        if decision is not None and decision.action.egress == "tor":
+            self._open(tunnel, policyset, decision)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         client = data.context.client

@@ -10,7 +10,7 @@ Example::
 
 Exit codes are :class:`hush.daemon.run.ExitStatus`: 0 ok, 1 error, 2 usage,
 3 policy invalid, 4 a listener could not bind, 5 a policy example failed,
-6 not found.
+6 not found, 7 the daemon is unreachable.
 """
 
 from __future__ import annotations
@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the proxy daemon in the foreground")
     _common(run, policies=True, state=True)
     run.add_argument("-v", "--verbose", action="store_true", help="also log mitmproxy's connection events")
+
+    status = sub.add_parser("status", help="ask the running daemon how it is")
+    _common(status, state=True)
+    _output(status)
 
     policy = sub.add_parser("policy", help="check and explain policies")
     psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
@@ -138,6 +142,8 @@ def _dispatch(args) -> int:
     config = load_config(paths.config_file(getattr(args, "config", None)))
     if args.command == "run":
         return cmd_run(args, config)
+    if args.command == "status":
+        return cmd_status(args, config)
     if args.command == "policy":
         return cmd_policy_check(args, config) if args.policy_command == "check" else cmd_explain(args, config)
     if args.command == "audit":
@@ -174,6 +180,45 @@ def cmd_run(args, config: Config) -> int:
         return ExitStatus.POLICY_INVALID
     logging.getLogger("hush").info("policies from %s (set %s), state in %s", policies, policyset.version, state)
     return asyncio.run(serve(policyset, config, state, policies))
+
+
+# -- status -----------------------------------------------------------------------
+
+
+def cmd_status(args, config: Config) -> int:
+    from hush.daemon import control
+
+    state = _state(args, config)
+    try:
+        st = control.request(state)
+    except ConnectionError as e:
+        if _fmt(args) == "json":
+            print(json.dumps({"running": False, "state_dir": str(state), "error": str(e)}))
+        else:
+            print(f"not running: {e}")
+        return ExitStatus.DAEMON_UNREACHABLE
+    if _fmt(args) == "json":
+        print(json.dumps(st, indent=2))
+        return ExitStatus.OK
+    p, tor, audit = st["policies"], st["tor"], st["audit"]
+    print(f"hush is running (pid {st['pid']}, since {_when(st['started'])}), state in {st['state_dir']}")
+    print(f"policies: set {p['version']} from {p['dir']}, loaded {_when(p['loaded_at'])}")
+    if st["last_reload"]:
+        r = st["last_reload"]
+        print(f"last reload: {'ok' if r['ok'] else 'REFUSED'} at {_when(r['at'])}"
+              + "".join(f"\n  {e}" for e in r["errors"]))
+    for l in st["listeners"]:
+        print(f"  {l['app']:<10} {l['address']:<22} {l['mode']:<6} {'' if l['bound'] else 'NOT BOUND'}")
+    if tor["state"] == "off":
+        print("tor: not used")
+    else:
+        print(f"tor: {tor['state']} — {tor['reason']}; bootstrapped {tor['bootstrap']}% ({tor['bootstrap_summary']})"
+              f"; restarts {tor['restarts']}")
+    decisions = ", ".join(f"{k} {v}" for k, v in sorted(st["decisions"].items())) or "none yet"
+    print(f"decisions since start: {decisions}")
+    degraded = f"; DEGRADED: {audit['last_error']}" if audit["degraded"] else ""
+    print(f"audit: {audit['written']} written, {audit['pending']} queued{degraded}")
+    return ExitStatus.OK
 
 
 # -- policy -----------------------------------------------------------------------

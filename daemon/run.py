@@ -11,10 +11,12 @@ SIGHUP reloads the policies — the new set is swapped in whole or not at all.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from mitmproxy import addons as mitm_addons
@@ -24,6 +26,8 @@ from mitmproxy.master import Master
 from hush.addons import chain
 from hush.daemon import paths
 from hush.daemon.config import Config
+from hush.daemon.control import ControlServer
+from hush.daemon.control import socket_path as control_socket
 from hush.daemon.policy import PolicySet, load
 from hush.daemon.policy.holder import PolicyHolder
 from hush.daemon.tor import TorManager
@@ -42,6 +46,15 @@ class ExitStatus(enum.IntEnum):
     LISTEN_FAILED = 4
     EXAMPLES_FAILED = 5
     NOT_FOUND = 6
+    DAEMON_UNREACHABLE = 7
+
+
+@dataclasses.dataclass
+class Reload:
+    ok: bool
+    at: float
+    version: str | None
+    errors: list[str]
 
 
 class Lifecycle:
@@ -102,6 +115,36 @@ def mitmproxy_options(policyset: PolicySet, config: Config, state_dir: Path) -> 
     return opts
 
 
+def status(master: Master, holder: PolicyHolder, tor: TorManager, started: float, policies: Path,
+           state_dir: Path, last_reload: list) -> dict:
+    """What ``hush status`` shows (built on the event loop; no I/O)."""
+    current = holder.current
+    proxyserver = master.addons.get("proxyserver")
+    running = {i.mode.full_spec for i in proxyserver.servers if i.is_running} if proxyserver else set()
+    audit = master.addons.get("audit")
+    writer = audit.writer if audit else None
+    reload = last_reload[-1] if last_reload else None
+    return {
+        "running": True,
+        "pid": os.getpid(),
+        "started": started,
+        "state_dir": str(state_dir),
+        "policies": {"dir": str(policies), "version": current.version, "loaded_at": current.loaded_at,
+                     "apps": sorted(current.policies)},
+        "last_reload": dataclasses.asdict(reload) if reload else None,
+        "listeners": [{"app": l.app, "address": l.address, "mode": l.mode, "bound": l.spec in running}
+                      for l in current.listeners],
+        "tor": tor.status(),
+        "decisions": dict(audit.counts) if audit else {},
+        "audit": {
+            "pending": writer.pending if writer else None,
+            "written": writer.written if writer else None,
+            "degraded": writer.degraded if writer else None,
+            "last_error": writer.last_error if writer else None,
+        },
+    }
+
+
 async def serve(policyset: PolicySet, config: Config, state_dir: Path, policies: Path) -> ExitStatus:
     os.umask(0o077)  # the CA key, audit.db and everything else: owner only
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -116,28 +159,36 @@ async def serve(policyset: PolicySet, config: Config, state_dir: Path, policies:
     master.options.update(**mitmproxy_options(policyset, config, state_dir))
     if uses_tor(policyset):
         await tor.start()  # returns at once: non-Tor flows are served while tor bootstraps
+    started, reloads = time.time(), []
+    control = ControlServer(control_socket(state_dir), {
+        "status": lambda: status(master, holder, tor, started, policies, state_dir, reloads),
+    })
+    await control.start()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, master.shutdown)
     loop.add_signal_handler(
-        signal.SIGHUP, lambda: asyncio.ensure_future(reload(master, holder, config, policies, tor)))
+        signal.SIGHUP, lambda: asyncio.ensure_future(reload(master, holder, config, policies, tor, reloads)))
     try:
         await master.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        await control.stop()
         await tor.stop()
     return lifecycle.exit_status
 
 
 async def reload(master: Master, holder: PolicyHolder, config: Config, policies: Path,
-                 tor: TorManager | None = None) -> bool:
+                 tor: TorManager | None = None, history: list | None = None) -> bool:
     """Build a complete new set off the event loop; swap it in or keep the old."""
+    history = history if history is not None else []
     try:
         new = await asyncio.to_thread(load, [policies], config.parse_context)
     except LoadError as e:
         log.error("reload refused, keeping policy set %s:\n%s", holder.current.version, e)
+        history.append(Reload(False, time.time(), None, [str(x) for x in e.errors]))
         return False
     if tor is not None and tor.state == "off" and uses_tor(new):
         await tor.start()
@@ -146,4 +197,5 @@ async def reload(master: Master, holder: PolicyHolder, config: Config, policies:
     if modes != list(master.options.mode):
         master.options.update(mode=modes)
     log.info("reloaded: policy set %s replaces %s", new.version, old.version if old else None)
+    history.append(Reload(True, time.time(), new.version, []))
     return True

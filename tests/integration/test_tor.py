@@ -200,4 +200,40 @@ def test_tor_status_and_newnym_commands(hush, torlab, capsys):
     assert status["pid"] == hush_tor(h)
     assert main(["tor", "newnym", "--state-dir", str(h.state)]) == 0
     assert "NEWNYM sent" in capsys.readouterr().out
+    assert main(["status", "--state-dir", str(h.state), "--json"]) == 0
+    tor = json.loads(capsys.readouterr().out)["tor"]
+    assert (tor["state"], tor["bootstrap"], tor["ready"], tor["pid"]) == ("ready", 100, True, hush_tor(h))
     h.stop()
+
+
+def test_non_tor_flows_are_served_before_tor_bootstraps(hush, tmp_path, origin):
+    """hush does not wait for tor: with a tor that can never bootstrap (no
+    reachable authority), direct flows work and Tor flows fail at once."""
+    port = free_port()
+    dead = free_port()
+    config = ("tor:\n  torrc:\n    - TestingTorNetwork 1\n"
+              f"    - DirAuthority dead orport={dead} no-v2 v3ident={'A' * 40} 127.0.0.1:{dead} {'B' * 40}\n")
+    h = hush({"a": policy("a", port)}, config=config)
+    assert curl("-x", f"http://127.0.0.1:{port}", origin.url("/direct")).returncode == 0
+    res = curl("-w", "%{http_code}", "-o", "/dev/null", "-x", f"http://127.0.0.1:{port}", origin.url("/t", host=NAME))
+    assert res.stdout == b"503"
+    assert [r.path for r in origin.requests] == ["/direct"]
+    h.stop()
+    assert "tor bootstrapped" in h.log
+
+
+def test_socks5_listener_through_tor(hush, torlab, origin, tls_origin, ca_file):
+    port = free_port()
+    h = hush({"t": f"app: t\nlisten: {{port: {port}, mode: socks5}}\ndefault: block\n"
+                   "rules:\n  - {match: {host: '*.hushtest'}, action: tor}\n"}, config=tor_config(torlab))
+    wait_tor_ready(h)
+    socks = ["--socks5-hostname", f"127.0.0.1:{port}"]
+    res = curl(*socks, origin.url("/socks-tor", host=NAME))
+    assert res.returncode == 0, res.stderr
+    res = curl("--cacert", str(ca_file), *socks, tls_origin.url("/socks-tls-tor", host=NAME))
+    assert res.returncode == 0, res.stderr
+    assert origin.owners == [torlab.exit_pid] and tls_origin.owners == [torlab.exit_pid]
+    h.stop()
+    audit = rows(h)
+    assert [(r["decision"], r["level"], r["ip_exposed"]) for r in audit] == [("tor", "connect", 0)] * 2
+    assert all(r["tor_exit"] and r["tor_exit"].endswith("~exit0") for r in audit)
