@@ -134,15 +134,22 @@ class Audit:
             "or site (scheme and registrable domain only).",
             choices=REDACTIONS,
         )
+        loader.add_option(
+            "hush_audit_keep_days", int, 0,
+            "Delete audit records older than this many days (0: keep them all).",
+        )
 
     def configure(self, updated):
+        if "hush_audit_keep_days" in updated and self.writer is not None:
+            self.writer.keep_days = ctx.options.hush_audit_keep_days
         if "hush_state_dir" in updated and ctx.options.hush_state_dir:
             from pathlib import Path
 
             if self.writer is not None:
                 self.writer.close()
             try:
-                self.writer = AuditWriter(Path(ctx.options.hush_state_dir) / "audit.db")
+                self.writer = AuditWriter(Path(ctx.options.hush_state_dir) / "audit.db",
+                                          keep_days=ctx.options.hush_audit_keep_days)
             except Exception as e:
                 raise exceptions.OptionsError(f"Cannot open the audit database in {ctx.options.hush_state_dir}: {e}")
 

@@ -102,9 +102,14 @@ def create_private(path: Path) -> None:
 
 
 class AuditWriter:
-    def __init__(self, path: Path, *, batch: int = 2000, retry_after: float = 1.0):
+    def __init__(self, path: Path, *, batch: int = 2000, retry_after: float = 1.0, keep_days: int = 0,
+                 purge_every: float = 3600.0):
         self.path = Path(path)
         self.batch = batch
+        self.keep_days = keep_days  # 0: keep forever
+        self.purge_every = purge_every
+        self.purged = 0
+        self._last_purge = 0.0
         self.retry_after = retry_after
         self.written = 0
         self.failures = 0
@@ -138,7 +143,11 @@ class AuditWriter:
         stopping = False
         while not stopping:
             records = []
-            item = self._queue.get()
+            self._maybe_purge()
+            try:
+                item = self._queue.get(timeout=min(60.0, self.purge_every))
+            except queue.Empty:
+                continue
             while True:
                 if item is _STOP:
                     stopping = True
@@ -156,6 +165,20 @@ class AuditWriter:
                     break
                 time.sleep(self.retry_after)
         self._conn.close()
+
+    def _maybe_purge(self) -> None:
+        """Retention: drop records older than keep_days, at most every purge_every seconds."""
+        if not self.keep_days or time.monotonic() - self._last_purge < self.purge_every:
+            return
+        self._last_purge = time.monotonic()
+        try:
+            with self._conn:
+                cur = self._conn.execute("DELETE FROM records WHERE ts < ?", (time.time() - self.keep_days * 86400,))
+            if cur.rowcount:
+                self.purged += cur.rowcount
+                log.info("audit: removed %d records older than %d days", cur.rowcount, self.keep_days)
+        except sqlite3.Error as e:
+            log.warning("audit: retention purge failed: %s", e)
 
     def _write(self, rows: list[dict]) -> bool:
         try:

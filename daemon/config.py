@@ -6,6 +6,7 @@
     policies: ~/.config/hush/policies
     audit:
       redaction: site                 # full | no-query | site
+      keep_days: 30                   # delete older records (0: keep forever)
     strip:
       user_agent: "Mozilla/5.0 …"     # what `strip` puts in place of User-Agent
     upstream_ca: /path/to/ca.pem      # extra CAs to trust for sites (intercepted flows)
@@ -40,6 +41,7 @@ class Config:
     state_dir: Path | None = None
     policies: Path | None = None
     redaction: str = DEFAULT_REDACTION
+    keep_days: int = 30
     user_agent: str = GENERIC_USER_AGENT
     upstream_ca: Path | None = None
     log_level: str = "info"
@@ -84,9 +86,11 @@ def parse_config(file: str, text: str) -> Config:
         if key in fields:
             values[key] = path_of(key)
     if "audit" in fields:
-        audit = reader.mapping(fields["audit"].value, allowed={"redaction"}, what="audit")
+        audit = reader.mapping(fields["audit"].value, allowed={"redaction", "keep_days"}, what="audit")
         if "redaction" in audit:
             values["redaction"] = reader.choice(audit["redaction"].value, "audit redaction", REDACTIONS)
+        if "keep_days" in audit:
+            values["keep_days"] = reader.integer(audit["keep_days"].value, "audit keep_days", 0, 36500)
     if "strip" in fields:
         strip = reader.mapping(fields["strip"].value, allowed={"user_agent"}, what="strip")
         if "user_agent" in strip:

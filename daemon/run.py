@@ -5,7 +5,12 @@ process's event loop with mitmproxy's default addons plus hush's chain, one
 listener per app, on loopback only, ``connection_strategy=lazy`` forced.
 
 Signals: SIGTERM/SIGINT stop (every queued audit record is written first);
-SIGHUP reloads the policies — the new set is swapped in whole or not at all.
+SIGHUP — or any change to a file in the policy directory — reloads: a whole
+new PolicySet is built off the event loop and swapped in at once, or, if it
+has any error, every error is logged and the running set stays.
+
+Under systemd (``Type=notify``) it reports READY=1 once listeners are bound,
+STATUS= with tor's bootstrap progress, RELOADING=1/READY=1 around reloads.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from hush.daemon import paths
 from hush.daemon.config import Config
 from hush.daemon.control import ControlServer
 from hush.daemon.control import socket_path as control_socket
+from hush.daemon.notify import notify
 from hush.daemon.policy import PolicySet, load
 from hush.daemon.policy.holder import PolicyHolder
 from hush.daemon.tor import TorManager
@@ -55,42 +61,7 @@ class Reload:
     at: float
     version: str | None
     errors: list[str]
-
-
-class Lifecycle:
-    """Reports listeners once they are bound; stops the daemon if one is not."""
-
-    def __init__(self, holder: PolicyHolder):
-        self.holder = holder
-        self.exit_status = ExitStatus.OK
-
-    def running(self):
-        proxyserver = ctx.master.addons.get("proxyserver")
-        by_spec = {l.spec: l for l in self.holder.current.listeners}
-        failed = False
-        for instance in proxyserver.servers:
-            listener = by_spec.get(instance.mode.full_spec)
-            name = f"app {listener.app} on {listener.address}" if listener else instance.mode.full_spec
-            if instance.is_running:
-                log.info("listening: app=%s address=%s mode=%s", listener.app if listener else "?",
-                         listener.address if listener else instance.mode.full_spec,
-                         listener.mode if listener else instance.mode.type_name)
-            else:
-                failed = True
-                reason = instance.last_exception or "not started"
-                log.error("cannot listen for %s: %s", name, _explain_bind_error(reason))
-        if failed:
-            self.exit_status = ExitStatus.LISTEN_FAILED
-            ctx.master.shutdown()
-        else:
-            log.info("hush is running: %d listener(s), policy set %s", len(by_spec), self.holder.current.version)
-
-
-def _explain_bind_error(exc) -> str:
-    text = str(exc)
-    if isinstance(exc, OSError) and exc.errno == 98 or "in use" in text:
-        return f"{text} (another program, or another hush, is using this port; change 'listen' in the policy)"
-    return text
+    trigger: str
 
 
 def uses_tor(policyset: PolicySet) -> bool:
@@ -109,93 +80,181 @@ def mitmproxy_options(policyset: PolicySet, config: Config, state_dir: Path) -> 
         "onboarding": False,  # mitm.it would be answered by mitmproxy, not by the policy
         "hush_state_dir": str(state_dir),
         "hush_audit_redaction": config.redaction,
+        "hush_audit_keep_days": config.keep_days,
     }
     if config.upstream_ca:
         opts["ssl_verify_upstream_trusted_ca"] = str(config.upstream_ca)
     return opts
 
 
-def status(master: Master, holder: PolicyHolder, tor: TorManager, started: float, policies: Path,
-           state_dir: Path, last_reload: list) -> dict:
-    """What ``hush status`` shows (built on the event loop; no I/O)."""
-    current = holder.current
-    proxyserver = master.addons.get("proxyserver")
-    running = {i.mode.full_spec for i in proxyserver.servers if i.is_running} if proxyserver else set()
-    audit = master.addons.get("audit")
-    writer = audit.writer if audit else None
-    reload = last_reload[-1] if last_reload else None
-    return {
-        "running": True,
-        "pid": os.getpid(),
-        "started": started,
-        "state_dir": str(state_dir),
-        "policies": {"dir": str(policies), "version": current.version, "loaded_at": current.loaded_at,
-                     "apps": sorted(current.policies)},
-        "last_reload": dataclasses.asdict(reload) if reload else None,
-        "listeners": [{"app": l.app, "address": l.address, "mode": l.mode, "bound": l.spec in running}
-                      for l in current.listeners],
-        "tor": tor.status(),
-        "decisions": dict(audit.counts) if audit else {},
-        "audit": {
-            "pending": writer.pending if writer else None,
-            "written": writer.written if writer else None,
-            "degraded": writer.degraded if writer else None,
-            "last_error": writer.last_error if writer else None,
-        },
-    }
+def policy_signature(directory: Path) -> tuple:
+    """What changes when any file under the policy directory changes."""
+    out = []
+    for path in sorted(Path(directory).rglob("*")):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            out.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _explain_bind_error(exc) -> str:
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.errno == 98 or "in use" in text:
+        return f"{text} (another program, or another hush, is using this port; change 'listen' in the policy)"
+    return text
+
+
+class Daemon:
+    """The running daemon's parts, and what ``hush status`` reports of them."""
+
+    def __init__(self, policyset: PolicySet, config: Config, state_dir: Path, policies: Path):
+        self.config = config
+        self.state_dir = state_dir
+        self.policies = policies
+        self.holder = PolicyHolder(policyset)
+        self.tor = TorManager(config.tor, state_dir)
+        self.tor.state_callbacks.append(self._tor_changed)
+        self.master = Master(options.Options())
+        self.master.addons.add(*mitm_addons.default_addons())
+        self.master.addons.add(*chain(self.holder, self.tor), self)
+        self.master.options.update(**mitmproxy_options(policyset, config, state_dir))
+        self.exit_status = ExitStatus.OK
+        self.started = time.time()
+        self.reloads: list[Reload] = []
+        self.control = ControlServer(control_socket(state_dir), {"status": self.status})
+        self._reloading = asyncio.Lock()
+
+    # -- mitmproxy hooks (this object is also an addon) ------------------------------
+
+    def running(self):
+        proxyserver = ctx.master.addons.get("proxyserver")
+        by_spec = {l.spec: l for l in self.holder.current.listeners}
+        failed = False
+        for instance in proxyserver.servers:
+            listener = by_spec.get(instance.mode.full_spec)
+            if instance.is_running:
+                log.info("listening: app=%s address=%s mode=%s", listener.app, listener.address, listener.mode)
+            else:
+                failed = True
+                reason = _explain_bind_error(instance.last_exception or "not started")
+                log.error("cannot listen for app %s on %s: %s", listener.app, listener.address, reason)
+        if failed:
+            self.exit_status = ExitStatus.LISTEN_FAILED
+            ctx.master.shutdown()
+            return
+        log.info("hush is running: %d listener(s), policy set %s", len(by_spec), self.holder.current.version)
+        notify("READY=1", f"STATUS={self._summary()}", f"MAINPID={os.getpid()}")
+
+    # -- life --------------------------------------------------------------------------
+
+    async def run(self) -> ExitStatus:
+        if uses_tor(self.holder.current):
+            await self.tor.start()  # returns at once: non-Tor flows are served while tor bootstraps
+        await self.control.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        watcher = asyncio.ensure_future(self._watch())
+        try:
+            await self.master.run()
+        finally:
+            watcher.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.control.stop()
+            await self.tor.stop()
+        return self.exit_status
+
+    def _stop(self) -> None:
+        notify("STOPPING=1")
+        self.master.shutdown()
+
+    async def _watch(self, interval: float = 1.0) -> None:
+        """Reload when a file in the policy directory changes (stat off the loop)."""
+        if not self.policies.is_dir():
+            return
+        last = await asyncio.to_thread(policy_signature, self.policies)
+        while True:
+            await asyncio.sleep(interval)
+            now = await asyncio.to_thread(policy_signature, self.policies)
+            if now != last:
+                last = now
+                await asyncio.sleep(0.2)  # let an editor finish writing
+                await self.reload("policy files changed")
+                last = await asyncio.to_thread(policy_signature, self.policies)
+
+    async def reload(self, trigger: str) -> bool:
+        """Build a complete new set off the event loop; swap it in, or keep the old."""
+        async with self._reloading:
+            notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                new = await asyncio.to_thread(load, [self.policies], self.config.parse_context)
+            except LoadError as e:
+                log.error("reload (%s) refused, keeping policy set %s; %d error(s):\n%s",
+                          trigger, self.holder.current.version, len(e.errors), e)
+                self.reloads.append(Reload(False, time.time(), None, [str(x) for x in e.errors], trigger))
+                notify("READY=1", f"STATUS=reload refused; {self._summary()}")
+                return False
+            if self.tor.state == "off" and uses_tor(new):
+                await self.tor.start()
+            old = self.holder.swap(new)
+            modes = [l.spec for l in new.listeners]
+            if modes != list(self.master.options.mode):
+                self.master.options.update(mode=modes)
+                log.info("listeners now: %s", ", ".join(f"{l.app}={l.address}/{l.mode}" for l in new.listeners))
+            log.info("reloaded (%s): policy set %s replaces %s", trigger, new.version, old.version if old else None)
+            self.reloads.append(Reload(True, time.time(), new.version, [], trigger))
+            notify("READY=1", f"STATUS={self._summary()}")
+            return True
+
+    # -- reporting --------------------------------------------------------------------
+
+    def _summary(self) -> str:
+        current = self.holder.current
+        text = f"{len(current.listeners)} listeners, policy set {current.version}"
+        if self.tor.state != "off":
+            text += f"; tor {self.tor.state}, bootstrapped {self.tor.bootstrap.progress}%"
+        return text
+
+    def _tor_changed(self) -> None:
+        notify(f"STATUS={self._summary()}")
+
+    def status(self) -> dict:
+        """What ``hush status`` shows (built on the event loop; no I/O)."""
+        current = self.holder.current
+        proxyserver = self.master.addons.get("proxyserver")
+        bound = {i.mode.full_spec for i in proxyserver.servers if i.is_running} if proxyserver else set()
+        audit = self.master.addons.get("audit")
+        writer = audit.writer if audit else None
+        last = self.reloads[-1] if self.reloads else None
+        return {
+            "running": True,
+            "pid": os.getpid(),
+            "started": self.started,
+            "state_dir": str(self.state_dir),
+            "policies": {"dir": str(self.policies), "version": current.version, "loaded_at": current.loaded_at,
+                         "apps": sorted(current.policies)},
+            "last_reload": dataclasses.asdict(last) if last else None,
+            "reloads": len(self.reloads),
+            "listeners": [{"app": l.app, "address": l.address, "mode": l.mode, "bound": l.spec in bound}
+                          for l in current.listeners],
+            "tor": self.tor.status(),
+            "decisions": dict(audit.counts) if audit else {},
+            "audit": {
+                "pending": writer.pending if writer else None,
+                "written": writer.written if writer else None,
+                "degraded": writer.degraded if writer else None,
+                "last_error": writer.last_error if writer else None,
+            },
+        }
 
 
 async def serve(policyset: PolicySet, config: Config, state_dir: Path, policies: Path) -> ExitStatus:
     os.umask(0o077)  # the CA key, audit.db and everything else: owner only
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state_dir, 0o700)
-
-    master = Master(options.Options())
-    master.addons.add(*mitm_addons.default_addons())
-    holder = PolicyHolder(policyset)
-    tor = TorManager(config.tor, state_dir)
-    lifecycle = Lifecycle(holder)
-    master.addons.add(*chain(holder, tor), lifecycle)
-    master.options.update(**mitmproxy_options(policyset, config, state_dir))
-    if uses_tor(policyset):
-        await tor.start()  # returns at once: non-Tor flows are served while tor bootstraps
-    started, reloads = time.time(), []
-    control = ControlServer(control_socket(state_dir), {
-        "status": lambda: status(master, holder, tor, started, policies, state_dir, reloads),
-    })
-    await control.start()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, master.shutdown)
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: asyncio.ensure_future(reload(master, holder, config, policies, tor, reloads)))
-    try:
-        await master.run()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await control.stop()
-        await tor.stop()
-    return lifecycle.exit_status
-
-
-async def reload(master: Master, holder: PolicyHolder, config: Config, policies: Path,
-                 tor: TorManager | None = None, history: list | None = None) -> bool:
-    """Build a complete new set off the event loop; swap it in or keep the old."""
-    history = history if history is not None else []
-    try:
-        new = await asyncio.to_thread(load, [policies], config.parse_context)
-    except LoadError as e:
-        log.error("reload refused, keeping policy set %s:\n%s", holder.current.version, e)
-        history.append(Reload(False, time.time(), None, [str(x) for x in e.errors]))
-        return False
-    if tor is not None and tor.state == "off" and uses_tor(new):
-        await tor.start()
-    old = holder.swap(new)
-    modes = [l.spec for l in new.listeners]
-    if modes != list(master.options.mode):
-        master.options.update(mode=modes)
-    log.info("reloaded: policy set %s replaces %s", new.version, old.version if old else None)
-    history.append(Reload(True, time.time(), new.version, []))
-    return True
+    return await Daemon(policyset, config, state_dir, policies).run()

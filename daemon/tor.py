@@ -104,6 +104,7 @@ class TorManager:
         self.pid: int | None = None
         self.restarts = 0
         self.stream_callbacks: list[StreamCallback] = []
+        self.state_callbacks: list[Callable[[], None]] = []  # on the loop, after state or progress changes
         self._circuits: dict[str, Circuit] = {}
         self._stream_ports: dict[str, int] = {}
         self._controller = None
@@ -146,9 +147,19 @@ class TorManager:
         return self._circuits.get(circ_id)
 
     def _set(self, state: str, reason: str) -> None:
-        if (state, reason) != (self.state, self.reason):
+        changed = (state, reason) != (self.state, self.reason)
+        if changed:
             (log.warning if state == "down" else log.info)("tor %s: %s", state, reason)
         self.state, self.reason = state, reason
+        if changed:
+            self._changed()
+
+    def _changed(self) -> None:
+        for callback in list(self.state_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("tor state callback failed")
 
     # -- life ------------------------------------------------------------------------
 
@@ -341,6 +352,7 @@ class TorManager:
             if phase.progress != self._last_logged:
                 self._last_logged = phase.progress
                 log.info("tor bootstrapped %d%% (%s): %s", phase.progress, phase.tag, phase.summary)
+                self._changed()
         if established is not None:
             self.circuit_established = established
         if self._controller is None or self.state in ("off", "down"):

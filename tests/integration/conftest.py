@@ -157,7 +157,7 @@ def tls_origin(ca):
 class Hush:
     """``hush run`` as a subprocess, with its own state dir and policies."""
 
-    def __init__(self, tmp: Path, policies: dict[str, str], config: str | None = None, args=()):
+    def __init__(self, tmp: Path, policies: dict[str, str], config: str | None = None, args=(), env=None):
         self.dir = tmp
         self.state = tmp / "state"
         self.policies = tmp / "policies"
@@ -171,7 +171,7 @@ class Hush:
             (tmp / "config.yaml").write_text(textwrap.dedent(config))
             cmd += ["--config", str(tmp / "config.yaml")]
         self._log = open(self.log_path, "wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     @property
@@ -218,10 +218,10 @@ class Hush:
 def hush(tmp_path):
     started: list[Hush] = []
 
-    def start(policies: dict[str, str], config: str | None = None, args=(), ready=True) -> Hush:
+    def start(policies: dict[str, str], config: str | None = None, args=(), ready=True, env=None) -> Hush:
         d = tmp_path / f"hush{len(started)}"
         d.mkdir()
-        h = Hush(d, policies, config, args)
+        h = Hush(d, policies, config, args, env)
         started.append(h)
         return h.wait_ready() if ready else h
 

@@ -67,3 +67,21 @@ def test_bad_path_fails_at_start(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError):
         AuditWriter(tmp_path / "file" / "audit.db")
+
+
+def test_retention_removes_only_old_records(tmp_path):
+    import time as _time
+
+    now = _time.time()
+    writer = AuditWriter(tmp_path / "audit.db", keep_days=7, purge_every=0.05)
+    for age_days in (30, 8, 6, 0):
+        writer.submit({"ts": now - age_days * 86400, "decision": "block", "ip_exposed": False})
+    deadline = _time.monotonic() + 5
+    while writer.purged < 2 and _time.monotonic() < deadline:
+        _time.sleep(0.05)
+        writer.submit({"ts": now, "decision": "allow", "ip_exposed": True})  # wake the thread
+    writer.close()
+    ages = sorted(round((now - ts) / 86400) for (ts,) in
+                  sqlite3.connect(tmp_path / "audit.db").execute("SELECT ts FROM records"))
+    assert writer.purged == 2
+    assert all(age <= 6 for age in ages) and 6 in ages

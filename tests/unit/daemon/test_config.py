@@ -24,7 +24,7 @@ def test_full_config_resolves_relative_paths():
     ("state_dir: 5\n", "c.yaml:1:12: state_dir must be a string, not the number 5; quote it"),
     ("audit: {redaction: off}\n",
      "c.yaml:1:20: audit redaction: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
-    ("audit: {keep: 3}\n", "c.yaml:1:9: unknown key 'keep' (expected one of: redaction)"),
+    ("audit: {keep: 3}\n", "c.yaml:1:9: unknown key 'keep' (expected one of: keep_days, redaction)"),
     ("listen: 1\n",
      "c.yaml:1:1: unknown key 'listen' (expected one of: audit, log_level, policies, state_dir, strip, tor, upstream_ca)"),
 ])
