@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from datetime import datetime
@@ -101,6 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (tail, summary, show):
         _common(p, state=True)
         _output(p)
+    export = asub.add_parser("export", help="every record, as JSON lines or CSV, to stdout")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--since", help="e.g. 30m, 24h, 7d, or an ISO date")
+    purge = asub.add_parser("purge", help="delete records (all, or older than --before)")
+    g = purge.add_mutually_exclusive_group(required=True)
+    g.add_argument("--before", help="delete records older than this (e.g. 30d, or an ISO date)")
+    g.add_argument("--all", action="store_true", help="delete every record")
+    report = asub.add_parser("report", help="a self-contained HTML page for review")
+    report.add_argument("--html", required=True, metavar="FILE")
+    report.add_argument("--since", help="e.g. 7d (default: all records)")
+    for p in (export, purge, report):
+        _common(p, state=True)
+
+    doctor = sub.add_parser("doctor", help="find what is wrong on this machine, and how to fix it")
+    _common(doctor, policies=True, state=True)
+    _output(doctor)
+
+    unit = sub.add_parser("install-unit", help="install the systemd user unit for this hush")
+    unit.add_argument("--dir", metavar="DIR", help="where to write hush.service "
+                      "(default: ~/.config/systemd/user)")
+    unit.add_argument("--print", action="store_true", help="print the unit instead of writing it")
 
     tor = sub.add_parser("tor", help="hush's tor")
     tsub = tor.add_subparsers(dest="tor_command", required=True, parser_class=_Parser)
@@ -147,8 +170,13 @@ def _dispatch(args) -> int:
     if args.command == "policy":
         return cmd_policy_check(args, config) if args.policy_command == "check" else cmd_explain(args, config)
     if args.command == "audit":
-        return {"tail": cmd_audit_tail, "summary": cmd_audit_summary, "show": cmd_audit_show}[args.audit_command](
-            args, config)
+        return {"tail": cmd_audit_tail, "summary": cmd_audit_summary, "show": cmd_audit_show,
+                "export": cmd_audit_export, "purge": cmd_audit_purge, "report": cmd_audit_report,
+                }[args.audit_command](args, config)
+    if args.command == "doctor":
+        return cmd_doctor(args)
+    if args.command == "install-unit":
+        return cmd_install_unit(args)
     if args.command == "ca":
         return cmd_ca_path(args, config)
     if args.command == "tor":
@@ -366,6 +394,107 @@ def cmd_audit_show(args, config: Config) -> int:
             if key == "ts":
                 value = f"{_when(value)} ({value})"
             print(f"{key:>15}: {value}")
+    return ExitStatus.OK
+
+
+def _since(args) -> float | None:
+    from hush.daemon import auditview
+
+    try:
+        return auditview.parse_since(args.since) if getattr(args, "since", None) else None
+    except ValueError as e:
+        raise UsageError(str(e))
+
+
+def cmd_audit_export(args, config: Config) -> int:
+    import csv
+
+    from hush.daemon import auditview
+    from hush.daemon.audit import COLUMNS
+
+    conn = auditview.open_db(_state(args, config))
+    since = _since(args) or 0
+    rows = conn.execute("SELECT * FROM records WHERE ts >= ? ORDER BY id", (since,))
+    if args.format == "csv":
+        out = csv.writer(sys.stdout)
+        out.writerow(["id", *COLUMNS])
+        for row in rows:
+            out.writerow([row["id"], *(row[c] for c in COLUMNS)])
+    else:
+        for row in rows:
+            print(json.dumps(auditview.as_dict(row)))
+    return ExitStatus.OK
+
+
+def cmd_audit_purge(args, config: Config) -> int:
+    from hush.daemon import auditview
+    from hush.daemon.audit import connect
+
+    path = _state(args, config) / "audit.db"
+    if not path.exists():
+        raise FileNotFoundError(f"no audit database at {path}")
+    cutoff = float("inf") if args.all else auditview.parse_since(args.before) if args.before else None
+    conn = connect(path)
+    with conn:
+        n = conn.execute("DELETE FROM records WHERE ts < ?", (cutoff,)).rowcount
+    conn.execute("VACUUM")
+    conn.close()
+    print(f"deleted {n} records")
+    return ExitStatus.OK
+
+
+def cmd_audit_report(args, config: Config) -> int:
+    from hush.daemon import auditview, report
+
+    page = report.render(auditview.open_db(_state(args, config)), _since(args))
+    Path(args.html).write_text(page, encoding="utf-8")
+    print(f"wrote {args.html}")
+    return ExitStatus.OK
+
+
+# -- doctor, install-unit ------------------------------------------------------------
+
+
+def cmd_doctor(args) -> int:
+    from hush.daemon import control, doctor
+
+    config_for_state = load_config(paths.config_file(args.config)) if args.config or paths.config_file(None) else Config()
+    try:
+        control.request(paths.state_dir(args.state_dir, config_for_state.state_dir), timeout=2)
+        running = True
+    except (ConnectionError, OSError, ValueError):
+        running = False
+    findings = doctor.run_checks(args.policies, args.state_dir, args.config, running)
+    if _fmt(args) == "json":
+        print(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
+    else:
+        marks = {"ok": "✓", "warn": "!", "fail": "✗"}
+        for f in findings:
+            print(f"{marks[f.level]} {f.check}: {f.message}")
+            if f.fix and f.level != "ok":
+                print(f"    fix: {f.fix}")
+    return ExitStatus.ERROR if any(f.level == "fail" for f in findings) else ExitStatus.OK
+
+
+def cmd_install_unit(args) -> int:
+    import shutil
+
+    import hush.systemd
+
+    template = next(Path(p) / "hush.service" for p in hush.systemd.__path__ if (Path(p) / "hush.service").exists())
+    here = Path(sys.executable).parent / "hush"
+    binary = str(here if here.exists() else Path(shutil.which("hush") or "hush").resolve())
+    unit = template.read_text().replace("%h/.local/bin/hush", binary)
+    if args.print:
+        print(unit, end="")
+        return ExitStatus.OK
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    directory = Path(args.dir) if args.dir else base / "systemd" / "user"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hush.service").write_text(unit)
+    print(f"wrote {directory / 'hush.service'} (ExecStart={binary} run)")
+    print("next: systemctl --user daemon-reload && systemctl --user enable --now hush")
+    print("logs: journalctl --user -u hush -f;  reload policies: systemctl --user reload hush")
     return ExitStatus.OK
 
 

@@ -1,0 +1,167 @@
+"""``hush doctor``: what is wrong on this machine, and how to fix each thing.
+
+Each check returns a :class:`Finding`; none of them changes anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal
+
+from hush.daemon import paths
+from hush.daemon.config import Config, load_config
+from hush.daemon.yamlschema import LoadError
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    level: Literal["ok", "warn", "fail"]
+    check: str
+    message: str
+    fix: str | None = None
+
+
+def check_python() -> Finding:
+    v = sys.version_info
+    if v < (3, 12):
+        return Finding("fail", "python", f"Python {v.major}.{v.minor} is too old for mitmproxy 12",
+                       "install Python 3.12 or newer and run `make setup` again")
+    import mitmproxy.version
+
+    return Finding("ok", "python", f"Python {v.major}.{v.minor}.{v.micro}, mitmproxy {mitmproxy.version.VERSION}")
+
+
+def check_config(config_path: Path | None) -> tuple[Finding, Config | None]:
+    try:
+        config = load_config(config_path)
+    except LoadError as e:
+        return Finding("fail", "config", f"{len(e.errors)} error(s) in the config:\n{e}",
+                       "fix each line shown (file:line:col)"), None
+    where = str(config_path) if config_path else "built-in defaults (no config file)"
+    return Finding("ok", "config", where), config
+
+
+def check_policies(directory: Path, config: Config):
+    from hush.daemon.policy import check_examples, load
+
+    try:
+        policyset = load([directory], config.parse_context)
+    except LoadError as e:
+        return Finding("fail", "policies", f"{len(e.errors)} error(s) in {directory}:\n{e}",
+                       "fix each line shown, then `hush policy check`"), None
+    failures = check_examples(policyset)
+    if failures:
+        return Finding("warn", "policies", "examples that do not hold:\n" + "\n".join(map(str, failures)),
+                       "fix the rule or the example"), policyset
+    return Finding("ok", "policies", f"{len(policyset.policies)} apps from {directory}"), policyset
+
+
+def check_tor(policyset, config: Config) -> Finding:
+    from hush.daemon.run import uses_tor
+
+    if policyset is None or not uses_tor(policyset):
+        return Finding("ok", "tor", "no policy uses `action: tor`")
+    if config.tor.mode == "attach":
+        return Finding("ok", "tor", f"attaches to {config.tor.control}")
+    binary = shutil.which(config.tor.binary)
+    if binary is None:
+        return Finding("fail", "tor", f"policies use `action: tor` but no '{config.tor.binary}' is installed",
+                       "install tor (Debian: `sudo apt install tor`) or set tor.binary in the config")
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
+    return Finding("ok", "tor", f"{binary}: {version.strip()}")
+
+
+def check_ports(policyset, running: bool) -> list[Finding]:
+    if policyset is None:
+        return []
+    if running:
+        return [Finding("ok", "ports", "hush is running and holds its listeners")]
+    out = []
+    for listener in policyset.listeners:
+        family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+        with socket.socket(family) as s:
+            try:
+                s.bind((listener.host, listener.port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    out.append(Finding("fail", "ports", f"{listener.address} ({listener.app}) is taken by another program",
+                                       f"find it with `ss -ltnp 'sport = :{listener.port}'`, or change 'listen' in "
+                                       f"{listener.location.file}"))
+                    continue
+                out.append(Finding("fail", "ports", f"{listener.address} ({listener.app}): {e}"))
+                continue
+        out.append(Finding("ok", "ports", f"{listener.address} ({listener.app}) is free"))
+    return out
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def check_state(state: Path) -> list[Finding]:
+    if not state.exists():
+        return [Finding("ok", "state", f"{state} does not exist yet; hush creates it (0700) on start")]
+    out = []
+    if _mode(state) & 0o077:
+        out.append(Finding("fail", "state", f"{state} is mode {_mode(state):04o}: others can read the audit and CA",
+                           f"chmod 700 {state}"))
+    elif not os.access(state, os.W_OK):
+        out.append(Finding("fail", "state", f"{state} is not writable", f"chown $USER {state}"))
+    else:
+        out.append(Finding("ok", "state", f"{state} (0700)"))
+    for name in ("audit.db", "ca/mitmproxy-ca.pem"):
+        path = state / name
+        if path.exists() and _mode(path) & 0o077:
+            out.append(Finding("fail", "state", f"{path} is mode {_mode(path):04o}", f"chmod 600 {path}"))
+    cert = paths.ca_cert(state)
+    if cert.exists():
+        if not os.access(cert, os.R_OK):
+            out.append(Finding("fail", "ca", f"{cert} is not readable", f"chmod u+r {cert}"))
+        else:
+            out.append(Finding("ok", "ca", f"{cert} (give it to apps whose rules need interception)"))
+    else:
+        out.append(Finding("ok", "ca", "no CA yet; `hush ca path` creates one"))
+    return out
+
+
+def check_proxy_env(policyset, env=os.environ) -> list[Finding]:
+    if policyset is None:
+        return []
+    ours = {l.address for l in policyset.listeners} | {f"localhost:{l.port}" for l in policyset.listeners}
+    out = []
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"):
+        value = env.get(var)
+        if not value:
+            continue
+        target = value.split("://", 1)[-1].rstrip("/")
+        if target in ours:
+            out.append(Finding("ok", "proxy-env", f"{var}={value} points at a hush listener"))
+        else:
+            out.append(Finding("warn", "proxy-env", f"{var}={value} is not a hush listener: apps started from "
+                               "this environment bypass hush", f"unset {var}, or point it at one of: {', '.join(sorted(ours))}"))
+    if not out:
+        out.append(Finding("ok", "proxy-env", "no *_PROXY variables here; point each app at its own "
+                           "listener (the comment at the top of its policy says how)"))
+    return out
+
+
+def run_checks(policies_flag, state_flag, config_flag, running: bool) -> list[Finding]:
+    findings = [check_python()]
+    config_finding, config = check_config(paths.config_file(config_flag))
+    findings.append(config_finding)
+    config = config or Config()
+    policy_finding, policyset = check_policies(paths.policies(policies_flag, config.policies), config)
+    findings.append(policy_finding)
+    findings.append(check_tor(policyset, config))
+    findings += check_ports(policyset, running)
+    findings += check_state(paths.state_dir(state_flag, config.state_dir))
+    findings += check_proxy_env(policyset)
+    return findings

@@ -1,0 +1,52 @@
+import csv
+import io
+import json
+
+from hush.daemon.audit import AuditWriter
+from hush.daemon.cli import main
+
+
+def fill(state, n_block=3, n_allow=2):
+    w = AuditWriter(state / "audit.db")
+    for i in range(n_block):
+        w.submit({"ts": 1795000000.0 + i * 600, "app": "signal", "decision": "block", "rule": "p/signal.yaml:12",
+                  "site": f"s{i % 2}.org", "ip_exposed": False, "carried": {"user_agent": "WhatsApp/2", "cookies": 0}})
+    for i in range(n_allow):
+        w.submit({"ts": 1795000000.0 + i * 900, "app": "element", "decision": "allow", "rule": "p/element.yaml:3",
+                  "site": "matrix.org", "ip_exposed": True, "url": "https://matrix.org/",
+                  "carried": {"user_agent": "Element", "cookies": 1}, "sent": {"user_agent": "Element", "cookies": 1}})
+    w.close()
+
+
+def test_export_jsonl_and_csv(tmp_path, capsys):
+    fill(tmp_path)
+    assert main(["audit", "export", "--state-dir", str(tmp_path)]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 5 and lines[0]["carried"]["user_agent"] == "WhatsApp/2"
+    assert main(["audit", "export", "--format", "csv", "--state-dir", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 5 and rows[-1]["app"] == "element" and rows[-1]["ip_exposed"] == "1"
+
+
+def test_purge(tmp_path, capsys):
+    fill(tmp_path)
+    from datetime import datetime
+
+    cutoff = datetime.fromtimestamp(1795000000.0 + 700).isoformat()  # after 2 block and 1 allow records
+    assert main(["audit", "purge", "--before", cutoff, "--state-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "deleted 3 records\n"
+    assert main(["audit", "purge", "--all", "--state-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "deleted 2 records\n"
+    assert main(["audit", "purge", "--state-dir", str(tmp_path)]) == 2  # says what to delete
+
+
+def test_report_is_self_contained_and_escaped(tmp_path):
+    w = AuditWriter(tmp_path / "audit.db")
+    w.submit({"ts": 1795000000.0, "app": "<script>x</script>", "decision": "block", "site": "a.org",
+              "ip_exposed": False})
+    w.close()
+    assert main(["audit", "report", "--html", str(tmp_path / "r.html"), "--state-dir", str(tmp_path)]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "http://" not in page and "https://" not in page and "src=" not in page
+    assert "default-src 'none'" in page
