@@ -3,6 +3,7 @@
 ::
 
     state_dir: ~/.local/state/hush    # where audit.db and the CA live
+    listen_host: 127.0.0.1            # for policies whose `listen` is only a port (loopback only)
     policies: ~/.config/hush/policies
     audit:
       redaction: site                 # full | no-query | site
@@ -46,10 +47,11 @@ class Config:
     upstream_ca: Path | None = None
     log_level: str = "info"
     tor: TorConfig = TorConfig()
+    listen_host: str = "127.0.0.1"
 
     @property
     def parse_context(self) -> ParseContext:
-        return ParseContext(user_agent=self.user_agent)
+        return ParseContext(user_agent=self.user_agent, listen_host=self.listen_host)
 
 
 def load_config(path: Path | None) -> Config:
@@ -69,7 +71,7 @@ def parse_config(file: str, text: str) -> Config:
     if root is None:
         raise LoadError(reader.errors)
     fields = reader.mapping(
-        root, allowed={"state_dir", "policies", "audit", "strip", "upstream_ca", "log_level", "tor"},
+        root, allowed={"state_dir", "policies", "audit", "strip", "upstream_ca", "log_level", "tor", "listen_host"},
         what="the config"
     )
     base = Path(file).parent
@@ -99,9 +101,28 @@ def parse_config(file: str, text: str) -> Config:
         values["log_level"] = reader.choice(fields["log_level"].value, "log_level", LOG_LEVELS)
     if "tor" in fields:
         values["tor"] = _tor(reader, fields["tor"].value)
+    if "listen_host" in fields:
+        values["listen_host"] = _loopback(reader, fields["listen_host"].value)
     if reader.errors:
         raise LoadError(reader.errors)
     return Config(**values)
+
+
+def _loopback(reader: Reader, node) -> str | None:
+    import ipaddress
+
+    text = reader.string(node, "listen_host")
+    if text is None:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        reader.error(node, f"listen_host {text!r} must be an IP address (127.0.0.1 or ::1)")
+        return None
+    if not address.is_loopback:
+        reader.error(node, f"listen_host {text} is not a loopback address: hush listens on loopback only")
+        return None
+    return str(address)
 
 
 def _tor(reader: Reader, node) -> TorConfig:

@@ -34,9 +34,10 @@ GENERIC_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 F
 
 @dataclasses.dataclass(frozen=True)
 class ParseContext:
-    """Defaults an action may take from the daemon's config."""
+    """Defaults the policy loader takes from the daemon's config."""
 
     user_agent: str = GENERIC_USER_AGENT
+    listen_host: str = "127.0.0.1"  # for policies whose `listen` gives only a port
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ Nothing is half-loaded: one error anywhere and no PolicySet is returned.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import ipaddress
@@ -144,7 +145,7 @@ def _policy(reader: Reader, text: str, ctx: ParseContext) -> Policy | None:
             app = None
     if "description" in fields:
         reader.string(fields["description"].value, "description")
-    listeners = _listeners(reader, fields["listen"].value, app or "?") if "listen" in fields else ()
+    listeners = _listeners(reader, fields["listen"].value, ctx.listen_host) if "listen" in fields else ()
     default = None
     if "default" in fields:
         default = _action_spec(reader, fields["default"].value, ctx)
@@ -162,6 +163,7 @@ def _policy(reader: Reader, text: str, ctx: ParseContext) -> Policy | None:
                 examples.append(example)
     if reader.errors or app is None or default is None:
         return None
+    listeners = [dataclasses.replace(l, app=app) for l in listeners]
     return Policy(
         app=app,
         file=reader.file,
@@ -188,20 +190,20 @@ def _index(rules: list[Rule]) -> HostIndex:
     return HostIndex(exact, suffix, site, unindexed)
 
 
-def _listeners(reader: Reader, node: yaml.Node, app: str) -> list[Listener]:
+def _listeners(reader: Reader, node: yaml.Node, default_host: str) -> list[Listener]:
     nodes = node.value if isinstance(node, yaml.SequenceNode) else [node]
     if not nodes:
         reader.error(node, "listen must name at least one listener")
     out = []
     for item in nodes:
-        listener = _listener(reader, item, app)
+        listener = _listener(reader, item, default_host)
         if listener is not None:
             out.append(listener)
     return out
 
 
-def _listener(reader: Reader, node: yaml.Node, app: str) -> Listener | None:
-    host, mode, port = "127.0.0.1", "http", None
+def _listener(reader: Reader, node: yaml.Node, default_host: str) -> Listener | None:
+    host, mode, port = default_host, "http", None
     if isinstance(node, yaml.ScalarNode) and node.tag == INT:
         port = reader.integer(node, "listen port", 1, 65535)
     elif isinstance(node, yaml.ScalarNode):
@@ -236,7 +238,7 @@ def _listener(reader: Reader, node: yaml.Node, app: str) -> Listener | None:
         return None
     if port is None:
         return None
-    return Listener(app, str(address), port, mode, reader.loc(node))
+    return Listener("", str(address), port, mode, reader.loc(node))
 
 
 def _action_spec(reader: Reader, node: yaml.Node, ctx: ParseContext) -> Action | None:

@@ -26,7 +26,11 @@ def test_full_config_resolves_relative_paths():
      "c.yaml:1:20: audit redaction: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
     ("audit: {keep: 3}\n", "c.yaml:1:9: unknown key 'keep' (expected one of: keep_days, redaction)"),
     ("listen: 1\n",
-     "c.yaml:1:1: unknown key 'listen' (expected one of: audit, log_level, policies, state_dir, strip, tor, upstream_ca)"),
+     "c.yaml:1:1: unknown key 'listen' (expected one of: audit, listen_host, log_level, policies, state_dir, strip, tor, upstream_ca)"),
+    ("listen_host: 0.0.0.0\n",
+     "c.yaml:1:14: listen_host 0.0.0.0 is not a loopback address: hush listens on loopback only"),
+    ("tor: {mode: attach}\n", "c.yaml:1:6: tor mode attach needs 'control' (HOST:PORT or a socket path)"),
+    ("tor: {torrc: [SocksPort 9050]}\n", "c.yaml:1:15: torrc line 'SocksPort' is set by hush itself"),
 ])
 def test_errors(text, message):
     with pytest.raises(LoadError) as e:
@@ -38,3 +42,11 @@ def test_unreadable(tmp_path):
     with pytest.raises(LoadError) as e:
         load_config(tmp_path / "missing.yaml")
     assert str(e.value).startswith(f"{tmp_path / 'missing.yaml'}:1:1: cannot read:")
+
+
+def test_listen_host_is_the_default_for_port_only_listeners():
+    from hush.daemon.policy import build
+
+    c = parse_config("c.yaml", "listen_host: 127.0.0.5\n")
+    ps = build([("p.yaml", "app: a\nlisten: 8101\ndefault: allow\n")], c.parse_context)
+    assert ps.listeners[0].spec == "regular@127.0.0.5:8101" and ps.listeners[0].app == "a"
