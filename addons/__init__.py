@@ -1,4 +1,6 @@
-"""hush's mitmproxy addons: identify → classify → decide → act (→ torroute) → audit.
+"""hush's mitmproxy addons: identify → classify → decide → act → audit,
+with timing (held flows), torroute (flows sent through Tor) and cap (download
+limits) serving act.
 
 Each addon is one file and one class; they pass notes to each other only in
 ``flow.metadata`` under ``hush.*`` keys (see docs/architecture.md).
@@ -16,10 +18,12 @@ def chain(holder=None, tor=None):
     from hush.addons.audit import Audit
     from hush.addons.classify import Classify
     from hush.addons.decide import Decide
+    from hush.addons.cap import Cap
     from hush.addons.identify import Identify
+    from hush.addons.timing import Timing
     from hush.addons.torroute import TorRoute
 
     router = TorRoute()
     if tor is not None:
         router.set_manager(tor)
-    return [Identify(holder), Classify(), Decide(), Act(), router, Audit()]
+    return [Identify(holder), Classify(), Decide(), Act(), Timing(), router, Cap(), Audit()]

@@ -55,15 +55,27 @@ class Act:
                 tunnel.flow.metadata["hush.decision"] = tunnel.decision
                 tunnel.flow.response = local_response(502, tunnel.error, tunnel.decision)
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
         decision = flow.metadata.get("hush.decision")
         if decision is None:
             decision = fail_closed(flow.metadata.get("hush.app"), "no decision was made")
             flow.metadata["hush.decision"] = decision
+        action = decision.action
         try:
-            decision.action.on_request(flow, decision)
+            hold = getattr(action, "hold", None)
+            if hold is not None:  # delay / debounce: await, never sleep
+                outcome = await hold(flow, decision)
+                if outcome is not None:
+                    flow.metadata["hush.outcome"] = outcome
+                    if flow.response is None:
+                        flow.response = local_response(503, f"Not sent ({outcome}): {decision.describe()}", decision)
+                    return
+                if flow.response is not None or flow.error is not None:
+                    return  # answered, or the client left, while held
+                action = action.then
+            action.on_request(flow, decision)
         except Exception as e:
             log.exception("applying %s to %s failed", decision.action.name, flow.request.pretty_url)
             decision = fail_closed(decision.app, f"failed to apply {decision.action.name}: {e!r}",
@@ -72,7 +84,7 @@ class Act:
             flow.response = local_response(502, decision.describe(), decision)
             return
         if flow.response is None and flow.error is None:
-            self._egress(flow.client_conn.id, decision.action.egress, flow.request.host, flow.request.port,
+            self._egress(flow.client_conn.id, action.egress, flow.request.host, flow.request.port,
                          flow.metadata.get("hush.tor"))
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:

@@ -81,10 +81,14 @@ def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
         "carried": _redacted_identifiers(flow.metadata.get("hush.carried"), redaction),
         "sent": _redacted_identifiers(sent, redaction),
         "bytes_up": len(req.raw_content or b""),
-        "bytes_down": len(flow.response.raw_content or b"") if flow.response else 0,
+        "bytes_down": flow.metadata.get("hush.bytes_down",
+                                        len(flow.response.raw_content or b"") if flow.response else 0),
         "duration_ms": round((end - req.timestamp_start) * 1000, 3),
         "error": flow.error.msg if flow.error else None,
         **_tor_fields(flow.metadata.get("hush.tor")),
+        "held_ms": flow.metadata.get("hush.held_ms"),
+        "superseded_by": redact(flow.metadata.get("hush.superseded_by"), redaction),
+        "truncated": 1 if flow.metadata.get("hush.truncated") else None,
     }
 
 
@@ -165,6 +169,10 @@ class Audit:
         self._flow(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._flow(flow)
+
+    def record(self, flow: http.HTTPFlow) -> None:
+        """Record ``flow`` now (once); for flows hush answers while stopping."""
         self._flow(flow)
 
     def _flow(self, flow: http.HTTPFlow) -> None:

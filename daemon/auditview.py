@@ -73,6 +73,15 @@ _PREVENTED = {
 }
 
 
+# Time as a policy dimension (issue: delay, debounce, caps).
+_TIMING = {
+    "delayed": "decision IN ('delay', 'debounce')",  # held, then sent
+    "superseded": "decision = 'superseded'",
+    "overflow": "decision = 'overflow'",
+    "truncated": "truncated = 1",
+}
+
+
 def summary(conn: sqlite3.Connection, since: float | None = None, app: str | None = None) -> dict:
     """Per app: requests, by decision, sites, and leaks prevented."""
     where, args = ["1=1"], []
@@ -85,15 +94,18 @@ def summary(conn: sqlite3.Connection, since: float | None = None, app: str | Non
     cond = " AND ".join(where)
     apps: dict[str, dict] = {}
     prevented_cols = ", ".join(f"SUM(CASE WHEN {expr} THEN 1 ELSE 0 END) AS {name}" for name, expr in _PREVENTED.items())
+    timing_cols = ", ".join(f"SUM(CASE WHEN {expr} THEN 1 ELSE 0 END) AS {name}" for name, expr in _TIMING.items())
     for row in conn.execute(
         f"SELECT COALESCE(app, '?') AS app, COUNT(*) AS requests, COUNT(DISTINCT site) AS sites, "
-        f"SUM(ip_exposed) AS ip_exposed, {prevented_cols} FROM records WHERE {cond} GROUP BY 1 ORDER BY 1",
+        f"SUM(ip_exposed) AS ip_exposed, {prevented_cols}, {timing_cols} FROM records WHERE {cond} "
+        f"GROUP BY 1 ORDER BY 1",
         args,
     ):
         apps[row["app"]] = {
             "requests": row["requests"],
             "sites": row["sites"],
             "ip_exposed": row["ip_exposed"] or 0,
+            "timing": {name: row[name] or 0 for name in _TIMING},
             "by_decision": {},
             "prevented": {name: row[name] or 0 for name in _PREVENTED},
             "top_sites": [],

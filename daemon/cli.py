@@ -377,6 +377,9 @@ def cmd_audit_summary(args, config: Config) -> int:
         prevented = ", ".join(f"{k} {v}" for k, v in s["prevented"].items() if v)
         print(f"{app}: {s['requests']} requests to {s['sites']} sites ({decisions})")
         print(f"  IP reached the site {s['ip_exposed']} times; prevented: {prevented or 'nothing'}")
+        timing = ", ".join(f"{k} {v}" for k, v in s["timing"].items() if v)
+        if timing:
+            print(f"  timing: {timing}")
         print("  top sites: " + ", ".join(f"{t['site']} ({t['requests']})" for t in s["top_sites"]))
     return ExitStatus.OK
 

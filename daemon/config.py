@@ -12,6 +12,9 @@
       user_agent: "Mozilla/5.0 …"     # what `strip` puts in place of User-Agent
     upstream_ca: /path/to/ca.pem      # extra CAs to trust for sites (intercepted flows)
     log_level: info                   # debug | info | warning | error
+    timing:                           # flows held by delay/debounce
+      max_held_per_app: 500           # beyond these, new held flows are refused (overflow)
+      max_held_total: 5000
     tor:                              # used when a policy has `action: tor`
       mode: launch                    # launch (hush runs its own tor) | attach
       control: 127.0.0.1:9051         # attach: control port, or a unix socket path
@@ -48,6 +51,8 @@ class Config:
     log_level: str = "info"
     tor: TorConfig = TorConfig()
     listen_host: str = "127.0.0.1"
+    max_held_per_app: int = 500
+    max_held_total: int = 5000
 
     @property
     def parse_context(self) -> ParseContext:
@@ -71,7 +76,8 @@ def parse_config(file: str, text: str) -> Config:
     if root is None:
         raise LoadError(reader.errors)
     fields = reader.mapping(
-        root, allowed={"state_dir", "policies", "audit", "strip", "upstream_ca", "log_level", "tor", "listen_host"},
+        root, allowed={"state_dir", "policies", "audit", "strip", "upstream_ca", "log_level", "tor", "listen_host",
+                 "timing"},
         what="the config"
     )
     base = Path(file).parent
@@ -103,6 +109,11 @@ def parse_config(file: str, text: str) -> Config:
         values["tor"] = _tor(reader, fields["tor"].value)
     if "listen_host" in fields:
         values["listen_host"] = _loopback(reader, fields["listen_host"].value)
+    if "timing" in fields:
+        timing = reader.mapping(fields["timing"].value, allowed={"max_held_per_app", "max_held_total"}, what="timing")
+        for key in ("max_held_per_app", "max_held_total"):
+            if key in timing:
+                values[key] = reader.integer(timing[key].value, f"timing {key}", 0, 1_000_000)
     if reader.errors:
         raise LoadError(reader.errors)
     return Config(**values)

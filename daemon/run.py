@@ -81,6 +81,8 @@ def mitmproxy_options(policyset: PolicySet, config: Config, state_dir: Path) -> 
         "hush_state_dir": str(state_dir),
         "hush_audit_redaction": config.redaction,
         "hush_audit_keep_days": config.keep_days,
+        "hush_max_held_per_app": config.max_held_per_app,
+        "hush_max_held_total": config.max_held_total,
     }
     if config.upstream_ca:
         opts["ssl_verify_upstream_trusted_ca"] = str(config.upstream_ca)

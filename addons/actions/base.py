@@ -17,7 +17,8 @@ carries it on; ``none`` sends nothing.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, ClassVar, Literal
+import re
+from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 
 from mitmproxy import http
 
@@ -38,12 +39,15 @@ class ParseContext:
 
     user_agent: str = GENERIC_USER_AGENT
     listen_host: str = "127.0.0.1"  # for policies whose `listen` gives only a port
+    # set by the loader: parses a nested action (`then:`) → Action or None
+    parse_action: Callable | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
 class Action:
     name: ClassVar[str]
     params: ClassVar[frozenset[str]] = frozenset()
+    required: ClassVar[frozenset[str]] = frozenset()  # params that must be given
     needs_http: ClassVar[bool] = False  # must see the HTTP request: forces TLS interception
     egress: ClassVar[Literal["direct", "tor", "none"]] = "direct"
 
@@ -85,3 +89,24 @@ def local_response(status: int, text: str, decision: "Decision") -> http.Respons
         f"{text}\n".encode(),
         {"Content-Type": "text/plain; charset=utf-8", "X-Hush-Decision": f"{decision.action.name} {decision.ref}"},
     )
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m)?$")
+
+
+def parse_duration(reader: Reader, node, what: str, lo: float = 0.0, hi: float = 3600.0) -> float | None:
+    """``500ms``, ``2s``, ``1.5s``, ``1m`` or a number of seconds → seconds."""
+    from hush.daemon.yamlschema import FLOAT, INT
+
+    text = node.value if getattr(node, "tag", None) in (INT, FLOAT) else reader.string(node, what)
+    if text is None:
+        return None
+    m = _DURATION.match(str(text).strip())
+    if not m:
+        reader.error(node, f"{what} {text!r} must be a duration such as 500ms, 2s or 1m")
+        return None
+    seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[m.group(2)]
+    if not lo <= seconds <= hi:
+        reader.error(node, f"{what} must be between {lo:g}s and {hi:g}s, not {text}")
+        return None
+    return seconds

@@ -28,7 +28,9 @@ from hush.daemon.policy.model import Example, Listener, Match, Policy, PolicySet
 from hush.daemon.yamlschema import INT, Field, LoadError, LocatedError, Location, Reader
 
 POLICY_KEYS = {"app", "description", "listen", "default", "rules", "examples"}
-RULE_KEYS = {"name", "match", "action"}
+RULE_KEYS = {"name", "match", "action", "max_bytes"}
+_SIZE = re.compile(r"^(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?$")
+_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3}
 MATCH_KEYS = {"host", "hosts_from", "site", "port", "path", "method", "scheme", "header", "kind"}
 MAX_LIST_ERRORS = 20
 LISTEN_KEYS = {"port", "host", "mode"}
@@ -88,7 +90,7 @@ def build(
     listeners: dict[tuple[str, int], Listener] = {}
     for file, text in sources:
         reader = Reader(file, read)
-        policy = _policy(reader, text, ctx)
+        policy = _policy(reader, text, dataclasses.replace(ctx, parse_action=_action_spec))
         if policy is not None:
             if policy.app in policies:
                 other = policies[policy.app]
@@ -261,9 +263,13 @@ def _action(reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> Acti
     if name is None:
         return None
     cls = REGISTRY[name]
+    missing = sorted(cls.required - fields.keys())
+    if missing:
+        reader.error(fields["action"].value, f"action '{name}' needs {', '.join(repr(m) for m in missing)}")
+        return None
     params = {}
     for key, field in fields.items():
-        if key in ("action", "name", "match"):
+        if key in RULE_KEYS:
             continue
         if key in cls.params:
             params[key] = field
@@ -287,13 +293,30 @@ def _rule(reader: Reader, node: yaml.Node, index: int, ctx: ParseContext) -> Rul
     name = reader.string(fields["name"].value, "name") if "name" in fields else None
     match = _match(reader, fields["match"].value) if "match" in fields else Match()
     action = _action(reader, fields, ctx) if "action" in fields else None
+    max_bytes = _size(reader, fields["max_bytes"].value) if "max_bytes" in fields else None
+    if max_bytes is not None and action is not None and action.egress == "none":
+        reader.error(fields["max_bytes"].key, f"max_bytes has no effect on '{action.name}': nothing is fetched")
+    if max_bytes is not None and action is not None and action.name == "passthrough":
+        reader.error(fields["max_bytes"].key, "max_bytes needs to see the response; passthrough never does")
     if action is not None and match is not None and action.name == "passthrough" and match.request_level:
         reader.error(fields["action"].value,
                      "passthrough can only use host-level matchers (host, site, port): "
                      "path, method, scheme, header and kind need TLS interception")
     if len(reader.errors) > before or match is None or action is None:
         return None
-    return Rule(index, name, match, action, reader.loc(node))
+    return Rule(index, name, match, action, reader.loc(node), max_bytes)
+
+
+def _size(reader: Reader, node: yaml.Node) -> int | None:
+    """``1000KiB``, ``1MiB``, ``5MB`` or a number of bytes."""
+    text = node.value if isinstance(node, yaml.ScalarNode) and node.tag == INT else reader.string(node, "max_bytes")
+    if text is None:
+        return None
+    m = _SIZE.match(str(text).strip())
+    if not m or int(m.group(1)) == 0:
+        reader.error(node, f"max_bytes {text!r} must be a size such as 1000KiB, 1MiB or 65536")
+        return None
+    return int(m.group(1)) * _UNITS[m.group(2)]
 
 
 def _match(reader: Reader, node: yaml.Node) -> Match | None:

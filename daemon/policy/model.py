@@ -115,6 +115,12 @@ class Rule:
     match: Match
     action: "Action"
     location: Location
+    max_bytes: int | None = None  # cut responses longer than this
+
+    @property
+    def needs_http(self) -> bool:
+        """Must hush see the HTTP exchange (request, or response for a cap)?"""
+        return self.action.needs_http or self.max_bytes is not None
 
     def describe(self) -> str:
         label = f"rule {self.index}" + (f" '{self.name}'" if self.name else "")
@@ -240,7 +246,7 @@ class PolicySet:
         for rule in policy._candidates(host, site, port):
             if rule.match.request_level:
                 return None
-            return None if rule.action.needs_http else self._decision(policy, rule, "connect")
+            return None if rule.needs_http else self._decision(policy, rule, "connect")
         if policy.default.needs_http:
             return None
         return self._decision(policy, None, "connect")

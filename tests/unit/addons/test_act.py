@@ -1,3 +1,5 @@
+import asyncio
+
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow
 
@@ -29,7 +31,7 @@ def test_block_answers_locally_and_permits_nothing():
     act = Act()
     with taddons.context(act):
         f = decided("http://blocked.org/x")
-        act.requestheaders(f)
+        _run(act.requestheaders(f))
         assert f.response.status_code == 403
         assert f.response.headers["X-Hush-Decision"] == "block p.yaml:7"
         assert connect(act, f).startswith("hush: no decision permits a direct connection to blocked.org:80")
@@ -39,10 +41,10 @@ def test_block_status_and_reset():
     act = Act()
     with taddons.context(act):
         f = decided("https://www.example.com/p/1")
-        act.requestheaders(f)
+        _run(act.requestheaders(f))
         assert f.response.status_code == 204
         g = decided("http://reset.org/")
-        act.requestheaders(g)
+        _run(act.requestheaders(g))
         assert g.error and g.error.msg == "Connection killed." and g.response is None
 
 
@@ -50,7 +52,7 @@ def test_allow_permits_exactly_that_host_and_port():
     act = Act()
     with taddons.context(act):
         f = decided("http://a.org:8080/")
-        act.requestheaders(f)
+        _run(act.requestheaders(f))
         assert f.response is None
         assert connect(act, f) is None
         other = http_flow("http://b.org:8080/")
@@ -69,7 +71,7 @@ def test_strip_removes_and_replaces():
         f = decided("http://www.strip.org/", headers={"Cookie": "a=1", "Referer": "https://x/",
                                                        "Accept-Language": "de", "User-Agent": "WhatsApp/2",
                                                        "Accept": "text/html"})
-        act.requestheaders(f)
+        _run(act.requestheaders(f))
     h = f.request.headers
     assert "cookie" not in h and "referer" not in h and "accept-language" not in h
     assert h["user-agent"].startswith("Mozilla/5.0") and h["accept"] == "text/html"
@@ -82,7 +84,7 @@ def test_an_action_that_raises_fails_closed(monkeypatch):
     act = Act()
     with taddons.context(act):
         f = decided("http://www.strip.org/")
-        act.requestheaders(f)
+        _run(act.requestheaders(f))
         assert f.response.status_code == 502
         assert f.metadata["hush.decision"].note.startswith("fail-closed: failed to apply strip")
         assert connect(act, f) is not None
@@ -92,7 +94,7 @@ def test_undecided_flow_fails_closed():
     act = Act()
     with taddons.context(act):
         f = http_flow("http://a.org/")
-        act.requestheaders(f)
+        _run(act.requestheaders(f))
         assert f.response.status_code == 502
         assert connect(act, f) is not None
 
@@ -134,3 +136,7 @@ def test_guard_failing_itself_refuses():
         act._permits = None  # break it
         act.server_connect(server_hooks.ServerConnectionHookData(server, tflow.tclient_conn()))
         assert server.error.startswith("hush: egress check failed")
+
+
+def _run(coro):
+    return asyncio.run(coro)

@@ -1,3 +1,4 @@
+import asyncio
 import sqlite3
 import time
 
@@ -18,7 +19,7 @@ def through_chain(url, **kw):
     f.metadata.update({"hush.policy": policyset(), "hush.app": "x", "hush.listener": "regular@127.0.0.1:8101"})
     Classify().requestheaders(f)
     Decide().requestheaders(f)
-    Act().requestheaders(f)
+    _run(Act().requestheaders(f))
     return f
 
 
@@ -72,3 +73,7 @@ def test_done_writes_every_record(tmp_path):
     rows = sqlite3.connect(tmp_path / "audit.db").execute("SELECT decision, COUNT(*) FROM records GROUP BY 1").fetchall()
     assert sorted(rows) == [("block", 50), ("passthrough", 1)]
     assert (tmp_path / "audit.db").stat().st_mode & 0o777 == 0o600
+
+
+def _run(coro):
+    return asyncio.run(coro)

@@ -26,7 +26,7 @@ def test_full_config_resolves_relative_paths():
      "c.yaml:1:20: audit redaction: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
     ("audit: {keep: 3}\n", "c.yaml:1:9: unknown key 'keep' (expected one of: keep_days, redaction)"),
     ("listen: 1\n",
-     "c.yaml:1:1: unknown key 'listen' (expected one of: audit, listen_host, log_level, policies, state_dir, strip, tor, upstream_ca)"),
+     "c.yaml:1:1: unknown key 'listen' (expected one of: audit, listen_host, log_level, policies, state_dir, strip, timing, tor, upstream_ca)"),
     ("listen_host: 0.0.0.0\n",
      "c.yaml:1:14: listen_host 0.0.0.0 is not a loopback address: hush listens on loopback only"),
     ("tor: {mode: attach}\n", "c.yaml:1:6: tor mode attach needs 'control' (HOST:PORT or a socket path)"),

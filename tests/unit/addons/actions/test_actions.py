@@ -11,11 +11,12 @@ from hush.daemon.yamlschema import LoadError
 
 
 def test_registry_finds_every_action_file():
-    assert sorted(REGISTRY) == ["allow", "block", "passthrough", "strip", "tor"]
-    assert {n: (a.needs_http, a.egress) for n, a in REGISTRY.items()} == {
+    assert sorted(REGISTRY) == ["allow", "block", "debounce", "delay", "passthrough", "strip", "tor"]
+    assert {n: (a.needs_http, a.egress) for n, a in REGISTRY.items() if n not in ("delay", "debounce")} == {
         "allow": (False, "direct"), "block": (False, "none"),
         "passthrough": (False, "direct"), "strip": (True, "direct"), "tor": (False, "tor"),
     }
+    assert REGISTRY["delay"].needs_http and REGISTRY["debounce"].needs_http
 
 
 def action(text):

@@ -48,7 +48,7 @@ def rules(body: str) -> str:
     ("app: x\nlisten: eighty\ndefault: allow\n", f"{F}:2:9: listen 'eighty' must be a port, 'HOST:PORT' or a mapping"),
     # actions
     ("app: x\nlisten: 1\ndefault: drop\n",
-     f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, passthrough, strip, tor)"),
+     f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, debounce, delay, passthrough, strip, tor)"),
     ("app: x\nlisten: 1\ndefault: {action: block, status: 200000}\n",
      f"{F}:3:34: status must be between 100 and 599, not 200000"),
     ("app: x\nlisten: 1\ndefault: {action: allow, status: 403}\n",
@@ -61,7 +61,7 @@ def rules(body: str) -> str:
      f"{F}:6:17: user_agent: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
     (rules("- match: {host: a.com}\n"), f"{F}:5:5: missing required key 'action' in a rule"),
     (rules("- action: block\n  stauts: 403\n"),
-     f"{F}:6:5: unknown key 'stauts' (expected one of: action, headers, isolation, match, name, status, user_agent)"),
+     f"{F}:6:5: unknown key 'stauts' (expected one of: action, delay, headers, isolation, match, max_bytes, name, quiet, status, then, user_agent)"),
     (rules("- action: block\n  headers: [cookie]\n"),
      f"{F}:6:5: action 'block' does not take 'headers' (it takes: status)"),
     (rules("- action: block\n  action: allow\n"), f"{F}:6:5: duplicate key 'action' (first at line 5)"),
@@ -93,7 +93,7 @@ def rules(body: str) -> str:
     # examples
     (BASE + "examples:\n  - url: ftp://a/\n    expect: allow\n", f"{F}:5:10: not an absolute http:// or https:// URL: 'ftp://a/'"),
     (BASE + "examples:\n  - url: https://a/\n    expect: maybe\n",
-     f"{F}:6:13: unknown action 'maybe' (expected one of: allow, block, passthrough, strip, tor)"),
+     f"{F}:6:13: unknown action 'maybe' (expected one of: allow, block, debounce, delay, passthrough, strip, tor)"),
     (BASE + "examples:\n  - url: https://a/\n", f"{F}:5:5: missing required key 'expect' in an example"),
 ])
 def test_error_table(text, message):
@@ -112,7 +112,7 @@ def test_all_errors_at_once_in_order():
     """
     assert errors(text) == [
         f"{F}:2:9: listen port must be between 1 and 65535, not 99999",
-        f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, passthrough, strip, tor)",
+        f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, debounce, delay, passthrough, strip, tor)",
         f"{F}:5:21: method 'get' must be an upper-case HTTP method such as GET",
         f"{F}:7:13: status must be between 100 and 599, not 9",
     ]
@@ -126,7 +126,7 @@ def test_errors_from_several_files_together():
         build([a, b, c])
     assert [str(x) for x in e.value.errors] == [
         "policies/b.yaml:2:9: listener 127.0.0.1:8101 is already used by app 'a' (policies/a.yaml:2:9)",
-        "policies/c.yaml:3:10: unknown action 'nope' (expected one of: allow, block, passthrough, strip, tor)",
+        "policies/c.yaml:3:10: unknown action 'nope' (expected one of: allow, block, debounce, delay, passthrough, strip, tor)",
     ]
 
 
@@ -247,3 +247,30 @@ def test_hosts_from_caps_the_error_listing():
     messages = [str(x) for x in e.value.errors]
     assert len(messages) == 21
     assert "/p/x.yaml:5:26: hosts_from 'lists/ads.txt': 30 more bad lines not shown" in messages
+
+
+@pytest.mark.parametrize("rule, message", [
+    ("- action: delay\n", f"{F}:5:13: action 'delay' needs 'delay'"),
+    ("- {action: delay, delay: soon}\n", f"{F}:5:28: delay 'soon' must be a duration such as 500ms, 2s or 1m"),
+    ("- {action: delay, delay: {min: 5s, max: 2s}}\n", f"{F}:5:28: delay max (2s) is less than min (5s)"),
+    ("- {action: delay, delay: 1s, then: block}\n", f"{F}:5:38: then must be one of: allow, strip, tor (not block)"),
+    ("- {action: debounce, quiet: 120s}\n", f"{F}:5:31: quiet must be between 0.01s and 60s, not 120s"),
+    ("- {action: allow, max_bytes: lots}\n",
+     f"{F}:5:32: max_bytes 'lots' must be a size such as 1000KiB, 1MiB or 65536"),
+    ("- {action: block, max_bytes: 1KiB}\n", f"{F}:5:21: max_bytes has no effect on 'block': nothing is fetched"),
+])
+def test_timing_errors(rule, message):
+    assert errors(rules(rule)) == [message]
+
+
+def test_timing_rules_parse_and_describe():
+    ps = build([(F, rules(
+        "- {action: delay, delay: {min: 2s, max: 20s}, then: {action: strip, headers: [cookie]}}\n"
+        "- {action: debounce, quiet: 800ms, status: 404, then: tor}\n"
+        "- {action: allow, max_bytes: 1000KiB}\n"))])
+    delay, debounce, capped = ps.policies["x"].rules
+    assert delay.action.describe() == "delay 2–20s (random), then strip (cookie)"
+    assert debounce.action.describe() == ("debounce (quiet 0.8s; superseded requests get 404), "
+                                          "then tor (circuits isolated per app)")
+    assert capped.max_bytes == 1024000 and capped.needs_http
+    assert ps.decide_connect("x", "a.org", 443) is None  # all three need the request

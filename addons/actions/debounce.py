@@ -1,0 +1,54 @@
+"""``debounce``: of a burst of related requests, only the last one leaves.
+
+Clients that fetch a preview per typed character (``/f``, ``/fi``, ``/fil``…)
+send requests whose URLs extend one another.  Each is held for ``quiet``
+(default 1.5s); a newer request of the same app whose URL extends — or is
+extended by — a held one supersedes it.  Only the URL standing when typing
+stops reaches the site, through ``then`` (``allow``, ``strip`` or ``tor``).
+Superseded requests are answered locally with ``status`` (default 204) and
+audited ``superseded``, naming the URL that replaced them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mitmproxy import ctx
+
+from hush.addons.actions.base import ParseContext, local_response, parse_duration, register
+from hush.addons.actions.delay import Holding, parse_then
+from hush.daemon.yamlschema import Field, Reader
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Debounce(Holding):
+    name = "debounce"
+    params = frozenset({"quiet", "then", "status"})
+    egress = "direct"
+
+    quiet: float = 1.5
+    status: int = 204
+    then: object = None
+
+    @classmethod
+    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext):
+        then = parse_then(reader, fields, ctx)
+        quiet = parse_duration(reader, fields["quiet"].value, "quiet", 0.01, 60) if "quiet" in fields else 1.5
+        status = 204
+        if "status" in fields:
+            status = reader.integer(fields["status"].value, "status", 200, 599)
+        if then is False or quiet is None or status is None:
+            return None
+        return cls(quiet, status, then)
+
+    def describe(self) -> str:
+        return (f"debounce (quiet {self.quiet:g}s; superseded requests get {self.status}), "
+                f"then {self.then.describe()}")
+
+    async def hold(self, flow, decision) -> str | None:
+        outcome = await ctx.master.addons.get("timing").debounce(flow, decision.app, self.quiet)
+        if outcome == "superseded":
+            replaced = flow.metadata.get("hush.superseded_by", "a newer request")
+            flow.response = local_response(self.status, f"Superseded by {replaced}", decision)
+        return outcome

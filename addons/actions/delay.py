@@ -1,0 +1,86 @@
+"""``delay``: hold a request for a while, then apply ``then``.
+
+``delay: 5s`` holds it that long; ``delay: {min: 2s, max: 20s}`` a random time
+in that range (drawn per flow from the OS's random source), so the site
+cannot tell when the link was typed.  ``then`` is ``allow`` (default),
+``strip`` or ``tor`` (a name, or a mapping with that action's parameters).
+Holding is an ``await``; other flows keep moving.  Request level: on HTTPS
+it needs TLS interception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import yaml
+from mitmproxy import ctx
+
+from hush.addons.actions.base import Action, ParseContext, parse_duration, register
+from hush.daemon.yamlschema import Field, Reader
+
+THEN = ("allow", "strip", "tor")
+_random = random.SystemRandom()
+
+
+def parse_then(reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> Action | None | bool:
+    """The ``then`` action: an Action, None if absent (allow), False on error."""
+    from hush.addons.actions import REGISTRY
+
+    if "then" not in fields:
+        return REGISTRY["allow"]()
+    node = fields["then"].value
+    action = ctx.parse_action(reader, node, ctx) if ctx.parse_action else None
+    if action is None:
+        return False
+    if action.name not in THEN:
+        reader.error(node, f"then must be one of: {', '.join(THEN)} (not {action.name})")
+        return False
+    return action
+
+
+class Holding(Action):
+    """An action that holds a flow (``async hold``), then hands it to ``then``."""
+
+    needs_http = True
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Delay(Holding):
+    name = "delay"
+    params = frozenset({"delay", "then"})
+    required = frozenset({"delay"})
+    egress = "direct"  # of the default `then`; act uses then.egress
+
+    min: float = 1.0
+    max: float = 1.0
+    then: Action | None = None
+
+    @classmethod
+    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext):
+        then = parse_then(reader, fields, ctx)
+        node = fields["delay"].value
+        if isinstance(node, yaml.MappingNode):
+            sub = reader.mapping(node, allowed={"min", "max"}, required={"min", "max"}, what="delay")
+            lo = parse_duration(reader, sub["min"].value, "delay min") if "min" in sub else None
+            hi = parse_duration(reader, sub["max"].value, "delay max") if "max" in sub else None
+            if lo is not None and hi is not None and hi < lo:
+                reader.error(node, f"delay max ({hi:g}s) is less than min ({lo:g}s)")
+                return None
+        else:
+            lo = hi = parse_duration(reader, node, "delay")
+        if lo is None or hi is None or then is False:
+            return None
+        return cls(lo, hi, then)
+
+    def describe(self) -> str:
+        span = f"{self.min:g}s" if self.min == self.max else f"{self.min:g}–{self.max:g}s (random)"
+        return f"delay {span}, then {self.then.describe()}"
+
+    def seconds(self) -> float:
+        return self.min if self.min == self.max else _random.uniform(self.min, self.max)
+
+    async def hold(self, flow, decision) -> str | None:
+        return await ctx.master.addons.get("timing").delay(flow, decision.app, self.seconds())
+

@@ -1,0 +1,65 @@
+import asyncio
+
+import pytest
+from mitmproxy.test import taddons
+
+from hush.addons.timing import Timing, related, url_key
+
+from .helpers import http_flow
+
+
+@pytest.mark.parametrize("url, key", [
+    ("https://example.com/", "example.com"),
+    ("https://example.com/fi", "example.com/fi"),
+    ("http://example.com:8080/a?q=1", "example.com:8080/a?q=1"),
+])
+def test_url_key(url, key):
+    assert url_key(url) == key
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ("example.com/f", "example.com/fi", True),
+    ("example.com/file", "example.com/fil", True),  # backspace
+    ("example.co", "example.com/x", True),  # the host was still being typed
+    ("example.com/a", "example.com/b", False),
+    ("example.com/a", "other.org/a", False),
+])
+def test_related(a, b, expected):
+    assert related(a, b) is expected
+
+
+def test_debounce_supersedes_and_releases_the_last():
+    timing = Timing()
+
+    async def go():
+        flows = [http_flow(f"http://example.com/{p}") for p in ("f", "fi", "fil")]
+        tasks = []
+        for f in flows:
+            tasks.append(asyncio.ensure_future(timing.debounce(f, "wa", 0.2)))
+            await asyncio.sleep(0.05)
+        other = asyncio.ensure_future(timing.debounce(http_flow("http://other.org/x"), "wa", 0.2))
+        return await asyncio.gather(*tasks, other), flows
+
+    with taddons.context(timing):
+        outcomes, flows = asyncio.run(go())
+    assert outcomes == ["superseded", "superseded", None, None]
+    assert flows[0].metadata["hush.superseded_by"] == "http://example.com/fi"
+    assert timing.total == 0
+
+
+def test_bounds_and_shutdown():
+    timing = Timing()
+
+    async def go(tctx):
+        tctx.configure(timing, hush_max_held_per_app=2, hush_max_held_total=3)
+        held = [asyncio.ensure_future(timing.delay(http_flow(f"http://a/{i}"), "a", 30)) for i in range(2)]
+        other = asyncio.ensure_future(timing.delay(http_flow("http://b/"), "b", 30))
+        await asyncio.sleep(0.01)
+        assert await timing.delay(http_flow("http://a/3"), "a", 30) == "overflow"  # per app
+        assert await timing.delay(http_flow("http://c/"), "c", 30) == "overflow"  # in total
+        assert timing.held() == 3 and timing.held("a") == 2
+        timing.done()
+        return await asyncio.gather(*held, other)
+
+    with taddons.context(timing) as tctx:
+        assert asyncio.run(go(tctx)) == ["shutdown"] * 3
