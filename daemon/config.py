@@ -14,7 +14,7 @@
     log_level: info                   # debug | info | warning | error
     timing:                           # flows held by delay/debounce
       max_held_per_app: 500           # beyond these, new held flows are refused (overflow)
-      max_held_total: 5000
+      max_held_total: 3000            # ~30 KB each in mitmproxy: 3000 ≈ 90 MB
     tor:                              # used when a policy has `action: tor`
       mode: launch                    # launch (hush runs its own tor) | attach
       control: 127.0.0.1:9051         # attach: control port, or a unix socket path
@@ -52,7 +52,7 @@ class Config:
     tor: TorConfig = TorConfig()
     listen_host: str = "127.0.0.1"
     max_held_per_app: int = 500
-    max_held_total: int = 5000
+    max_held_total: int = 3000
 
     @property
     def parse_context(self) -> ParseContext:
