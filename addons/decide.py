@@ -21,7 +21,6 @@ import time
 from mitmproxy import connection, ctx, http, tcp, tls
 
 from hush.addons.flowinfo import fail_closed, request_info
-from hush.addons.identify import identify_connection
 from hush.addons.tunnel import HushTunnelEndHook, HushTunnelHook, Tunnel
 from hush.daemon.policy.hosts import normalize
 from hush.daemon.policy.model import Decision, PolicySet
@@ -83,8 +82,7 @@ class Decide:
         """A tunnel for a connection with no CONNECT before it (SOCKS5)."""
         identify = ctx.master.addons.get("identify")
         policyset = identify.holder.current if identify else None
-        fallback = ctx.options.hush_app if identify else None
-        app, listener = identify_connection(client, policyset, fallback)
+        app, listener = identify.app_for(client, policyset) if identify else (None, client.proxy_mode.full_spec)
         host, port = server.address if server.address else ("", 0)
         return Tunnel(client.id, app, listener, normalize(name or host), port, policyset), policyset
 

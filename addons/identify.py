@@ -2,18 +2,23 @@
 
 Sets ``hush.policy`` (the PolicySet snapshot that will decide this flow, taken
 once), ``hush.app`` and ``hush.listener``.  The app is the one whose policy
-owns the listener the client connected to (``proxy_mode.full_spec``).  Under
+owns the listener the client connected to (``proxy_mode.full_spec``); on a
+listener several policies share, the one whose ``identify.process`` names the
+client's process (found in /proc once per connection, in a thread).  A
+User-Agent never names the app.  Under
 a stock ``mitmdump -s``, ``--set hush_policies=DIR`` loads the policies and
 ``--set hush_app=NAME`` names the app for listeners no policy owns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Optional
 
 from mitmproxy import connection, ctx, exceptions, http, tcp
 
+from hush.daemon import procnet
 from hush.daemon.policy import load
 from hush.daemon.policy.holder import PolicyHolder
 from hush.daemon.policy.model import PolicySet
@@ -22,10 +27,11 @@ from hush.daemon.yamlschema import LoadError
 log = logging.getLogger("hush.identify")
 
 
-def identify_connection(client: connection.Client, policyset: PolicySet | None, fallback: str | None = None):
+def identify_connection(client: connection.Client, policyset: PolicySet | None, fallback: str | None = None,
+                        processes: set[str] | None = None):
     """(app or None, listener spec) for a client connection."""
     spec = client.proxy_mode.full_spec
-    app = policyset.app_for_listener(spec) if policyset else None
+    app = policyset.app_for_listener(spec, processes) if policyset else None
     if app is None and fallback and policyset and fallback in policyset.policies:
         app = fallback
     return app, spec
@@ -34,6 +40,22 @@ def identify_connection(client: connection.Client, policyset: PolicySet | None, 
 class Identify:
     def __init__(self, holder: PolicyHolder | None = None):
         self.holder = holder or PolicyHolder()
+        self._owners: dict[str, procnet.Owner | None] = {}  # client id → its process, on shared listeners
+
+    async def client_connected(self, client: connection.Client) -> None:
+        """On a shared listener, find the client's process once, off the event loop."""
+        policyset = self.holder.current
+        if policyset is None or not policyset.is_shared(client.proxy_mode.full_spec) or not client.peername:
+            return
+        self._owners[client.id] = await asyncio.to_thread(procnet.owner, client.peername)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._owners.pop(client.id, None)
+
+    def app_for(self, client: connection.Client, policyset: PolicySet | None):
+        """(app or None, listener spec): by listener, and by process where shared."""
+        owner = self._owners.get(client.id)
+        return identify_connection(client, policyset, ctx.options.hush_app, owner.names if owner else None)
 
     def load(self, loader):
         loader.add_option(
@@ -57,10 +79,13 @@ class Identify:
         if "hush.policy" in flow.metadata:
             return
         policyset = self.holder.current
-        app, listener = identify_connection(flow.client_conn, policyset, ctx.options.hush_app)
+        app, listener = self.app_for(flow.client_conn, policyset)
         flow.metadata["hush.policy"] = policyset
         flow.metadata["hush.app"] = app
         flow.metadata["hush.listener"] = listener
+        owner = self._owners.get(flow.client_conn.id)
+        if owner is not None:
+            flow.metadata["hush.process"] = owner.name
         if app is None:
             log.warning("no policy owns listener %s: its flows are blocked", listener)
 

@@ -74,7 +74,7 @@ def uses_tor(policyset: PolicySet) -> bool:
 
 def mitmproxy_options(policyset: PolicySet, config: Config, state_dir: Path) -> dict:
     opts = {
-        "mode": [l.spec for l in policyset.listeners],
+        "mode": policyset.specs,
         "connection_strategy": "lazy",
         "confdir": str(paths.ca_dir(state_dir)),
         "onboarding": False,  # mitm.it would be answered by mitmproxy, not by the policy
@@ -133,16 +133,21 @@ class Daemon:
 
     def running(self):
         proxyserver = ctx.master.addons.get("proxyserver")
-        by_spec = {l.spec: l for l in self.holder.current.listeners}
+        by_spec: dict[str, list] = {}
+        for listener in self.holder.current.listeners:
+            by_spec.setdefault(listener.spec, []).append(listener)
         failed = False
         for instance in proxyserver.servers:
-            listener = by_spec.get(instance.mode.full_spec)
+            group = by_spec.get(instance.mode.full_spec, [])
+            apps = ",".join(l.app for l in group) or "?"
+            address, mode = (group[0].address, group[0].mode) if group else (instance.mode.full_spec, "?")
             if instance.is_running:
-                log.info("listening: app=%s address=%s mode=%s", listener.app, listener.address, listener.mode)
+                log.info("listening: app=%s address=%s mode=%s%s", apps, address, mode,
+                         " (shared: apps told apart by process)" if len(group) > 1 else "")
             else:
                 failed = True
                 reason = _explain_bind_error(instance.last_exception or "not started")
-                log.error("cannot listen for app %s on %s: %s", listener.app, listener.address, reason)
+                log.error("cannot listen for app %s on %s: %s", apps, address, reason)
         if failed:
             self.exit_status = ExitStatus.LISTEN_FAILED
             ctx.master.shutdown()
@@ -204,7 +209,7 @@ class Daemon:
             if self.tor.state == "off" and uses_tor(new):
                 await self.tor.start()
             old = self.holder.swap(new)
-            modes = [l.spec for l in new.listeners]
+            modes = new.specs
             if modes != list(self.master.options.mode):
                 self.master.options.update(mode=modes)
                 log.info("listeners now: %s", ", ".join(f"{l.app}={l.address}/{l.mode}" for l in new.listeners))
@@ -217,7 +222,7 @@ class Daemon:
 
     def _summary(self) -> str:
         current = self.holder.current
-        text = f"{len(current.listeners)} listeners, policy set {current.version}"
+        text = f"{len(current.specs)} listeners, policy set {current.version}"
         if self.tor.state != "off":
             text += f"; tor {self.tor.state}, bootstrapped {self.tor.bootstrap.progress}%"
         return text

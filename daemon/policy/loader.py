@@ -27,7 +27,7 @@ from hush.daemon.policy.hosts import HostIndex, check_name, is_ip, parse_host_pa
 from hush.daemon.policy.model import Example, Listener, Match, Policy, PolicySet, RequestInfo, Rule
 from hush.daemon.yamlschema import INT, Field, LoadError, LocatedError, Location, Reader
 
-POLICY_KEYS = {"app", "description", "listen", "default", "rules", "examples"}
+POLICY_KEYS = {"app", "description", "listen", "identify", "default", "rules", "examples"}
 RULE_KEYS = {"name", "match", "action", "max_bytes"}
 _SIZE = re.compile(r"^(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?$")
 _UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3}
@@ -87,7 +87,7 @@ def build(
     sources = list(sources)
     errors: list[LocatedError] = []
     policies: dict[str, Policy] = {}
-    listeners: dict[tuple[str, int], Listener] = {}
+    listeners: dict[tuple[str, int], tuple[Listener, Policy]] = {}
     for file, text in sources:
         reader = Reader(file, read)
         policy = _policy(reader, text, dataclasses.replace(ctx, parse_action=_action_spec))
@@ -96,13 +96,23 @@ def build(
                 other = policies[policy.app]
                 reader.error(policy.location, f"app '{policy.app}' is already defined in {other.file}")
             for listener in policy.listeners:
-                clash = listeners.get((listener.host, listener.port))
-                if clash:
+                first = listeners.get((listener.host, listener.port))
+                if first is None:
+                    listeners[(listener.host, listener.port)] = (listener, policy)
+                    continue
+                clash, other = first
+                if not (policy.processes and other.processes):
                     reader.error(listener.location,
                                  f"listener {listener.address} is already used by app "
-                                 f"'{clash.app}' ({clash.location})")
-                else:
-                    listeners[(listener.host, listener.port)] = listener
+                                 f"'{clash.app}' ({clash.location}); to share it, give both policies "
+                                 f"'identify: {{process: [...]}}'")
+                elif clash.mode != listener.mode:
+                    reader.error(listener.location, f"listener {listener.address} is shared with app "
+                                 f"'{clash.app}' in mode {clash.mode}, not {listener.mode}")
+                elif policy.processes & other.processes:
+                    names = ", ".join(sorted(policy.processes & other.processes))
+                    reader.error(listener.location, f"apps '{clash.app}' and '{policy.app}' share listener "
+                                 f"{listener.address} and both claim process {names}")
         errors.extend(reader.errors)
         if policy is not None and not reader.errors:
             policies[policy.app] = policy
@@ -166,6 +176,9 @@ def _policy(reader: Reader, text: str, ctx: ParseContext) -> Policy | None:
     if reader.errors or app is None or default is None:
         return None
     listeners = [dataclasses.replace(l, app=app) for l in listeners]
+    processes = _identify(reader, fields["identify"].value) if "identify" in fields else frozenset()
+    if reader.errors:
+        return None
     return Policy(
         app=app,
         file=reader.file,
@@ -176,7 +189,22 @@ def _policy(reader: Reader, text: str, ctx: ParseContext) -> Policy | None:
         default_location=reader.loc(fields["default"].value),
         examples=tuple(examples),
         index=_index(rules),
+        processes=processes,
     )
+
+
+def _identify(reader: Reader, node: yaml.Node) -> frozenset[str]:
+    """``identify: {process: [signal-desktop, Signal]}``: names of the app's processes
+    (``/proc/PID/comm``, at most 15 characters, or the executable's file name)."""
+    fields = reader.mapping(node, allowed={"process"}, required={"process"}, what="identify")
+    names = set()
+    for item in reader.items(fields["process"].value, "process") if "process" in fields else ():
+        name = reader.string(item, "process name")
+        if name is not None and ("/" in name or len(name) > 255):
+            reader.error(item, f"process name {name!r} must be a file name, not a path")
+        elif name is not None:
+            names.add(name)
+    return frozenset(names)
 
 
 def _index(rules: list[Rule]) -> HostIndex:

@@ -187,6 +187,7 @@ class Policy:
     default_location: Location
     examples: tuple[Example, ...]
     index: HostIndex = dataclasses.field(compare=False, repr=False)
+    processes: frozenset[str] = frozenset()  # identify: {process: [...]}, for shared listeners
 
     def _candidates(self, host: str, site: str, port: int) -> Iterable[Rule]:
         for i in self.index.candidates(host, site):
@@ -203,16 +204,36 @@ class PolicySet:
 
     def __post_init__(self):
         object.__setattr__(self, "policies", types.MappingProxyType(dict(self.policies)))
-        listeners = {l.spec: l for p in self.policies.values() for l in p.listeners}
-        object.__setattr__(self, "_by_spec", types.MappingProxyType(listeners))
+        by_spec: dict[str, list[Listener]] = {}
+        for policy in self.policies.values():
+            for listener in policy.listeners:
+                by_spec.setdefault(listener.spec, []).append(listener)
+        object.__setattr__(self, "_by_spec", types.MappingProxyType({k: tuple(v) for k, v in by_spec.items()}))
 
     @property
     def listeners(self) -> tuple[Listener, ...]:
-        return tuple(self._by_spec.values())
+        """Every (app, address) pair; a shared address appears once per app."""
+        return tuple(l for group in self._by_spec.values() for l in group)
 
-    def app_for_listener(self, spec: str) -> str | None:
-        listener = self._by_spec.get(spec)
-        return listener.app if listener else None
+    @property
+    def specs(self) -> list[str]:
+        """The mitmproxy mode specs to listen on, each address once."""
+        return list(self._by_spec)
+
+    def is_shared(self, spec: str) -> bool:
+        return len(self._by_spec.get(spec, ())) > 1
+
+    def app_for_listener(self, spec: str, processes: set[str] | None = None) -> str | None:
+        """The app of a connection to ``spec``: the listener's app, or on a
+        shared listener the app whose ``identify.process`` names the client's
+        process (None if none does: such connections fail closed)."""
+        group = self._by_spec.get(spec, ())
+        if len(group) == 1:
+            return group[0].app
+        for listener in group:
+            if processes and self.policies[listener.app].processes & processes:
+                return listener.app
+        return None
 
     def _decision(self, policy: Policy, rule: Rule | None, level: Level) -> Decision:
         if rule is None:

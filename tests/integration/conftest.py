@@ -235,8 +235,8 @@ def hush(tmp_path):
 CURL = shutil.which("curl")
 
 
-def curl(*args, timeout=20) -> subprocess.CompletedProcess:
-    """curl with output to stdout (bytes) and ``%{http_code}`` on stderr's last line."""
+def curl(*args, timeout=20, binary=None) -> subprocess.CompletedProcess:
+    """curl (or ``binary``, a curl under another name) with its output in ``.stdout`` (bytes)."""
     assert CURL, "curl is not installed (.ci/run installs it)"
-    return subprocess.run([CURL, "-sS", "--max-time", "15", "--noproxy", "", *args],
+    return subprocess.run([binary or CURL, "-sS", "--max-time", "15", "--noproxy", "", *args],
                           capture_output=True, timeout=timeout, env={"PATH": os.environ.get("PATH", "")})

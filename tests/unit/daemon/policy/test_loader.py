@@ -33,7 +33,7 @@ def rules(body: str) -> str:
     ("app: x\nlisten: 8101\n", f"{F}:1:1: missing required key 'default' in a policy"),
     (BASE + "app: y\n", f"{F}:4:1: duplicate key 'app' (first at line 1)"),
     (BASE + "colour: red\n",
-     f"{F}:4:1: unknown key 'colour' (expected one of: app, default, description, examples, listen, rules)"),
+     f"{F}:4:1: unknown key 'colour' (expected one of: app, default, description, examples, identify, listen, rules)"),
     ("app: Big\nlisten: 1\ndefault: allow\n", f"{F}:1:6: app name 'Big' must be lower-case letters, digits, '-' or '_'"),
     ("app: no\nlisten: 1\ndefault: allow\n",
      f"{F}:1:6: app: 'no' is read by YAML 1.1 as a boolean; quote it (\"no\") if you mean the string"),
@@ -125,7 +125,8 @@ def test_errors_from_several_files_together():
     with pytest.raises(LoadError) as e:
         build([a, b, c])
     assert [str(x) for x in e.value.errors] == [
-        "policies/b.yaml:2:9: listener 127.0.0.1:8101 is already used by app 'a' (policies/a.yaml:2:9)",
+        "policies/b.yaml:2:9: listener 127.0.0.1:8101 is already used by app 'a' (policies/a.yaml:2:9); "
+        "to share it, give both policies 'identify: {process: [...]}'",
         "policies/c.yaml:3:10: unknown action 'nope' (expected one of: allow, block, debounce, delay, passthrough, strip, tor)",
     ]
 
@@ -274,3 +275,24 @@ def test_timing_rules_parse_and_describe():
                                           "then tor (circuits isolated per app)")
     assert capped.max_bytes == 1024000 and capped.needs_http
     assert ps.decide_connect("x", "a.org", 443) is None  # all three need the request
+
+
+def test_shared_listener_needs_identify_on_both_and_distinct_processes():
+    a = ("p/a.yaml", "app: a\nlisten: 8101\nidentify: {process: [signal-desktop]}\ndefault: allow\n")
+    b = ("p/b.yaml", "app: b\nlisten: 8101\nidentify: {process: [chromium, chrome]}\ndefault: block\n")
+    ps = build([a, b])
+    assert ps.specs == ["regular@127.0.0.1:8101"] and ps.is_shared("regular@127.0.0.1:8101")
+    assert ps.app_for_listener("regular@127.0.0.1:8101", {"chromium"}) == "b"
+    assert ps.app_for_listener("regular@127.0.0.1:8101", {"signal-desktop", "x"}) == "a"
+    assert ps.app_for_listener("regular@127.0.0.1:8101", {"curl"}) is None  # nobody's: fail closed
+    assert ps.app_for_listener("regular@127.0.0.1:8101", None) is None
+    c = ("p/c.yaml", "app: c\nlisten: {port: 8101, mode: socks5}\nidentify: {process: [chrome]}\ndefault: block\n")
+    with pytest.raises(LoadError) as e:
+        build([a, b, c])
+    assert [str(x) for x in e.value.errors] == [
+        "p/c.yaml:2:9: listener 127.0.0.1:8101 is shared with app 'a' in mode http, not socks5"]
+    d = ("p/d.yaml", "app: d\nlisten: 8101\nidentify: {process: [chrome]}\ndefault: block\n")
+    with pytest.raises(LoadError) as e:
+        build([b, d])
+    assert [str(x) for x in e.value.errors] == [
+        "p/d.yaml:2:9: apps 'b' and 'd' share listener 127.0.0.1:8101 and both claim process chrome"]

@@ -1,0 +1,102 @@
+"""Which local process owns a TCP connection to one of hush's listeners.
+
+The client's end of the connection has hush's peer address as its local
+address; ``/proc/net/tcp`` (or ``tcp6``) lists that socket with its owner's
+uid and its inode, and the process holding the inode has a
+``/proc/PID/fd/N -> socket:[INODE]`` link.  A lookup scans /proc and costs
+milliseconds: call it off the event loop, once per connection.
+
+    owner((“127.0.0.1”, 51234))  →  Owner(pid=4242, uid=1000, name="signal-desktop", exe="/opt/Signal/signal-desktop")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import struct
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    pid: int | None
+    uid: int
+    name: str | None  # /proc/PID/comm (at most 15 characters)
+    exe: str | None  # the executable's path, if readable
+
+    @property
+    def names(self) -> set[str]:
+        """Every name a policy's ``identify.process`` may use for this process."""
+        out = set()
+        if self.name:
+            out.add(self.name)
+        if self.exe:
+            out.add(os.path.basename(self.exe))
+        return out
+
+
+def _hex(host: str, port: int) -> tuple[str, str]:
+    address = ipaddress.ip_address(host)
+    if address.version == 4:
+        return "tcp", f"{struct.unpack('<I', address.packed)[0]:08X}:{port:04X}"
+    words = struct.unpack("<4I", address.packed)  # tcp6: four little-endian 32-bit words
+    return "tcp6", "".join(f"{w:08X}" for w in words) + f":{port:04X}"
+
+
+def socket_entry(host: str, port: int, proc: str = "/proc") -> tuple[int, int] | None:
+    """(uid, inode) of the TCP socket whose local address is host:port."""
+    table, wanted = _hex(host, port)
+    tables = [table] if table == "tcp6" else ["tcp", "tcp6"]
+    v4_in_v6 = "0000000000000000FFFF0000" + wanted[:8] + wanted[8:]
+    for name in tables:
+        try:
+            with open(f"{proc}/net/{name}") as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[1] == wanted or (name == "tcp6" and parts[1] == v4_in_v6):
+                        return int(parts[7]), int(parts[9])
+        except OSError:
+            continue
+    return None
+
+
+def pid_of_inode(inode: int, proc: str = "/proc") -> int | None:
+    target = f"socket:[{inode}]"
+    for pid in filter(str.isdigit, os.listdir(proc)):
+        fd_dir = f"{proc}/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") == target:
+                    return int(pid)
+            except OSError:
+                continue
+    return None
+
+
+def owner(peer: tuple, proc: str = "/proc") -> Owner | None:
+    """The process on the other end of a connection hush accepted from ``peer``."""
+    try:
+        entry = socket_entry(peer[0], peer[1], proc)
+    except (ValueError, OSError):
+        return None
+    if entry is None:
+        return None
+    uid, inode = entry
+    pid = pid_of_inode(inode, proc)
+    name = exe = None
+    if pid is not None:
+        try:
+            with open(f"{proc}/{pid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            pass
+        try:
+            exe = os.readlink(f"{proc}/{pid}/exe")
+        except OSError:
+            pass
+    return Owner(pid, uid, name, exe)
