@@ -72,6 +72,7 @@ class TorRoute:
         self._tunnels: dict[str, tuple[str, int, Route]] = {}
         self._by_port: dict[int, Route] = {}
         self._ports: dict[str, list[int]] = {}
+        self._refused: set[str] = set()  # SOCKS5 tunnels tor could not carry: close them
 
     def load(self, loader):
         loader.add_option(
@@ -123,6 +124,8 @@ class TorRoute:
     def route_tunnel(self, tunnel, isolation: str) -> str | None:
         why = self.unavailable()
         if why:
+            if tunnel.flow is None:
+                self._refused.add(tunnel.client_id)
             return why
         key = isolation_key(isolation, tunnel.app, tunnel.host)
         route = self._route(tunnel.client_id, tunnel.host, tunnel.port, key)
@@ -134,6 +137,11 @@ class TorRoute:
 
     def next_layer(self, nextlayer) -> None:
         client = nextlayer.context.client
+        if client.id in self._refused:
+            # relay nothing: with no permit the guard refuses the dial, the connection closes
+            self._refused.discard(client.id)
+            nextlayer.layer = layers.TCPLayer(nextlayer.context, ignore=True)
+            return
         entry = self._tunnels.get(client.id)
         if entry is None:
             return
@@ -170,6 +178,7 @@ class TorRoute:
             route.exit = circuit.exit if circuit is not None else None
 
     def client_disconnected(self, client: connection.Client) -> None:
+        self._refused.discard(client.id)
         self._pending.pop(client.id, None)
         self._tunnels.pop(client.id, None)
         for port in self._ports.pop(client.id, ()):

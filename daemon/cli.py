@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (export, purge, report):
         _common(p, state=True)
 
+    sub.add_parser("demo", help="see what hush does: the shipped policies, a local site, each app's fetches replayed")
+
     doctor = sub.add_parser("doctor", help="find what is wrong on this machine, and how to fix it")
     _common(doctor, policies=True, state=True)
     _output(doctor)
@@ -175,6 +177,10 @@ def _dispatch(args) -> int:
                 }[args.audit_command](args, config)
     if args.command == "doctor":
         return cmd_doctor(args)
+    if args.command == "demo":
+        from hush.daemon import demo
+
+        return demo.run()
     if args.command == "install-unit":
         return cmd_install_unit(args)
     if args.command == "ca":

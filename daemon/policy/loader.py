@@ -490,7 +490,7 @@ def _example(reader: Reader, node: yaml.Node) -> Example | None:
     before = len(reader.errors)
     url = reader.string(fields["url"].value, "url")
     method = reader.string(fields["method"].value, "method") if "method" in fields else "GET"
-    kind = reader.choice(fields["kind"].value, "kind", KINDS) if "kind" in fields else "other"
+    kind = reader.choice(fields["kind"].value, "kind", KINDS) if "kind" in fields else ""
     expect = _action_name(reader, fields["expect"].value)
     headers = {}
     if "headers" in fields:
@@ -501,8 +501,13 @@ def _example(reader: Reader, node: yaml.Node) -> Example | None:
     if len(reader.errors) > before or None in (url, method, kind, expect):
         return None
     try:
-        request = RequestInfo.from_url(url, method, headers, kind)
+        request = RequestInfo.from_url(url, method, headers, kind or "other")
     except ValueError as e:
         reader.error(fields["url"].value, str(e))
         return None
+    if not kind:  # as the classify addon would label it
+        from hush.addons.classify import kind_of
+
+        lower = {k.lower(): v for k, v in headers.items()}
+        request = dataclasses.replace(request, kind=kind_of(lower.get("user-agent"), lower.get("accept"), request.path))
     return Example(request, expect, reader.loc(node))

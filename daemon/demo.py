@@ -1,0 +1,211 @@
+"""``hush demo``: a newcomer's first look, with no messenger and no internet.
+
+It starts the daemon with the shipped policies (on free ports), a small site
+on 127.0.0.1, and replays what each app really does when a link is typed or
+received — at the HTTP level: the User-Agent, the order, the per-keystroke
+fetches, ranges, proxy modes.  Then it prints the audit summary: what each
+app would have revealed, and what hush let through.
+
+Nothing leaves 127.0.0.1: hush's tor is pointed at a control port where no
+tor runs, so flows the policies send through Tor are refused (fail closed),
+as they would be on a machine whose tor is down.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from hush.daemon import paths
+
+ARTICLE = b"""<!doctype html><html><head><title>A shared article</title>
+<meta property="og:title" content="A shared article">
+<meta property="og:image" content="/og.png"></head><body>An article someone shared.</body></html>"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rewrite_ports(src: Path, dst: Path) -> dict[str, int]:
+    """Copy policies, giving each listener a free port: {app: port}."""
+    dst.mkdir(parents=True, exist_ok=True)
+    ports = {}
+    for policy in sorted(src.glob("*.yaml")):
+        text = policy.read_text()
+        port = free_port()
+        text, n = re.subn(r"^(listen: (?:\{port: )?)\d+", lambda m: f"{m.group(1)}{port}", text, flags=re.M)
+        if n != 1:
+            raise RuntimeError(f"{policy}: expected one 'listen:' line to rewrite")
+        (dst / policy.name).write_text(text)
+        ports[policy.stem] = port
+    return ports
+
+
+class Site:
+    """The pages and images the apps fetch, on 127.0.0.1; it counts what reaches it."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, str]] = []
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                site.seen.append((self.path, self.headers.get("User-Agent", "")))
+                if self.path.startswith("/og.png"):
+                    body, kind = b"\x89PNG\r\n\x1a\n" + b"\0" * 2000, "image/png"
+                elif self.path.startswith("/_matrix/"):
+                    body, kind = b'{"og:title": "A shared article"}', "application/json"
+                else:
+                    body, kind = ARTICLE, "text/html"
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def _get(proxy: str, url: str, headers: dict) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=20) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+def _socks_get(port: int, url: str, headers: dict) -> int:
+    import socks  # PySocks
+
+    parts = urllib.parse.urlsplit(url)
+    s = socks.socksocket()
+    s.set_proxy(socks.SOCKS5, "127.0.0.1", port, rdns=True)
+    s.settimeout(20)
+    try:
+        s.connect((parts.hostname, parts.port))
+        lines = [f"GET {parts.path or '/'} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close",
+                 *(f"{k}: {v}" for k, v in headers.items())]
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = s.recv(64)
+        return int(head.split()[1]) if head.startswith(b"HTTP/") else 0
+    except (OSError, socks.ProxyError, ValueError, IndexError):
+        return 0
+    finally:
+        s.close()
+
+
+def replay(ports: dict[str, int], site: Site, say=print) -> None:
+    """What each app does when a link is typed or received."""
+    http = {app: f"http://127.0.0.1:{port}" for app, port in ports.items()}
+    cookie = {"Cookie": "session=4f2a9c; tracking=u-1234", "Accept-Language": "de-CH,de;q=0.9"}
+
+    say("whatsapp  types http://…/article: one preview fetch per keystroke (User-Agent WhatsApp/2.19.305 A)")
+    typed = "/article"
+    with concurrent.futures.ThreadPoolExecutor(len(typed)) as pool:
+        futures = []
+        for i in range(2, len(typed) + 1):
+            futures.append(pool.submit(_get, http["whatsapp"], site.url(typed[:i]),
+                                       {"User-Agent": "WhatsApp/2.19.305 A", **cookie}))
+            time.sleep(0.08 + 0.12 * (i % 2))
+        [f.result() for f in futures]
+
+    say("signal    fetches the page, then its og:image, itself (User-Agent WhatsApp/2)")
+    _get(http["signal"], site.url("/article"), {"User-Agent": "WhatsApp/2", **cookie})
+    _get(http["signal"], site.url("/og.png"), {"User-Agent": "WhatsApp/2", "Range": "bytes=0-1048575"})
+
+    say("simplex   fetches the preview itself, over its SOCKS5 proxy")
+    _socks_get(ports["simplex"], site.url("/article"), {"User-Agent": "SimpleX Chat"})
+
+    say("element   asks its homeserver to fetch the typed URL (/preview_url), and syncs")
+    homeserver = site.url("/_matrix/media/v3/preview_url?url=https%3A%2F%2Fexample.com%2Farticle")
+    _get(http["element"], homeserver, {"User-Agent": "Element/1.11", "Authorization": "Bearer syt_x"})
+    _get(http["element"], site.url("/_matrix/client/v3/sync"), {"User-Agent": "Element/1.11",
+                                                               "Authorization": "Bearer syt_x"})
+
+    say("telegram  sends the link to Telegram's servers (the whole app goes over SOCKS5)")
+    _socks_get(ports["telegram"], site.url("/api"), {"User-Agent": "TDesktop"})
+
+    for app, what in (("messenger", "a tracker script"), ("slack", "an embed image"), ("discord", "an embed image")):
+        say(f"{app:<9} previews are built by the server; the client still loads {what} from a third party")
+        _get(http[app], site.url("/og.png"), {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Electron", **cookie})
+
+
+def print_summary(summary: dict, site: Site, say=print) -> None:
+    say("")
+    say(f"{'app':<10} {'requests':>8} {'IP reached site':>16} {'IP kept':>8}  decisions")
+    for app, s in summary["apps"].items():
+        decisions = ", ".join(f"{k} {v}" for k, v in s["by_decision"].items())
+        say(f"{app:<10} {s['requests']:>8} {s['ip_exposed']:>16} {s['prevented']['ip']:>8}  {decisions}")
+    say("")
+    total = sum(s["requests"] for s in summary["apps"].values())
+    reached = sum(s["ip_exposed"] for s in summary["apps"].values())
+    say(f"{total} requests from 8 apps would each have told a site your IP address; {reached} did.")
+    say(f"The site saw {len(site.seen)} request(s): " + ", ".join(p for p, _ in site.seen[:6])
+        + (" …" if len(site.seen) > 6 else ""))
+
+
+def run(say=print) -> int:
+    from hush.daemon import auditview
+
+    root = Path(tempfile.mkdtemp(prefix="hush-demo-"))
+    ports = rewrite_ports(paths.shipped_policies(), root / "policies")
+    (root / "config.yaml").write_text(
+        f"tor:\n  mode: attach\n  control: 127.0.0.1:{free_port()}\n"  # no tor: Tor flows fail closed
+        "audit:\n  redaction: no-query\n")
+    site = Site()
+    log = open(root / "hush.log", "wb")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "hush.daemon.cli", "run", "--policies", str(root / "policies"),
+         "--state-dir", str(root / "state"), "--config", str(root / "config.yaml")],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while b"hush is running" not in (root / "hush.log").read_bytes():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                say((root / "hush.log").read_text())
+                return 1
+            time.sleep(0.05)
+        say(f"hush is running with the shipped policies (state in {root / 'state'}); the site is {site.url('/')}")
+        say("no tor runs here, so flows the policies send through Tor are refused, never sent directly\n")
+        replay(ports, site, say)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+        log.close()
+        site.server.shutdown()
+    summary = auditview.summary(auditview.open_db(root / "state"))
+    print_summary(summary, site, say)
+    say(f"\nsee each record: hush audit tail --state-dir {root / 'state'} -n 50 --table")
+    (root / "summary.json").write_text(json.dumps(summary))
+    say(f"(the demo's files are in {root}; delete it when done)")
+    return 0
+
