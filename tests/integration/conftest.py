@@ -23,12 +23,19 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import json
+
 import pytest
 import trustme
+
+from tests.torlab import TorLab
+from tests.torlab.dns import ExitDNS
 
 from .procnet import owner_pid
 
 pytestmark = pytest.mark.integration
+
+NAME = "origin.hushtest"  # known only to the private Tor network's exit DNS server
 
 ORIGIN_NAMES = ["localhost", "127.0.0.1", "127.0.0.2", "127.0.0.3", "origin.hushtest", "*.hushtest"]
 
@@ -240,3 +247,37 @@ def curl(*args, timeout=20, binary=None) -> subprocess.CompletedProcess:
     assert CURL, "curl is not installed (.ci/run installs it)"
     return subprocess.run([binary or CURL, "-sS", "--max-time", "15", "--noproxy", "", *args],
                           capture_output=True, timeout=timeout, env={"PATH": os.environ.get("PATH", "")})
+
+
+# -- the private Tor network (tests/torlab), once per test session ---------------------
+
+@pytest.fixture(scope="session")
+def exit_dns():
+    dns = ExitDNS({NAME: "127.0.0.1", "other.hushtest": "127.0.0.1"})
+    yield dns
+    dns.close()
+
+
+@pytest.fixture(scope="session")
+def torlab(tmp_path_factory, exit_dns):
+    lab = TorLab(tmp_path_factory.mktemp("torlab"), exit_dns.port)
+    lab.start()
+    yield lab
+    lab.stop()
+
+
+def tor_config(lab, extra=""):
+    lines = "\n".join(f"    - {json.dumps(line)}" for line in lab.client_torrc())
+    return f"tor:\n  torrc:\n{lines}\n{extra}"
+
+
+def wait_tor_ready(h, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "tor ready" in h.log:
+            return
+        assert h.proc.poll() is None, h.log
+        time.sleep(0.1)
+    raise AssertionError(f"hush's tor not ready after {timeout}s:\n{h.log}")
+
+

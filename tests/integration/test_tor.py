@@ -13,45 +13,11 @@ import time
 
 import pytest
 
-from tests.torlab import TorLab
-from tests.torlab.dns import ExitDNS
-
-from .conftest import curl, free_port
+from .conftest import NAME, curl, free_port, tor_config, wait_tor_ready
 from .procnet import children
 
 pytestmark = pytest.mark.integration
 
-NAME = "origin.hushtest"  # known only to the exit's DNS server
-
-
-@pytest.fixture(scope="session")
-def exit_dns():
-    dns = ExitDNS({NAME: "127.0.0.1", "other.hushtest": "127.0.0.1"})
-    yield dns
-    dns.close()
-
-
-@pytest.fixture(scope="session")
-def torlab(tmp_path_factory, exit_dns):
-    lab = TorLab(tmp_path_factory.mktemp("torlab"), exit_dns.port)
-    lab.start()
-    yield lab
-    lab.stop()
-
-
-def tor_config(lab, extra=""):
-    lines = "\n".join(f"    - {json.dumps(line)}" for line in lab.client_torrc())
-    return f"tor:\n  torrc:\n{lines}\n{extra}"
-
-
-def wait_tor_ready(h, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if "tor ready" in h.log:
-            return
-        assert h.proc.poll() is None, h.log
-        time.sleep(0.1)
-    raise AssertionError(f"hush's tor not ready after {timeout}s:\n{h.log}")
 
 
 def hush_tor(h) -> int:
