@@ -13,7 +13,9 @@ a stock ``mitmdump -s``, ``--set hush_policies=DIR`` loads the policies and
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import os
 from typing import Optional
 
 from mitmproxy import connection, ctx, exceptions, http, tcp
@@ -43,11 +45,27 @@ class Identify:
         self._owners: dict[str, procnet.Owner | None] = {}  # client id → its process, on shared listeners
 
     async def client_connected(self, client: connection.Client) -> None:
-        """On a shared listener, find the client's process once, off the event loop."""
-        policyset = self.holder.current
-        if policyset is None or not policyset.is_shared(client.proxy_mode.full_spec) or not client.peername:
+        """Refuse other local users' connections (the uid in /proc/net/tcp); on a
+        shared listener, also find the client's process.  Once per connection,
+        off the event loop."""
+        if not ctx.options.hush_same_user_only or not client.peername:
             return
-        self._owners[client.id] = await asyncio.to_thread(procnet.owner, client.peername)
+        if not ipaddress.ip_address(client.peername[0].split("%")[0]).is_loopback:
+            return  # another machine (only on listeners the config explicitly opened): no uid to check
+        policyset = self.holder.current
+        shared = policyset is not None and policyset.is_shared(client.proxy_mode.full_spec)
+        if shared:
+            owner = await asyncio.to_thread(procnet.owner, client.peername)
+            self._owners[client.id] = owner
+            uid = owner.uid if owner else None
+        else:
+            entry = await asyncio.to_thread(procnet.socket_entry, client.peername[0], client.peername[1])
+            uid = entry[0] if entry else None
+        if uid != os.getuid():
+            who = f"uid {uid}" if uid is not None else "an unknown process"
+            log.warning("refused a connection to %s from %s: hush serves only uid %d",
+                        client.proxy_mode.full_spec, who, os.getuid())
+            client.error = f"hush: connection from {who} refused"
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._owners.pop(client.id, None)
@@ -62,6 +80,10 @@ class Identify:
             "hush_policies", Optional[str], None,
             "A directory (or file) of hush policies. The hush daemon sets the policy set itself; "
             "use this with a stock mitmdump -s.",
+        )
+        loader.add_option(
+            "hush_same_user_only", bool, True,
+            "Refuse connections from processes of other local users (their uid in /proc/net/tcp).",
         )
         loader.add_option(
             "hush_app", Optional[str], None,

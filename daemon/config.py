@@ -4,6 +4,7 @@
 
     state_dir: ~/.local/state/hush    # where audit.db and the CA live
     listen_host: 127.0.0.1            # for policies whose `listen` is only a port (loopback only)
+    allow_non_loopback_listeners: false  # true: policies may listen on other addresses (other machines can connect!)
     policies: ~/.config/hush/policies
     audit:
       redaction: site                 # full | no-query | site
@@ -51,12 +52,14 @@ class Config:
     log_level: str = "info"
     tor: TorConfig = TorConfig()
     listen_host: str = "127.0.0.1"
+    allow_non_loopback: bool = False
     max_held_per_app: int = 500
     max_held_total: int = 3000
 
     @property
     def parse_context(self) -> ParseContext:
-        return ParseContext(user_agent=self.user_agent, listen_host=self.listen_host)
+        return ParseContext(user_agent=self.user_agent, listen_host=self.listen_host,
+                            allow_non_loopback=self.allow_non_loopback)
 
 
 def load_config(path: Path | None) -> Config:
@@ -77,7 +80,7 @@ def parse_config(file: str, text: str) -> Config:
         raise LoadError(reader.errors)
     fields = reader.mapping(
         root, allowed={"state_dir", "policies", "audit", "strip", "upstream_ca", "log_level", "tor", "listen_host",
-                 "timing"},
+                 "timing", "allow_non_loopback_listeners"},
         what="the config"
     )
     base = Path(file).parent
@@ -109,6 +112,9 @@ def parse_config(file: str, text: str) -> Config:
         values["tor"] = _tor(reader, fields["tor"].value)
     if "listen_host" in fields:
         values["listen_host"] = _loopback(reader, fields["listen_host"].value)
+    if "allow_non_loopback_listeners" in fields:
+        values["allow_non_loopback"] = reader.boolean(fields["allow_non_loopback_listeners"].value,
+                                                      "allow_non_loopback_listeners")
     if "timing" in fields:
         timing = reader.mapping(fields["timing"].value, allowed={"max_held_per_app", "max_held_total"}, what="timing")
         for key in ("max_held_per_app", "max_held_total"):

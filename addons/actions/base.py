@@ -39,6 +39,7 @@ class ParseContext:
 
     user_agent: str = GENERIC_USER_AGENT
     listen_host: str = "127.0.0.1"  # for policies whose `listen` gives only a port
+    allow_non_loopback: bool = False  # the config's explicit allow_non_loopback_listeners
     # set by the loader: parses a nested action (`then:`) → Action or None
     parse_action: Callable | None = dataclasses.field(default=None, compare=False)
 

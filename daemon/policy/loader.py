@@ -157,7 +157,7 @@ def _policy(reader: Reader, text: str, ctx: ParseContext) -> Policy | None:
             app = None
     if "description" in fields:
         reader.string(fields["description"].value, "description")
-    listeners = _listeners(reader, fields["listen"].value, ctx.listen_host) if "listen" in fields else ()
+    listeners = _listeners(reader, fields["listen"].value, ctx) if "listen" in fields else ()
     default = None
     if "default" in fields:
         default = _action_spec(reader, fields["default"].value, ctx)
@@ -220,19 +220,20 @@ def _index(rules: list[Rule]) -> HostIndex:
     return HostIndex(exact, suffix, site, unindexed)
 
 
-def _listeners(reader: Reader, node: yaml.Node, default_host: str) -> list[Listener]:
+def _listeners(reader: Reader, node: yaml.Node, ctx: ParseContext) -> list[Listener]:
+    default_host = ctx.listen_host
     nodes = node.value if isinstance(node, yaml.SequenceNode) else [node]
     if not nodes:
         reader.error(node, "listen must name at least one listener")
     out = []
     for item in nodes:
-        listener = _listener(reader, item, default_host)
+        listener = _listener(reader, item, default_host, ctx.allow_non_loopback)
         if listener is not None:
             out.append(listener)
     return out
 
 
-def _listener(reader: Reader, node: yaml.Node, default_host: str) -> Listener | None:
+def _listener(reader: Reader, node: yaml.Node, default_host: str, allow_non_loopback: bool = False) -> Listener | None:
     host, mode, port = default_host, "http", None
     if isinstance(node, yaml.ScalarNode) and node.tag == INT:
         port = reader.integer(node, "listen port", 1, 65535)
@@ -263,8 +264,9 @@ def _listener(reader: Reader, node: yaml.Node, default_host: str) -> Listener | 
     except ValueError:
         reader.error(node, f"listen host {host!r} must be an IP address (127.0.0.1 or ::1)")
         return None
-    if not address.is_loopback:
-        reader.error(node, f"listen host {host} is not a loopback address: hush listens on loopback only")
+    if not address.is_loopback and not allow_non_loopback:
+        reader.error(node, f"listen host {host} is not a loopback address: hush listens on loopback only "
+                           "(allow_non_loopback_listeners: true in the config allows it)")
         return None
     if port is None:
         return None

@@ -26,7 +26,7 @@ def test_full_config_resolves_relative_paths():
      "c.yaml:1:20: audit redaction: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
     ("audit: {keep: 3}\n", "c.yaml:1:9: unknown key 'keep' (expected one of: keep_days, redaction)"),
     ("listen: 1\n",
-     "c.yaml:1:1: unknown key 'listen' (expected one of: audit, listen_host, log_level, policies, state_dir, strip, timing, tor, upstream_ca)"),
+     "c.yaml:1:1: unknown key 'listen' (expected one of: allow_non_loopback_listeners, audit, listen_host, log_level, policies, state_dir, strip, timing, tor, upstream_ca)"),
     ("listen_host: 0.0.0.0\n",
      "c.yaml:1:14: listen_host 0.0.0.0 is not a loopback address: hush listens on loopback only"),
     ("tor: {mode: attach}\n", "c.yaml:1:6: tor mode attach needs 'control' (HOST:PORT or a socket path)"),
@@ -50,3 +50,13 @@ def test_listen_host_is_the_default_for_port_only_listeners():
     c = parse_config("c.yaml", "listen_host: 127.0.0.5\n")
     ps = build([("p.yaml", "app: a\nlisten: 8101\ndefault: allow\n")], c.parse_context)
     assert ps.listeners[0].spec == "regular@127.0.0.5:8101" and ps.listeners[0].app == "a"
+
+
+def test_non_loopback_listeners_need_the_explicit_flag():
+    from hush.daemon.policy import build
+
+    policy = [("p.yaml", "app: a\nlisten: 192.0.2.10:8101\ndefault: allow\n")]
+    with pytest.raises(LoadError):
+        build(policy, parse_config("c.yaml", "log_level: info\n").parse_context)
+    ps = build(policy, parse_config("c.yaml", "allow_non_loopback_listeners: true\n").parse_context)
+    assert ps.specs == ["regular@192.0.2.10:8101"]

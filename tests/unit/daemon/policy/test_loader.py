@@ -40,7 +40,8 @@ def rules(body: str) -> str:
     # listeners
     ("app: x\nlisten: 0\ndefault: allow\n", f"{F}:2:9: listen port must be between 1 and 65535, not 0"),
     ("app: x\nlisten: 0.0.0.0:80\ndefault: allow\n",
-     f"{F}:2:9: listen host 0.0.0.0 is not a loopback address: hush listens on loopback only"),
+     f"{F}:2:9: listen host 0.0.0.0 is not a loopback address: hush listens on loopback only "
+     "(allow_non_loopback_listeners: true in the config allows it)"),
     ("app: x\nlisten: localhost:80\ndefault: allow\n",
      f"{F}:2:9: listen host 'localhost' must be an IP address (127.0.0.1 or ::1)"),
     ("app: x\nlisten: {port: 80, mode: socks4}\ndefault: allow\n",
