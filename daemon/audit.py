@@ -119,6 +119,8 @@ class AuditWriter:
         create_private(self.path)
         self._conn = connect(self.path)  # here, so a bad path fails at start
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._late_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="hush-audit-writer", daemon=True)
         self._thread.start()
 
@@ -131,10 +133,29 @@ class AuditWriter:
         return self.last_error is not None
 
     def submit(self, record: dict[str, Any]) -> None:
-        self._queue.put(record)
+        if self._closed:
+            self._write_late(record)
+        else:
+            self._queue.put(record)
+
+    def _write_late(self, record: dict[str, Any]) -> None:
+        """A record that arrives after close() (a flow mitmproxy finished while
+        shutting down): written at once, in the caller's thread — it is
+        shutdown, and no record may be lost."""
+        with self._late_lock:
+            try:
+                conn = sqlite3.connect(self.path, timeout=5)
+                with conn:
+                    conn.execute(_INSERT, _row(record))
+                conn.close()
+                self.written += 1
+            except sqlite3.Error as e:
+                log.error("audit: could not write a record during shutdown: %s", e)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write every queued record, then stop the thread."""
+        """Write every queued record, then stop the thread; later records are
+        written synchronously."""
+        self._closed = True
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout)

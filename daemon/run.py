@@ -181,7 +181,8 @@ class Daemon:
         self.master.shutdown()
 
     async def _watch(self, interval: float = 1.0) -> None:
-        """Reload when a file in the policy directory changes (stat off the loop)."""
+        """Reload when a file in the policy directory changes (stat off the loop),
+        once it has stopped changing."""
         if not self.policies.is_dir():
             return
         last = await asyncio.to_thread(policy_signature, self.policies)
@@ -189,8 +190,12 @@ class Daemon:
             await asyncio.sleep(interval)
             now = await asyncio.to_thread(policy_signature, self.policies)
             if now != last:
-                last = now
-                await asyncio.sleep(0.2)  # let an editor finish writing
+                while True:  # wait until it stops changing
+                    await asyncio.sleep(0.5)
+                    settled = await asyncio.to_thread(policy_signature, self.policies)
+                    if settled == now:
+                        break
+                    now = settled
                 await self.reload("policy files changed")
                 last = await asyncio.to_thread(policy_signature, self.policies)
 

@@ -164,9 +164,10 @@ def tls_origin(ca):
 class Hush:
     """``hush run`` as a subprocess, with its own state dir and policies."""
 
-    def __init__(self, tmp: Path, policies: dict[str, str], config: str | None = None, args=(), env=None):
+    def __init__(self, tmp: Path, policies: dict[str, str], config: str | None = None, args=(), env=None,
+                 state: Path | None = None):
         self.dir = tmp
-        self.state = tmp / "state"
+        self.state = state or tmp / "state"
         self.policies = tmp / "policies"
         self.policies.mkdir(exist_ok=True)
         for name, text in policies.items():
@@ -225,10 +226,11 @@ class Hush:
 def hush(tmp_path):
     started: list[Hush] = []
 
-    def start(policies: dict[str, str], config: str | None = None, args=(), ready=True, env=None) -> Hush:
+    def start(policies: dict[str, str], config: str | None = None, args=(), ready=True, env=None,
+              state: Path | None = None) -> Hush:
         d = tmp_path / f"hush{len(started)}"
         d.mkdir()
-        h = Hush(d, policies, config, args, env)
+        h = Hush(d, policies, config, args, env, state)
         started.append(h)
         return h.wait_ready() if ready else h
 

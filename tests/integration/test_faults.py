@@ -1,0 +1,135 @@
+"""Fault injection: the daemon killed, the audit disk full, a policy half-written."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from hush.daemon.cli import main
+
+from .conftest import curl, free_port
+
+pytestmark = pytest.mark.integration
+
+POLICY = "app: a\nlisten: {port}\ndefault: allow\nrules:\n  - {{match: {{path: '/b*'}}, action: block}}\n"
+
+
+def burst(port, origin, n, prefix="/b"):
+    """n blocked requests in parallel through hush, as a background curl."""
+    args = [a for i in range(n) for a in ("-o", "/dev/null", origin.url(f"{prefix}/{i}"))]
+    return subprocess.Popen(["curl", "-sS", "--parallel", "--parallel-max", "16", "--max-time", "20",
+                             "-w", "%{http_code}\n", "-x", f"http://127.0.0.1:{port}", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def count(state):
+    conn = sqlite3.connect(state / "audit.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    n = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+    conn.close()
+    return n
+
+
+def test_sigterm_under_load_loses_no_record(hush, origin):
+    port = free_port()
+    h = hush({"a": POLICY.format(port=port)})
+    load = burst(port, origin, 400)
+    time.sleep(0.4)
+    h.stop(signal.SIGTERM)  # while requests are in flight
+    out, _ = load.communicate(timeout=30)
+    answered = [c for c in out.decode().split() if c == "403"]
+    assert answered, "the load did not start"
+    assert count(h.state) >= len(answered)  # every answered flow was written
+    assert origin.accepts == []
+
+
+def test_sigkill_under_load_then_restart(hush, origin):
+    port = free_port()
+    h = hush({"a": POLICY.format(port=port)})
+    load = burst(port, origin, 400)
+    time.sleep(0.5)
+    h.proc.send_signal(signal.SIGKILL)
+    out, _ = load.communicate(timeout=30)
+    h.wait_exit()
+    answered = len([c for c in out.decode().split() if c == "403"])
+    written = count(h.state)  # the WAL database opens clean
+    assert answered - written <= 2000  # at most the batch in flight when killed
+    again = hush({"a": POLICY.format(port=port)}, state=h.state)
+    assert curl("-x", f"http://127.0.0.1:{port}", origin.url("/b/after")).returncode == 0
+    again.stop()
+    assert count(h.state) == written + 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (CI runs as root)")
+def test_audit_disk_full_enforcement_goes_on_and_catches_up(hush, origin, tmp_path, capsys):
+    mount = tmp_path / "statefs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        port = free_port()
+        h = hush({"a": POLICY.format(port=port)}, state=mount)
+        assert curl("-x", f"http://127.0.0.1:{port}", origin.url("/ok")).returncode == 0
+        time.sleep(0.3)
+        filler = mount / "filler"
+        with open(filler, "wb") as f:  # the disk is now full
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        codes = [curl("-o", "/dev/null", "-w", "%{http_code}", "-x", f"http://127.0.0.1:{port}",
+                      origin.url(f"/b/{i}")).stdout for i in range(60)]
+        assert codes == [b"403"] * 60  # enforcement goes on
+        assert [r.path for r in origin.requests] == ["/ok"]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert main(["status", "--state-dir", str(mount), "--json"]) == 0
+            audit = json.loads(capsys.readouterr().out)["audit"]
+            if audit["degraded"]:
+                break
+            time.sleep(0.2)
+        assert audit["degraded"] and "full" in audit["last_error"] and audit["pending"] > 0
+        assert "audit: cannot write" in h.log
+        filler.unlink()  # space returns
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            main(["status", "--state-dir", str(mount), "--json"])
+            audit = json.loads(capsys.readouterr().out)["audit"]
+            if not audit["degraded"] and audit["pending"] == 0:
+                break
+            time.sleep(0.3)
+        assert not audit["degraded"] and audit["written"] == 61
+        assert "audit: writing again" in h.log
+        h.stop()
+        assert count(mount) == 61
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_policy_truncated_mid_write_keeps_the_old_set(hush, origin):
+    port = free_port()
+    h = hush({"a": POLICY.format(port=port)})
+    policy = h.policies / "a.yaml"
+    full = POLICY.format(port=port).replace("/b*", "/x*")
+    with open(policy, "w") as f:  # not atomic: the watcher may see a half-written file
+        cut = full.index("action")  # inside a flow mapping: `{match: {path: '/x*'}, `
+        f.write(full[:cut])
+        f.flush()
+        deadline = time.monotonic() + 10
+        while "refused, keeping policy set" not in h.log and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "refused, keeping policy set" in h.log
+        code = curl("-o", "/dev/null", "-w", "%{http_code}", "-x", f"http://127.0.0.1:{port}", origin.url("/b/1"))
+        assert code.stdout == b"403"  # the old set still decides
+        f.write(full[cut:])
+    deadline = time.monotonic() + 10
+    while "reloaded (policy files changed)" not in h.log and time.monotonic() < deadline:
+        time.sleep(0.1)
+    code = curl("-o", "/dev/null", "-w", "%{http_code}", "-x", f"http://127.0.0.1:{port}", origin.url("/b/2"))
+    assert code.stdout == b"200"  # the completed file took effect
+    h.stop()
