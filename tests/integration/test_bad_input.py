@@ -44,9 +44,10 @@ def test_port_in_use_is_a_clear_error(hush):
     b"CONNECT :99999 HTTP/1.1\r\n\r\n",
     b"GET http://127.0.0.1/ HTTP/1.1\r\n" + b"X-Big: " + b"a" * 200_000 + b"\r\n\r\n",
 ])
-def test_malformed_requests_do_not_kill_the_daemon(hush, origin, garbage):
+@pytest.mark.parametrize("mode", ["http", "socks5"])
+def test_malformed_requests_do_not_kill_the_daemon(hush, origin, garbage, mode):
     port = free_port()
-    h = hush({"a": f"app: a\nlisten: {port}\ndefault: allow\n"})
+    h = hush({"a": f"app: a\nlisten: {{port: {port}, mode: {mode}}}\ndefault: allow\n"})
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         try:
             s.sendall(garbage)
@@ -55,7 +56,43 @@ def test_malformed_requests_do_not_kill_the_daemon(hush, origin, garbage):
             pass
     time.sleep(0.2)
     assert h.proc.poll() is None
-    res = curl("-x", f"http://127.0.0.1:{port}", origin.url("/after"))
+    proxy = ["-x", f"http://127.0.0.1:{port}"] if mode == "http" else ["--socks5-hostname", f"127.0.0.1:{port}"]
+    res = curl(*proxy, origin.url("/after"))
     assert res.returncode == 0, res.stderr
     assert [r.path for r in origin.requests] == ["/after"]
     assert h.stop() == 0
+
+
+def test_slow_clients_do_not_hold_up_others(hush, origin):
+    """Slowloris: many connections dribbling a request one byte at a time."""
+    import threading
+
+    port = free_port()
+    h = hush({"a": f"app: a\nlisten: {port}\ndefault: allow\n"})
+    stop = threading.Event()
+    request = f"GET {origin.url('/slow')} HTTP/1.1\r\nHost: x\r\n".encode() + b"X-Pad: " + b"a" * 1000
+
+    def dribble():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                for byte in request:
+                    if stop.is_set():
+                        return
+                    s.send(bytes([byte]))
+                    time.sleep(0.05)
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=dribble, daemon=True) for _ in range(100)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    start = time.monotonic()
+    res = curl("-x", f"http://127.0.0.1:{port}", origin.url("/fast"))
+    elapsed = time.monotonic() - start
+    stop.set()
+    assert res.returncode == 0, res.stderr
+    assert elapsed < 2.0, elapsed  # not queued behind the slow ones
+    assert [r.path for r in origin.requests] == ["/fast"]
+    assert h.proc.poll() is None
+    h.stop()

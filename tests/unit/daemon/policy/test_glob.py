@@ -52,3 +52,25 @@ def test_pathological_pattern_matches_like_the_reference():
     pattern = "*a" * 12 + "b"
     for text in ("a" * 30, "a" * 30 + "b", "ab" * 15):
         assert Glob.parse(pattern).matches(text) == fnmatch.fnmatchcase(text, pattern)
+
+
+def test_matching_is_one_find_per_piece(monkeypatch):
+    """No backtracking: a pattern with k stars does at most k-1 searches,
+    whatever the text — the shape that makes regex/fnmatch engines blow up."""
+    import hush.daemon.policy.glob as glob_module
+
+    calls = []
+    real = glob_module._find
+
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(glob_module, "_find", counting)
+    pattern = "*a" * 30 + "b"
+    g = Glob.parse(pattern)
+    assert not g.matches("a" * 200_000)  # fails late, the worst case for backtracking
+    assert len(calls) <= 30
+    calls.clear()
+    assert g.matches("a" * 200_000 + "b")
+    assert len(calls) <= 30
