@@ -36,8 +36,10 @@ MEDIA_SUFFIXES = (
 
 
 def kind_of(user_agent: str | None, accept: str | None, path: str) -> str:
-    if user_agent and any(g.matches(user_agent) for g in PREVIEW_AGENTS):
-        return "preview"
+    if user_agent:
+        folded = user_agent.lower()  # once, not once per pattern
+        if any(g.matches_folded(folded) for g in PREVIEW_AGENTS):
+            return "preview"
     if accept and accept.lstrip().lower().startswith(MEDIA_TYPES):
         return "media"
     if path.split("?", 1)[0].lower().endswith(MEDIA_SUFFIXES):
@@ -48,8 +50,9 @@ def kind_of(user_agent: str | None, accept: str | None, path: str) -> str:
 class Classify:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         headers = flow.request.headers
-        flow.metadata["hush.kind"] = kind_of(headers.get("user-agent"), headers.get("accept"), flow.request.path)
-        flow.metadata["hush.carried"] = identifiers(headers)
+        carried = identifiers(headers)
+        flow.metadata["hush.kind"] = kind_of(carried["user_agent"], headers.get("accept"), flow.request.path)
+        flow.metadata["hush.carried"] = carried
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         flow.metadata["hush.kind"] = "other"

@@ -37,17 +37,36 @@ def request_info(flow: http.HTTPFlow, kind: str = "other") -> RequestInfo:
     )
 
 
+_IDENTIFYING = {b"user-agent": "user_agent", b"cookie": "cookie", b"referer": "referer",
+                b"accept-language": "accept_language", b"range": "range", b"authorization": "authorization"}
+
+
 def identifiers(headers: Mapping[str, str] | http.Headers) -> dict:
-    """What of the user a request's headers reveal (values the audit may keep)."""
-    get = headers.get
-    cookie = get("cookie")
+    """What of the user a request's headers reveal (values the audit may keep).
+
+    One pass over mitmproxy's raw header fields: its case-insensitive lookups
+    cost more than the whole pass when called six times per flow."""
+    found: dict[str, str] = {}
+    if isinstance(headers, http.Headers):
+        for name, value in headers.fields:
+            key = _IDENTIFYING.get(name.lower())
+            if key is not None and key not in found:
+                found[key] = value.decode("utf-8", "surrogateescape")
+            elif key == "cookie":
+                found[key] += "; " + value.decode("utf-8", "surrogateescape")
+    else:
+        for name, value in headers.items():
+            key = _IDENTIFYING.get(name.lower().encode())
+            if key is not None:
+                found[key] = value
+    cookie = found.get("cookie")
     return {
-        "user_agent": get("user-agent"),
+        "user_agent": found.get("user_agent"),
         "cookies": len([c for c in cookie.split(";") if c.strip()]) if cookie else 0,
-        "referer": get("referer"),
-        "accept_language": get("accept-language"),
-        "range": get("range"),
-        "authorization": get("authorization") is not None,
+        "referer": found.get("referer"),
+        "accept_language": found.get("accept_language"),
+        "range": found.get("range"),
+        "authorization": "authorization" in found,
     }
 
 

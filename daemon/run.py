@@ -24,11 +24,11 @@ import signal
 import time
 from pathlib import Path
 
-from mitmproxy import addons as mitm_addons
 from mitmproxy import ctx, options
+from mitmproxy.addons import block, core, disable_h2c, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from hush.addons import chain
+from hush.addons import Pipeline, chain
 from hush.daemon import paths
 from hush.daemon.config import Config
 from hush.daemon.control import ControlServer
@@ -72,12 +72,19 @@ def uses_tor(policyset: PolicySet) -> bool:
     )
 
 
+def mitmproxy_addons() -> list:
+    """The few of mitmproxy's default addons hush needs.  The others (scripts,
+    onboarding at mitm.it, map-local/remote, replay, sticky cookies, …) would
+    only add a hook call to every event and surface to attack."""
+    return [core.Core(), block.Block(), disable_h2c.DisableH2C(), proxyserver.Proxyserver(),
+            next_layer.NextLayer(), tlsconfig.TlsConfig()]
+
+
 def mitmproxy_options(policyset: PolicySet, config: Config, state_dir: Path) -> dict:
     opts = {
         "mode": policyset.specs,
         "connection_strategy": "lazy",
         "confdir": str(paths.ca_dir(state_dir)),
-        "onboarding": False,  # mitm.it would be answered by mitmproxy, not by the policy
         "hush_state_dir": str(state_dir),
         "hush_audit_redaction": config.redaction,
         "hush_audit_keep_days": config.keep_days,
@@ -120,8 +127,8 @@ class Daemon:
         self.tor = TorManager(config.tor, state_dir)
         self.tor.state_callbacks.append(self._tor_changed)
         self.master = Master(options.Options())
-        self.master.addons.add(*mitm_addons.default_addons())
-        self.master.addons.add(*chain(self.holder, self.tor), self)
+        self.master.addons.add(*mitmproxy_addons())
+        self.master.addons.add(Pipeline([*chain(self.holder, self.tor), self]))
         self.master.options.update(**mitmproxy_options(policyset, config, state_dir))
         self.exit_status = ExitStatus.OK
         self.started = time.time()

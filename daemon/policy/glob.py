@@ -38,8 +38,10 @@ class Glob:
         return cls(pattern, tuple(text.split("*")), casefold)
 
     def matches(self, text: str) -> bool:
-        if self.casefold:
-            text = text.lower()
+        return self.matches_folded(text.lower() if self.casefold else text)
+
+    def matches_folded(self, text: str) -> bool:
+        """``matches`` for text already lower-cased (when ``casefold``)."""
         pieces = self.pieces
         if len(pieces) == 1:
             return len(text) == len(pieces[0]) and _equal_at(text, 0, pieces[0])
