@@ -55,11 +55,11 @@ class Identify:
         policyset = self.holder.current
         shared = policyset is not None and policyset.is_shared(client.proxy_mode.full_spec)
         if shared:
-            owner = await asyncio.to_thread(procnet.owner, client.peername)
+            owner = await asyncio.to_thread(procnet.owner, client.peername, client.sockname)
             self._owners[client.id] = owner
             uid = owner.uid if owner else None
         else:
-            entry = await asyncio.to_thread(procnet.socket_entry, client.peername[0], client.peername[1])
+            entry = await asyncio.to_thread(procnet.uid_inode, client.peername, client.sockname)
             uid = entry[0] if entry else None
         if uid != os.getuid():
             who = f"uid {uid}" if uid is not None else "an unknown process"

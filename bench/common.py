@@ -112,7 +112,8 @@ def start_privoxy(tmp: Path, actions: str = "{ -block }\n/\n") -> tuple[Proc, in
     (tmp / "privoxy").mkdir(exist_ok=True)
     (tmp / "privoxy" / "hush-bench.action").write_text(actions)
     (tmp / "privoxy" / "config").write_text(
-        f"confdir {tmp / 'privoxy'}\nlisten-address 127.0.0.1:{port}\nactionsfile hush-bench.action\n"
+        f"confdir {tmp / 'privoxy'}\ntempldir /etc/privoxy/templates\nlisten-address 127.0.0.1:{port}\n"
+        "actionsfile hush-bench.action\n"
         "toggle 1\nenable-remote-toggle 0\nenable-edit-actions 0\nkeep-alive-timeout 30\n"
         "max-client-connections 512\n")
     return Proc([binary, "--no-daemon", str(tmp / "privoxy" / "config")], port, tmp / "privoxy.log"), port

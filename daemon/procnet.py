@@ -1,10 +1,13 @@
 """Which local process owns a TCP connection to one of hush's listeners.
 
 The client's end of the connection has hush's peer address as its local
-address; ``/proc/net/tcp`` (or ``tcp6``) lists that socket with its owner's
-uid and its inode, and the process holding the inode has a
-``/proc/PID/fd/N -> socket:[INODE]`` link.  A lookup scans /proc and costs
-milliseconds: call it off the event loop, once per connection.
+address.  The kernel tells its owner's uid and its inode: asked for that one
+socket by its four addresses over netlink (``sock_diag``, microseconds), or,
+failing that, by reading ``/proc/net/tcp{,6}`` (which the kernel generates
+for every socket on the machine: tens of milliseconds with many sockets in
+TIME_WAIT).  The process holding the inode has a ``/proc/PID/fd/N ->
+socket:[INODE]`` link; finding it scans /proc.  Call these off the event
+loop, once per connection.
 
     owner((“127.0.0.1”, 51234))  →  Owner(pid=4242, uid=1000, name="signal-desktop", exe="/opt/Signal/signal-desktop")
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import socket
 import struct
 
 
@@ -41,6 +45,39 @@ def _hex(host: str, port: int) -> tuple[str, str]:
         return "tcp", f"{struct.unpack('<I', address.packed)[0]:08X}:{port:04X}"
     words = struct.unpack("<4I", address.packed)  # tcp6: four little-endian 32-bit words
     return "tcp6", "".join(f"{w:08X}" for w in words) + f":{port:04X}"
+
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 1
+_NOCOOKIE = 0xFFFFFFFF
+
+
+def sock_diag(local: tuple, remote: tuple) -> tuple[int, int] | None:
+    """(uid, inode) of the TCP socket local→remote, asked of the kernel directly.
+
+    :raises OSError: if netlink sock_diag is not available.
+    """
+    lhost, rhost = ipaddress.ip_address(local[0]), ipaddress.ip_address(remote[0])
+    if lhost.version != rhost.version:
+        return None
+    family = socket.AF_INET if lhost.version == 4 else socket.AF_INET6
+    src = lhost.packed.ljust(16, b"\0")
+    dst = rhost.packed.ljust(16, b"\0")
+    sockid = struct.pack("!HH", local[1], remote[1]) + src + dst + struct.pack("=III", 0, _NOCOOKIE, _NOCOOKIE)
+    req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+    header = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(1.0)
+        nl.sendto(header + req, (0, 0))
+        data = nl.recv(65536)
+    length, kind = struct.unpack_from("=IH", data)
+    if kind == NLMSG_ERROR:
+        return None  # no such socket (it closed, or is in another namespace)
+    # inet_diag_msg: family, state, timer, retrans (4 B), sockid (48 B), expires, rqueue, wqueue, uid, inode
+    uid, inode = struct.unpack_from("=II", data, 16 + 4 + 48 + 12)
+    return uid, inode
 
 
 def socket_entry(host: str, port: int, proc: str = "/proc") -> tuple[int, int] | None:
@@ -83,12 +120,23 @@ def pid_of_inode(inode: int, proc: str = "/proc") -> int | None:
     return None
 
 
-def owner(peer: tuple, proc: str = "/proc") -> Owner | None:
-    """The process on the other end of a connection hush accepted from ``peer``."""
+def uid_inode(peer: tuple, local: tuple | None = None, proc: str = "/proc") -> tuple[int, int] | None:
+    """(uid, inode) of the client socket of a connection hush accepted from
+    ``peer`` on its address ``local``: by sock_diag, else from /proc."""
     try:
-        entry = socket_entry(peer[0], peer[1], proc)
+        if local is not None:
+            try:
+                return sock_diag(peer, local)
+            except OSError:
+                pass
+        return socket_entry(peer[0], peer[1], proc)
     except (ValueError, OSError):
         return None
+
+
+def owner(peer: tuple, local: tuple | None = None, proc: str = "/proc") -> Owner | None:
+    """The process on the other end of a connection hush accepted from ``peer``."""
+    entry = uid_inode(peer, local, proc)
     if entry is None:
         return None
     uid, inode = entry

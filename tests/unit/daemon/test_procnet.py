@@ -33,3 +33,22 @@ def test_ipv6_and_unknown():
             s.close()
     assert socket_entry("127.0.0.1", 1) is None
     assert owner(("not an ip", 1)) is None
+
+
+def test_sock_diag_agrees_with_proc():
+    from hush.daemon.procnet import sock_diag
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        server = socket.socket(family)
+        server.bind((host, 0))
+        server.listen()
+        client = socket.create_connection(server.getsockname()[:2])
+        accepted, peer = server.accept()
+        try:
+            local = accepted.getsockname()[:2]
+            assert sock_diag(peer[:2], local) == socket_entry(peer[0], peer[1])
+            assert sock_diag(peer[:2], local)[0] == os.getuid()
+            assert sock_diag((host, 1), local) is None  # no such socket
+        finally:
+            for s in (client, accepted, server):
+                s.close()
