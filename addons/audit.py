@@ -54,6 +54,13 @@ def _redacted_identifiers(values: dict | None, mode: str) -> dict | None:
     return out
 
 
+def _outcome(flow: http.HTTPFlow) -> str | None:
+    outcome = flow.metadata.get("hush.outcome")
+    if outcome is None and flow.metadata.get("hush.tor") is not None and flow.error and not flow.response:
+        outcome = "tor-unavailable"  # routed into tor, which failed (or died) while carrying it
+    return outcome
+
+
 def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
     req = flow.request
     decision = flow.metadata.get("hush.decision") or fail_closed(flow.metadata.get("hush.app"), "not decided")
@@ -75,7 +82,7 @@ def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
         "site": site,
         "url": redact(req.pretty_url if req.method != "CONNECT" else None, redaction, site),
         "kind": flow.metadata.get("hush.kind"),
-        **_decision_fields(decision, flow.metadata.get("hush.outcome")),
+        **_decision_fields(decision, _outcome(flow)),
         "status": flow.response.status_code if flow.response else None,
         "ip_exposed": direct and server.via is None,
         "carried": _redacted_identifiers(flow.metadata.get("hush.carried"), redaction),

@@ -80,6 +80,8 @@ class Origin:
             def do_GET(self):
                 origin.requests.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
                                             self.client_address))
+                if self.path.startswith("/slow/"):  # /slow/SECONDS: answer late
+                    time.sleep(float(self.path.split("/")[2]))
                 if self.path.startswith("/bytes/"):
                     body = payload(int(self.path.split("/")[2]))
                 else:

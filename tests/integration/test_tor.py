@@ -203,3 +203,29 @@ def test_socks5_listener_through_tor(hush, torlab, origin, tls_origin, ca_file):
     audit = rows(h)
     assert [(r["decision"], r["level"], r["ip_exposed"]) for r in audit] == [("tor", "connect", 0)] * 2
     assert all(r["tor_exit"] and r["tor_exit"].endswith("~exit0") for r in audit)
+
+
+def test_tor_dies_with_flows_in_flight(hush, torlab, origin):
+    import concurrent.futures
+
+    port = free_port()
+    h = hush({"a": policy("a", port)}, config=tor_config(torlab))
+    wait_tor_ready(h)
+    proxy = ["-x", f"http://127.0.0.1:{port}"]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        start = time.monotonic()
+        futures = [pool.submit(curl, "-o", "/dev/null", "-w", "%{http_code}", *proxy,
+                               origin.url(f"/slow/5?{i}", host=NAME)) for i in range(3)]
+        deadline = time.monotonic() + 10
+        while len(origin.accepts) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)  # all three are at the origin, through the exit
+        os.kill(hush_tor(h), signal.SIGKILL)
+        results = [f.result() for f in futures]
+        elapsed = time.monotonic() - start
+    assert all(r.stdout in (b"502", b"503") for r in results), results
+    assert elapsed < 4.5  # answered when tor died, not when the origin would have answered
+    assert set(origin.owners) == {torlab.exit_pid}  # and never from hush
+    h.stop()
+    slow = [r for r in rows(h) if r["url"] and "hushtest" in r["url"]]
+    assert len(slow) == 3 and {r["decision"] for r in slow} == {"tor-unavailable"}
+    assert all(r["ip_exposed"] == 0 for r in slow)
