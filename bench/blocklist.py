@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, pct, rss_mb, start_hush, start_origin, start_privoxy, wait_port  # noqa: E402
+from common import (free_port, latencies, pct, rss_mb, start_hush, start_origin, start_privoxy,  # noqa: E402
+                    wait_port)
 from policy_lookup import domains  # noqa: E402
 
 
@@ -37,21 +38,6 @@ async def blocked_latency(port: int, hosts: list[str], n: int) -> list[float]:
         writer.close()
         if b" 403 " not in data.split(b"\r\n", 1)[0]:
             raise RuntimeError(f"not blocked: {data[:80]!r}")
-        out.append(time.perf_counter() - start)
-    return out
-
-
-async def allowed_latency(port: int, url: str, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"GET {url} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
-        await writer.drain()
-        data = await reader.read()
-        writer.close()
-        if not data.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
-            raise RuntimeError(f"not allowed: {data[:80]!r}")
         out.append(time.perf_counter() - start)
     return out
 
@@ -79,7 +65,6 @@ async def run(args) -> None:
     hush, hush_load = timed_start(lambda: start_hush(tmp / "hush", tmp / "policies"), hush_port)
 
     actions = "{ +block{hush bench} }\n" + "".join(f".{d}\n" for d in names)
-    holder = {}
     privoxy_port_box = []
 
     def privoxy_start():
@@ -100,7 +85,7 @@ async def run(args) -> None:
         for name, port, proc, load in (("hush", hush_port, hush, hush_load),
                                        ("privoxy", privoxy_port, privoxy, privoxy_load)):
             blocked = await blocked_latency(port, names, args.samples)
-            ok = await allowed_latency(port, allowed, args.samples // 3)
+            ok = await latencies(port, allowed, True, args.samples // 3, fresh=True)
             results[name] = (load, rss_mb(proc.pid), blocked, ok)
     finally:
         for p in (hush, privoxy, origin):

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,34 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-async def one(proxy: int, url: str) -> float:
-    start = time.perf_counter()
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy)
-    writer.write(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    if not data.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
-        raise RuntimeError(f"bad response: {data[:80]!r}")
-    return time.perf_counter() - start
-
-
-async def latencies(proxy: int, url: str, n: int) -> list[float]:
-    return [await one(proxy, url) for _ in range(n)]
+sys.path.insert(0, str(Path(__file__).parent))
+from common import free_port, latencies, pct, rss_mb  # noqa: E402
 
 
 async def hold(proxy: int, url: str, n: int, keep: list) -> None:
@@ -68,11 +40,6 @@ async def hold(proxy: int, url: str, n: int, keep: list) -> None:
 
     for start in range(0, n, 500):
         await asyncio.gather(*(open_one(i) for i in range(start, min(n, start + 500))))
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 async def main_async(args) -> None:
@@ -98,15 +65,15 @@ async def main_async(args) -> None:
             time.sleep(0.05)
         allowed = f"http://127.0.0.1:{origin_port}/x"
         held_url = f"http://127.0.0.1:{origin_port}/hold"
-        await latencies(proxy, allowed, 50)  # warm up
+        await latencies(proxy, allowed, True, 50, fresh=True)  # warm up
         rows = []
         keep: list = []
-        base = await latencies(proxy, allowed, args.samples)
+        base = await latencies(proxy, allowed, True, args.samples, fresh=True)
         rows.append((0, rss_mb(hush.pid), base))
         for target in (1000, 10000):
             await hold(proxy, held_url, target - len(keep), keep)
             await asyncio.sleep(1.0)
-            lat = await latencies(proxy, allowed, args.samples)
+            lat = await latencies(proxy, allowed, True, args.samples, fresh=True)
             rows.append((target, rss_mb(hush.pid), lat))
         b50, b99 = pct(base, 50), pct(base, 99)
         print(f"{'held':>6} {'RSS MB':>8} {'p50 ms':>8} {'p99 ms':>8} {'p50 ÷ base':>11} {'p99 ÷ base':>11}")

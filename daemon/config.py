@@ -110,11 +110,11 @@ def parse_config(file: str, text: str) -> Config:
         values["log_level"] = reader.choice(fields["log_level"].value, "log_level", LOG_LEVELS)
     if "tor" in fields:
         values["tor"] = _tor(reader, fields["tor"].value)
-    if "listen_host" in fields:
-        values["listen_host"] = _loopback(reader, fields["listen_host"].value)
     if "allow_non_loopback_listeners" in fields:
         values["allow_non_loopback"] = reader.boolean(fields["allow_non_loopback_listeners"].value,
                                                       "allow_non_loopback_listeners")
+    if "listen_host" in fields:
+        values["listen_host"] = _loopback(reader, fields["listen_host"].value, bool(values.get("allow_non_loopback")))
     if "timing" in fields:
         timing = reader.mapping(fields["timing"].value, allowed={"max_held_per_app", "max_held_total"}, what="timing")
         for key in ("max_held_per_app", "max_held_total"):
@@ -125,21 +125,11 @@ def parse_config(file: str, text: str) -> Config:
     return Config(**values)
 
 
-def _loopback(reader: Reader, node) -> str | None:
-    import ipaddress
+def _loopback(reader: Reader, node, allow_non_loopback: bool) -> str | None:
+    from hush.daemon.policy.loader import listen_address
 
     text = reader.string(node, "listen_host")
-    if text is None:
-        return None
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        reader.error(node, f"listen_host {text!r} must be an IP address (127.0.0.1 or ::1)")
-        return None
-    if not address.is_loopback:
-        reader.error(node, f"listen_host {text} is not a loopback address: hush listens on loopback only")
-        return None
-    return str(address)
+    return None if text is None else listen_address(reader, node, text, "listen_host", allow_non_loopback)
 
 
 def _tor(reader: Reader, node) -> TorConfig:

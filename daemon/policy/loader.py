@@ -259,18 +259,26 @@ def _listener(reader: Reader, node: yaml.Node, default_host: str, allow_non_loop
             host = reader.string(fields["host"].value, "listen host")
         if port is None or mode is None or host is None:
             return None
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        reader.error(node, f"listen host {host!r} must be an IP address (127.0.0.1 or ::1)")
-        return None
-    if not address.is_loopback and not allow_non_loopback:
-        reader.error(node, f"listen host {host} is not a loopback address: hush listens on loopback only "
-                           "(allow_non_loopback_listeners: true in the config allows it)")
+    address = listen_address(reader, node, host, "listen host", allow_non_loopback)
+    if address is None:
         return None
     if port is None:
         return None
-    return Listener("", str(address), port, mode, reader.loc(node))
+    return Listener("", address, port, mode, reader.loc(node))
+
+
+def listen_address(reader: Reader, node: yaml.Node, text: str, what: str, allow_non_loopback: bool = False):
+    """``text`` as a listening IP address, loopback unless explicitly allowed (or None, with an error)."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        reader.error(node, f"{what} {text!r} must be an IP address (127.0.0.1 or ::1)")
+        return None
+    if not address.is_loopback and not allow_non_loopback:
+        reader.error(node, f"{what} {text} is not a loopback address: hush listens on loopback only "
+                           "(allow_non_loopback_listeners: true in the config allows it)")
+        return None
+    return str(address)
 
 
 def _action_spec(reader: Reader, node: yaml.Node, ctx: ParseContext) -> Action | None:

@@ -28,7 +28,8 @@ def test_full_config_resolves_relative_paths():
     ("listen: 1\n",
      "c.yaml:1:1: unknown key 'listen' (expected one of: allow_non_loopback_listeners, audit, listen_host, log_level, policies, state_dir, strip, timing, tor, upstream_ca)"),
     ("listen_host: 0.0.0.0\n",
-     "c.yaml:1:14: listen_host 0.0.0.0 is not a loopback address: hush listens on loopback only"),
+     "c.yaml:1:14: listen_host 0.0.0.0 is not a loopback address: hush listens on loopback only "
+     "(allow_non_loopback_listeners: true in the config allows it)"),
     ("tor: {mode: attach}\n", "c.yaml:1:6: tor mode attach needs 'control' (HOST:PORT or a socket path)"),
     ("tor: {torrc: [SocksPort 9050]}\n", "c.yaml:1:15: torrc line 'SocksPort' is set by hush itself"),
 ])
