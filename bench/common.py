@@ -4,7 +4,6 @@ and starting the contenders (hush, bare mitmdump, Privoxy)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import socket

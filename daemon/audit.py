@@ -36,7 +36,7 @@ COLUMNS = (
     "bytes_up", "bytes_down", "duration_ms", "error", "tor_isolation", "tor_circuit", "tor_exit",
     "held_ms", "superseded_by", "truncated",
 )
-SCHEMA = f"""
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY,
     ts REAL NOT NULL,

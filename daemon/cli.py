@@ -544,7 +544,7 @@ def cmd_tor(args, config: Config) -> int:
         if args.tor_command == "newnym":
             wait = controller.get_newnym_wait()
             controller.signal(Signal.NEWNYM)
-            print(f"NEWNYM sent: new streams get new circuits" +
+            print("NEWNYM sent: new streams get new circuits" +
                   (f" (tor accepts the next one in {wait:.0f}s)" if wait > 0 else ""))
             return ExitStatus.OK
         phase = parse_bootstrap(controller.get_info("status/bootstrap-phase", ""))

@@ -220,7 +220,7 @@ class TorManager:
     # -- in a thread: stem ---------------------------------------------------------------
 
     def _connect(self) -> None:
-        from stem.control import Controller, EventType
+        from stem.control import EventType
 
         if self.config.mode == "launch":
             controller = self._launch()

@@ -62,7 +62,7 @@ def test_flows_go_through_the_exit_and_direct_ones_do_not(hush, torlab, exit_dns
     # inspected (plain HTTP) flow through tor
     res = curl(*proxy, origin.url("/via-tor", host=NAME))
     assert res.returncode == 0, res.stderr
-    assert res.stdout == f"origin 127.0.0.1 /via-tor\n".encode()
+    assert res.stdout == b"origin 127.0.0.1 /via-tor\n"
     assert origin.owners == [torlab.exit_pid]  # the exit relay made the connection
     assert NAME in exit_dns.queries  # the exit resolved the name; hush could not have
 
