@@ -96,6 +96,7 @@ def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
         "held_ms": flow.metadata.get("hush.held_ms"),
         "superseded_by": redact(flow.metadata.get("hush.superseded_by"), redaction),
         "truncated": 1 if flow.metadata.get("hush.truncated") else None,
+        "process": flow.metadata.get("hush.process"),
     }
 
 

@@ -34,7 +34,7 @@ COLUMNS = (
     "ts", "app", "listener", "level", "method", "scheme", "host", "port", "site", "url", "kind",
     "decision", "rule", "policy_version", "note", "status", "ip_exposed", "carried", "sent",
     "bytes_up", "bytes_down", "duration_ms", "error", "tor_isolation", "tor_circuit", "tor_exit",
-    "held_ms", "superseded_by", "truncated",
+    "held_ms", "superseded_by", "truncated", "process",
 )
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS records (
     carried TEXT, sent TEXT,
     bytes_up INTEGER, bytes_down INTEGER, duration_ms REAL, error TEXT,
     tor_isolation TEXT, tor_circuit TEXT, tor_exit TEXT,
-    held_ms REAL, superseded_by TEXT, truncated INTEGER
+    held_ms REAL, superseded_by TEXT, truncated INTEGER, process TEXT
 );
 CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
 CREATE INDEX IF NOT EXISTS records_app_ts ON records (app, ts);

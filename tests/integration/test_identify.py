@@ -31,5 +31,5 @@ def test_two_processes_one_listener(hush, origin, tmp_path):
     assert [r.path for r in origin.requests] == ["/sig"]
     assert "shared: apps told apart by process" in h.log
     h.stop()
-    apps = sorted((r["app"] or "?", r["decision"]) for r in h.audit())
-    assert apps == [("?", "block"), ("sig", "allow"), ("web", "block")]
+    apps = sorted((r["app"] or "?", r["decision"], r["process"]) for r in h.audit())
+    assert apps == [("?", "block", "curl"), ("sig", "allow", "fakesignal"), ("web", "block", "fakechrome")]
