@@ -23,6 +23,10 @@ def _router():
     return ctx.master.addons.get("torroute")
 
 
+def _refusal(why: str, decision):
+    return local_response(503, f"Tor is unavailable ({why}); hush does not send this directly.", decision)
+
+
 @register
 @dataclasses.dataclass(frozen=True)
 class Tor(Action):
@@ -49,13 +53,11 @@ class Tor(Action):
             tunnel.outcome = "tor-unavailable"
             tunnel.error = why
             if tunnel.flow is not None:
-                tunnel.flow.response = local_response(
-                    503, f"Tor is unavailable ({why}); hush does not send this directly.", tunnel.decision)
+                tunnel.flow.response = _refusal(why, tunnel.decision)
 
     def on_request(self, flow, decision) -> None:
         router = _router()
         why = router.route_request(flow, self.isolation) if router else "tor routing is not loaded"
         if why:
             flow.metadata["hush.outcome"] = "tor-unavailable"
-            flow.response = local_response(503, f"Tor is unavailable ({why}); hush does not send this directly.",
-                                           decision)
+            flow.response = _refusal(why, decision)
