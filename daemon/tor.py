@@ -249,7 +249,9 @@ class TorManager:
         os.chmod(data, 0o700)
         port_file = data / "control-port"
         port_file.unlink(missing_ok=True)
-        config = torrc_dict(self.config.torrc)
+        # A stream tor cannot attach (e.g. the exit died while the client still has its
+        # circuits) waits SocksTimeout, 120 s by default: previews should fail sooner.
+        config = {"SocksTimeout": "20", **torrc_dict(self.config.torrc)}
         config.update({
             "DataDirectory": str(data),
             "ControlPort": "auto",
