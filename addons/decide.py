@@ -44,6 +44,7 @@ def connect_decision(policyset: PolicySet | None, app: str | None, host: str, po
 class Decide:
     def __init__(self):
         self._tunnels: dict[str, Tunnel] = {}
+        self._socks_seen: set[str] = set()  # SOCKS5 connections next_layer has looked at
 
     def configure(self, updated):
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
@@ -98,10 +99,11 @@ class Decide:
         decided later, with the TLS SNI or the HTTP request in hand."""
         context = nextlayer.context
         client = context.client
-        if client.id in self._tunnels or client.proxy_mode.type_name != "socks5":
-            return
+        if client.proxy_mode.type_name != "socks5" or client.id in self._socks_seen:
+            return  # next_layer runs again for every layer of a connection: decide once
         if context.server.address is None:
             return
+        self._socks_seen.add(client.id)
         tunnel, policyset = self._flowless(client, context.server, None)
         decision = connect_decision(policyset, tunnel.app, tunnel.host, tunnel.port)
         if decision is not None and decision.action.egress == "tor":
@@ -137,6 +139,7 @@ class Decide:
             ctx.master.addons.trigger(HushTunnelEndHook(tunnel))
 
     def client_disconnected(self, client: connection.Client) -> None:
+        self._socks_seen.discard(client.id)
         tunnel = self._tunnels.pop(client.id, None)
         if tunnel is not None:
             self._end(tunnel)

@@ -45,23 +45,23 @@ class Identify:
         self._owners: dict[str, procnet.Owner | None] = {}  # client id → its process, on shared listeners
 
     async def client_connected(self, client: connection.Client) -> None:
-        """Refuse other local users' connections (the uid in /proc/net/tcp); on a
-        shared listener, also find the client's process.  Once per connection,
+        """On a shared listener, find the client's process; refuse other local
+        users' connections (their uid, from the kernel).  Once per connection,
         off the event loop."""
-        if not ctx.options.hush_same_user_only or not client.peername:
-            return
-        if not ipaddress.ip_address(client.peername[0].split("%")[0]).is_loopback:
-            return  # another machine (only on listeners the config explicitly opened): no uid to check
+        if not client.peername or not ipaddress.ip_address(client.peername[0].split("%")[0]).is_loopback:
+            return  # another machine (only on listeners the config explicitly opened): no process to ask
         policyset = self.holder.current
         shared = policyset is not None and policyset.is_shared(client.proxy_mode.full_spec)
+        check_uid = ctx.options.hush_same_user_only
+        uid = None
         if shared:
             owner = await asyncio.to_thread(procnet.owner, client.peername, client.sockname)
             self._owners[client.id] = owner
             uid = owner.uid if owner else None
-        else:
+        elif check_uid:
             entry = await asyncio.to_thread(procnet.uid_inode, client.peername, client.sockname)
             uid = entry[0] if entry else None
-        if uid != os.getuid():
+        if check_uid and uid != os.getuid():
             who = f"uid {uid}" if uid is not None else "an unknown process"
             log.warning("refused a connection to %s from %s: hush serves only uid %d",
                         client.proxy_mode.full_spec, who, os.getuid())

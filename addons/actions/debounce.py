@@ -25,7 +25,6 @@ from hush.daemon.yamlschema import Field, Reader
 class Debounce(Holding):
     name = "debounce"
     params = frozenset({"quiet", "then", "status"})
-    egress = "direct"
 
     quiet: float = 1.5
     status: int = 204

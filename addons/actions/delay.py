@@ -44,6 +44,12 @@ class Holding(Action):
 
     needs_http = True
 
+    @property
+    def egress(self) -> str:
+        """What leaves once the flow is released: ``then``'s egress (so a
+        ``debounce`` with ``then: tor`` needs hush's tor)."""
+        return self.then.egress
+
 
 @register
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +57,6 @@ class Delay(Holding):
     name = "delay"
     params = frozenset({"delay", "then"})
     required = frozenset({"delay"})
-    egress = "direct"  # of the default `then`; act uses then.egress
 
     min: float = 1.0
     max: float = 1.0

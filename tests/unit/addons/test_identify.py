@@ -54,3 +54,31 @@ def test_policies_option_loads_and_rejects(tmp_path):
             tctx.configure(identify, hush_policies=str(tmp_path / "bad.yaml"))
         assert "bad.yaml:3:10: unknown action 'nope'" in str(e.value)
         assert list(identify.holder.current.policies) == ["x"]  # the last good set stays
+
+
+def test_shared_listener_identifies_by_process_even_without_the_uid_check(monkeypatch):
+    import asyncio
+
+    from mitmproxy.proxy.mode_specs import ProxyMode
+    from mitmproxy.test import tflow
+
+    from hush.daemon import procnet
+    from hush.daemon.policy import build
+
+    ps = build([
+        ("a.yaml", "app: a\nlisten: 8101\nidentify: {process: [appa]}\ndefault: allow\n"),
+        ("b.yaml", "app: b\nlisten: 8101\nidentify: {process: [appb]}\ndefault: block\n"),
+    ])
+    monkeypatch.setattr(procnet, "owner", lambda peer, local=None: procnet.Owner(4242, 1234, "appb", None))
+    identify = Identify(PolicyHolder(ps))
+    with taddons.context(identify) as tctx:
+        tctx.configure(identify, hush_same_user_only=False)
+        client = tflow.tclient_conn()
+        client.proxy_mode = ProxyMode.parse("regular@127.0.0.1:8101")
+        client.peername = ("127.0.0.1", 50000)
+        asyncio.run(identify.client_connected(client))
+        assert client.error is None  # uid 1234 is not ours, but the check is off
+        assert identify.app_for(client, ps)[0] == "b"
+        tctx.configure(identify, hush_same_user_only=True)
+        asyncio.run(identify.client_connected(client))
+        assert client.error == "hush: connection from uid 1234 refused"
