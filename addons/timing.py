@@ -8,7 +8,13 @@ never a sleep: other flows keep moving.  Each held flow ends one way:
   typed prefix with) its URL: only the URL standing when typing stops leaves;
 - ``"overflow"`` — too many flows held already (per app, or in total): it is
   refused at once, never sent early;
-- ``"shutdown"`` — hush is stopping: answered locally, never released.
+- ``"shutdown"`` — hush is stopping: answered locally, never released;
+- ``"abandoned"`` — the app closed its connection while the flow was held
+  (it gave up on the request): dropped, never sent, and its place freed at
+  once rather than when its timer runs out.  A sweep notices this within
+  ``SWEEP_SECONDS`` (mitmproxy does not call any hook while a request hook
+  is pending, so the client connection's state is checked).  HTTP/1 only:
+  an HTTP/2 stream reset by the app stays held until its timer.
 
 The act addon awaits :meth:`Timing.delay` / :meth:`Timing.debounce`; on
 ``done`` every flow still held is answered and audited here, before the audit
@@ -24,8 +30,11 @@ import time
 import urllib.parse
 
 from mitmproxy import ctx, http
+from mitmproxy.connection import ConnectionState
 
 log = logging.getLogger("hush.timing")
+
+SWEEP_SECONDS = 1.0
 
 
 def url_key(url: str) -> str:
@@ -57,6 +66,7 @@ class Timing:
     def __init__(self):
         self._held: dict[str, list[Held]] = {}
         self.total = 0
+        self._sweeper: asyncio.Task | None = None
 
     def load(self, loader):
         loader.add_option("hush_max_held_per_app", int, 500,
@@ -86,12 +96,22 @@ class Timing:
         held.timer = loop.call_later(seconds, self._release, held, None)
         self._held.setdefault(app, []).append(held)
         self.total += 1
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.ensure_future(self._sweep())
         try:
             return await held.future
         finally:
             self._held[app].remove(held)
             self.total -= 1
             flow.metadata["hush.held_ms"] = round((time.monotonic() - held.since) * 1000, 1)
+
+    async def _sweep(self) -> None:
+        """While anything is held: release the flows whose app has closed its connection."""
+        while self.total:
+            await asyncio.sleep(SWEEP_SECONDS)
+            for group in list(self._held.values()):
+                for held in [h for h in group if not h.flow.client_conn.state & ConnectionState.CAN_READ]:
+                    self._release(held, "abandoned")
 
     async def delay(self, flow: http.HTTPFlow, app: str, seconds: float) -> str | None:
         return await self._hold(flow, app, "delay", url_key(flow.request.pretty_url), seconds)
@@ -118,6 +138,8 @@ class Timing:
             self._release(held, "shutdown")
             if audit is not None:
                 audit.record(flow)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
 
 addons = [Timing()]

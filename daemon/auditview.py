@@ -78,6 +78,7 @@ _TIMING = {
     "delayed": "decision IN ('delay', 'debounce')",  # held, then sent
     "superseded": "decision = 'superseded'",
     "overflow": "decision = 'overflow'",
+    "abandoned": "decision = 'abandoned'",
     "truncated": "truncated = 1",
 }
 

@@ -1,6 +1,7 @@
 """delay, debounce, bounds and download caps through a real daemon."""
 
 import concurrent.futures
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -111,3 +112,35 @@ def test_max_bytes_cuts_the_response(hush, origin):
     h.stop()
     [row] = h.audit()
     assert row["truncated"] == 1 and row["bytes_down"] == 10 * 1024
+
+
+def send_held(port, url):
+    """Open a connection whose request the daemon holds; the caller closes it."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"GET {url} HTTP/1.1\r\nHost: {url.split('/')[2]}\r\n\r\n".encode())
+    return s
+
+
+def test_a_held_flow_the_app_gave_up_on_frees_its_place_and_is_never_sent(hush, origin):
+    port = free_port()
+    h = hush({"wa": POLICY.format(port=port)}, config="timing:\n  max_held_per_app: 2\n")
+    gone = [send_held(port, origin.url(f"/hold/gone{i}")) for i in range(2)]
+    time.sleep(0.5)
+    assert get(port, origin.url("/hold/full"))[0] == 503  # both places taken
+    for s in gone:
+        s.close()  # the app cancels its preview fetches
+    time.sleep(2.5)  # > one sweep
+    kept = [send_held(port, origin.url(f"/hold/kept{i}")) for i in range(2)]  # admitted again
+    time.sleep(0.5)
+    status, body, _ = get(port, origin.url("/hold/full2"))
+    assert status == 503 and b"overflow" in body
+    h.stop()
+    for s in kept:
+        s.close()
+    assert origin.accepts == []
+    rows = h.audit()
+    abandoned = [r for r in rows if r["decision"] == "abandoned"]
+    assert len(abandoned) == 2
+    assert all(r["held_ms"] < 5000 and r["ip_exposed"] == 0 for r in abandoned)  # freed, not held 30 s
+    assert sorted(r["decision"] for r in rows) == ["abandoned", "abandoned", "overflow", "overflow",
+                                                   "shutdown", "shutdown"]

@@ -63,3 +63,27 @@ def test_bounds_and_shutdown():
 
     with taddons.context(timing) as tctx:
         assert asyncio.run(go(tctx)) == ["shutdown"] * 3
+
+
+def test_a_flow_whose_client_left_is_released_as_abandoned(monkeypatch):
+    from mitmproxy.connection import ConnectionState
+
+    from hush.addons import timing as timing_module
+
+    monkeypatch.setattr(timing_module, "SWEEP_SECONDS", 0.02)
+    timing = Timing()
+
+    async def go():
+        gone, stays = http_flow("http://a/gone"), http_flow("http://a/stays")
+        t_gone = asyncio.ensure_future(timing.delay(gone, "a", 30))
+        t_stays = asyncio.ensure_future(timing.delay(stays, "a", 0.3))
+        await asyncio.sleep(0.05)
+        assert timing.held("a") == 2
+        gone.client_conn.state = ConnectionState.CAN_WRITE  # EOF from the app: it can no longer read from us
+        outcome = await asyncio.wait_for(t_gone, 1)
+        assert timing.held("a") == 1
+        return outcome, await t_stays
+
+    with taddons.context(timing):
+        assert asyncio.run(go()) == ("abandoned", None)
+    assert timing.total == 0 and timing._sweeper.done()
