@@ -250,6 +250,9 @@ def cmd_status(args, config: Config) -> int:
               f"; restarts {tor['restarts']}")
     decisions = ", ".join(f"{k} {v}" for k, v in sorted(st["decisions"].items())) or "none yet"
     print(f"decisions since start: {decisions}")
+    loop = st["loop"]
+    print(f"held now: {st['held']}; event loop: longest stall {loop['max_stall_ms']:.0f} ms, "
+          f"{loop['gc_full']} full garbage collections (longest {loop['gc_full_max_ms']:.0f} ms)")
     degraded = f"; DEGRADED: {audit['last_error']}" if audit["degraded"] else ""
     print(f"audit: {audit['written']} written, {audit['pending']} queued{degraded}")
     return ExitStatus.OK

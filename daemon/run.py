@@ -35,6 +35,7 @@ from hush.daemon import paths
 from hush.daemon.config import Config
 from hush.daemon.control import ControlServer
 from hush.daemon.control import socket_path as control_socket
+from hush.daemon.loopwatch import LoopWatch
 from hush.daemon.notify import notify
 from hush.daemon.policy import PolicySet, load
 from hush.daemon.policy.holder import PolicyHolder
@@ -142,6 +143,7 @@ class Daemon:
         self.reloads: list[Reload] = []
         self.control = ControlServer(control_socket(state_dir), {"status": self.status})
         self._reloading = asyncio.Lock()
+        self.loopwatch = LoopWatch()
 
     # -- mitmproxy hooks (this object is also an addon) ------------------------------
 
@@ -179,6 +181,7 @@ class Daemon:
         if uses_tor(self.holder.current):
             await self.tor.start()  # returns at once: non-Tor flows are served while tor bootstraps
         await self.control.start()
+        self.loopwatch.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
@@ -188,6 +191,7 @@ class Daemon:
             await self.master.run()
         finally:
             watcher.cancel()
+            self.loopwatch.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.control.stop()
@@ -259,6 +263,7 @@ class Daemon:
         proxyserver = self.master.addons.get("proxyserver")
         bound = {i.mode.full_spec for i in proxyserver.servers if i.is_running} if proxyserver else set()
         audit = self.master.addons.get("audit")
+        timing = self.master.addons.get("timing")
         writer = audit.writer if audit else None
         last = self.reloads[-1] if self.reloads else None
         return {
@@ -274,6 +279,8 @@ class Daemon:
                           for l in current.listeners],
             "tor": self.tor.status(),
             "decisions": dict(audit.counts) if audit else {},
+            "held": timing.held() if timing else 0,
+            "loop": self.loopwatch.status(),
             "audit": {
                 "pending": writer.pending if writer else None,
                 "written": writer.written if writer else None,

@@ -28,11 +28,13 @@ def test_status_of_a_running_daemon(hush, origin, capsys):
     assert st["decisions"] == {"allow": 1, "block": 1}
     assert st["tor"]["state"] == "off" and st["policies"]["apps"] == ["a"]
     assert st["audit"]["degraded"] is False
+    assert st["held"] == 0 and st["loop"]["max_stall_ms"] < 1000 and st["loop"]["last_warning"] is None
 
     assert main(["status", "--state-dir", str(h.state), "--table"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"hush is running (pid {h.proc.pid}")
     assert "decisions since start: allow 1, block 1" in out
+    assert "held now: 0; event loop: longest stall" in out
     h.stop()
     assert not sock.exists()
     assert main(["status", "--state-dir", str(h.state)]) == ExitStatus.DAEMON_UNREACHABLE
