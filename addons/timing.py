@@ -71,7 +71,7 @@ class Timing:
     def load(self, loader):
         loader.add_option("hush_max_held_per_app", int, 500,
                           "At most this many flows held (delay/debounce) per app; more are refused (overflow).")
-        loader.add_option("hush_max_held_total", int, 3000,
+        loader.add_option("hush_max_held_total", int, 1000,
                           "At most this many flows held in all; more are refused (overflow).")
 
     def held(self, app: str | None = None) -> int:

@@ -1,24 +1,38 @@
 """Memory and latency of hush while it holds many delayed flows.
 
-In one run, against one daemon:
+In one run, for each contender:
 
 1. baseline: latency of allowed flows (p50/p99 over --samples requests, each
-   on a new connection) and the daemon's RSS, with nothing held;
-2. hold 1,000 flows (``delay: 600s``), measure again;
-3. hold 10,000 flows, measure again.
+   on a new connection; the median of --rounds rounds) and the process's RSS, with nothing held;
+2. hold 1,000 requests, measure again; 3. hold 10,000, measure again.
 
-Prints RSS and the latency ratios ÷ baseline.  Targets (issue 4): RSS
-≤ 200 MB with 10,000 held; p99 ratio ≤ 1.5 with 1,000 held.
+Contenders:
 
-Run:  .venv/bin/python bench/held_flows.py [--samples 400]
-Loopback only: an origin (python -m http.server) and hush on 127.0.0.1.
+- hush: a policy holding ``/hold*`` with ``delay: 600s``;
+- mitmproxy: mitmdump of the same version (``connection_strategy=lazy``)
+  holding the same requests with its own ``flow.intercept()`` — the floor
+  that any addon holding a request inside mitmproxy starts from.
+
+Held requests are plain HTTP, or with ``--tls`` HTTPS that the proxy
+intercepts (CONNECT, TLS with the proxy's certificate, then the GET) — what a
+held link preview is in practice.  Prints RSS, KB per held flow (RSS above
+the idle process ÷ flows held) and the latency ratios ÷ baseline; for hush
+also the event loop's longest stall and full garbage collections from
+``hush status --json``.  Targets (issue 4): RSS ≤ 200 MB with 10,000 held;
+p99 ratio ≤ 1.5 with 1,000 held.
+
+Run:  .venv/bin/python bench/held_flows.py [--samples 300] [--rounds 3] [--tls] [--only hush]
+Loopback only: an asyncio origin and the proxies on 127.0.0.1; held requests
+are never sent anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import resource
+import ssl
 import statistics
 import subprocess
 import sys
@@ -27,76 +41,140 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, latencies, pct, rss_mb  # noqa: E402
+from common import Proc, free_port, latencies, pct, rss_mb, start_origin, wait_port  # noqa: E402
+
+INTERCEPT = """
+def request(flow):
+    if flow.request.path.startswith("/hold"):
+        flow.intercept()
+"""
+STEPS = (1000, 10000)
 
 
-async def hold(proxy: int, url: str, n: int, keep: list) -> None:
-    """Open n connections whose requests hush holds (kept open in ``keep``)."""
-    async def open_one(i):
+async def open_held(proxy: int, n: int, start: int, keep: list, tls: bool) -> None:
+    """Open n connections whose requests the proxy holds (kept open in ``keep``)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the proxy's own certificate
+
+    async def one(i):
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy)
-        writer.write(f"GET {url}/{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        if tls:
+            writer.write(b"CONNECT held.example:443 HTTP/1.1\r\nHost: held.example:443\r\n\r\n")
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")
+            await writer.start_tls(context, server_hostname="held.example")
+            writer.write(f"GET /hold/{i} HTTP/1.1\r\nHost: held.example\r\n\r\n".encode())
+        else:
+            writer.write(f"GET http://held.example/hold/{i} HTTP/1.1\r\nHost: held.example\r\n\r\n".encode())
         await writer.drain()
         keep.append(writer)
 
-    for start in range(0, n, 500):
-        await asyncio.gather(*(open_one(i) for i in range(start, min(n, start + 500))))
+    for first in range(start, start + n, 250):
+        await asyncio.gather(*(one(i) for i in range(first, min(start + n, first + 250))))
+
+
+def hush_status(state: Path) -> dict:
+    out = subprocess.run([sys.executable, "-m", "hush.daemon.cli", "status", "--json", "--state-dir", str(state)],
+                         capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def start_hush(tmp: Path, origin_port: int) -> tuple[Proc, int, Path]:
+    port = free_port()
+    (tmp / "policies").mkdir()
+    (tmp / "policies" / "b.yaml").write_text(
+        f"app: b\nlisten: {port}\ndefault: allow\nrules:\n  - {{match: {{path: '/hold*'}}, action: delay, delay: 600s}}\n")
+    (tmp / "config.yaml").write_text("log_level: warning\ntiming:\n  max_held_per_app: 20000\n"
+                                     "  max_held_total: 20000\n")
+    state = tmp / "state"
+    proc = Proc([sys.executable, "-m", "hush.daemon.cli", "run", "--policies", str(tmp / "policies"),
+                 "--state-dir", str(state), "--config", str(tmp / "config.yaml")], None, tmp / "hush.log")
+    wait_port(port)
+    return proc, port, state
+
+
+def start_mitmdump(tmp: Path) -> tuple[Proc, int]:
+    port = free_port()
+    (tmp / "intercept.py").write_text(INTERCEPT)
+    mitmdump = str(Path(sys.executable).parent / "mitmdump")
+    return Proc([mitmdump, "-q", "--listen-host", "127.0.0.1", "-p", str(port), "-s", str(tmp / "intercept.py"),
+                 "--set", "connection_strategy=lazy", "--set", f"confdir={tmp / 'mitm-conf'}"],
+                port, tmp / "mitmdump.log"), port
+
+
+async def sample(port: int, allowed: str, args) -> tuple[float, float]:
+    """p50 and p99 (s): the median over --rounds rounds of --samples requests, so that one
+    burst of noise on a shared machine does not decide a row."""
+    rounds = [await latencies(port, allowed, True, args.samples, fresh=True) for _ in range(args.rounds)]
+    return statistics.median(pct(r, 50) for r in rounds), statistics.median(pct(r, 99) for r in rounds)
+
+
+async def measure(name: str, proc: Proc, port: int, allowed: str, args, state: Path | None) -> list[tuple]:
+    await latencies(port, allowed, True, 50, fresh=True)  # warm up
+    rows, keep = [], []
+    idle = rss_mb(proc.pid)
+    rows.append((name, 0, idle, await sample(port, allowed, args), None))
+    try:
+        for target in STEPS:
+            await open_held(port, target - len(keep), len(keep), keep, args.tls)
+            await asyncio.sleep(1.0)
+            lat = await sample(port, allowed, args)
+            loop = hush_status(state).get("loop") if state else None
+            rows.append((name, target, rss_mb(proc.pid), lat, loop))
+    finally:
+        for w in keep:
+            w.close()
+    return rows
 
 
 async def main_async(args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hush-bench-held-"))
-    (tmp / "www").mkdir()
-    (tmp / "www" / "x").write_bytes(b"x" * 1024)
-    origin_port, proxy = free_port(), free_port()
-    origin = subprocess.Popen([sys.executable, "-m", "http.server", str(origin_port), "--bind", "127.0.0.1",
-                               "--directory", str(tmp / "www")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    (tmp / "policies").mkdir()
-    (tmp / "policies" / "b.yaml").write_text(
-        f"app: b\nlisten: {proxy}\ndefault: allow\nrules:\n  - {{match: {{path: '/hold*'}}, action: delay, delay: 600s}}\n")
-    (tmp / "config.yaml").write_text("timing:\n  max_held_per_app: 20000\n  max_held_total: 20000\n"
-                                     "audit:\n  redaction: site\n")
-    log = open(tmp / "hush.log", "wb")
-    hush = subprocess.Popen([sys.executable, "-m", "hush.daemon.cli", "run", "--policies", str(tmp / "policies"),
-                             "--state-dir", str(tmp / "state"), "--config", str(tmp / "config.yaml")],
-                            stdout=log, stderr=subprocess.STDOUT)
+    origin, origin_port = start_origin()
+    allowed = f"http://127.0.0.1:{origin_port}/x"
+    rows = []
     try:
-        for _ in range(200):
-            if b"hush is running" in (tmp / "hush.log").read_bytes():
-                break
-            time.sleep(0.05)
-        allowed = f"http://127.0.0.1:{origin_port}/x"
-        held_url = f"http://127.0.0.1:{origin_port}/hold"
-        await latencies(proxy, allowed, True, 50, fresh=True)  # warm up
-        rows = []
-        keep: list = []
-        base = await latencies(proxy, allowed, True, args.samples, fresh=True)
-        rows.append((0, rss_mb(hush.pid), base))
-        for target in (1000, 10000):
-            await hold(proxy, held_url, target - len(keep), keep)
-            await asyncio.sleep(1.0)
-            lat = await latencies(proxy, allowed, True, args.samples, fresh=True)
-            rows.append((target, rss_mb(hush.pid), lat))
-        b50, b99 = pct(base, 50), pct(base, 99)
-        print(f"{'held':>6} {'RSS MB':>8} {'p50 ms':>8} {'p99 ms':>8} {'p50 ÷ base':>11} {'p99 ÷ base':>11}")
-        for held, rss, lat in rows:
-            p50, p99 = pct(lat, 50), pct(lat, 99)
-            print(f"{held:>6} {rss:>8.1f} {p50 * 1000:>8.2f} {p99 * 1000:>8.2f} {p50 / b50:>11.2f} {p99 / b99:>11.2f}")
-        print(f"(samples per row: {args.samples}; mean base {statistics.mean(base) * 1000:.2f} ms)")
-        for w in keep:
-            w.close()
+        if args.only in (None, "hush"):
+            (tmp / "hush").mkdir()
+            hush, port, state = start_hush(tmp / "hush", origin_port)
+            try:
+                rows += await measure("hush", hush, port, allowed, args, state)
+            finally:
+                hush.stop()
+        if args.only in (None, "mitmproxy"):
+            mitm, port = start_mitmdump(tmp)
+            try:
+                rows += await measure("mitmproxy", mitm, port, allowed, args, None)
+            finally:
+                mitm.stop()
     finally:
-        hush.terminate()
-        hush.wait(30)
-        origin.terminate()
-        log.close()
+        origin.stop()
+    print(f"held requests: {'HTTPS, intercepted' if args.tls else 'plain HTTP'}; median of {args.rounds} rounds of {args.samples} requests per row")
+    print(f"{'proxy':<10} {'held':>6} {'RSS MB':>8} {'KB/held':>8} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'p50÷base':>9} {'p99÷base':>9}  event loop (hush status)")
+    base: dict[str, tuple] = {}
+    for name, held, rss, (p50, p99), loop in rows:
+        if held == 0:
+            base[name] = (rss, p50, p99)
+        idle, b50, b99 = base[name]
+        per = f"{(rss - idle) * 1024 / held:.1f}" if held else "-"
+        extra = (f"longest stall {loop['max_stall_ms']:.0f} ms, {loop['gc_full']} full GCs, "
+                 f"longest {loop['gc_full_max_ms']:.0f} ms") if loop else ""
+        print(f"{name:<10} {held:>6} {rss:>8.1f} {per:>8} {p50 * 1000:>7.2f} {p99 * 1000:>7.2f} "
+              f"{p50 / b50:>9.2f} {p99 / b99:>9.2f}  {extra}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tls", action="store_true", help="held requests are intercepted HTTPS")
+    parser.add_argument("--only", choices=("hush", "mitmproxy"))
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))  # 10k held sockets, both ends
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10k held sockets, both ends
+    start = time.monotonic()
     asyncio.run(main_async(args))
+    print(f"({time.monotonic() - start:.0f} s)")
 
 
 if __name__ == "__main__":

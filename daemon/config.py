@@ -15,7 +15,7 @@
     log_level: info                   # debug | info | warning | error
     timing:                           # flows held by delay/debounce
       max_held_per_app: 500           # beyond these, new held flows are refused (overflow)
-      max_held_total: 3000            # ~30 KB each in mitmproxy: 3000 ≈ 90 MB
+      max_held_total: 1000            # ~30 KB each, ~105 KB if HTTPS is intercepted
     tor:                              # used when a policy has `action: tor`
       mode: launch                    # launch (hush runs its own tor) | attach
       control: 127.0.0.1:9051         # attach: control port, or a unix socket path
@@ -54,7 +54,7 @@ class Config:
     listen_host: str = "127.0.0.1"
     allow_non_loopback: bool = False
     max_held_per_app: int = 500
-    max_held_total: int = 3000
+    max_held_total: int = 1000
 
     @property
     def parse_context(self) -> ParseContext:
