@@ -97,11 +97,12 @@ def start_hush(tmp: Path, policies: Path, port_hint: int | None = None, config: 
     return proc
 
 
-def start_mitmdump(tmp: Path) -> tuple[Proc, int]:
+def start_mitmdump(tmp: Path, *extra: str) -> tuple[Proc, int]:
+    """mitmdump of the installed version, lazy like hush; ``extra``: more arguments (``-s script``)."""
     port = free_port()
     mitmdump = str(Path(sys.executable).parent / "mitmdump")
     cmd = [mitmdump, "-q", "--listen-host", "127.0.0.1", "-p", str(port), "--set", "connection_strategy=lazy",
-           "--set", f"confdir={tmp / 'mitm-conf'}"]
+           "--set", f"confdir={tmp / 'mitm-conf'}", *extra]
     return Proc(cmd, port, tmp / "mitmdump.log"), port
 
 

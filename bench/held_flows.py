@@ -41,7 +41,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import Proc, free_port, latencies, pct, rss_mb, start_origin, wait_port  # noqa: E402
+from common import (Proc, free_port, latencies, pct, rss_mb, start_hush, start_mitmdump,  # noqa: E402
+                    start_origin)
 
 INTERCEPT = """
 def request(flow):
@@ -79,27 +80,21 @@ def hush_status(state: Path) -> dict:
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
-def start_hush(tmp: Path, origin_port: int) -> tuple[Proc, int, Path]:
+def start_held_hush(tmp: Path) -> tuple[Proc, int, Path]:
+    """hush with one app whose policy holds ``/hold*`` for 600 s, bounds raised above 10,000."""
     port = free_port()
     (tmp / "policies").mkdir()
     (tmp / "policies" / "b.yaml").write_text(
         f"app: b\nlisten: {port}\ndefault: allow\nrules:\n  - {{match: {{path: '/hold*'}}, action: delay, delay: 600s}}\n")
-    (tmp / "config.yaml").write_text("log_level: warning\ntiming:\n  max_held_per_app: 20000\n"
-                                     "  max_held_total: 20000\n")
-    state = tmp / "state"
-    proc = Proc([sys.executable, "-m", "hush.daemon.cli", "run", "--policies", str(tmp / "policies"),
-                 "--state-dir", str(state), "--config", str(tmp / "config.yaml")], None, tmp / "hush.log")
-    wait_port(port)
-    return proc, port, state
+    proc = start_hush(tmp, tmp / "policies", port, config="log_level: warning\ntiming:\n  max_held_per_app: 20000\n"
+                                                         "  max_held_total: 20000\n")
+    return proc, port, tmp / "state"
 
 
-def start_mitmdump(tmp: Path) -> tuple[Proc, int]:
-    port = free_port()
+def start_intercepting_mitmdump(tmp: Path) -> tuple[Proc, int]:
+    """The floor: mitmdump holding the same requests with its own ``flow.intercept()``."""
     (tmp / "intercept.py").write_text(INTERCEPT)
-    mitmdump = str(Path(sys.executable).parent / "mitmdump")
-    return Proc([mitmdump, "-q", "--listen-host", "127.0.0.1", "-p", str(port), "-s", str(tmp / "intercept.py"),
-                 "--set", "connection_strategy=lazy", "--set", f"confdir={tmp / 'mitm-conf'}"],
-                port, tmp / "mitmdump.log"), port
+    return start_mitmdump(tmp, "-s", str(tmp / "intercept.py"))
 
 
 async def sample(port: int, allowed: str, args) -> tuple[float, float]:
@@ -135,13 +130,13 @@ async def main_async(args) -> None:
     try:
         if args.only in (None, "hush"):
             (tmp / "hush").mkdir()
-            hush, port, state = start_hush(tmp / "hush", origin_port)
+            hush, port, state = start_held_hush(tmp / "hush")
             try:
                 rows += await measure("hush", hush, port, allowed, args, state)
             finally:
                 hush.stop()
         if args.only in (None, "mitmproxy"):
-            mitm, port = start_mitmdump(tmp)
+            mitm, port = start_intercepting_mitmdump(tmp)
             try:
                 rows += await measure("mitmproxy", mitm, port, allowed, args, None)
             finally:
