@@ -83,8 +83,9 @@ def sock_diag(local: tuple, remote: tuple) -> tuple[int, int] | None:
 def socket_entry(host: str, port: int, proc: str = "/proc") -> tuple[int, int] | None:
     """(uid, inode) of the TCP socket whose local address is host:port.
 
-    One ``str.find`` over the table, not a parse of every line: cheap even
-    with tens of thousands of sockets open."""
+    ``str.find`` over the table, not a parse of every line: cheap even
+    with tens of thousands of sockets open.  Entries without an inode (TIME_WAIT
+    leftovers of an earlier connection from the same port) are skipped."""
     table, wanted = _hex(host, port)
     tables = [table] if table == "tcp6" else ["tcp", "tcp6"]
     v4_in_v6 = "0000000000000000FFFF0000" + wanted[:8] + wanted[8:]
@@ -94,12 +95,14 @@ def socket_entry(host: str, port: int, proc: str = "/proc") -> tuple[int, int] |
                 text = f.read()
         except OSError:
             continue
-        for needle in ([wanted] if name == "tcp" or table == "tcp6" else [v4_in_v6]):
-            at = text.find(f": {needle} ")
-            if at >= 0:
-                line = text[text.rfind("\n", 0, at) + 1: text.find("\n", at)]
-                parts = line.split()
+        needle = f": {wanted if name == 'tcp' or table == 'tcp6' else v4_in_v6} "
+        at = text.find(needle)
+        while at >= 0:
+            line = text[text.rfind("\n", 0, at) + 1: text.find("\n", at)]
+            parts = line.split()
+            if parts[9] != "0":  # inode 0: a TIME_WAIT leftover of an earlier connection on this port
                 return int(parts[7]), int(parts[9])
+            at = text.find(needle, at + 1)
     return None
 
 

@@ -52,3 +52,14 @@ def test_sock_diag_agrees_with_proc():
         finally:
             for s in (client, accepted, server):
                 s.close()
+
+
+def test_a_time_wait_leftover_on_the_same_port_is_skipped(tmp_path):
+    (tmp_path / "net").mkdir()
+    head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    time_wait = "   0: 0100007F:9C40 0100007F:1F90 06 00000000:00000000 03:00000F1D 00000000     0        0 0 3\n"
+    live = "   1: 0100007F:9C40 0100007F:1F91 01 00000000:00000000 00:00000000 00000000  1000        0 424242 1\n"
+    (tmp_path / "net" / "tcp").write_text(head + time_wait + live)
+    assert socket_entry("127.0.0.1", 0x9C40, proc=str(tmp_path)) == (1000, 424242)
+    (tmp_path / "net" / "tcp").write_text(head + time_wait)
+    assert socket_entry("127.0.0.1", 0x9C40, proc=str(tmp_path)) is None
