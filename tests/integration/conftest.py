@@ -104,7 +104,7 @@ class Origin:
             def get_request(self):
                 sock, addr = super().get_request()
                 origin.accepts.append(addr)  # counted before any byte is read
-                origin.owners.append(owner_pid(addr))
+                origin.owners.append(owner_pid(addr, sock.getsockname()))
                 if tls is not None:
                     sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
                 return sock, addr

@@ -19,28 +19,36 @@ def _hex_address(host: str, port: int) -> str:
     return f"{struct.unpack('<I', packed)[0]:08X}:{port:04X}"
 
 
-def socket_inode(host: str, port: int) -> int | None:
+def socket_inodes(host: str, port: int, remote: tuple | None = None) -> list[int]:
+    """Inodes of the live sockets bound to (host, port), optionally connected to ``remote``.
+
+    The same local port can also be listed for a TIME_WAIT leftover of an
+    earlier connection (inode 0, owned by nobody), and Linux lists it wherever
+    its hash puts it, so every line is checked and inode-less ones are skipped.
+    """
     wanted = _hex_address(host, port)
+    peer = _hex_address(*remote) if remote else None
+    found = []
     with open("/proc/net/tcp") as f:
         next(f)
         for line in f:
             parts = line.split()
-            if parts[1] == wanted:
-                return int(parts[9])
-    return None
+            if parts[1] == wanted and (peer is None or parts[2] == peer) and int(parts[9]):
+                found.append(int(parts[9]))
+    return found
 
 
-def owner_pid(peer: tuple) -> int | None:
-    inode = socket_inode(peer[0], peer[1])
-    if not inode:
+def owner_pid(peer: tuple, local: tuple | None = None) -> int | None:
+    """The pid holding the socket at ``peer`` (connected to ``local``, if given)."""
+    targets = {f"socket:[{inode}]" for inode in socket_inodes(peer[0], peer[1], local)}
+    if not targets:
         return None
-    target = f"socket:[{inode}]"
     for pid in filter(str.isdigit, os.listdir("/proc")):
         fd_dir = f"/proc/{pid}/fd"
         try:
             for fd in os.listdir(fd_dir):
                 try:
-                    if os.readlink(f"{fd_dir}/{fd}") == target:
+                    if os.readlink(f"{fd_dir}/{fd}") in targets:
                         return int(pid)
                 except OSError:
                     continue
