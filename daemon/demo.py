@@ -151,7 +151,7 @@ def replay(ports: dict[str, int], site: Site, say=print) -> None:
     _get(http["element"], site.url("/_matrix/client/v3/sync"), {"User-Agent": "Element/1.11",
                                                                "Authorization": "Bearer syt_x"})
 
-    say("telegram  sends the link to Telegram's servers (the whole app goes over SOCKS5)")
+    say("telegram  the whole app goes over SOCKS5: its data centres pass through, this host is not one of them")
     _socks_get(ports["telegram"], site.url("/api"), {"User-Agent": "TDesktop"})
 
     for app, what in (("messenger", "a tracker script"), ("slack", "an embed image"), ("discord", "an embed image")):

@@ -51,6 +51,38 @@ def site_of(host: str) -> str:
     return result.top_domain_under_public_suffix or host
 
 
+@functools.lru_cache(maxsize=8192)
+def addresses(host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """The address a host literal names, plus the IPv4 inside an IPv4-mapped
+    IPv6 one (``::ffff:10.0.0.1`` is 10.0.0.1 to the kernel); () for a name."""
+    if not is_ip(host):
+        return ()
+    address = ipaddress.ip_address(host)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (address, mapped) if mapped else (address,)
+
+
+def in_networks(host: str, networks) -> bool:
+    """Is ``host`` an IP address inside one of ``networks``?  Names never are:
+    hush does not resolve them to decide."""
+    return any(a in net for a in addresses(host) for net in networks if a.version == net.version)
+
+
+def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``149.154.160.0/20`` or a single address; bits set past the prefix are an error.
+
+    :raises ValueError: with a message naming the network to write instead.
+    """
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as e:
+        try:
+            loose = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP network such as 192.0.2.0/24 or 2001:db8::/32") from e
+        raise ValueError(f"{text!r} has bits set past its prefix (did you mean {str(loose)!r}?)") from e
+
+
 def parents(host: str) -> Iterable[str]:
     """``a.b.c`` → ``b.c``, ``c``: the names a ``*.suffix`` pattern could be."""
     dot = host.find(".")
@@ -89,9 +121,10 @@ class HostIndex:
     """Which rules can match a host, found by dictionary lookups.
 
     Each rule is indexed under one host-level key (exact names, ``*.`` suffixes,
-    or sites); rules without any are candidates for every host.  Looking up a
-    host costs one lookup per label plus one for its site, whatever the number
-    of rules or names.
+    or sites); rules matching by ``net`` alone are candidates for every IP
+    address, and rules without any for every host.  Looking up a host costs
+    one lookup per label plus one for its site, whatever the number of rules or
+    names.
     """
 
     def __init__(
@@ -100,15 +133,19 @@ class HostIndex:
         suffix: Mapping[int, Iterable[str]],
         site: Mapping[int, Iterable[str]],
         unindexed: Iterable[int],
+        by_address: Iterable[int] = (),
     ):
         self._exact: dict[str, tuple[int, ...]] = _invert(exact)
         self._suffix: dict[str, tuple[int, ...]] = _invert(suffix)
         self._site: dict[str, tuple[int, ...]] = _invert(site)
         self._any = tuple(sorted(unindexed))
+        self._address = tuple(sorted(by_address))
 
     def candidates(self, host: str, site: str) -> list[int]:
         """Indexes of the rules that may match ``host``, in rule order."""
         found: set[int] = set(self._any)
+        if self._address and is_ip(host):
+            found.update(self._address)
         hit = self._exact.get(host)
         if hit:
             found.update(hit)

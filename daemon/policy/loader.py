@@ -23,7 +23,7 @@ import yaml
 
 from hush.addons.actions import REGISTRY, Action, ParseContext
 from hush.daemon.policy.glob import Glob
-from hush.daemon.policy.hosts import HostIndex, check_name, is_ip, parse_host_pattern, site_of
+from hush.daemon.policy.hosts import HostIndex, check_name, is_ip, parse_host_pattern, parse_network, site_of
 from hush.daemon.policy.model import Example, Listener, Match, Policy, PolicySet, RequestInfo, Rule
 from hush.daemon.yamlschema import INT, Field, LoadError, LocatedError, Location, Reader
 
@@ -31,7 +31,7 @@ POLICY_KEYS = {"app", "description", "listen", "identify", "default", "rules", "
 RULE_KEYS = {"name", "match", "action", "max_bytes"}
 _SIZE = re.compile(r"^(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?$")
 _UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3}
-MATCH_KEYS = {"host", "hosts_from", "site", "port", "path", "method", "scheme", "header", "kind"}
+MATCH_KEYS = {"host", "hosts_from", "site", "net", "port", "path", "method", "scheme", "header", "kind"}
 MAX_LIST_ERRORS = 20
 LISTEN_KEYS = {"port", "host", "mode"}
 EXAMPLE_KEYS = {"url", "method", "headers", "kind", "expect"}
@@ -208,16 +208,18 @@ def _identify(reader: Reader, node: yaml.Node) -> frozenset[str]:
 
 
 def _index(rules: list[Rule]) -> HostIndex:
-    exact, suffix, site, unindexed = {}, {}, {}, []
+    exact, suffix, site, unindexed, by_address = {}, {}, {}, [], []
     for i, rule in enumerate(rules):
         m = rule.match
         if m.hosts or m.suffixes:
             exact[i], suffix[i] = m.hosts, m.suffixes
         elif m.sites:
             site[i] = m.sites
+        elif m.nets:
+            by_address.append(i)
         else:
             unindexed.append(i)
-    return HostIndex(exact, suffix, site, unindexed)
+    return HostIndex(exact, suffix, site, unindexed, by_address)
 
 
 def _listeners(reader: Reader, node: yaml.Node, ctx: ParseContext) -> list[Listener]:
@@ -338,7 +340,7 @@ def _rule(reader: Reader, node: yaml.Node, index: int, ctx: ParseContext) -> Rul
         reader.error(fields["max_bytes"].key, "max_bytes needs to see the response; passthrough never does")
     if action is not None and match is not None and action.name == "passthrough" and match.request_level:
         reader.error(fields["action"].value,
-                     "passthrough can only use host-level matchers (host, site, port): "
+                     "passthrough can only use host-level matchers (host, site, net, port): "
                      "path, method, scheme, header and kind need TLS interception")
     if len(reader.errors) > before or match is None or action is None:
         return None
@@ -361,6 +363,7 @@ def _match(reader: Reader, node: yaml.Node) -> Match | None:
     fields = reader.mapping(node, allowed=MATCH_KEYS, what="match")
     before = len(reader.errors)
     hosts, suffixes, sites, ports = set(), set(), set(), set()
+    nets = []
     paths, methods, schemes, kinds = set(), set(), set(), set()
     headers = []
     if "host" in fields:
@@ -394,6 +397,18 @@ def _match(reader: Reader, node: yaml.Node) -> Match | None:
                 reader.error(item, f"{text!r} is not a registrable domain (did you mean {site_of(text)!r}?)")
             else:
                 sites.add(text)
+    if "net" in fields:
+        for item in reader.items(fields["net"].value, "net"):
+            text = reader.string(item, "net")
+            if text is None:
+                continue
+            try:
+                network = parse_network(text)
+            except ValueError as e:
+                reader.error(item, str(e))
+                continue
+            if network not in nets:
+                nets.append(network)
     if "port" in fields:
         for item in reader.items(fields["port"].value, "port"):
             port = reader.integer(item, "port", 1, 65535)
@@ -452,6 +467,7 @@ def _match(reader: Reader, node: yaml.Node) -> Match | None:
         hosts=frozenset(hosts),
         suffixes=frozenset(suffixes),
         sites=frozenset(sites),
+        nets=tuple(nets),
         ports=frozenset(ports),
         paths=tuple(sorted(paths, key=lambda g: g.pattern)),
         methods=frozenset(methods),

@@ -14,7 +14,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Iterable, Literal, Mapping
 
 from hush.daemon.policy.glob import Glob
-from hush.daemon.policy.hosts import HostIndex, normalize, parents, site_of
+from hush.daemon.policy.hosts import HostIndex, in_networks, normalize, parents, site_of
 from hush.daemon.yamlschema import Location
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ class Match:
     hosts: frozenset[str] = frozenset()
     suffixes: frozenset[str] = frozenset()  # from '*.example.com'
     sites: frozenset[str] = frozenset()
+    nets: tuple = ()  # ipaddress networks; only IP-literal hosts can match
     ports: frozenset[int] = frozenset()
     paths: tuple[Glob, ...] = ()
     methods: frozenset[str] = frozenset()
@@ -89,6 +90,8 @@ class Match:
             if host not in self.hosts and not any(p in self.suffixes for p in parents(host)):
                 return False
         if self.sites and site not in self.sites:
+            return False
+        if self.nets and not in_networks(host, self.nets):
             return False
         return not self.ports or port in self.ports
 

@@ -13,13 +13,13 @@ FILE = "policies/fuzz.yaml"
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 KEYS = ["app", "listen", "default", "rules", "examples", "identify", "description", "match", "action",
-        "host", "hosts_from", "site", "path", "method", "header", "kind", "port", "scheme", "status",
+        "host", "hosts_from", "site", "net", "path", "method", "header", "kind", "port", "scheme", "status",
         "headers", "user_agent", "isolation", "delay", "quiet", "then", "max_bytes", "min", "max", "process",
         "url", "expect", "mode", "name", "user-agent"]
 SCALARS = st.one_of(
     st.sampled_from(["allow", "block", "tor", "strip", "passthrough", "delay", "debounce", "reset", "no", "off",
                      "yes", "*.example.com", "example.com", "/a*", "GET", "get", "8101", "127.0.0.1:8101",
-                     "0.0.0.0:1", "1MiB", "2s", "https://a.org/", "[", "{a}", "a.*.b", "", "~", "null"]),
+                     "0.0.0.0:1", "10.0.0.0/8", "10.0.0.1/8", "::/0", "1MiB", "2s", "https://a.org/", "[", "{a}", "a.*.b", "", "~", "null"]),
     st.integers(min_value=-5, max_value=70000),
     st.booleans(),
     st.text(max_size=12),

@@ -23,4 +23,5 @@ def test_demo():
     assert summary["whatsapp"]["by_decision"]["superseded"] >= 5  # per keystroke, superseded
     assert summary["element"]["by_decision"] == {"block": 1, "allow": 1}
     assert summary["signal"]["ip_exposed"] == 0 and summary["messenger"]["ip_exposed"] == 0
-    assert "The site saw 2 request(s): /_matrix/client/v3/sync, /api" in out
+    assert summary["telegram"]["by_decision"] == {"tor-unavailable": 1}  # not Telegram's: Tor, which is down
+    assert "The site saw 1 request(s): /_matrix/client/v3/sync" in out

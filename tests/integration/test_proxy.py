@@ -171,6 +171,22 @@ def test_socks5_listener(hush, origin, origin2):
     assert only(rows, host="127.0.0.1")["listener"] == f"socks5@127.0.0.1:{port}"
 
 
+def test_net_rule_matches_addresses_never_names(hush, origin, origin2):
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {net: 127.0.0.0/31}, action: passthrough}", default="block",
+                          mode="socks5")})
+    ok = curl("--socks5-hostname", f"127.0.0.1:{port}", origin.url("/in"))
+    assert ok.returncode == 0 and ok.stdout == b"origin 127.0.0.1 /in\n"
+    code = ("-o", "/dev/null", "-w", "%{http_code}", "--socks5-hostname", f"127.0.0.1:{port}")
+    assert curl(*code, origin2.url("/out")).stdout == b"403"
+    assert curl(*code, origin.url("/name", host="localhost")).stdout == b"403"
+    # localhost resolves into the network, but hush never resolves a name to decide
+    assert origin2.accepts == [] and [r.path for r in origin.requests] == ["/in"]
+    h.stop()
+    assert sorted((r["host"], r["decision"]) for r in h.audit()) == [
+        ("127.0.0.1", "passthrough"), ("127.0.0.3", "block"), ("localhost", "block")]
+
+
 def test_socks5_tls_blocked_at_connection_level(hush, tls_origin):
     port = free_port()
     h = hush({"t": policy(port, default="block", mode="socks5")})

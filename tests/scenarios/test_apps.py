@@ -97,12 +97,17 @@ def test_element_preview_url_never_reaches_the_homeserver(shipped, origin, hush)
     assert sorted(r["decision"] for r in rows(h, "element")) == ["allow", "block", "block"]
 
 
-def test_telegram_whole_app_over_socks5(shipped, origin):
+def test_telegram_leaves_telegrams_networks_only_through_tor(shipped, origin, torlab):
     h, ports = shipped
-    res = curl("--socks5-hostname", f"127.0.0.1:{ports['telegram']}", origin.url("/api"))
-    assert res.returncode == 0 and origin.owners == [h.proc.pid]
+    proxy = ("--socks5-hostname", f"127.0.0.1:{ports['telegram']}")
+    by_name = curl(*proxy, origin.url("/name", host=NAME))
+    by_address = curl(*proxy, origin.url("/address"))
+    assert by_name.returncode == 0 and by_address.returncode == 0, (by_name.stderr, by_address.stderr)
+    assert sorted(r.path for r in origin.requests) == ["/address", "/name"]
+    assert origin.owners == [torlab.exit_pid, torlab.exit_pid]  # neither from this machine
     h.stop()
-    assert [r["decision"] for r in rows(h, "telegram")] == ["allow"]
+    assert [r["decision"] for r in rows(h, "telegram")] == ["tor", "tor"]
+    # Its data centres (public addresses, never contacted here) pass through: the policy's examples
 
 
 def test_messenger_third_party_blocked_slack_discord_through_tor(shipped, origin, torlab):

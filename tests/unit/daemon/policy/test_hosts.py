@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from hush.daemon.policy.hosts import HostIndex, normalize, parents, parse_host_pattern, site_of
+from hush.daemon.policy.hosts import HostIndex, in_networks, normalize, parents, parse_host_pattern, parse_network, site_of
 
 
 @pytest.mark.parametrize("host, site", [
@@ -63,3 +63,31 @@ def test_index_candidates_keep_rule_order():
     assert index.candidates("a.example.com", "example.com") == [0, 1, 2, 4]
     assert index.candidates("example.com", "example.com") == [2, 4]  # '*.x' is subdomains only
     assert index.candidates("other.org", "other.org") == [4]
+
+
+def test_index_offers_net_rules_to_addresses_only():
+    index = HostIndex(exact={0: ["a.com"]}, suffix={}, site={}, unindexed=[2], by_address=[1])
+    assert index.candidates("149.154.167.51", "149.154.167.51") == [1, 2]
+    assert index.candidates("2001:b28:f23d::a", "2001:b28:f23d::a") == [1, 2]
+    assert index.candidates("a.com", "a.com") == [0, 2]
+
+
+@pytest.mark.parametrize("host, inside", [
+    ("149.154.167.51", True),
+    ("149.154.176.1", False),  # just past the /20
+    ("::ffff:149.154.167.51", True),  # IPv4-mapped: the kernel connects to the IPv4 address
+    ("2001:b28:f23d:f001::a", True),
+    ("2001:b28:f23e::1", False),
+    ("telegram.org", False),  # names are never resolved to decide
+    ("149.154.167.51.nip.io", False),
+])
+def test_in_networks(host, inside):
+    nets = [parse_network("149.154.160.0/20"), parse_network("2001:b28:f23d::/48")]
+    assert in_networks(host, nets) is inside
+
+
+def test_parse_network():
+    assert str(parse_network("10.1.2.3")) == "10.1.2.3/32"
+    assert str(parse_network(" 2001:db8::/32 ")) == "2001:db8::/32"
+    with pytest.raises(ValueError, match="did you mean '2001:db8::/32'"):
+        parse_network("2001:db8::1/32")

@@ -87,9 +87,15 @@ def rules(body: str) -> str:
     (rules("- match: {header: {User-Agent: a, user-agent: b}}\n  action: block\n"),
      f"{F}:5:21: a header is named twice (header names are case-insensitive)"),
     (rules("- match: {hots: a.com}\n  action: block\n"),
-     f"{F}:5:13: unknown key 'hots' (expected one of: header, host, hosts_from, kind, method, path, port, scheme, site)"),
+     f"{F}:5:13: unknown key 'hots' (expected one of: header, host, hosts_from, kind, method, net, path, port, scheme, site)"),
+    (rules("- match: {net: 10.0.0.1/8}\n  action: block\n"),
+     f"{F}:5:18: '10.0.0.1/8' has bits set past its prefix (did you mean '10.0.0.0/8'?)"),
+    (rules("- match: {net: [192.0.2.0/24, telegram.org]}\n  action: block\n"),
+     f"{F}:5:33: 'telegram.org' is not an IP network such as 192.0.2.0/24 or 2001:db8::/32"),
+    (rules("- match: {net: 10.0.0.0/33}\n  action: block\n"),
+     f"{F}:5:18: '10.0.0.0/33' is not an IP network such as 192.0.2.0/24 or 2001:db8::/32"),
     (rules("- match: {path: /a}\n  action: passthrough\n"),
-     f"{F}:6:13: passthrough can only use host-level matchers (host, site, port): "
+     f"{F}:6:13: passthrough can only use host-level matchers (host, site, net, port): "
      "path, method, scheme, header and kind need TLS interception"),
     # examples
     (BASE + "examples:\n  - url: ftp://a/\n    expect: allow\n", f"{F}:5:10: not an absolute http:// or https:// URL: 'ftp://a/'"),

@@ -67,6 +67,24 @@ def test_port_matcher():
     assert ps.decide_connect("x", "mail.org", 443).action.name == "allow"
 
 
+def test_net_matcher_decides_addresses_at_connection_level():
+    ps = build([("p.yaml", textwrap.dedent("""\
+        app: x
+        listen: 1
+        default: tor
+        rules:
+          - {match: {host: tracker.com}, action: block}
+          - {match: {net: [149.154.160.0/20, "2001:b28:f23d::/48"], port: 443}, action: passthrough}
+        """))])
+    assert ps.decide_connect("x", "149.154.167.51", 443).rule.index == 2
+    assert ps.decide_connect("x", "2001:b28:f23d::a", 443).rule.index == 2
+    assert ps.decide_connect("x", "::ffff:149.154.167.51", 443).rule.index == 2
+    assert ps.decide_connect("x", "149.154.167.51", 80).rule is None  # the port must hold too
+    assert ps.decide_connect("x", "149.154.176.1", 443).action.name == "tor"
+    assert ps.decide_connect("x", "tracker.com", 443).rule.index == 1
+    assert ps.decide("x", req("https://149.154.167.51/api")).action.name == "passthrough"
+
+
 def test_listeners_and_unknown_app(ps):
     assert ps.app_for_listener("regular@127.0.0.1:8101") == "x"
     assert ps.app_for_listener("regular@127.0.0.1:9999") is None
