@@ -26,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from hush.daemon.mitmaddons import mitmproxy_addons  # first: before anything imports mitmproxy.addons
 from mitmproxy import ctx, options
-from mitmproxy.addons import block, core, disable_h2c, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from hush.addons import Pipeline, chain
@@ -78,14 +78,6 @@ def uses_tor(policyset: PolicySet) -> bool:
         for policy in policyset.policies.values()
         for action in [policy.default, *(rule.action for rule in policy.rules)]
     )
-
-
-def mitmproxy_addons() -> list:
-    """The few of mitmproxy's default addons hush needs.  The others (scripts,
-    onboarding at mitm.it, map-local/remote, replay, sticky cookies, …) would
-    only add a hook call to every event and surface to attack."""
-    return [core.Core(), block.Block(), disable_h2c.DisableH2C(), proxyserver.Proxyserver(),
-            next_layer.NextLayer(), tlsconfig.TlsConfig()]
 
 
 def mitmproxy_options(policyset: PolicySet, config: Config, state_dir: Path) -> dict:

@@ -1,5 +1,6 @@
 from hush.daemon.policy import build
-from hush.daemon.run import mitmproxy_addons, uses_tor
+from hush.daemon.mitmaddons import mitmproxy_addons
+from hush.daemon.run import uses_tor
 
 
 def policy(rules):
