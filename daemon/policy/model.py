@@ -9,6 +9,7 @@ and :meth:`PolicySet.decide_connect`.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import types
 import urllib.parse
 from typing import TYPE_CHECKING, Iterable, Literal, Mapping
@@ -72,7 +73,7 @@ class Match:
     hosts: frozenset[str] = frozenset()
     suffixes: frozenset[str] = frozenset()  # from '*.example.com'
     sites: frozenset[str] = frozenset()
-    nets: tuple = ()  # ipaddress networks; only IP-literal hosts can match
+    nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # only IP-address hosts can match
     ports: frozenset[int] = frozenset()
     paths: tuple[Glob, ...] = ()
     methods: frozenset[str] = frozenset()
