@@ -213,17 +213,17 @@ def test_tor_dies_with_flows_in_flight(hush, torlab, origin):
     wait_tor_ready(h)
     proxy = ["-x", f"http://127.0.0.1:{port}"]
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        start = time.monotonic()
         futures = [pool.submit(curl, "-o", "/dev/null", "-w", "%{http_code}", *proxy,
-                               origin.url(f"/slow/5?{i}", host=NAME)) for i in range(3)]
+                               origin.url(f"/slow/30?{i}", host=NAME)) for i in range(3)]
         deadline = time.monotonic() + 10
         while len(origin.accepts) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)  # all three are at the origin, through the exit
         os.kill(hush_tor(h), signal.SIGKILL)
+        killed = time.monotonic()
         results = [f.result() for f in futures]
-        elapsed = time.monotonic() - start
+        elapsed = time.monotonic() - killed
     assert all(r.stdout in (b"502", b"503") for r in results), results
-    assert elapsed < 4.5  # answered when tor died, not when the origin would have answered
+    assert elapsed < 10  # answered when tor died, not when the origin would have answered (30 s)
     assert set(origin.owners) == {torlab.exit_pid}  # and never from hush
     h.stop()
     slow = [r for r in rows(h) if r["url"] and "hushtest" in r["url"]]
