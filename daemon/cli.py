@@ -197,7 +197,9 @@ def setup_logging(level: str, verbose: bool) -> None:
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=getattr(logging, level.upper()))
     logging.getLogger("mitmproxy").setLevel(logging.INFO if verbose else logging.WARNING)
-    logging.getLogger("stem").setLevel(logging.WARNING)
+    import stem.util.log  # sets its logger to TRACE when imported: import it first, then set the level
+
+    stem.util.log.get_logger().setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def cmd_run(args, config: Config) -> int:

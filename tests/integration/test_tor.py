@@ -6,6 +6,7 @@ tor for flows sent through Tor, hush itself for direct ones.
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -143,6 +144,8 @@ def test_tor_down_fails_closed_fast_and_recovers(hush, torlab, origin, tls_origi
     assert len(unavailable) >= 2 * len(down)
     assert all(r["ip_exposed"] == 0 for r in unavailable)
     assert {r["method"] for r in unavailable} == {"GET", "CONNECT"}
+    # hush says what happened to tor; stem's own chatter (each GETINFO, each closed read) stays out
+    assert not re.search(r" (DEBUG|INFO) stem: ", h.log), h.log
 
 
 def wait_tor_ready_again(h, timeout=60):
