@@ -367,15 +367,7 @@ def _match(reader: Reader, node: yaml.Node) -> Match | None:
     paths, methods, schemes, kinds = set(), set(), set(), set()
     headers = []
     if "host" in fields:
-        for item in reader.items(fields["host"].value, "host"):
-            text = reader.string(item, "host")
-            if text is None:
-                continue
-            try:
-                name, wildcard = parse_host_pattern(text)
-            except ValueError as e:
-                reader.error(item, str(e))
-                continue
+        for name, wildcard in _parsed(reader, fields["host"].value, "host", parse_host_pattern):
             (suffixes if wildcard else hosts).add(name)
     if "hosts_from" in fields:
         for item in reader.items(fields["hosts_from"].value, "hosts_from"):
@@ -398,15 +390,7 @@ def _match(reader: Reader, node: yaml.Node) -> Match | None:
             else:
                 sites.add(text)
     if "net" in fields:
-        for item in reader.items(fields["net"].value, "net"):
-            text = reader.string(item, "net")
-            if text is None:
-                continue
-            try:
-                network = parse_network(text)
-            except ValueError as e:
-                reader.error(item, str(e))
-                continue
+        for network in _parsed(reader, fields["net"].value, "net", parse_network):
             if network not in nets:
                 nets.append(network)
     if "port" in fields:
@@ -475,6 +459,19 @@ def _match(reader: Reader, node: yaml.Node) -> Match | None:
         headers=tuple(headers),
         kinds=frozenset(kinds),
     )
+
+
+def _parsed(reader: Reader, node: yaml.Node, what: str, parse):
+    """Each string item of ``node`` (one or a list) through ``parse``; its
+    ValueError becomes an error at that item."""
+    for item in reader.items(node, what):
+        text = reader.string(item, what)
+        if text is None:
+            continue
+        try:
+            yield parse(text)
+        except ValueError as e:
+            reader.error(item, str(e))
 
 
 def _host_list(reader: Reader, node: yaml.Node, name: str) -> list[str]:
