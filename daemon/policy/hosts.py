@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import socket
 from collections import defaultdict
 from typing import Iterable, Mapping
 
@@ -23,12 +24,41 @@ _extract = tldextract.TLDExtract(
 )
 
 
+_NUMERIC = frozenset("0123456789abcdefx.")
+
+
 def normalize(host: str) -> str:
-    """Lower-case, without brackets around IPv6 or a trailing dot."""
+    """Lower-case, without brackets around IPv6 or a trailing dot, and an
+    address in its one canonical spelling (see :func:`canonical_address`)."""
     host = host.strip().lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return host.rstrip(".")
+    host = host.rstrip(".")
+    if host and (":" in host or host[0].isdigit() and _NUMERIC.issuperset(host)):
+        return canonical_address(host)
+    return host
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_address(host: str) -> str:
+    """``2001:DB8:0::1`` → ``2001:db8::1``; an IPv4-mapped ``::ffff:127.0.0.1``
+    and what the system resolver reads as an IPv4 address without asking DNS
+    (``2130706433``, ``0x7f.1``, ``0177.0.0.1``, ``127.1``: inet_aton's forms)
+    → ``127.0.0.1``.  Otherwise ``host`` unchanged.  Without this a rule on
+    ``127.0.0.1`` would not see a request to ``http://2130706433/``, which
+    connects there all the same."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return str(getattr(address, "ipv4_mapped", None) or address)
+    if ":" in host:
+        return host
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return host
 
 
 def is_ip(host: str) -> bool:
@@ -52,20 +82,15 @@ def site_of(host: str) -> str:
 
 
 @functools.lru_cache(maxsize=8192)
-def addresses(host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
-    """The address a host literal names, plus the IPv4 inside an IPv4-mapped
-    IPv6 one (``::ffff:10.0.0.1`` is 10.0.0.1 to the kernel); () for a name."""
-    if not is_ip(host):
-        return ()
-    address = ipaddress.ip_address(host)
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (address, mapped) if mapped else (address,)
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    return ipaddress.ip_address(host) if is_ip(host) else None
 
 
 def in_networks(host: str, networks) -> bool:
-    """Is ``host`` an IP address inside one of ``networks``?  Names never are:
-    hush does not resolve them to decide."""
-    return any(a in net for a in addresses(host) for net in networks if a.version == net.version)
+    """Is ``host`` (normalized) an IP address inside one of ``networks``?
+    Names never are: hush does not resolve them to decide."""
+    address = _address(host)
+    return address is not None and any(address in net for net in networks if net.version == address.version)
 
 
 def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

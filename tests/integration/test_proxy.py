@@ -1,5 +1,7 @@
 """The daemon end to end: real hush, real curl, an origin that counts accepts."""
 
+import socket
+
 import pytest
 
 from .conftest import curl, free_port, payload
@@ -53,6 +55,26 @@ def test_blocked_plain_http_never_reaches_the_origin(hush, origin):
     assert row["ip_exposed"] == 0 and row["sent"] is None and row["status"] == 451
     assert row["url"] == "http://127.0.0.1/"  # default redaction: site only
     assert "secret" not in str(row)
+
+
+@pytest.mark.parametrize("spelling", ["2130706433", "0x7f.1", "0177.0.0.1", "127.1"])
+def test_other_spellings_of_a_blocked_address_are_blocked(hush, origin, spelling):
+    # the resolver reads each of these as 127.0.0.1 (inet_aton); the policy must too
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: 127.0.0.1}, action: block, status: 403}\n"
+                                "          - {match: {net: 127.0.0.0/8}, action: block, status: 451}")})
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET http://{spelling}:{origin.port}/x HTTP/1.1\r\nHost: {spelling}:{origin.port}\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        head = s.recv(64)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # and as a CONNECT
+        s.sendall(f"CONNECT {spelling}:{origin.port} HTTP/1.1\r\nHost: {spelling}:{origin.port}\r\n\r\n".encode())
+        connect = s.recv(64)
+    assert head.startswith(b"HTTP/1.1 403") and connect.startswith(b"HTTP/1.1 403"), (head, connect)
+    assert origin.accepts == []
+    h.stop()
+    # decided as 127.0.0.1 by the first rule (the exact host), not only by the network
+    assert [(r["host"], r["decision"], r["status"]) for r in h.audit()] == [("127.0.0.1", "block", 403)] * 2
 
 
 def test_connect_level_block_sends_nothing_not_even_a_clienthello(hush, tls_origin, ca_file):

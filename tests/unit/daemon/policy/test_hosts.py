@@ -38,6 +38,23 @@ def test_parents_and_normalize():
     assert normalize(" Example.COM. ") == "example.com"
 
 
+@pytest.mark.parametrize("host, canonical", [
+    ("2130706433", "127.0.0.1"),  # what getaddrinfo reads as 127.0.0.1 without DNS
+    ("0x7f.1", "127.0.0.1"),
+    ("0177.0.0.1", "127.0.0.1"),
+    ("127.1", "127.0.0.1"),
+    ("0xdeadbeef", "222.173.190.239"),
+    ("[::FFFF:127.0.0.1]", "127.0.0.1"),
+    ("2001:DB8:0:0::1", "2001:db8::1"),
+    ("1e100.net", "1e100.net"),  # names stay names
+    ("8bad.cafe", "8bad.cafe"),
+    ("256.1.1.1", "256.1.1.1"),  # not an address: a name (and not one anything resolves to 256.…)
+    ("12345678901", "12345678901"),
+])
+def test_normalize_spells_addresses_one_way(host, canonical):
+    assert normalize(host) == canonical
+
+
 @pytest.mark.parametrize("pattern, result", [
     ("example.com", ("example.com", False)),
     ("*.Example.com", ("example.com", True)),
@@ -83,7 +100,7 @@ def test_index_offers_net_rules_to_addresses_only():
 ])
 def test_in_networks(host, inside):
     nets = [parse_network("149.154.160.0/20"), parse_network("2001:b28:f23d::/48")]
-    assert in_networks(host, nets) is inside
+    assert in_networks(normalize(host), nets) is inside
 
 
 def test_parse_network():
