@@ -28,12 +28,21 @@ _NUMERIC = frozenset("0123456789abcdefx.")
 
 
 def normalize(host: str) -> str:
-    """Lower-case, without brackets around IPv6 or a trailing dot, and an
-    address in its one canonical spelling (see :func:`canonical_address`)."""
+    """Lower-case, without brackets around IPv6 or a trailing dot; an
+    internationalised name in its ``xn--`` form, the one apps send and
+    policies are written in (mitmproxy hands hooks the Unicode form it decoded
+    with Python's ``idna`` codec, so encoding back with it restores what the
+    app sent); an address in its one canonical spelling (see
+    :func:`canonical_address`)."""
     host = host.strip().lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     host = host.rstrip(".")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass  # no ASCII form: no rule can name it, the default decides
     if host and (":" in host or host[0].isdigit() and _NUMERIC.issuperset(host)):
         return canonical_address(host)
     return host
@@ -121,6 +130,9 @@ def check_name(name: str) -> str | None:
     """Why ``name`` is not a valid host name or IP, or None."""
     if len(name) <= 253 and _NAME.match(name) or is_ip(name):
         return None
+    if not name.isascii():
+        return (f"{name!r}: write an internationalised name in its xn-- form, as apps send it "
+                "(IDNA 2003 and 2008 spell some letters differently, so hush does not guess)")
     return f"{name!r} is not a valid host name"
 
 
@@ -129,6 +141,9 @@ def parse_host_pattern(pattern: str) -> tuple[str, bool]:
 
     :raises ValueError: for anything else (wildcards elsewhere, bad labels).
     """
+    problem = None if pattern.isascii() else check_name(pattern.strip().lower())
+    if problem:
+        raise ValueError(problem)
     pattern = normalize(pattern)
     wildcard = pattern.startswith("*.")
     name = pattern[2:] if wildcard else pattern

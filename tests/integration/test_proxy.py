@@ -77,6 +77,23 @@ def test_other_spellings_of_a_blocked_address_are_blocked(hush, origin, spelling
     assert [(r["host"], r["decision"], r["status"]) for r in h.audit()] == [("127.0.0.1", "block", 403)] * 2
 
 
+def test_a_rule_on_an_internationalised_name_matches_it(hush):
+    # apps send IDNs as punycode; mitmproxy hands hush the Unicode form
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: [xn--bcher-kva.de, \"*.xn--mnchen-3ya.de\", xn--strae-oqa.de]}, "
+                                "action: block}")})
+    code = ("-o", "/dev/null", "-w", "%{http_code}", *proxy(port))
+    assert curl(*code, "http://xn--bcher-kva.de/").stdout == b"403"  # not 502: never looked up
+    assert curl(*code, "http://www.xn--mnchen-3ya.de/").stdout == b"403"
+    assert curl(*code, "https://xn--bcher-kva.de/").returncode != 0  # the CONNECT too
+    # IDNA 2008 spells straße so; IDNA 2003, which mitmproxy decodes with, says strasse
+    straße = curl(*code, "http://xn--strae-oqa.de/").stdout
+    assert straße == b"400", straße  # mitmproxy cannot decode it: refused before any hook, nothing sent
+    h.stop()
+    assert [(r["host"], r["decision"]) for r in h.audit()] == [
+        ("xn--bcher-kva.de", "block"), ("www.xn--mnchen-3ya.de", "block"), ("xn--bcher-kva.de", "block")]
+
+
 def test_connect_level_block_sends_nothing_not_even_a_clienthello(hush, tls_origin, ca_file):
     port = free_port()
     h = hush({"t": policy(port, "  - {match: {host: 127.0.0.1}, action: block}")})

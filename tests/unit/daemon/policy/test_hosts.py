@@ -47,6 +47,7 @@ def test_parents_and_normalize():
     ("[::FFFF:127.0.0.1]", "127.0.0.1"),
     ("2001:DB8:0:0::1", "2001:db8::1"),
     ("1e100.net", "1e100.net"),  # names stay names
+    ("Bücher.de", "xn--bcher-kva.de"),  # as mitmproxy decoded it → as the app sent it
     ("8bad.cafe", "8bad.cafe"),
     ("256.1.1.1", "256.1.1.1"),  # not an address: a name (and not one anything resolves to 256.…)
     ("12345678901", "12345678901"),

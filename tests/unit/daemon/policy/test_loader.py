@@ -70,6 +70,12 @@ def rules(body: str) -> str:
     (rules("- match: {host: 'a.*.com'}\n  action: block\n"),
      f"{F}:5:19: 'a.*.com': a wildcard is only allowed as a leading '*.' label"),
     (rules("- match: {host: 'exa mple.com'}\n  action: block\n"), f"{F}:5:19: 'exa mple.com' is not a valid host name"),
+    (rules("- match: {host: '*.straße.de'}\n  action: block\n"),
+     f"{F}:5:19: '*.straße.de': write an internationalised name in its xn-- form, as apps send it "
+     "(IDNA 2003 and 2008 spell some letters differently, so hush does not guess)"),
+    (rules("- match: {site: bücher.de}\n  action: block\n"),
+     f"{F}:5:19: 'bücher.de': write an internationalised name in its xn-- form, as apps send it "
+     "(IDNA 2003 and 2008 spell some letters differently, so hush does not guess)"),
     (rules("- match: {site: www.example.co.uk}\n  action: block\n"),
      f"{F}:5:19: 'www.example.co.uk' is not a registrable domain (did you mean 'example.co.uk'?)"),
     (rules("- match: {path: 'x/*'}\n  action: block\n"), f"{F}:5:19: path 'x/*' must start with '/' or '*'"),
