@@ -77,6 +77,21 @@ def test_other_spellings_of_a_blocked_address_are_blocked(hush, origin, spelling
     assert [(r["host"], r["decision"], r["status"]) for r in h.audit()] == [("127.0.0.1", "block", 403)] * 2
 
 
+def test_a_host_header_cannot_steer_an_intercepted_tunnel(hush, origin, origin2):
+    # the tunnel's target is decided and connected to; the inner Host header is only a header
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: 127.0.0.3}, action: block}\n"
+                                "          - {match: {path: /never}, action: block}")})  # intercept every tunnel
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        s.sendall(f"GET /inner HTTP/1.1\r\nHost: 127.0.0.3:{origin2.port}\r\nConnection: close\r\n\r\n".encode())
+        assert s.recv(300).startswith(b"HTTP/1.1 200")
+    assert origin2.accepts == [] and [r.path for r in origin.requests] == ["/inner"]
+    h.stop()
+    assert [(r["host"], r["decision"]) for r in h.audit()] == [("127.0.0.1", "allow")]
+
+
 def test_a_rule_on_an_internationalised_name_matches_it(hush):
     # apps send IDNs as punycode; mitmproxy hands hush the Unicode form
     port = free_port()
