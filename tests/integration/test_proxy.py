@@ -82,14 +82,16 @@ def test_a_host_header_cannot_steer_an_intercepted_tunnel(hush, origin, origin2)
     port = free_port()
     h = hush({"t": policy(port, "  - {match: {host: 127.0.0.3}, action: block}\n"
                                 "          - {match: {path: /never}, action: block}")})  # intercept every tunnel
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
-        assert s.recv(100).startswith(b"HTTP/1.1 200")
-        s.sendall(f"GET /inner HTTP/1.1\r\nHost: 127.0.0.3:{origin2.port}\r\nConnection: close\r\n\r\n".encode())
-        assert s.recv(300).startswith(b"HTTP/1.1 200")
-    assert origin2.accepts == [] and [r.path for r in origin.requests] == ["/inner"]
+    elsewhere = f"127.0.0.3:{origin2.port}"
+    for target in ("/inner", f"http://{elsewhere}/absolute"):  # origin-form, then absolute-form
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: {elsewhere}\r\nConnection: close\r\n\r\n".encode())
+            assert s.recv(300).startswith(b"HTTP/1.1 200")
+    assert origin2.accepts == [] and [r.path for r in origin.requests] == ["/inner", f"http://{elsewhere}/absolute"]
     h.stop()
-    assert [(r["host"], r["decision"]) for r in h.audit()] == [("127.0.0.1", "allow")]
+    assert [(r["host"], r["decision"]) for r in h.audit()] == [("127.0.0.1", "allow")] * 2
 
 
 def test_a_rule_on_an_internationalised_name_matches_it(hush):
