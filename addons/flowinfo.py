@@ -14,7 +14,7 @@ from mitmproxy import http
 
 from hush.addons.actions.block import Block
 from hush.daemon.policy.hosts import normalize
-from hush.daemon.policy.model import Decision, RequestInfo
+from hush.daemon.policy.model import Decision, RequestInfo, canonical_path
 from hush.daemon.yamlschema import Location
 
 FAIL_CLOSED = Location("<hush>", 0, 0)
@@ -30,7 +30,7 @@ def request_info(flow: http.HTTPFlow, kind: str = "other") -> RequestInfo:
         scheme=req.scheme,
         host=normalize(req.host),
         port=req.port,
-        path=path or "/",
+        path=canonical_path(path or "/"),
         query=query,
         headers=headers,
         kind=kind,

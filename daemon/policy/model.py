@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
+import string
 import types
 import urllib.parse
 from typing import TYPE_CHECKING, Iterable, Literal, Mapping
@@ -25,6 +27,46 @@ Level = Literal["connect", "request"]
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+
+
+def _unescape_unreserved(m: re.Match) -> str:
+    char = chr(int(m[1], 16))
+    return char if char in _UNRESERVED else "%" + m[1].upper()
+
+
+def canonical_path(path: str) -> str:
+    """The path as a server will read it, which is what rules match.
+
+    Percent-escapes of unreserved characters decoded (``/%70rivate`` is
+    ``/private``) and the others upper-cased (``%2F`` stays one byte of a
+    segment, not a separator); repeated slashes merged; ``.`` and ``..``
+    segments resolved (RFC 3986 §5.2.4, §6.2.2; nginx does all three by
+    default); an absolute-form target (``http://host/p``, which servers must
+    accept) reduced to its path.  Without this ``/public/../private/x``
+    would slip past a rule on ``/private/*`` and reach the same resource.
+    """
+    if not path.startswith("/"):
+        parts = urllib.parse.urlsplit(path)
+        if not (parts.scheme and parts.netloc):
+            return path  # '*' (OPTIONS) and the like
+        path = parts.path or "/"
+    if "%" in path:
+        path = _ESCAPE.sub(_unescape_unreserved, path)
+    if "//" not in path and "/." not in path:
+        return path
+    kept: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment not in (".", ""):
+            kept.append(segment)
+    directory = path.endswith(("/", "/.", "/..")) and kept
+    return "/" + "/".join(kept) + ("/" if directory else "")
+
+
 @dataclasses.dataclass(frozen=True)
 class RequestInfo:
     """What a rule can look at.  Header names are lower-case."""
@@ -33,7 +75,7 @@ class RequestInfo:
     scheme: str
     host: str
     port: int
-    path: str  # without the query string
+    path: str  # without the query string; canonical_path() of what the app sent
     query: str = ""
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     kind: str = "other"
@@ -59,7 +101,7 @@ class RequestInfo:
             scheme=parts.scheme,
             host=normalize(parts.hostname),
             port=parts.port or DEFAULT_PORTS[parts.scheme],
-            path=parts.path or "/",
+            path=canonical_path(parts.path or "/"),
             query=parts.query,
             headers={k.lower(): v for k, v in (headers or {}).items()},
             kind=kind,

@@ -94,6 +94,30 @@ def test_a_host_header_cannot_steer_an_intercepted_tunnel(hush, origin, origin2)
     assert [(r["host"], r["decision"]) for r in h.audit()] == [("127.0.0.1", "allow")] * 2
 
 
+def raw(port: int, *lines: str) -> bytes:
+    """Send request lines exactly as written (no client tidies them up); the first bytes of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return s.recv(100)
+
+
+@pytest.mark.parametrize("path", ["/private/x", "/%70rivate/x", "/%2Fprivate/../private/x", "/public/../private/x",
+                                  "/public/%2e%2e/private/x", "//private/x", "/./private//x"])
+def test_a_path_rule_sees_the_path_the_server_will(hush, origin, path):
+    port = free_port()
+    h = hush({"t": policy(port, '  - {match: {path: "/private/*"}, action: block}')})
+    authority = f"127.0.0.1:{origin.port}"
+    plain = raw(port, f"GET http://{authority}{path} HTTP/1.1", f"Host: {authority}", "Connection: close")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # absolute-form inside a tunnel
+        s.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        s.sendall(f"GET http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
+        tunnelled = s.recv(100)
+    assert plain.startswith(b"HTTP/1.1 403") and tunnelled.startswith(b"HTTP/1.1 403"), (plain, tunnelled)
+    assert origin.requests == []
+    h.stop()
+
+
 def test_a_rule_on_an_internationalised_name_matches_it(hush):
     # apps send IDNs as punycode; mitmproxy hands hush the Unicode form
     port = free_port()

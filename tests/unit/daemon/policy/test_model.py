@@ -3,6 +3,7 @@ import textwrap
 import pytest
 
 from hush.daemon.policy import RequestInfo, build
+from hush.daemon.policy.model import canonical_path
 
 POLICY = textwrap.dedent("""\
     app: x
@@ -97,3 +98,31 @@ def test_policyset_is_immutable(ps):
         ps.policies["y"] = None
     with pytest.raises(AttributeError):
         ps.version = "other"
+
+
+@pytest.mark.parametrize("path, canonical", [
+    ("/", "/"),
+    ("/a/b", "/a/b"),
+    ("/%70rivate/%7Euser", "/private/~user"),  # unreserved: decoded
+    ("/a%2fb/%c3%a4", "/a%2Fb/%C3%A4"),  # reserved and non-ASCII: escapes kept, upper-cased
+    ("/a//b///c", "/a/b/c"),
+    ("/a/./b/../c", "/a/c"),
+    ("/a/%2e%2E/b", "/b"),
+    ("/../../etc", "/etc"),  # never above the root
+    ("/a/b/", "/a/b/"),
+    ("/a/b/..", "/a/"),
+    ("/a/.", "/a/"),
+    ("/..", "/"),
+    ("http://example.com/a/../b", "/b"),  # absolute-form
+    ("HTTPS://example.com", "/"),
+    ("*", "*"),
+    ("/%zz", "/%zz"),  # not an escape: left as sent
+])
+def test_canonical_path(path, canonical):
+    assert canonical_path(path) == canonical
+
+
+def test_rules_match_the_canonical_path(ps):
+    for url in ("https://www.example.com/%70rivate/a", "https://www.example.com/public/../private/a",
+                "https://www.example.com//private//a"):
+        assert ps.decide("x", req(url)).action.status == 451, url
