@@ -22,9 +22,7 @@ _NAME = re.compile(r"^(?:(?!-)[a-z0-9_-]{1,63}(?<!-)\.)*(?!-)[a-z0-9_-]{1,63}(?<
 _extract = tldextract.TLDExtract(
     suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True, include_psl_private_domains=True
 )
-
-
-_NUMERIC = frozenset("0123456789abcdefx.")
+_NUMERIC = frozenset("0123456789abcdefx.")  # what an address in inet_aton's spellings is made of
 
 
 def normalize(host: str) -> str:
