@@ -291,7 +291,14 @@ def _action_spec(reader: Reader, node: yaml.Node, ctx: ParseContext) -> Action |
             return None
         return _action(reader, fields, ctx)
     name = _action_name(reader, node)
-    return None if name is None else REGISTRY[name].parse(reader, {}, ctx)
+    if name is None:
+        return None
+    missing = sorted(REGISTRY[name].required)
+    if missing:  # e.g. 'default: delay' — how long?
+        reader.error(node, f"action '{name}' needs {', '.join(repr(m) for m in missing)} "
+                           f"(use the mapping form: {{action: {name}, {missing[0]}: ...}})")
+        return None
+    return REGISTRY[name].parse(reader, {}, ctx)
 
 
 def _action_name(reader: Reader, node: yaml.Node) -> str | None:

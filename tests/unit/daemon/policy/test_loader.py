@@ -52,6 +52,8 @@ def rules(body: str) -> str:
      f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, debounce, delay, passthrough, strip, tor)"),
     ("app: x\nlisten: 1\ndefault: {action: block, status: 200000}\n",
      f"{F}:3:34: status must be between 100 and 599, not 200000"),
+    ("app: x\nlisten: 1\ndefault: delay\n",  # found by tests/fuzz
+     f"{F}:3:10: action 'delay' needs 'delay' (use the mapping form: {{action: delay, delay: ...}})"),
     ("app: x\nlisten: 1\ndefault: {action: allow, status: 403}\n",
      f"{F}:3:26: action 'allow' does not take 'status' (it takes: no parameters)"),
     (rules("- action: block\n  status: later\n"),
