@@ -68,10 +68,6 @@ def test_policy_loader_on_yaml_shaped_input(tree):
     check(yaml.safe_dump(tree, allow_unicode=True), policy)
 
 
-def test_a_bare_delay_default_is_an_error_not_a_crash():  # found by these tests, in CI
-    check("app: f\nlisten: 8101\ndefault: delay\n", policy)
-
-
 @FAST
 @given(TREES, st.sampled_from(["allow", "block", "tor", "delay", "debounce", "strip"]))
 def test_policy_loader_on_mutated_rules(rule, action):
