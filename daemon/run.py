@@ -222,9 +222,11 @@ class Daemon:
             except LoadError as e:
                 log.error("reload (%s) refused, keeping policy set %s; %d error(s):\n%s",
                           trigger, self.holder.current.version, len(e.errors), e)
-                self.reloads.append(Reload(False, time.time(), None, [str(x) for x in e.errors], trigger))
-                notify("READY=1", f"STATUS=reload refused; {self._summary()}")
-                return False
+                return self._refused(trigger, [str(x) for x in e.errors])
+            except Exception as e:  # a bug in the loader: keep deciding with the set that works
+                log.exception("reload (%s) refused, keeping policy set %s: hush failed to read the policies",
+                              trigger, self.holder.current.version)
+                return self._refused(trigger, [f"internal error while loading: {e!r}"])
             if self.tor.state == "off" and uses_tor(new):
                 await self.tor.start()
             old = self.holder.swap(new)
@@ -236,6 +238,11 @@ class Daemon:
             self.reloads.append(Reload(True, time.time(), new.version, [], trigger))
             notify("READY=1", f"STATUS={self._summary()}")
             return True
+
+    def _refused(self, trigger: str, errors: list[str]) -> bool:
+        self.reloads.append(Reload(False, time.time(), None, errors, trigger))
+        notify("READY=1", f"STATUS=reload refused; {self._summary()}")
+        return False
 
     # -- reporting --------------------------------------------------------------------
 
