@@ -46,7 +46,8 @@ class Act:
         try:
             decision.action.on_tunnel(tunnel)
             if tunnel.outcome is None and not (tunnel.flow and tunnel.flow.response):
-                self._egress(tunnel.client_id, decision.action.egress, tunnel.host, tunnel.port, tunnel.route)
+                self._egress(tunnel.client_id, decision.action.egress, *(tunnel.address or (tunnel.host, tunnel.port)),
+                             tunnel.route)
         except Exception as e:
             log.exception("applying %s to CONNECT %s:%s failed", decision.action.name, tunnel.host, tunnel.port)
             tunnel.error = f"hush failed to apply {decision.action.name}: {e!r}"

@@ -22,7 +22,7 @@ from mitmproxy import connection, ctx, http, tcp, tls
 
 from hush.addons.flowinfo import fail_closed, request_info
 from hush.addons.tunnel import HushTunnelEndHook, HushTunnelHook, Tunnel
-from hush.daemon.policy.hosts import normalize
+from hush.daemon.policy.hosts import is_ip, normalize
 from hush.daemon.policy.model import Decision, PolicySet
 
 log = logging.getLogger("hush.decide")
@@ -39,6 +39,14 @@ def connect_decision(policyset: PolicySet | None, app: str | None, host: str, po
     except Exception as e:  # fail closed, never open
         log.exception("deciding CONNECT %s:%s for %s failed", host, port, app)
         return fail_closed(app, f"error while deciding: {e!r}", policyset.version, "connect")
+
+
+_STRICTNESS = {"none": 0, "tor": 1, "direct": 2}  # by what reaches the site: nothing, tor's exit, this machine
+
+
+def stricter(first: Decision, second: Decision) -> Decision:
+    """The decision that lets less reach the site; ``first`` when they tie."""
+    return second if _STRICTNESS[second.action.egress] < _STRICTNESS[first.action.egress] else first
 
 
 class Decide:
@@ -92,6 +100,27 @@ class Decide:
         self._open(tunnel, policyset)
         return tunnel
 
+    def _flowless_tls_tunnel(self, client: connection.Client, server: connection.Server, sni: str | None) -> Tunnel:
+        """A SOCKS5 client that resolved the name itself gives hush an address
+        and names the host only in the TLS SNI.  Both must allow what happens:
+        the stricter of the two decisions applies (block, then tor, then
+        direct), it is recorded under the name, and a direct connection is
+        permitted to the address the client gave."""
+        tunnel, policyset = self._flowless(client, server, sni)
+        address = normalize(server.address[0]) if server.address else ""
+        if not (sni and is_ip(address) and address != tunnel.host):
+            self._open(tunnel, policyset)
+            return tunnel
+        tunnel.address = (address, tunnel.port)
+        by_name = connect_decision(policyset, tunnel.app, tunnel.host, tunnel.port)
+        by_address = connect_decision(policyset, tunnel.app, address, tunnel.port)
+        if by_name is None or by_address is None:
+            tunnel.decision = None  # a rule needs the requests: they are inspected, each decided on its own
+            self._tunnels[tunnel.client_id] = tunnel
+            return tunnel
+        self._open(tunnel, policyset, stricter(by_name, by_address))
+        return tunnel
+
     def next_layer(self, nextlayer) -> None:
         """A SOCKS5 connection the policy sends through Tor is decided as soon
         as its destination is known, before any byte is read: the relay into
@@ -113,7 +142,7 @@ class Decide:
         client = data.context.client
         tunnel = self._tunnels.get(client.id)
         if tunnel is None:
-            tunnel = self._flowless_tunnel(client, data.context.server, data.client_hello.sni)
+            tunnel = self._flowless_tls_tunnel(client, data.context.server, data.client_hello.sni)
         if tunnel.decision is not None:
             # Decided without the request: relay the TLS untouched (and, if
             # the decision sends nothing, act grants no egress).

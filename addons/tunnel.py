@@ -34,6 +34,10 @@ class Tunnel:
     error: str | None = None
     outcome: str | None = None  # what happened instead of the decision (e.g. "tor-unavailable")
     route: object | None = None  # a torroute.Route when the tunnel goes through tor
+    # where a direct connection goes, when that is not (host, port): a SOCKS5
+    # client that resolved the name itself gives an address, and the TLS SNI
+    # names the host
+    address: tuple[str, int] | None = None
 
 
 @dataclasses.dataclass

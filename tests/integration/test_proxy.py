@@ -267,6 +267,30 @@ def test_net_rule_matches_addresses_never_names(hush, origin, origin2):
         ("127.0.0.1", "passthrough"), ("127.0.0.3", "block"), ("localhost", "block")]
 
 
+def test_socks5_client_that_resolves_names_itself(hush, tls_origin):
+    # curl --socks5 (not --socks5-hostname) hands hush an address; the name is only in the TLS SNI
+    seen = tls_origin.accepts
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: blocked.test}, action: block}", mode="socks5")})
+    socks = ("--socks5", f"127.0.0.1:{port}", "-k", "--resolve", f"blocked.test:{tls_origin.port}:127.0.0.1")
+    ok = curl(*socks, tls_origin.url("/allowed", host="localhost"))
+    assert ok.returncode == 0 and ok.stdout == b"origin 127.0.0.1 /allowed\n", ok.stderr  # was refused
+    assert curl(*socks, tls_origin.url("/named", host="blocked.test")).returncode != 0
+    assert len(seen) == 1
+    h.stop()
+    assert [(r["host"], r["decision"]) for r in h.audit()] == [("localhost", "allow"), ("blocked.test", "block")]
+
+    # and the address must allow it too: a rule on the address wins over a laxer one on the name
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: localhost}, action: passthrough}\n"
+                                "          - {match: {net: 127.0.0.0/8}, action: block}", mode="socks5")})
+    assert curl("--socks5", f"127.0.0.1:{port}", "-k", tls_origin.url("/address", host="localhost")).returncode != 0
+    assert len(seen) == 1
+    h.stop()
+    [row] = h.audit()
+    assert (row["host"], row["decision"], row["ip_exposed"]) == ("localhost", "block", 0)
+
+
 def test_socks5_tls_blocked_at_connection_level(hush, tls_origin):
     port = free_port()
     h = hush({"t": policy(port, default="block", mode="socks5")})
