@@ -34,6 +34,10 @@ class Act:
     def _permit(self, client_id: str, host: str, port: int) -> None:
         self._permits.setdefault(client_id, set()).add((normalize(host), port))
 
+    def revoke(self, client_id: str) -> None:
+        """Withdraw every connection permitted to this client (decide found the tunnel must not open)."""
+        self._permits.pop(client_id, None)
+
     def _egress(self, client_id: str, egress: str, host: str, port: int, route) -> None:
         """Permit what the applied action sends: the site itself, or tor."""
         if egress == "direct":

@@ -157,10 +157,33 @@ class Decide:
         tunnel = self._tunnels.get(client.id)
         if tunnel is None:
             tunnel = self._flowless_tls_tunnel(client, data.context.server, data.client_hello.sni)
+        elif tunnel.decision is not None and data.client_hello.sni:
+            self._check_sni(tunnel, normalize(data.client_hello.sni))
         if tunnel.decision is not None:
             # Decided without the request: relay the TLS untouched (and, if
             # the decision sends nothing, act grants no egress).
             data.ignore_connection = True
+
+    def _check_sni(self, tunnel: Tunnel, name: str) -> None:
+        """A tunnel decided on its target before the TLS began.  If the SNI
+        names another host — which a shared server or CDN will serve — that
+        the policy treats more strictly (or only per request), the connection
+        set up for the target is refused: nothing is sent, not even the
+        ClientHello."""
+        if name == tunnel.host or tunnel.error or tunnel.outcome:
+            return
+        by_name = connect_decision(tunnel.policyset, tunnel.app, name, tunnel.port)
+        if by_name is not None and (stricter(tunnel.decision, by_name) is tunnel.decision
+                                    or by_name.action.egress == tunnel.decision.action.egress):
+            return
+        act = ctx.master.addons.get("act")
+        if act is not None:
+            act.revoke(tunnel.client_id)
+        why = f"{by_name.action.name} by {by_name.describe()}" if by_name else "decided only per request"
+        tunnel.error = f"refused: the TLS names {name} ({why}), not {tunnel.host}"
+        if by_name is not None:
+            tunnel.decision = by_name
+        log.warning("refused a tunnel to %s:%s whose TLS names %s (%s)", tunnel.host, tunnel.port, name, why)
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         tunnel = self._tunnels.get(flow.client_conn.id)

@@ -102,6 +102,33 @@ def test_a_host_header_neither_steers_a_request_nor_escapes_its_rules(hush, orig
     assert [(r["host"], r["decision"]) for r in h.audit()] == [("127.0.0.1", "allow")] * 2 + [("127.0.0.1", "block")] * 3
 
 
+def test_a_tls_name_the_policy_treats_more_strictly_closes_the_tunnel(hush, tls_origin):
+    # CONNECT to an allowed target, then a ClientHello naming a blocked host (domain fronting:
+    # the CDN at the target would serve the named site)
+    import ssl
+
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: blocked.test}, action: block}")})
+    client = ssl.create_default_context()
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    results = []
+    for name in ("localhost", "blocked.test"):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"CONNECT 127.0.0.1:{tls_origin.port} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+            try:
+                with client.wrap_socket(s, server_hostname=name) as t:
+                    t.sendall(b"GET /via-" + name.encode() + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    results.append(t.recv(100)[:12])
+            except (ssl.SSLError, OSError):
+                results.append(None)
+    assert results == [b"HTTP/1.1 200", None]
+    assert len(tls_origin.accepts) == 1 and [r.path for r in tls_origin.requests] == ["/via-localhost"]
+    h.stop()
+    rows = sorted((r["host"], r["decision"], r["ip_exposed"], bool(r["error"])) for r in h.audit())
+    assert rows == [("127.0.0.1", "allow", 1, False), ("127.0.0.1", "block", 0, True)]
+
+
 def raw(port: int, *lines: str) -> bytes:
     """Send request lines exactly as written (no client tidies them up); the first bytes of the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
