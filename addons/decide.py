@@ -24,7 +24,7 @@ from mitmproxy.net.http import url
 
 from hush.addons.flowinfo import fail_closed, request_info
 from hush.addons.tunnel import HushTunnelEndHook, HushTunnelHook, Tunnel
-from hush.daemon.policy.hosts import is_ip, normalize
+from hush.daemon.policy.hosts import normalize
 from hush.daemon.policy.model import Decision, PolicySet
 
 log = logging.getLogger("hush.decide")
@@ -115,14 +115,15 @@ class Decide:
         return tunnel
 
     def _flowless_tls_tunnel(self, client: connection.Client, server: connection.Server, sni: str | None) -> Tunnel:
-        """A SOCKS5 client that resolved the name itself gives hush an address
-        and names the host only in the TLS SNI.  Both must allow what happens:
-        the stricter of the two decisions applies (block, then tor, then
-        direct), it is recorded under the name, and a direct connection is
-        permitted to the address the client gave."""
+        """A SOCKS5 destination and the TLS SNI can differ: a client that
+        resolved the name itself gives hush an address and names the host only
+        in the SNI (or a shared server is asked for another site).  Both must
+        allow what happens: the stricter of the two decisions applies (block,
+        then tor, then direct), it is recorded under the SNI's name, and a
+        direct connection is permitted to the destination the client gave."""
         tunnel, policyset = self._flowless(client, server, sni)
         address = normalize(server.address[0]) if server.address else ""
-        if not (sni and is_ip(address) and address != tunnel.host):
+        if not (sni and address and address != tunnel.host):
             self._open(tunnel, policyset)
             return tunnel
         tunnel.address = (address, tunnel.port)
@@ -170,7 +171,7 @@ class Decide:
         the policy treats more strictly (or only per request), the connection
         set up for the target is refused: nothing is sent, not even the
         ClientHello."""
-        if name == tunnel.host or tunnel.error or tunnel.outcome:
+        if name == tunnel.host or tunnel.error or tunnel.outcome or tunnel.decision.action.egress == "none":
             return
         by_name = connect_decision(tunnel.policyset, tunnel.app, name, tunnel.port)
         if by_name is not None and (stricter(tunnel.decision, by_name) is tunnel.decision

@@ -311,9 +311,15 @@ def test_socks5_client_that_resolves_names_itself(hush, tls_origin):
     ok = curl(*socks, tls_origin.url("/allowed", host="localhost"))
     assert ok.returncode == 0 and ok.stdout == b"origin 127.0.0.1 /allowed\n", ok.stderr  # was refused
     assert curl(*socks, tls_origin.url("/named", host="blocked.test")).returncode != 0
+    # with remote DNS too: the SNI is allowed, the SOCKS5 destination (what is reached) is not
+    fronted = curl("--socks5-hostname", f"127.0.0.1:{port}", "-k", "--connect-to",
+                   f"localhost:{tls_origin.port}:blocked.test:{tls_origin.port}",
+                   tls_origin.url("/fronted", host="localhost"))
+    assert fronted.returncode != 0
     assert len(seen) == 1
     h.stop()
-    assert [(r["host"], r["decision"]) for r in h.audit()] == [("localhost", "allow"), ("blocked.test", "block")]
+    assert [(r["host"], r["decision"]) for r in h.audit()] == [
+        ("localhost", "allow"), ("blocked.test", "block"), ("localhost", "block")]
 
     # and the address must allow it too: a rule on the address wins over a laxer one on the name
     port = free_port()
