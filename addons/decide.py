@@ -15,17 +15,15 @@ site before any hook runs (DESIGN.md fact 1).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
 from mitmproxy import connection, ctx, http, tcp, tls
-from mitmproxy.net.http import url
 
 from hush.addons.flowinfo import fail_closed, request_info
 from hush.addons.tunnel import HushTunnelEndHook, HushTunnelHook, Tunnel
 from hush.daemon.policy.hosts import normalize
-from hush.daemon.policy.model import Decision, PolicySet
+from hush.daemon.policy.model import Decision, PolicySet, stricter
 
 log = logging.getLogger("hush.decide")
 
@@ -41,26 +39,6 @@ def connect_decision(policyset: PolicySet | None, app: str | None, host: str, po
     except Exception as e:  # fail closed, never open
         log.exception("deciding CONNECT %s:%s for %s failed", host, port, app)
         return fail_closed(app, f"error while deciding: {e!r}", policyset.version, "connect")
-
-
-def _host_header(flow: http.HTTPFlow) -> str | None:
-    """The host a request's ``Host`` header (``:authority`` in HTTP/2) names, normalized."""
-    value = flow.request.host_header
-    if not value:
-        return None
-    try:
-        host, _ = url.parse_authority(value, check=False)
-    except ValueError:
-        return None
-    return normalize(host)
-
-
-_STRICTNESS = {"none": 0, "tor": 1, "direct": 2}  # by what reaches the site: nothing, tor's exit, this machine
-
-
-def stricter(first: Decision, second: Decision) -> Decision:
-    """The decision that lets less reach the site; ``first`` when they tie."""
-    return second if _STRICTNESS[second.action.egress] < _STRICTNESS[first.action.egress] else first
 
 
 class Decide:
@@ -230,11 +208,7 @@ class Decide:
         else:
             try:
                 req = request_info(flow, flow.metadata.get("hush.kind", "other"))
-                decision = policyset.decide(app, req)
-                named = _host_header(flow)
-                if named and named != req.host:
-                    # the Host header picks the site on a shared server or CDN: it must be allowed too
-                    decision = stricter(decision, policyset.decide(app, dataclasses.replace(req, host=named)))
+                decision = policyset.decide(app, req)  # the Host header's host too, if it names another
             except Exception as e:
                 log.exception("deciding %s for %s failed", flow.request.pretty_url, app)
                 decision = fail_closed(app, f"error while deciding: {e!r}", policyset.version)

@@ -25,6 +25,8 @@ def request_info(flow: http.HTTPFlow, kind: str = "other") -> RequestInfo:
     req = flow.request
     path, _, query = req.path.partition("?")
     headers = {name.lower(): ", ".join(req.headers.get_all(name)) for name in req.headers}
+    if "host" not in headers and req.host_header:  # HTTP/2 carries it as :authority
+        headers["host"] = req.host_header
     return RequestInfo(
         method=req.method.upper(),
         scheme=req.scheme,

@@ -68,6 +68,16 @@ def canonical_address(host: str) -> str:
         return host
 
 
+def authority_host(authority: str) -> str:
+    """The host of a ``Host`` header: ``example.com:8080`` → ``example.com``, ``[::1]:80`` → ``::1``."""
+    authority = authority.strip()
+    if authority.startswith("["):
+        end = authority.find("]")
+        return authority[1:end] if end > 0 else authority
+    host, sep, port = authority.rpartition(":")
+    return host if sep and port.isdigit() and ":" not in host else authority
+
+
 def is_ip(host: str) -> bool:
     if not host or not (host[0].isdigit() or ":" in host):
         return False  # cheap: most names cannot be addresses

@@ -17,7 +17,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Iterable, Literal, Mapping
 
 from hush.daemon.policy.glob import Glob
-from hush.daemon.policy.hosts import HostIndex, in_networks, normalize, parents, site_of
+from hush.daemon.policy.hosts import HostIndex, authority_host, in_networks, normalize, parents, site_of
 from hush.daemon.yamlschema import Location
 
 if TYPE_CHECKING:
@@ -222,6 +222,15 @@ class Decision:
         return self.rule.describe() if self.rule else f"default ({self.source.short})"
 
 
+_STRICTNESS = {"none": 0, "tor": 1, "direct": 2}  # by what reaches the site: nothing, tor's exit, this machine
+
+
+def stricter(first: Decision, second: Decision) -> Decision:
+    """The decision that lets less reach the site (block, then tor, then a
+    direct action); ``first`` when they tie."""
+    return second if _STRICTNESS[second.action.egress] < _STRICTNESS[first.action.egress] else first
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     app: str
@@ -289,8 +298,19 @@ class PolicySet:
     def decide(self, app: str, req: RequestInfo) -> Decision:
         """The first rule of ``app`` that matches ``req``, else the default.
 
+        The connection goes to ``req.host``; but when the ``Host`` header names
+        another host — which a shared server or CDN would serve — that host is
+        decided too, and the :func:`stricter` decision applies.
+
         :raises KeyError: for an app without a policy.
         """
+        decision = self._first_match(app, req)
+        named = normalize(authority_host(req.headers.get("host", "")))
+        if named and named != normalize(req.host):
+            decision = stricter(decision, self._first_match(app, dataclasses.replace(req, host=named)))
+        return decision
+
+    def _first_match(self, app: str, req: RequestInfo) -> Decision:
         policy = self.policies[app]
         host = normalize(req.host)
         site = site_of(host)

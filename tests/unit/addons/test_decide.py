@@ -115,16 +115,3 @@ def test_lazy_strategy_is_forced():
         tctx.configure(decide, connection_strategy="eager")
         assert tctx.options.connection_strategy == "lazy"
 
-
-def test_stricter_lets_less_reach_the_site():
-    from hush.addons.decide import stricter
-    from hush.daemon.policy import build
-
-    ps = build([("p.yaml", "app: a\nlisten: 1\ndefault: allow\nrules:\n"
-                           "  - {match: {host: b.org}, action: block}\n"
-                           "  - {match: {host: t.org}, action: tor}\n"
-                           "  - {match: {host: p.org}, action: passthrough}\n")])
-    block, tor, passthrough, allow = (ps.decide_connect("a", h, 443) for h in ("b.org", "t.org", "p.org", "x.org"))
-    assert stricter(allow, block) is block and stricter(block, allow) is block
-    assert stricter(passthrough, tor) is tor and stricter(tor, block) is block
-    assert stricter(passthrough, allow) is passthrough  # a tie: the first (the name's, in decide)

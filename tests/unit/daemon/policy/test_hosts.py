@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from hush.daemon.policy.hosts import HostIndex, in_networks, normalize, parents, parse_host_pattern, parse_network, site_of
+from hush.daemon.policy.hosts import HostIndex, authority_host, in_networks, normalize, parents, parse_host_pattern, parse_network, site_of
 
 
 @pytest.mark.parametrize("host, site", [
@@ -109,3 +109,11 @@ def test_parse_network():
     assert str(parse_network(" 2001:db8::/32 ")) == "2001:db8::/32"
     with pytest.raises(ValueError, match="did you mean '2001:db8::/32'"):
         parse_network("2001:db8::1/32")
+
+
+@pytest.mark.parametrize("authority, host", [
+    ("example.com", "example.com"), ("example.com:8080", "example.com"), ("[::1]:80", "::1"), ("[::1]", "::1"),
+    ("::1", "::1"), ("127.0.0.1:80", "127.0.0.1"), ("a.com:x", "a.com:x"), (" a.com ", "a.com"),
+])
+def test_authority_host(authority, host):
+    assert authority_host(authority) == host

@@ -3,7 +3,7 @@ import textwrap
 import pytest
 
 from hush.daemon.policy import RequestInfo, build
-from hush.daemon.policy.model import canonical_path
+from hush.daemon.policy.model import canonical_path, stricter
 
 POLICY = textwrap.dedent("""\
     app: x
@@ -126,3 +126,23 @@ def test_rules_match_the_canonical_path(ps):
     for url in ("https://www.example.com/%70rivate/a", "https://www.example.com/public/../private/a",
                 "https://www.example.com//private//a"):
         assert ps.decide("x", req(url)).action.status == 451, url
+
+
+def test_stricter_lets_less_reach_the_site():
+    ps = build([("p.yaml", "app: a\nlisten: 1\ndefault: allow\nrules:\n"
+                           "  - {match: {host: b.org}, action: block}\n"
+                           "  - {match: {host: t.org}, action: tor}\n"
+                           "  - {match: {host: p.org}, action: passthrough}\n")])
+    block, tor, passthrough, allow = (ps.decide_connect("a", h, 443) for h in ("b.org", "t.org", "p.org", "x.org"))
+    assert stricter(allow, block) is block and stricter(block, allow) is block
+    assert stricter(passthrough, tor) is tor and stricter(tor, block) is block
+    assert stricter(passthrough, allow) is passthrough  # a tie: the first
+
+
+def test_a_host_header_naming_another_host_is_decided_too(ps):
+    cdn = "https://cdn.allowed.net/x"
+    assert ps.decide("x", req(cdn)).rule is None
+    d = ps.decide("x", req(cdn, headers={"Host": "tracker.com:443"}))
+    assert (d.action.name, d.rule.index) == ("block", 2)
+    assert ps.decide("x", req(cdn, headers={"Host": "cdn.allowed.net"})).rule is None
+    assert ps.decide("x", req("https://tracker.com/", headers={"Host": "cdn.allowed.net"})).rule.index == 2
