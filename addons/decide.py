@@ -121,7 +121,9 @@ class Decide:
         decided later, with the TLS SNI or the HTTP request in hand."""
         context = nextlayer.context
         client = context.client
-        if client.proxy_mode.type_name != "socks5" or client.id in self._socks_seen:
+        # SOCKS5, and `hush launch` (transparent: the destination came from nftables): both
+        # know where the connection goes before its first byte
+        if client.proxy_mode.type_name not in ("socks5", "transparent") or client.id in self._socks_seen:
             return  # next_layer runs again for every layer of a connection: decide once
         if context.server.address is None:
             return

@@ -46,36 +46,112 @@ def normalize(host: str) -> str:
     return host
 
 
+# What Linux connects to when asked for the unspecified address (no source
+# address bound, as mitmproxy binds none): tcp_v4_connect / ip_route_connect
+# route 0.0.0.0 to the loopback device with 127.0.0.1 as destination, and
+# tcp_v6_connect turns :: into ::1.  Only the unspecified address itself: the
+# rest of 0.0.0.0/8 (0.0.0.1, 0.1.2.3) is routed like any other unicast
+# address on kernels since 5.3 (measured: `ip route get 0.0.0.1` → the
+# default gateway), so it is decided as itself.
+_UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
 @functools.lru_cache(maxsize=4096)
 def canonical_address(host: str) -> str:
     """``2001:DB8:0::1`` → ``2001:db8::1``; an IPv4-mapped ``::ffff:127.0.0.1``
     and what the system resolver reads as an IPv4 address without asking DNS
     (``2130706433``, ``0x7f.1``, ``0177.0.0.1``, ``127.1``: inet_aton's forms)
-    → ``127.0.0.1``.  Otherwise ``host`` unchanged.  Without this a rule on
-    ``127.0.0.1`` would not see a request to ``http://2130706433/``, which
-    connects there all the same."""
+    → ``127.0.0.1``.  The unspecified address, however spelt (``0``, ``0x0``,
+    ``0.0``, ``::``, ``0:0::0``, ``::ffff:0.0.0.0``), is the loopback address
+    the kernel connects it to (see ``_UNSPECIFIED``).  Otherwise ``host``
+    unchanged; an IPv6 zone id (``::1%1``) is kept, so that :func:`refusal`
+    sees it.  Without this a rule on ``127.0.0.1`` would not see a request to
+    ``http://2130706433/`` or ``http://0/``, which connect there all the same."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         pass
     else:
-        return str(getattr(address, "ipv4_mapped", None) or address)
+        if getattr(address, "scope_id", None) is not None:
+            return str(address)  # ::ffff:127.0.0.1%1 too: refused, not decided as 127.0.0.1
+        text = str(getattr(address, "ipv4_mapped", None) or address)
+        return _UNSPECIFIED.get(text, text)
     if ":" in host:
         return host
     try:
-        return socket.inet_ntoa(socket.inet_aton(host))
+        text = socket.inet_ntoa(socket.inet_aton(host))
     except OSError:
         return host
+    return _UNSPECIFIED.get(text, text)
 
 
-def authority_host(authority: str) -> str:
-    """The host of a ``Host`` header: ``example.com:8080`` → ``example.com``, ``[::1]:80`` → ``::1``."""
-    authority = authority.strip()
+def refusal(host: str) -> str | None:
+    """Why no connection may be made to ``host`` (normalized) whatever the
+    policy says, or None.
+
+    - an IPv6 zone id (``::1%1``, ``fe80::1%eth0``, ``%25`` in a URL): it
+      picks the network interface the kernel sends on, which no rule can name,
+      and every parser reads it differently (mitmproxy keeps it in the host,
+      Python's ``ipaddress`` keeps it in the address, getaddrinfo takes a
+      number or an interface name and ignores it for ``::1``).  Dropping it
+      instead would decide ``fe80::1%eth0`` and ``fe80::1%wlan0`` as one host
+      though they are different machines on different links; refusing costs
+      nothing an app needs (no messenger sends a zone id) and leaves no
+      spelling to disagree about;
+    - anything that is neither an IP address nor a valid host name (a SOCKS5
+      domain can carry any bytes): no rule could name it.
+    """
+    if "%" in host and ":" in host:
+        return f"{host!r} carries an IPv6 zone id"
+    if not host:
+        return "no destination host"
+    problem = check_name(host)
+    return problem and f"{host!r} is not a valid host name or address"
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_authority(text: str) -> tuple[str, int | None]:
+    """A ``Host`` header or a request target's authority → (normalized host,
+    port or None), strictly: ``host``, ``host:``, ``host:port``,
+    ``[v6]:port``, with optional blanks around it.
+
+    :raises ValueError: saying why it is not one authority — userinfo
+        (``user@host``), several values (``a, b``: repeated headers are
+        joined so), a port that is not a number up to 65535, an IPv6 address
+        without brackets or with a zone id, anything that is not a host name
+        or address.  A server may read such a value in ways hush cannot
+        predict, so it is never decided on a guess.
+    """
+    authority = text.strip(" \t")
+    if not authority:
+        raise ValueError("it is empty")
+    for char, why in ((",", "it holds several values"), ("@", "it holds userinfo")):
+        if char in authority:
+            raise ValueError(why)
     if authority.startswith("["):
         end = authority.find("]")
-        return authority[1:end] if end > 0 else authority
-    host, sep, port = authority.rpartition(":")
-    return host if sep and port.isdigit() and ":" not in host else authority
+        host, rest = authority[1:end], authority[end + 1:]
+        if end < 0 or rest and not rest.startswith(":"):
+            raise ValueError("its IPv6 literal is malformed")
+        if "%" in host:
+            raise ValueError("it carries an IPv6 zone id")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("its brackets hold no IPv6 address") from None
+        port = rest[1:]
+    else:
+        host, _, port = authority.partition(":")
+        if ":" in port:
+            raise ValueError("an IPv6 address must be in brackets")
+    if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"its port {port!r} is not a number up to 65535")
+    if not host or host.endswith(".."):
+        raise ValueError(f"its host {host!r} is not a host name or address")
+    name = normalize(host)
+    if refusal(name):
+        raise ValueError(f"its host {host!r} is not a host name or address")
+    return name, int(port) if port else None
 
 
 def is_ip(host: str) -> bool:

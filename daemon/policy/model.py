@@ -17,7 +17,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Iterable, Literal, Mapping
 
 from hush.daemon.policy.glob import Glob
-from hush.daemon.policy.hosts import HostIndex, authority_host, in_networks, normalize, parents, site_of
+from hush.daemon.policy.hosts import HostIndex, in_networks, normalize, parents, parse_authority, refusal, site_of
 from hush.daemon.yamlschema import Location
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 Level = Literal["connect", "request"]
 DEFAULT_PORTS = {"http": 80, "https": 443}
+REFUSED = Location("<hush>", 0, 0)  # the source of decisions no rule made: what no policy may allow
 
 
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -79,6 +80,12 @@ class RequestInfo:
     query: str = ""
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     kind: str = "other"
+    # the authority the request target itself names, when the connection was
+    # made to ``host`` before the request was read: an absolute-form target
+    # inside a CONNECT or SOCKS5 tunnel, HTTP/2's :authority.  A server uses it
+    # before any Host header (RFC 9112 §3.2.2), so it is decided too.  Empty
+    # for a plain proxy request, whose absolute URL *is* ``host``.
+    authority: str = ""
 
     @property
     def site(self) -> str:
@@ -210,6 +217,10 @@ class Decision:
     level: Level
     policy_version: str
     note: str | None = None  # why hush decided without a rule (failing closed)
+    # the host this decision was made for when it is not the connection's
+    # target: a Host header or a request target naming another host that the
+    # policy treats more strictly (the audit records the request under it)
+    host: str | None = None
 
     @property
     def ref(self) -> str:
@@ -295,19 +306,44 @@ class PolicySet:
             return Decision(policy.app, policy.default, None, policy.default_location, level, self.version)
         return Decision(policy.app, rule.action, rule, rule.location, level, self.version)
 
+    def refused(self, app: str, why: str, level: Level) -> Decision:
+        """What no rule decides: a destination or a request hush cannot read
+        the way the server will (answered 400, nothing sent)."""
+        from hush.addons.actions.block import Block
+
+        return Decision(app, Block(400), None, REFUSED, level, self.version, note=f"refused: {why}")
+
     def decide(self, app: str, req: RequestInfo) -> Decision:
         """The first rule of ``app`` that matches ``req``, else the default.
 
-        The connection goes to ``req.host``; but when the ``Host`` header names
-        another host — which a shared server or CDN would serve — that host is
-        decided too, and the :func:`stricter` decision applies.
+        The connection goes to ``req.host``; but a server picks the site it
+        serves by the request target's authority (``req.authority``) and else
+        by the ``Host`` header, and a shared server or CDN serves any site it
+        hosts: when either names another host, that host is decided too, and
+        the :func:`stricter` decision applies (recorded under that host if it
+        is the one that decided).  A destination :func:`refusal` names, an
+        authority or ``Host`` that is not exactly one valid authority (several
+        ``Host`` headers arrive joined with ``, ``), is refused.
 
         :raises KeyError: for an app without a policy.
         """
+        host = normalize(req.host)
+        why = refusal(host)
+        if why:
+            return self.refused(app, why, "request")
         decision = self._first_match(app, req)
-        named = normalize(authority_host(req.headers.get("host", "")))
-        if named and named != normalize(req.host):
-            decision = stricter(decision, self._first_match(app, dataclasses.replace(req, host=named)))
+        named: set[str] = {host}
+        for what, value in (("request target", req.authority), ("Host header", req.headers.get("host"))):
+            if not value or value.isspace():
+                continue  # names no other host: the connection's target is the site
+            try:
+                name, _ = parse_authority(value)
+            except ValueError as e:
+                return self.refused(app, f"the {what} {value!r} is not one valid authority: {e}", "request")
+            if name not in named:
+                named.add(name)
+                other = self._first_match(app, dataclasses.replace(req, host=name))
+                decision = stricter(decision, dataclasses.replace(other, host=name))
         return decision
 
     def _first_match(self, app: str, req: RequestInfo) -> Decision:
@@ -329,6 +365,9 @@ class PolicySet:
         """
         policy = self.policies[app]
         host = normalize(host)
+        why = refusal(host)
+        if why:
+            return self.refused(app, why, "connect")
         site = site_of(host)
         for rule in policy._candidates(host, site, port):
             if rule.match.request_level:

@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from hush.daemon.policy.hosts import HostIndex, authority_host, in_networks, normalize, parents, parse_host_pattern, parse_network, site_of
+from hush.daemon.policy.hosts import (HostIndex, in_networks, normalize, parents, parse_authority, parse_host_pattern,
+                                      parse_network, refusal, site_of)
 
 
 @pytest.mark.parametrize("host, site", [
@@ -111,9 +112,58 @@ def test_parse_network():
         parse_network("2001:db8::1/32")
 
 
-@pytest.mark.parametrize("authority, host", [
-    ("example.com", "example.com"), ("example.com:8080", "example.com"), ("[::1]:80", "::1"), ("[::1]", "::1"),
-    ("::1", "::1"), ("127.0.0.1:80", "127.0.0.1"), ("a.com:x", "a.com:x"), (" a.com ", "a.com"),
+@pytest.mark.parametrize("authority, parsed", [
+    ("example.com", ("example.com", None)), ("example.com:8080", ("example.com", 8080)), ("[::1]:80", ("::1", 80)),
+    ("[::1]", ("::1", None)), ("127.0.0.1:80", ("127.0.0.1", 80)), (" a.com\t", ("a.com", None)),
+    ("blocked.test:", ("blocked.test", None)),  # an empty port is valid (RFC 3986): still blocked.test
+    ("Blocked.Test.:", ("blocked.test", None)),
+    ("0x7f.1:8080", ("127.0.0.1", 8080)), ("[0:0::0]:1", ("::1", 1)), ("0", ("127.0.0.1", None)),
 ])
-def test_authority_host(authority, host):
-    assert authority_host(authority) == host
+def test_parse_authority(authority, parsed):
+    assert parse_authority(authority) == parsed
+
+
+@pytest.mark.parametrize("authority, why", [
+    ("a.com:x", "port"), ("a.com:80x", "port"), ("a.com:+80", "port"), ("a.com:99999", "port"), ("a.com: 80", "port"),
+    ("user@a.com", "userinfo"), ("user:pw@a.com:80", "userinfo"),
+    ("a.com, b.com", "several"), ("a.com,", "several"),  # repeated Host headers arrive joined so
+    ("::1", "brackets"), ("::1:80", "brackets"), ("[::1", "malformed"), ("[::1]80", "malformed"),
+    ("[::1%1]:80", "zone id"), ("[fe80::1%25eth0]", "zone id"), ("[v1.x]", "no IPv6"), ("[127.0.0.1]", "no IPv6"),
+    ("a..com", "host"), ("a.com..", "host"), ("bl%6fcked.test", "host"), ("a com", "host"), ("a/b", "host"),
+    ("", "empty"), (":80", "host"), ("a.com:80:80", "brackets"),
+])
+def test_what_is_not_one_authority_is_refused(authority, why):
+    with pytest.raises(ValueError, match=why):
+        parse_authority(authority)
+
+
+@pytest.mark.parametrize("spelling", [
+    "0.0.0.0", "0", "0.0", "0.0.0", "0x0", "00", "0x00000000", "000.0.0.0", "0.0.0.0.",
+    "::", "[::]", "0:0::0", "[0:0:0:0:0:0:0:0]", "::0.0.0.0", "::ffff:0.0.0.0", "::FFFF:0:0",
+])
+def test_the_unspecified_address_is_the_loopback_address_it_reaches(spelling):
+    # Linux connects 0.0.0.0 to 127.0.0.1 and :: to ::1 (an IPv4-mapped one to 127.0.0.1)
+    loopback = "::1" if normalize(spelling) == "::1" else "127.0.0.1"
+    assert normalize(spelling) == loopback
+    assert in_networks(normalize(spelling), [parse_network("127.0.0.0/8"), parse_network("::1/128")])
+
+
+@pytest.mark.parametrize("host", ["0.0.0.1", "0.1.2.3", "0.255.255.255"])
+def test_the_rest_of_0_0_0_0_8_is_itself(host):
+    # routed like any address (kernel 5.3+: `ip route get 0.0.0.1` names the default gateway)
+    assert normalize(host) == host
+
+
+@pytest.mark.parametrize("host", ["::1%1", "[::1%251]", "::%1", "fe80::1%eth0", "::ffff:127.0.0.1%1", "::1%"])
+def test_a_zone_id_is_refused(host):
+    assert "zone id" in refusal(normalize(host))
+
+
+@pytest.mark.parametrize("host", ["", "a b", "a/b", "a..b", "-a.com", "x" * 64 + ".com", "a\x00b", "evil.com#"])
+def test_what_is_no_host_is_refused(host):
+    assert refusal(normalize(host))
+
+
+@pytest.mark.parametrize("host", ["example.com", "127.0.0.1", "::1", "2001:db8::1", "xn--bcher-kva.de", "a_b.example"])
+def test_hosts_are_not_refused(host):
+    assert refusal(normalize(host)) is None

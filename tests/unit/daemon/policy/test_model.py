@@ -1,3 +1,4 @@
+import dataclasses
 import textwrap
 
 import pytest
@@ -146,3 +147,84 @@ def test_a_host_header_naming_another_host_is_decided_too(ps):
     assert (d.action.name, d.rule.index) == ("block", 2)
     assert ps.decide("x", req(cdn, headers={"Host": "cdn.allowed.net"})).rule is None
     assert ps.decide("x", req("https://tracker.com/", headers={"Host": "cdn.allowed.net"})).rule.index == 2
+
+
+# -- what is decided on what (issue 11: items 1-4) ---------------------------------------
+
+LOOPBACK = build([("p.yaml", "app: x\nlisten: 8101\ndefault: allow\nrules:\n"
+                             "  - {match: {net: [127.0.0.0/8, '::1/128']}, action: block, status: 451}\n"
+                             "  - {match: {host: blocked.test}, action: block}\n"
+                             "  - {match: {host: slow.test}, action: tor}\n")])
+
+
+@pytest.mark.parametrize("host", ["0", "0.0", "0x0", "0.0.0.0", "::", "[::]", "0:0::0", "::ffff:0.0.0.0", "00"])
+def test_the_unspecified_address_is_decided_as_loopback(host):
+    assert LOOPBACK.decide_connect("x", host, 80).action.status == 451
+    url = f"http://[{host.strip('[]')}]/" if ":" in host else f"http://{host}/"
+    assert LOOPBACK.decide("x", req(url)).action.status == 451
+
+
+@pytest.mark.parametrize("host", ["::1%1", "[::1%251]", "fe80::1%2", "::ffff:127.0.0.1%1"])
+def test_a_zone_id_is_refused_whatever_the_policy(host):
+    everything = build([("p.yaml", "app: x\nlisten: 8101\ndefault: allow\n")])
+    for ps in (LOOPBACK, everything):
+        d = ps.decide_connect("x", host, 443)
+        assert (d.action.name, d.action.status, d.rule, d.level) == ("block", 400, None, "connect")
+        assert "zone id" in d.note
+        bare = host.strip("[]")
+        d = ps.decide("x", RequestInfo("GET", "http", bare, 80, "/"))
+        assert (d.action.status, d.level) == (400, "request") and d.note.startswith("refused:")
+
+
+def test_a_socks5_domain_that_is_no_host_is_refused():
+    for host in ("", "a b", "evil.com/x", "blocked.test#"):
+        assert LOOPBACK.decide_connect("x", host, 80).action.status == 400, host
+
+
+def host_header(value, url="http://cdn.allowed.net/x"):
+    return LOOPBACK.decide("x", req(url, headers={"Host": value}))
+
+
+@pytest.mark.parametrize("value", ["blocked.test", "blocked.test:", "BLOCKED.test.", "blocked.test.:",
+                                   "blocked.test:8080", " blocked.test\t"])
+def test_a_host_header_naming_a_blocked_host_blocks_however_spelt(value):
+    d = host_header(value)
+    assert (d.action.name, d.rule.index, d.host) == ("block", 2, "blocked.test")
+
+
+@pytest.mark.parametrize("value", ["0", "0.0.0.0:80", "[::]", "127.1", "[::ffff:0.0.0.0]"])
+def test_a_host_header_naming_loopback_blocks(value):
+    assert host_header(value).action.status == 451
+
+
+@pytest.mark.parametrize("value", [
+    "blocked.test:abc", "blocked.test:80:80", "user@blocked.test", "blocked.test, cdn.allowed.net",
+    "cdn.allowed.net, cdn.allowed.net",  # two Host headers, even equal ones, arrive joined
+    ", blocked.test", "[::1%1]", "bl%6fcked.test", "blocked.test..", "::1", "blocked.test:99999",
+])
+def test_a_host_header_that_is_not_one_authority_is_refused(value):
+    d = host_header(value)
+    assert (d.action.name, d.action.status, d.rule) == ("block", 400, None)
+    assert d.note.startswith("refused: the Host header")
+
+
+def test_an_empty_host_header_names_nothing_else():
+    assert host_header("").rule is None and host_header("  ").rule is None
+    assert host_header("cdn.allowed.net:80").host is None  # the connection's own host: nothing else decided
+
+
+def test_the_request_target_authority_is_decided_too():
+    inside = RequestInfo("GET", "http", "cdn.allowed.net", 80, "/x", headers={"host": "cdn.allowed.net"},
+                         authority="blocked.test")
+    d = LOOPBACK.decide("x", inside)
+    assert (d.action.name, d.rule.index, d.host) == ("block", 2, "blocked.test")
+    for authority in ("0.0.0.0:80", "[::]:80", "127.0.0.3"):
+        assert LOOPBACK.decide("x", dataclasses.replace(inside, authority=authority)).action.status == 451
+    for authority in ("user@blocked.test", "blocked.test:x", "[::1%1]:80"):
+        d = LOOPBACK.decide("x", dataclasses.replace(inside, authority=authority))
+        assert d.action.status == 400 and d.note.startswith("refused: the request target")
+    assert LOOPBACK.decide("x", dataclasses.replace(inside, authority="cdn.allowed.net:80")).rule is None
+    # the stricter wins across all three; on a tie the connection's own decision stands
+    tor = LOOPBACK.decide("x", dataclasses.replace(inside, authority="slow.test", headers={"host": "blocked.test"}))
+    assert (tor.action.name, tor.host) == ("block", "blocked.test")
+    assert LOOPBACK.decide("x", dataclasses.replace(inside, authority="slow.test")).host == "slow.test"
