@@ -21,6 +21,7 @@ from typing import Optional
 from mitmproxy import connection, ctx, exceptions, http, tcp
 
 from hush.daemon import procnet
+from hush.daemon.launches import app_of_spec
 from hush.daemon.policy import load
 from hush.daemon.policy.holder import PolicyHolder
 from hush.daemon.policy.model import PolicySet
@@ -33,6 +34,9 @@ def identify_connection(client: connection.Client, policyset: PolicySet | None, 
                         processes: set[str] | None = None):
     """(app or None, listener spec) for a client connection."""
     spec = client.proxy_mode.full_spec
+    launched = app_of_spec(spec)
+    if launched is not None:  # `hush launch`: the app is the launch's, nothing to look up or spoof
+        return (launched if policyset and launched in policyset.policies else None), spec
     app = policyset.app_for_listener(spec, processes) if policyset else None
     if app is None and fallback and policyset and fallback in policyset.policies:
         app = fallback
@@ -48,6 +52,8 @@ class Identify:
         """On a shared listener, find the client's process; refuse other local
         users' connections (their uid, from the kernel).  Once per connection,
         off the event loop."""
+        if app_of_spec(client.proxy_mode.full_spec) is not None:
+            return  # from a launch's namespace: the daemon's own socket there, and no /proc to ask
         if not client.peername or not ipaddress.ip_address(client.peername[0].split("%")[0]).is_loopback:
             return  # another machine (only on listeners the config explicitly opened): no process to ask
         policyset = self.holder.current

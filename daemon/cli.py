@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (export, purge, report):
         _common(p, state=True)
 
+    launch = sub.add_parser("launch", help="run a command whose every connection goes through hush "
+                            "(its own network namespace; no proxy setting needed)")
+    launch.add_argument("--app", required=True, help="the policy that decides the command's connections")
+    launch.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]")
+    _common(launch, state=True)
+
     sub.add_parser("demo", help="see what hush does: the shipped policies, a local site, each app's fetches replayed")
 
     doctor = sub.add_parser("doctor", help="find what is wrong on this machine, and how to fix it")
@@ -175,6 +181,8 @@ def _dispatch(args) -> int:
         return {"tail": cmd_audit_tail, "summary": cmd_audit_summary, "show": cmd_audit_show,
                 "export": cmd_audit_export, "purge": cmd_audit_purge, "report": cmd_audit_report,
                 }[args.audit_command](args, config)
+    if args.command == "launch":
+        return cmd_launch(args, config)
     if args.command == "doctor":
         return cmd_doctor(args)
     if args.command == "demo":
@@ -253,11 +261,37 @@ def cmd_status(args, config: Config) -> int:
     decisions = ", ".join(f"{k} {v}" for k, v in sorted(st["decisions"].items())) or "none yet"
     print(f"decisions since start: {decisions}")
     loop = st["loop"]
+    for launch in st.get("launches", []):
+        print(f"  launch {launch['id']:<3} {launch['app']:<10} pid {launch['pid']:<8} since {_when(launch['since'])}, "
+              f"{launch['connections']} connection(s), {launch['open']} open: {' '.join(launch['argv'])[:60]}")
     print(f"held now: {st['held']}; event loop: longest stall {loop['max_stall_ms']:.0f} ms, "
           f"{loop['gc_full']} full garbage collections (longest {loop['gc_full_max_ms']:.0f} ms)")
     degraded = f"; DEGRADED: {audit['last_error']}" if audit["degraded"] else ""
     print(f"audit: {audit['written']} written, {audit['pending']} queued{degraded}")
     return ExitStatus.OK
+
+
+# -- launch -----------------------------------------------------------------------
+
+
+def cmd_launch(args, config: Config) -> int:
+    from hush.daemon import launch
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise UsageError("hush launch: name the command to run: hush launch --app APP -- CMD [ARG ...]")
+    state = _state(args, config)
+    try:
+        return launch.run(state, args.app, argv)
+    except ConnectionError as e:
+        print(f"hush launch: not started, {e}", file=sys.stderr)
+        return ExitStatus.DAEMON_UNREACHABLE
+    except launch.Refused as e:
+        print(f"hush launch: not started, the daemon refused: {e}", file=sys.stderr)
+        return ExitStatus.NOT_FOUND if e.reply.get("error", "").startswith("no policy") else ExitStatus.ERROR
+    except launch.LaunchError as e:
+        print(f"hush launch: not started, cannot build the namespace: {e}", file=sys.stderr)
+        return ExitStatus.ERROR
 
 
 # -- policy -----------------------------------------------------------------------

@@ -35,6 +35,7 @@ from hush.daemon import paths
 from hush.daemon.config import Config
 from hush.daemon.control import ControlServer
 from hush.daemon.control import socket_path as control_socket
+from hush.daemon.launches import LaunchServer
 from hush.daemon.loopwatch import LoopWatch
 from hush.daemon.notify import notify
 from hush.daemon.policy import PolicySet, load
@@ -134,6 +135,7 @@ class Daemon:
         self.started = time.time()
         self.reloads: list[Reload] = []
         self.control = ControlServer(control_socket(state_dir), {"status": self.status})
+        self.launches = LaunchServer(state_dir, lambda: self.holder.current.policies)
         self._reloading = asyncio.Lock()
         self.loopwatch = LoopWatch()
 
@@ -173,6 +175,7 @@ class Daemon:
         if uses_tor(self.holder.current):
             await self.tor.start()  # returns at once: non-Tor flows are served while tor bootstraps
         await self.control.start()
+        await self.launches.start()
         self.loopwatch.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -186,6 +189,7 @@ class Daemon:
             self.loopwatch.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            await self.launches.stop()
             await self.control.stop()
             await self.tor.stop()
         return self.exit_status
@@ -279,6 +283,7 @@ class Daemon:
             "tor": self.tor.status(),
             "decisions": dict(audit.counts) if audit else {},
             "held": timing.held() if timing else 0,
+            "launches": self.launches.status(),
             "loop": self.loopwatch.status(),
             "audit": {
                 "pending": writer.pending if writer else None,

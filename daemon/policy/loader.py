@@ -146,7 +146,7 @@ def _policy(reader: Reader, text: str, ctx: ParseContext) -> Policy | None:
     root = reader.compose(text)
     if root is None:
         return None
-    fields = reader.mapping(root, allowed=POLICY_KEYS, required={"app", "listen", "default"}, what="a policy")
+    fields = reader.mapping(root, allowed=POLICY_KEYS, required={"app", "default"}, what="a policy")
     if not fields:
         return None
     app = None

@@ -1,0 +1,358 @@
+"""``hush launch --app APP -- CMD``: run a command whose only way out is hush.
+
+What happens, in order (``docs/launch.md`` says it for users):
+
+1. This process (on the host) connects to the running daemon's
+   ``STATE_DIR/launch.sock``.  No daemon: one line, exit 7, nothing started.
+2. It forks a child that enters a new user + network + mount namespace (as
+   the caller: no setuid helper, no root).  In the child, as the namespace's
+   root: ``lo`` up, every IPv4 and IPv6 destination routed locally, and
+   nftables rules that send every TCP connection (except to the namespace's
+   own loopback) to one listening socket and every DNS packet (UDP and TCP
+   port 53, to any server) to the DNS stub's sockets; every other packet is
+   rejected, so UDP fails at once.  It creates those listening sockets.
+3. The child hands the sockets to this process, which passes them to the
+   daemon (``SCM_RIGHTS``); the daemon accepts on them from then on, and every
+   copy here is closed: no process of hush stays in the app's namespace, and
+   when the daemon goes, the sockets go with it (new connections are refused).
+4. The child hides the host's resolver side doors from the mount namespace
+   (``/etc/hosts`` with localhost only, ``/etc/resolv.conf`` naming the stub,
+   ``nsswitch.conf`` with ``files dns``, systemd-resolved's, nscd's and
+   avahi's sockets under empty directories), enters a nested user namespace
+   mapped back to the caller's uid (no capabilities over the network
+   namespace), and execs the command.
+5. This process waits for the command, forwards the signals a terminal or
+   service manager sends, and exits with the command's status.  Closing its
+   connection to the daemon ends the launch there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+LAUNCH_SOCKET = "launch.sock"
+SBIN = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
+
+# The order of the sockets handed to the daemon: a contract with daemon/launches.py.
+SOCKETS = ("tcp4", "tcp6", "dns_udp4", "dns_udp6", "dns_tcp4", "dns_tcp6")
+
+# Where the host resolver can be asked without a network (Unix sockets,
+# which no network namespace stops): hidden under empty, read-only tmpfs.
+SIDE_DOORS = ("/run/systemd/resolve", "/var/run/systemd/resolve", "/run/nscd", "/var/run/nscd",
+              "/var/db/nscd", "/run/avahi-daemon", "/var/run/avahi-daemon")
+
+HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+RESOLV = "# hush launch: every DNS packet goes to hush's stub, whatever server it names\nnameserver 127.0.0.1\n"
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+PR_CAPBSET_DROP = 24
+
+
+class LaunchError(Exception):
+    """Setting up the launch failed; the command did not run."""
+
+
+def tool(name: str) -> str | None:
+    """``ip`` and ``nft`` live in /usr/sbin, which a normal user's PATH may lack."""
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
+
+
+def nft_rules(tcp_port: int, dns_port: int) -> str:
+    return f"""\
+table inet hush {{
+    chain nat_out {{
+        type nat hook output priority -100; policy accept;
+        meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns_port}
+        ip daddr {{ 127.0.0.0/8, 0.0.0.0 }} return
+        ip6 daddr {{ ::1, :: }} return
+        meta l4proto tcp redirect to :{tcp_port}
+    }}
+    chain filter_out {{
+        type filter hook output priority 0; policy drop;
+        ct status dnat accept
+        ct state established,related accept
+        oif lo ip daddr 127.0.0.0/8 accept
+        oif lo ip6 daddr ::1 accept
+        meta l4proto tcp reject with tcp reset
+        reject
+    }}
+}}
+"""
+
+
+# -- in the child, inside the namespaces -------------------------------------------------
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _map_ids(inside_uid: int, outside_uid: int, inside_gid: int, outside_gid: int) -> None:
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"{inside_uid} {outside_uid} 1\n")
+    _write("/proc/self/gid_map", f"{inside_gid} {outside_gid} 1\n")
+
+
+def _run(argv: list[str], stdin: str | None = None) -> None:
+    import subprocess
+
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise LaunchError(f"{' '.join(argv)}: {(done.stderr or done.stdout).strip() or f'exit {done.returncode}'}")
+
+
+def _listen(family: int, kind: int, address: str, port: int) -> socket.socket:
+    sock = socket.socket(family, kind)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((address, port))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(1024)
+    return sock
+
+
+def make_sockets() -> dict[str, socket.socket]:
+    """The launch's listening sockets, on the namespace's loopback (one port for
+    TCP on both families, one for DNS over UDP and TCP)."""
+    tcp4 = _listen(socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", 0)
+    tcp_port = tcp4.getsockname()[1]
+    dns4 = _listen(socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1", 0)
+    dns_port = dns4.getsockname()[1]
+    return {
+        "tcp4": tcp4,
+        "tcp6": _listen(socket.AF_INET6, socket.SOCK_STREAM, "::1", tcp_port),
+        "dns_udp4": dns4,
+        "dns_udp6": _listen(socket.AF_INET6, socket.SOCK_DGRAM, "::1", dns_port),
+        "dns_tcp4": _listen(socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", dns_port),
+        "dns_tcp6": _listen(socket.AF_INET6, socket.SOCK_STREAM, "::1", dns_port),
+    }
+
+
+def set_up_network() -> dict[str, socket.socket]:
+    ip, nft = tool("ip"), tool("nft")
+    if ip is None or nft is None:
+        raise LaunchError("`ip` and `nft` are needed (Debian: apt install iproute2 nftables)")
+    _run([ip, "link", "set", "lo", "up"])
+    _run([ip, "-4", "route", "add", "local", "default", "dev", "lo"])
+    _run([ip, "-6", "route", "add", "local", "default", "dev", "lo"])
+    sockets = make_sockets()
+    _run([nft, "-f", "-"], nft_rules(sockets["tcp4"].getsockname()[1], sockets["dns_udp4"].getsockname()[1]))
+    return sockets
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+    return libc
+
+
+def _mount(libc, source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
+    if libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise LaunchError(f"mount {source or fstype} on {target}: {os.strerror(err)}")
+
+
+def _bind_file(libc, source: str, target: str) -> None:
+    _mount(libc, source, target, None, MS_BIND)
+    try:  # read-only, so the app cannot rewrite them (best effort: locked flags may forbid it)
+        _mount(libc, None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    except LaunchError:
+        pass
+
+
+def set_up_files() -> None:
+    """Only hush's stub answers names inside: hide every other resolver."""
+    libc = _libc()
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks back to the host
+    for door in SIDE_DOORS:
+        if os.path.isdir(door) and not os.path.islink(door):
+            _mount(libc, "tmpfs", door, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k,mode=0755")
+    nsswitch = "hosts: files dns\n"
+    try:
+        lines = Path("/etc/nsswitch.conf").read_text().splitlines()
+        nsswitch = "\n".join("hosts: files dns" if line.split(":")[0].strip() == "hosts" else line
+                             for line in lines) + "\n"
+    except OSError:
+        pass
+    with tempfile.TemporaryDirectory(prefix="hush-launch-") as tmp:
+        for name, text in (("hosts", HOSTS), ("resolv.conf", RESOLV), ("nsswitch.conf", nsswitch)):
+            source = os.path.join(tmp, name)
+            _write(source, text)
+            os.chmod(source, 0o644)
+            target = os.path.realpath(f"/etc/{name}")  # resolv.conf is often a symlink into a side door
+            if not os.path.exists(target):
+                parent = os.path.dirname(target)
+                if not os.path.isdir(parent):
+                    continue  # a dangling link into nowhere: nothing to answer with, nothing to hide
+                _write(target, text)  # inside a side door we just emptied (our tmpfs)
+                continue
+            _bind_file(libc, source, target)
+        # the bind mounts keep the files; the directory goes when this block ends
+
+
+def drop_capabilities() -> None:
+    """For a caller that is root: an empty bounding set, so the command's exec
+    as root in the nested namespace keeps no capability."""
+    libc = _libc()
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # EINVAL: no such cap
+            raise LaunchError(f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}")
+
+
+def child(channel: socket.socket, argv: list[str], env: dict[str, str]) -> int:
+    """In the forked child: build the namespaces, hand the sockets over, wait for
+    the daemon's yes, exec the command.  Returns only on failure."""
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNET | os.CLONE_NEWNS)
+        _map_ids(0, uid, 0, gid)
+        sockets = set_up_network()
+        socket.send_fds(channel, [b"sockets\n"], [sockets[name].fileno() for name in SOCKETS])
+        for sock in sockets.values():
+            sock.close()  # the daemon holds them now; nothing of hush stays in here
+        set_up_files()
+    except (OSError, LaunchError) as e:
+        channel.sendall(f"error {e}\n".encode())
+        return 1
+    if channel.recv(16) != b"go\n":
+        return 1  # the daemon said no (this process's parent says why)
+    try:
+        os.unshare(os.CLONE_NEWUSER)
+        _map_ids(uid, 0, gid, 0)
+        if uid == 0:
+            drop_capabilities()
+    except (OSError, LaunchError) as e:
+        print(f"hush launch: cannot leave the namespace's root: {e}", file=sys.stderr)
+        return 1
+    channel.close()
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        print(f"hush launch: {argv[0]}: {e.strerror}", file=sys.stderr)
+        return 127 if isinstance(e, FileNotFoundError) else 126
+
+
+# -- on the host ---------------------------------------------------------------------------
+
+def _reply(sock: socket.socket) -> dict:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("the daemon closed the connection")
+        data += chunk
+    return json.loads(data)
+
+
+def connect(state_dir: Path) -> socket.socket:
+    """The daemon's launch socket, or ConnectionError."""
+    path = Path(state_dir) / LAUNCH_SOCKET
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError as e:
+        sock.close()
+        raise ConnectionError(f"hush is not running with --state-dir {state_dir} (no daemon at {path})") from e
+    return sock
+
+
+def launch_env() -> dict[str, str]:
+    """The caller's environment, less proxy settings: inside, 127.0.0.1 is the
+    namespace's own loopback, and none is needed."""
+    return {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARIABLES}
+
+
+def exit_status(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+class Refused(Exception):
+    """The daemon refused the launch (``reply`` says why)."""
+
+    def __init__(self, reply: dict):
+        super().__init__(reply.get("error", "refused"))
+        self.reply = reply
+
+
+def run(state_dir: Path, app: str, argv: list[str]) -> int:
+    """Launch ``argv`` as ``app``.  Raises ConnectionError (no daemon: nothing
+    started), Refused (unknown app …) or LaunchError (namespace set-up failed)."""
+    daemon = connect(state_dir)
+    ours, theirs = socket.socketpair()
+    env = launch_env()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        code = 1
+        try:
+            daemon.close()
+            ours.close()
+            code = child(theirs, argv, env)
+        finally:
+            os._exit(code)
+    theirs.close()
+    try:
+        message, fds, _, _ = socket.recv_fds(ours, 4096, len(SOCKETS))
+        try:
+            if message != b"sockets\n" or len(fds) != len(SOCKETS):
+                os.waitpid(pid, 0)
+                raise LaunchError(message.decode(errors="replace").removeprefix("error ").strip()
+                                  or "the namespace's set-up failed")
+            hello = {"app": app, "pid": pid, "argv": argv, "sockets": list(SOCKETS)}
+            socket.send_fds(daemon, [json.dumps(hello).encode() + b"\n"], fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        reply = _reply(daemon)
+        if not reply.get("ok"):
+            ours.sendall(b"no\n")
+            os.waitpid(pid, 0)
+            raise Refused(reply)
+        ours.sendall(b"go\n")
+    except BaseException:
+        _reap(pid)
+        raise
+    ours.close()
+    return _wait(pid, daemon)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _wait(pid: int, daemon: socket.socket) -> int:
+    """Wait for the command; pass on the signals meant for it; its status is ours."""
+    def forward(signum, _frame):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                return exit_status(status)
+            except InterruptedError:  # pragma: no cover (PEP 475 retries)
+                continue
+    finally:
+        daemon.close()  # the daemon ends the launch: its sockets close
