@@ -64,7 +64,7 @@ def _outcome(flow: http.HTTPFlow) -> str | None:
 def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
     req = flow.request
     decision = flow.metadata.get("hush.decision") or fail_closed(flow.metadata.get("hush.app"), "not decided")
-    host = normalize(req.host)
+    host = getattr(decision, "host", None) or normalize(req.host)  # a Host/target that decided more strictly
     site = site_of(host)
     server = flow.server_conn
     direct = server.timestamp_tcp_setup is not None  # a TCP connection from this machine to the site

@@ -20,7 +20,7 @@ import time
 
 from mitmproxy import connection, ctx, http, tcp, tls
 
-from hush.addons.flowinfo import fail_closed, request_info
+from hush.addons.flowinfo import drop_proxy_headers, fail_closed, request_info
 from hush.addons.tunnel import HushTunnelEndHook, HushTunnelHook, Tunnel
 from hush.daemon.policy.hosts import normalize
 from hush.daemon.policy.model import Decision, PolicySet, stricter
@@ -215,6 +215,17 @@ class Decide:
                 log.exception("deciding %s for %s failed", flow.request.pretty_url, app)
                 decision = fail_closed(app, f"error while deciding: {e!r}", policyset.version)
         flow.metadata["hush.decision"] = decision
+        # Decided on the request as the app sent it; what is sent on (by
+        # any action) carries no proxy header: they tell the site a proxy is
+        # in use, or hand it the app's proxy credentials.
+        drop_proxy_headers(flow.request.headers)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        """The last look before a request is sent: anything that added a
+        proxy header since ``requestheaders`` (an action, a held flow's
+        ``then``) does not get it through either."""
+        if flow.response is None and flow.error is None:
+            drop_proxy_headers(flow.request.headers)
 
 
 addons = [Decide()]

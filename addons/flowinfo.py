@@ -36,6 +36,9 @@ def request_info(flow: http.HTTPFlow, kind: str = "other") -> RequestInfo:
         query=query,
         headers=headers,
         kind=kind,
+        # mitmproxy empties it for a plain proxy request (whose URL gave
+        # req.host); what is left was named inside a connection already made
+        authority=req.authority,
     )
 
 
@@ -70,6 +73,50 @@ def identifiers(headers: Mapping[str, str] | http.Headers) -> dict:
         "range": found.get("range"),
         "authorization": "authorization" in found,
     }
+
+
+# Request headers that say a proxy is in use, or carry what only a proxy
+# should see: the app's proxy credentials, the client address a proxy would
+# forward, tor's stream-isolation key.  None of them is for the site, whatever
+# the action (Privoxy removes them too).  Matched case-insensitively, by name
+# or by prefix.
+PROXY_HEADERS = frozenset({
+    "via", "forwarded", "x-real-ip", "x-client-ip", "client-ip", "true-client-ip", "x-cluster-client-ip",
+    "x-originating-ip", "x-remote-ip", "x-remote-addr", "x-proxyuser-ip", "x-bluecoat-via", "cf-connecting-ip",
+    "fastly-client-ip", "x-tor-stream-isolation",
+})
+PROXY_HEADER_PREFIXES = ("proxy-", "x-forwarded-", "x-proxy-")  # Proxy-Connection, Proxy-Authorization, …
+
+
+def is_proxy_header(name: str) -> bool:
+    name = name.strip().lower()
+    return name in PROXY_HEADERS or name.startswith(PROXY_HEADER_PREFIXES)
+
+
+def drop_proxy_headers(headers: http.Headers) -> list[str]:
+    """Remove every proxy header (and its name from ``Connection``); the
+    names removed, lower-case.  One pass over the fields."""
+    removed: list[str] = []
+    kept: list[tuple[bytes, bytes]] = []
+    changed = False
+    for name, value in headers.fields:
+        text = name.decode("latin-1")
+        if is_proxy_header(text):
+            removed.append(text.lower())
+            continue
+        if text.lower() == "connection":
+            tokens = value.decode("latin-1").split(",")
+            left = [t.strip() for t in tokens if t.strip() and not is_proxy_header(t)]
+            if len(left) != len([t for t in tokens if t.strip()]):
+                changed = True
+                if not left:
+                    removed.append("connection")
+                    continue
+                value = ", ".join(left).encode("latin-1")
+        kept.append((name, value))
+    if removed or changed:
+        headers.fields = tuple(kept)
+    return removed
 
 
 def fail_closed(app: str | None, reason: str, version: str = "", level="request") -> Decision:

@@ -115,3 +115,55 @@ def test_lazy_strategy_is_forced():
         tctx.configure(decide, connection_strategy="eager")
         assert tctx.options.connection_strategy == "lazy"
 
+
+
+PROXY_HEADERS = {"Proxy-Connection": "keep-alive", "Proxy-Authorization": "Basic dTpw", "Via": "1.1 app",
+                 "Forwarded": "for=10.0.0.1", "X-Forwarded-For": "10.0.0.1", "X-Real-IP": "10.0.0.1"}
+
+
+def test_no_proxy_header_is_sent_whatever_the_decision():
+    # decided on what the app sent (a rule may look at Via), then removed before any action sends it
+    ps = policyset(POLICY_WITH_VIA)
+    decide = Decide()
+    with taddons.context(decide):
+        for url, action in (("http://a.org/", "allow"), ("http://strip.org/", "strip"),
+                            ("http://t.org/", "tor"), ("http://d.org/", "delay"), ("http://x.backend.net/", "passthrough")):
+            f = http_flow(url, headers={**PROXY_HEADERS, "X-Keep": "1"})
+            assert run(decide, f, ps=ps).action.name == action
+            left = [k.lower() for k in f.request.headers]
+            assert "x-keep" in left and not set(left) & {k.lower() for k in PROXY_HEADERS}, (action, left)
+        via = http_flow("http://a.org/", headers={"Via": "1.1 corp-proxy"})
+        assert run(decide, via, ps=ps).action.name == "block"  # the rule saw the header before it went
+        late = http_flow("http://a.org/")
+        run(decide, late, ps=ps)
+        late.request.headers["X-Forwarded-For"] = "10.0.0.1"  # added after the decision, by anything
+        decide.request(late)
+        assert "X-Forwarded-For" not in late.request.headers
+
+
+POLICY_WITH_VIA = """\
+app: x
+listen: 8101
+default: allow
+rules:
+  - {match: {header: {Via: "*corp-proxy*"}}, action: block}
+  - {match: {host: "*.backend.net"}, action: passthrough}
+  - {match: {host: strip.org}, action: strip}
+  - {match: {host: t.org}, action: tor}
+  - {match: {host: d.org}, action: delay, delay: 1s}
+"""
+
+
+def test_an_absolute_form_target_inside_a_tunnel_is_decided_too():
+    decide = Decide()
+    with taddons.context(decide):
+        f = http_flow("http://a.org/x", headers={"Host": "a.org"})
+        f.request.authority = "blocked.org"  # GET http://blocked.org/x inside CONNECT a.org:80
+        d = run(decide, f)
+        assert (d.action.name, d.rule.index, d.host) == ("block", 2, "blocked.org")
+        f = http_flow("http://a.org/x")
+        f.request.authority = "user@blocked.org"
+        assert run(decide, f).action.status == 400
+        f = http_flow("http://a.org/x")
+        f.request.headers.fields = ((b"Host", b"a.org"), (b"Host", b"a.org"))
+        assert run(decide, f).note.startswith("refused: the Host header 'a.org, a.org'")
