@@ -1,0 +1,57 @@
+"""daemon/launch.py: what `hush launch` does on the host, and the rules it installs."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from hush.daemon import launch
+
+
+def test_the_rules_send_tcp_and_dns_to_hush_and_reject_the_rest():
+    rules = launch.nft_rules(4321, 5353)
+    assert "th dport 53 redirect to :5353" in rules
+    assert "meta l4proto tcp redirect to :4321" in rules
+    # DNS first: a query to 127.0.0.53 or 8.8.8.8 goes to the stub alike
+    assert rules.index("dport 53") < rules.index("127.0.0.0/8") < rules.index("redirect to :4321")
+    assert "policy drop" in rules and rules.rstrip().splitlines()[-3].strip() == "reject"
+
+
+def test_proxy_variables_are_not_passed_on(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:8102")
+    monkeypatch.setenv("all_proxy", "socks5://127.0.0.1:1080")
+    monkeypatch.setenv("KEEP_ME", "1")
+    env = launch.launch_env()
+    assert "HTTPS_PROXY" not in env and "all_proxy" not in env and env["KEEP_ME"] == "1"
+
+
+def test_exit_status_is_the_commands():
+    assert launch.exit_status(3 << 8) == 3
+    assert launch.exit_status(signal.SIGKILL) == 128 + signal.SIGKILL
+
+
+def test_without_a_daemon_nothing_starts(tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(ConnectionError, match="hush is not running"):
+        launch.run(tmp_path, "x", ["touch", str(marker)])
+    assert not marker.exists()
+
+
+def test_the_cli_says_so_in_one_line_and_exits_7(tmp_path):
+    marker = tmp_path / "ran"
+    done = subprocess.run([sys.executable, "-m", "hush.daemon.cli", "launch", "--state-dir", str(tmp_path),
+                           "--app", "x", "--", "touch", str(marker)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 7, done
+    assert done.stderr.count("\n") == 1 and "hush launch: not started, hush is not running" in done.stderr
+    assert not marker.exists()
+    usage = subprocess.run([sys.executable, "-m", "hush.daemon.cli", "launch", "--app", "x"],
+                           capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "name the command" in usage.stderr
+
+
+def test_ip_and_nft_are_found_outside_a_users_path(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert launch.tool("nft") in ("/usr/sbin/nft", "/sbin/nft"), "nftables is not installed (.ci/run installs it)"
+    assert launch.tool("ip") is not None, "iproute2 is not installed"
