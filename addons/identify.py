@@ -4,7 +4,9 @@ Sets ``hush.policy`` (the PolicySet snapshot that will decide this flow, taken
 once), ``hush.app`` and ``hush.listener``.  The app is the one whose policy
 owns the listener the client connected to (``proxy_mode.full_spec``); on a
 listener several policies share, the one whose ``identify.process`` names the
-client's process (found in /proc once per connection, in a thread).  A
+executable of the client's process (``/proc/PID/exe``, found once per
+connection, in a thread; every process holding the socket must name the same
+app, else the connection fails closed).  A
 User-Agent never names the app.  Under
 a stock ``mitmdump -s``, ``--set hush_policies=DIR`` loads the policies and
 ``--set hush_app=NAME`` names the app for listeners no policy owns.
@@ -43,6 +45,33 @@ def identify_connection(client: connection.Client, policyset: PolicySet | None, 
     return app, spec
 
 
+def identified_names(policyset: PolicySet | None, spec: str, owner: procnet.Owner | None) -> tuple[set[str], str]:
+    """On a shared listener: (the process names to identify the app by, what
+    was found).  The names are the file names of the executables of every
+    process holding the client's socket (``/proc/PID/exe``, not ``comm``,
+    which a process sets itself).  Every holder must name the same one app:
+    a holder that names another app, or none, makes the names empty and the
+    connection fails closed (a socket handed to another app's process, or a
+    process two apps claim)."""
+    if owner is None or not owner.holders:
+        return set(), "its process is unknown"
+    apps = [l.app for l in policyset.listeners if l.spec == spec] if policyset else []
+    claims: set[frozenset] = set()
+    for holder in owner.holders:
+        name = holder.exe_name
+        claims.add(frozenset(app for app in apps if name and name in policyset.policies[app].processes))
+    exes = ", ".join(sorted({h.exe or f"pid {h.pid}: executable unreadable" for h in owner.holders}))
+    if len(claims) == 1:
+        [claim] = claims
+        if len(claim) == 1:
+            [app] = claim
+            return {n for n in owner.names if n in policyset.policies[app].processes}, exes
+        if len(claim) > 1:
+            return set(), f"{exes} is claimed by {', '.join(sorted(claim))}"
+        return set(), f"{exes} is named by no policy"
+    return set(), f"the socket is held by processes of different apps or none: {exes}"
+
+
 class Identify:
     def __init__(self, holder: PolicyHolder | None = None):
         self.holder = holder or PolicyHolder()
@@ -64,6 +93,9 @@ class Identify:
             owner = await asyncio.to_thread(procnet.owner, client.peername, client.sockname)
             self._owners[client.id] = owner
             uid = owner.uid if owner else None
+            names, found = identified_names(policyset, client.proxy_mode.full_spec, owner)
+            if not names:
+                log.warning("connection to shared listener %s fails closed: %s", client.proxy_mode.full_spec, found)
         elif check_uid:
             entry = await asyncio.to_thread(procnet.uid_inode, client.peername, client.sockname)
             uid = entry[0] if entry else None
@@ -76,10 +108,17 @@ class Identify:
     def client_disconnected(self, client: connection.Client) -> None:
         self._owners.pop(client.id, None)
 
+    def owner(self, client_id: str) -> procnet.Owner | None:
+        """The process found for a client connection (on a shared listener)."""
+        return self._owners.get(client_id)
+
     def app_for(self, client: connection.Client, policyset: PolicySet | None):
-        """(app or None, listener spec): by listener, and by process where shared."""
+        """(app or None, listener spec): by listener, and by executable where shared."""
         owner = self._owners.get(client.id)
-        return identify_connection(client, policyset, ctx.options.hush_app, owner.names if owner else None)
+        names = None
+        if client.id in self._owners:  # a shared listener: by the executables holding the socket
+            names, _ = identified_names(policyset, client.proxy_mode.full_spec, owner)
+        return identify_connection(client, policyset, ctx.options.hush_app, names)
 
     def load(self, loader):
         loader.add_option(
@@ -113,7 +152,8 @@ class Identify:
         flow.metadata["hush.listener"] = listener
         owner = self._owners.get(flow.client_conn.id)
         if owner is not None:
-            flow.metadata["hush.process"] = owner.name
+            flow.metadata["hush.process"] = ", ".join(sorted(owner.names)) or owner.name
+            flow.metadata["hush.exe"] = ", ".join(sorted({h.exe for h in owner.holders if h.exe})) or None
         if app is None:
             log.warning("no policy owns listener %s: its flows are blocked", listener)
 

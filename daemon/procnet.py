@@ -9,7 +9,8 @@ TIME_WAIT).  The process holding the inode has a ``/proc/PID/fd/N ->
 socket:[INODE]`` link; finding it scans /proc.  Call these off the event
 loop, once per connection.
 
-    owner((“127.0.0.1”, 51234))  →  Owner(pid=4242, uid=1000, name="signal-desktop", exe="/opt/Signal/signal-desktop")
+    owner(("127.0.0.1", 51234))  →  Owner(pid=4242, uid=1000, name="signal-desktop",
+                                          exe="/opt/Signal/signal-desktop", holders=(Process(4242, …),))
 """
 
 from __future__ import annotations
@@ -21,22 +22,40 @@ import socket
 import struct
 
 
+DELETED = " (deleted)"  # what the kernel appends to /proc/PID/exe when the file was replaced or removed
+
+
+@dataclasses.dataclass(frozen=True)
+class Process:
+    pid: int
+    name: str | None  # /proc/PID/comm: the process sets it itself (prctl PR_SET_NAME); never trusted
+    exe: str | None  # /proc/PID/exe, as the kernel resolved it (symlinks followed); None if unreadable
+
+    @property
+    def exe_name(self) -> str | None:
+        """The executable's file name: what a policy's ``identify.process`` names."""
+        if not self.exe:
+            return None
+        path = self.exe[: -len(DELETED)] if self.exe.endswith(DELETED) else self.exe  # upgraded under it
+        return os.path.basename(path) or None
+
+
 @dataclasses.dataclass(frozen=True)
 class Owner:
     pid: int | None
     uid: int
-    name: str | None  # /proc/PID/comm (at most 15 characters)
+    name: str | None  # /proc/PID/comm (at most 15 characters), for the record only
     exe: str | None  # the executable's path, if readable
+    # every process holding the socket (a socket passed on, or inherited over
+    # fork/exec, has several): identification must agree for all of them
+    holders: tuple[Process, ...] = ()
 
     @property
     def names(self) -> set[str]:
-        """Every name a policy's ``identify.process`` may use for this process."""
-        out = set()
-        if self.name:
-            out.add(self.name)
-        if self.exe:
-            out.add(os.path.basename(self.exe))
-        return out
+        """The executables' file names of every process holding the socket.
+        ``comm`` is not among them: any process can set its own."""
+        holders = self.holders or (Process(self.pid or 0, self.name, self.exe),)
+        return {p.exe_name for p in holders if p.exe_name}
 
 
 def _hex(host: str, port: int) -> tuple[str, str]:
@@ -106,8 +125,11 @@ def socket_entry(host: str, port: int, proc: str = "/proc") -> tuple[int, int] |
     return None
 
 
-def pid_of_inode(inode: int, proc: str = "/proc") -> int | None:
+def pids_of_inode(inode: int, proc: str = "/proc") -> list[int]:
+    """Every process holding the socket ``inode`` (scans all of /proc: a
+    socket may be held by several)."""
     target = f"socket:[{inode}]"
+    found = []
     for pid in filter(str.isdigit, os.listdir(proc)):
         fd_dir = f"{proc}/{pid}/fd"
         try:
@@ -117,10 +139,30 @@ def pid_of_inode(inode: int, proc: str = "/proc") -> int | None:
         for fd in fds:
             try:
                 if os.readlink(f"{fd_dir}/{fd}") == target:
-                    return int(pid)
+                    found.append(int(pid))
+                    break
             except OSError:
                 continue
-    return None
+    return found
+
+
+def pid_of_inode(inode: int, proc: str = "/proc") -> int | None:
+    pids = pids_of_inode(inode, proc)
+    return pids[0] if pids else None
+
+
+def process(pid: int, proc: str = "/proc") -> Process:
+    name = exe = None
+    try:
+        with open(f"{proc}/{pid}/comm") as f:
+            name = f.read().strip()
+    except OSError:
+        pass
+    try:
+        exe = os.readlink(f"{proc}/{pid}/exe")  # the kernel's path of the file it runs, links resolved
+    except OSError:
+        pass
+    return Process(pid, name, exe)
 
 
 def uid_inode(peer: tuple, local: tuple | None = None, proc: str = "/proc") -> tuple[int, int] | None:
@@ -143,16 +185,7 @@ def owner(peer: tuple, local: tuple | None = None, proc: str = "/proc") -> Owner
     if entry is None:
         return None
     uid, inode = entry
-    pid = pid_of_inode(inode, proc)
-    name = exe = None
-    if pid is not None:
-        try:
-            with open(f"{proc}/{pid}/comm") as f:
-                name = f.read().strip()
-        except OSError:
-            pass
-        try:
-            exe = os.readlink(f"{proc}/{pid}/exe")
-        except OSError:
-            pass
-    return Owner(pid, uid, name, exe)
+    holders = tuple(process(pid, proc) for pid in pids_of_inode(inode, proc))
+    first = holders[0] if holders else None
+    return Owner(first.pid if first else None, uid, first.name if first else None, first.exe if first else None,
+                 holders)

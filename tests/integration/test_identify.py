@@ -18,7 +18,7 @@ def test_two_processes_one_listener(hush, origin, tmp_path):
     })
     real = shutil.which("curl")
     for name in ("fakesignal", "fakechrome"):
-        os.symlink(real, tmp_path / name)  # /proc/PID/comm is the name it was run as
+        shutil.copy(real, tmp_path / name)  # identified by the executable's file name (/proc/PID/exe)
 
     def via(name, path):
         return curl("-o", "/dev/null", "-w", "%{http_code}", "-x", f"http://127.0.0.1:{port}", origin.url(path),

@@ -63,3 +63,38 @@ def test_a_time_wait_leftover_on_the_same_port_is_skipped(tmp_path):
     assert socket_entry("127.0.0.1", 0x9C40, proc=str(tmp_path)) == (1000, 424242)
     (tmp_path / "net" / "tcp").write_text(head + time_wait)
     assert socket_entry("127.0.0.1", 0x9C40, proc=str(tmp_path)) is None
+
+
+def test_every_process_holding_the_socket_is_found():
+    """A socket inherited by a child (or passed over a unix socket) is held by
+    two processes: both are reported, not whichever /proc lists first."""
+    import subprocess
+    import sys
+
+    from hush.daemon.procnet import owner
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    client = socket.create_connection(server.getsockname())
+    accepted, peer = server.accept()
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                             pass_fds=[client.fileno()])
+    try:
+        found = owner(peer)
+        assert sorted(p.pid for p in found.holders) == sorted([os.getpid(), child.pid])
+        assert all(p.exe and p.exe_name for p in found.holders)
+    finally:
+        child.stdin.close()
+        child.wait()
+        for s in (client, accepted, server):
+            s.close()
+
+
+def test_exe_name_ignores_comm_and_the_deleted_mark():
+    from hush.daemon.procnet import Owner, Process
+
+    p = Process(1, "laxcli", "/opt/strict/strictcli (deleted)")
+    assert p.exe_name == "strictcli"
+    assert Owner(1, 0, "laxcli", p.exe, (p,)).names == {"strictcli"}
+    assert Owner(1, 0, "laxcli", None, (Process(1, "laxcli", None),)).names == set()
