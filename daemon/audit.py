@@ -35,7 +35,21 @@ COLUMNS = (
     "decision", "rule", "policy_version", "note", "status", "ip_exposed", "carried", "sent",
     "bytes_up", "bytes_down", "duration_ms", "error", "tor_isolation", "tor_circuit", "tor_exit",
     "held_ms", "superseded_by", "truncated", "process",
+    # added later (older databases get them by _migrate):
+    "conn", "ended", "egress", "route", "exe",
 )
+_TYPES = {"ts": "REAL", "ended": "REAL", "port": "INTEGER", "status": "INTEGER", "ip_exposed": "INTEGER",
+          "bytes_up": "INTEGER", "bytes_down": "INTEGER", "duration_ms": "REAL", "held_ms": "REAL",
+          "truncated": "INTEGER"}
+# What a decision lets leave, for rows an older hush wrote without ``egress``.
+_EGRESS_OF_OLD_ROWS = """
+UPDATE records SET egress = CASE
+    WHEN decision IN ('block', 'superseded', 'overflow', 'shutdown', 'abandoned', 'tor-unavailable', 'revoked')
+        THEN 'none'
+    WHEN decision = 'tor' OR tor_isolation IS NOT NULL THEN 'tor'
+    ELSE 'direct' END
+WHERE egress IS NULL
+"""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY,
@@ -47,12 +61,17 @@ CREATE TABLE IF NOT EXISTS records (
     carried TEXT, sent TEXT,
     bytes_up INTEGER, bytes_down INTEGER, duration_ms REAL, error TEXT,
     tor_isolation TEXT, tor_circuit TEXT, tor_exit TEXT,
-    held_ms REAL, superseded_by TEXT, truncated INTEGER, process TEXT
+    held_ms REAL, superseded_by TEXT, truncated INTEGER, process TEXT,
+    conn TEXT, ended REAL, egress TEXT, route TEXT, exe TEXT
 );
 CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
 CREATE INDEX IF NOT EXISTS records_app_ts ON records (app, ts);
 """
-_INSERT = f"INSERT INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+# A connection-level row is written when the connection is decided and
+# written again (same ``conn``) when it connects and when it closes: the
+# later write completes the row in place, keeping its id.
+_INSERT = (f"INSERT INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
+           f"ON CONFLICT (conn) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS if c != 'ts')}")
 _STOP = object()
 
 
@@ -86,12 +105,15 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Add columns a newer hush records to a database an older one made."""
+    """Add columns a newer hush records to a database an older one made (and
+    what older rows can be given of them), then the index on ``conn``."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
     for column in COLUMNS:
         if column not in have:
-            kind = "REAL" if column == "ts" else "TEXT"
-            conn.execute(f"ALTER TABLE records ADD COLUMN {column} {kind}")
+            conn.execute(f"ALTER TABLE records ADD COLUMN {column} {_TYPES.get(column, 'TEXT')}")
+    if "egress" not in have:
+        conn.execute(_EGRESS_OF_OLD_ROWS)
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS records_conn ON records (conn)")
     conn.commit()
 
 
@@ -225,8 +247,23 @@ class AuditWriter:
         return True
 
 
+_KEPT_BACK = frozenset({"block", "superseded", "overflow", "shutdown", "abandoned", "tor-unavailable", "revoked"})
+
+
+def egress_of(record: dict[str, Any]) -> str:
+    """What a record's decision let leave, for a record that does not say
+    (the same rule that fills ``egress`` in rows of older databases)."""
+    if record.get("decision") in _KEPT_BACK:
+        return "none"
+    if record.get("decision") == "tor" or record.get("tor_isolation") is not None:
+        return "tor"
+    return "direct"
+
+
 def _row(record: dict[str, Any]) -> tuple:
     """A record as the INSERT's parameters: plain values in COLUMNS order."""
+    if record.get("egress") is None:
+        record = {**record, "egress": egress_of(record)}
     row = []
     for column in COLUMNS:
         value = record.get(column)

@@ -60,15 +60,20 @@ def show(conn: sqlite3.Connection, record_id: int) -> dict | None:
     return as_dict(row) if row else None
 
 
-# A leak is *prevented* when the app's request carried it and the site did not get it.
+# A leak is *prevented* when the app's request carried it, the site did not get
+# it, and it was the decision that kept it away: ``egress`` is what the decision
+# lets leave (``direct``, ``tor``, ``none``).  An ``allow`` whose upstream failed
+# (DNS error, refused, the app gone) sent nothing, but prevented nothing either.
+_WITHHELD = "(egress = 'none' OR sent IS NOT NULL)"  # nothing was to be sent, or what was sent is known
 _PREVENTED = {
-    "ip": "ip_exposed = 0",
-    "user_agent": "json_extract(carried, '$.user_agent') IS NOT NULL AND "
+    "ip": "ip_exposed = 0 AND egress IN ('none', 'tor')",
+    "user_agent": f"{_WITHHELD} AND json_extract(carried, '$.user_agent') IS NOT NULL AND "
                   "json_extract(carried, '$.user_agent') IS NOT COALESCE(json_extract(sent, '$.user_agent'), '')",
-    "cookies": "COALESCE(json_extract(carried, '$.cookies'), 0) > 0 AND "
+    "cookies": f"{_WITHHELD} AND COALESCE(json_extract(carried, '$.cookies'), 0) > 0 AND "
                "COALESCE(json_extract(sent, '$.cookies'), 0) = 0",
-    "referer": "json_extract(carried, '$.referer') IS NOT NULL AND json_extract(sent, '$.referer') IS NULL",
-    "accept_language": "json_extract(carried, '$.accept_language') IS NOT NULL AND "
+    "referer": f"{_WITHHELD} AND json_extract(carried, '$.referer') IS NOT NULL AND "
+               "json_extract(sent, '$.referer') IS NULL",
+    "accept_language": f"{_WITHHELD} AND json_extract(carried, '$.accept_language') IS NOT NULL AND "
                        "json_extract(sent, '$.accept_language') IS NULL",
 }
 

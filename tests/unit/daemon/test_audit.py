@@ -85,3 +85,58 @@ def test_retention_removes_only_old_records(tmp_path):
                   sqlite3.connect(tmp_path / "audit.db").execute("SELECT ts FROM records"))
     assert writer.purged == 2
     assert all(age <= 6 for age in ages) and 6 in ages
+
+
+def test_a_connection_row_is_completed_in_place(tmp_path):
+    """A tunnel's row is written when it opens and rewritten (same conn, same
+    id) when it connects and closes; other rows are untouched."""
+    writer = AuditWriter(tmp_path / "audit.db")
+    writer.submit({"ts": 1.0, "decision": "allow", "ip_exposed": False, "conn": "k1", "route": "none"})
+    writer.submit({"ts": 2.0, "decision": "block", "ip_exposed": False})
+    writer.submit({"ts": 1.0, "decision": "allow", "ip_exposed": True, "conn": "k1", "route": "direct"})
+    writer.submit({"ts": 1.0, "decision": "allow", "ip_exposed": True, "conn": "k1", "route": "direct",
+                   "ended": 5.5, "bytes_up": 10, "bytes_down": 20, "duration_ms": 4500.0})
+    writer.close()
+    rows = sqlite3.connect(tmp_path / "audit.db").execute(
+        "SELECT id, decision, conn, route, ip_exposed, ended, bytes_up, bytes_down, typeof(ended) FROM records "
+        "ORDER BY id").fetchall()
+    assert rows == [(1, "allow", "k1", "direct", 1, 5.5, 10, 20, "real"),
+                    (2, "block", None, None, 0, None, None, None, "null")]
+
+
+OLD_SCHEMA = """
+CREATE TABLE records (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, app TEXT, listener TEXT, level TEXT,
+    method TEXT, scheme TEXT, host TEXT, port INTEGER, site TEXT, url TEXT, kind TEXT,
+    decision TEXT NOT NULL, rule TEXT, policy_version TEXT, note TEXT,
+    status INTEGER, ip_exposed INTEGER NOT NULL, carried TEXT, sent TEXT,
+    bytes_up INTEGER, bytes_down INTEGER, duration_ms REAL, error TEXT,
+    tor_isolation TEXT, tor_circuit TEXT, tor_exit TEXT,
+    held_ms REAL, superseded_by TEXT, truncated INTEGER, process TEXT
+);
+"""
+
+
+def test_an_older_database_is_migrated(tmp_path):
+    path = tmp_path / "audit.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    for decision, tor in [("allow", None), ("block", None), ("tor", "hush/x"), ("delay", "hush/x"),
+                          ("superseded", None), ("tor-unavailable", None), ("strip", None)]:
+        old.execute("INSERT INTO records (ts, decision, ip_exposed, tor_isolation) VALUES (1, ?, 0, ?)", (decision, tor))
+    old.commit()
+    old.close()
+    writer = AuditWriter(path)
+    writer.submit({"ts": 2.0, "decision": "allow", "ip_exposed": True, "conn": "c", "ended": 3.0, "exe": "/bin/x"})
+    writer.submit({"ts": 2.0, "decision": "allow", "ip_exposed": True, "conn": "c", "ended": 4.0, "exe": "/bin/x"})
+    writer.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT decision, egress FROM records WHERE id <= 7 ORDER BY id").fetchall() == [
+        ("allow", "direct"), ("block", "none"), ("tor", "tor"), ("delay", "tor"), ("superseded", "none"),
+        ("tor-unavailable", "none"), ("strip", "direct")]
+    assert conn.execute("SELECT id, conn, ended, exe FROM records WHERE id > 7").fetchall() == [(8, "c", 4.0, "/bin/x")]
+    types = {row[1]: row[2] for row in conn.execute("PRAGMA table_info(records)")}
+    assert types["ended"] == "REAL" and types["conn"] == "TEXT"
+    # opening it again changes nothing
+    AuditWriter(path).close()
+    assert conn.execute("SELECT COUNT(*) FROM records").fetchone() == (8,)
