@@ -1,0 +1,131 @@
+"""What an adversarial app sends, byte for byte, and an origin on any loopback
+address (IPv6 too) that counts what reaches it.
+
+conftest's Origin listens on IPv4 only; the unspecified address ``::`` and
+zone ids (``::1%1``) reach ``::1``, so those tests need an origin there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+
+
+class CountingOrigin:
+    """Counts TCP accepts (before reading a byte) and keeps each connection's
+    bytes; answers every request head with ``200`` and closes."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.accepts: list[tuple] = []
+        self.received: list[bytearray] = []
+        self._sock = socket.create_server((host, 0), family=family)
+        self.port = self._sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(bytes(r) for r in self.received)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, addr = self._sock.accept()
+            except OSError:
+                return
+            self.accepts.append(addr)
+            buf = bytearray()
+            self.received.append(buf)
+            threading.Thread(target=self._handle, args=(conn, buf), daemon=True).start()
+
+    @staticmethod
+    def _handle(conn: socket.socket, buf: bytearray) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\norigin\n")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def read_head(sock: socket.socket) -> bytes:
+    """Bytes up to the end of a response head (or the connection's end)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def exchange(port: int, *lines: str, host: str = "127.0.0.1") -> bytes:
+    """Send request lines exactly as written; the answer's head."""
+    with socket.create_connection((host, port), timeout=15) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return read_head(s)
+
+
+def status(answer: bytes) -> int | None:
+    """The status code of an answer's head, None if there was no HTTP answer."""
+    parts = answer.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and answer.startswith(b"HTTP/") and parts[1].isdigit() else None
+
+
+def connect(port: int, target: str) -> tuple[socket.socket, bytes]:
+    """A CONNECT to ``target`` (as written); the socket and the answer's head."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    return s, read_head(s)
+
+
+def socks5(port: int, host: str, dport: int, domain: bool = True) -> socket.socket:
+    """A SOCKS5 CONNECT to ``host`` — as a domain (ATYP 3, any bytes), or as
+    an address (ATYP 1 or 4) — that the proxy said yes to."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    s.sendall(b"\x05\x01\x00")
+    assert s.recv(2) == b"\x05\x00"
+    if domain:
+        name = host.encode()
+        target = b"\x03" + bytes([len(name)]) + name
+    else:
+        address = ipaddress.ip_address(host)
+        target = (b"\x01" if address.version == 4 else b"\x04") + address.packed
+    s.sendall(b"\x05\x01\x00" + target + dport.to_bytes(2, "big"))
+    reply = s.recv(4)
+    assert reply[:2] == b"\x05\x00", reply
+    rest = {1: 4, 4: 16}.get(reply[3])
+    if rest is None:
+        rest = s.recv(1)[0]
+    s.recv(rest + 2)
+    return s
+
+
+def socks5_http(port: int, host: str, dport: int, *lines: str, domain: bool = True) -> bytes:
+    """An HTTP request sent inside a SOCKS5 connection; the answer's head."""
+    with socks5(port, host, dport, domain) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return read_head(s)
+
+
+def policy(port: int, rules: str = "", default: str = "allow", mode: str = "http") -> str:
+    return f"""\
+        app: testapp
+        listen: {{port: {port}, mode: {mode}}}
+        default: {default}
+        rules:
+        {rules}
+    """
