@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
+import time
 
 
 class CountingOrigin:
@@ -56,6 +57,16 @@ class CountingOrigin:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def wait_for(condition, timeout: float = 15.0) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def read_head(sock: socket.socket) -> bytes:
