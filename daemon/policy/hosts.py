@@ -128,6 +128,8 @@ def parse_authority(text: str) -> tuple[str, int | None]:
     for char, why in ((",", "it holds several values"), ("@", "it holds userinfo")):
         if char in authority:
             raise ValueError(why)
+    if any(char.isspace() or ord(char) < 0x20 or char == "\x7f" for char in authority):
+        raise ValueError("it holds blanks or control characters")
     if authority.startswith("["):
         end = authority.find("]")
         host, rest = authority[1:end], authority[end + 1:]

@@ -124,13 +124,14 @@ def test_parse_authority(authority, parsed):
 
 
 @pytest.mark.parametrize("authority, why", [
-    ("a.com:x", "port"), ("a.com:80x", "port"), ("a.com:+80", "port"), ("a.com:99999", "port"), ("a.com: 80", "port"),
+    ("a.com:x", "port"), ("a.com:80x", "port"), ("a.com:+80", "port"), ("a.com:99999", "port"), ("a.com:٣", "port"),
     ("user@a.com", "userinfo"), ("user:pw@a.com:80", "userinfo"),
     ("a.com, b.com", "several"), ("a.com,", "several"),  # repeated Host headers arrive joined so
     ("::1", "brackets"), ("::1:80", "brackets"), ("[::1", "malformed"), ("[::1]80", "malformed"),
     ("[::1%1]:80", "zone id"), ("[fe80::1%25eth0]", "zone id"), ("[v1.x]", "no IPv6"), ("[127.0.0.1]", "no IPv6"),
-    ("a..com", "host"), ("a.com..", "host"), ("bl%6fcked.test", "host"), ("a com", "host"), ("a/b", "host"),
+    ("a..com", "host"), ("a.com..", "host"), ("bl%6fcked.test", "host"), ("a/b", "host"), ("a_b!", "host"),
     ("", "empty"), (":80", "host"), ("a.com:80:80", "brackets"),
+    ("a.com :80", "blanks"), ("a .com", "blanks"), ("a.com\x00", "control"), ("a.com\r\nX: y", "control"),
 ])
 def test_what_is_not_one_authority_is_refused(authority, why):
     with pytest.raises(ValueError, match=why):
