@@ -314,12 +314,15 @@ def cmd_policy_check(args, config: Config) -> int:
 
 
 def _headers(raw: list[str]) -> dict[str, str]:
-    out = {}
+    """A repeated header's values joined with ', ', as the proxy hands them to the policy
+    (so two --header 'Host: …' are refused, as two Host headers are)."""
+    out: dict[str, str] = {}
     for item in raw:
         name, sep, value = item.partition(":")
         if not sep or not name.strip():
             raise UsageError(f"--header {item!r} must look like 'Name: value'")
-        out[name.strip()] = value.strip()
+        key = next((k for k in out if k.lower() == name.strip().lower()), name.strip())
+        out[key] = f"{out[key]}, {value.strip()}" if key in out else value.strip()
     return out
 
 
