@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     launch = sub.add_parser("launch", help="run a command whose every connection goes through hush "
                             "(its own network namespace; no proxy setting needed)")
     launch.add_argument("--app", required=True, help="the policy that decides the command's connections")
+    launch.add_argument("--dbus", choices=("open", "filter", "none"), default="open",
+                        help="the D-Bus buses: open (default; a residual channel, see docs/launch.md), "
+                        "filter (xdg-dbus-proxy: notifications, tray and keyring only; no system bus), none")
     launch.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]")
     _common(launch, state=True)
 
@@ -282,7 +285,7 @@ def cmd_launch(args, config: Config) -> int:
         raise UsageError("hush launch: name the command to run: hush launch --app APP -- CMD [ARG ...]")
     state = _state(args, config)
     try:
-        return launch.run(state, args.app, argv)
+        return launch.run(state, args.app, argv, args.dbus)
     except ConnectionError as e:
         print(f"hush launch: not started, {e}", file=sys.stderr)
         return ExitStatus.DAEMON_UNREACHABLE

@@ -53,6 +53,14 @@ HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 RESOLV = "# hush launch: every DNS packet goes to hush's stub, whatever server it names\nnameserver 127.0.0.1\n"
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
 
+# --dbus filter: what the app may still ask for on the session bus (through
+# xdg-dbus-proxy, as Flatpak does).  Not the portals: OpenURI opens a URL
+# outside the namespace.  The system bus is hidden (systemd-resolved answers
+# names over it).
+DBUS_TALK = ("org.freedesktop.Notifications", "org.kde.StatusNotifierWatcher", "org.freedesktop.secrets")
+SYSTEM_BUS = ("/run/dbus/system_bus_socket", "/var/run/dbus/system_bus_socket")
+DBUS_MODES = ("open", "filter", "none")
+
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 PR_CAPBSET_DROP = 24
 
@@ -102,7 +110,7 @@ def _map_ids(inside_uid: int, outside_uid: int, inside_gid: int, outside_gid: in
     _write("/proc/self/gid_map", f"{inside_gid} {outside_gid} 1\n")
 
 
-def _run(argv: list[str], stdin: str | None = None) -> None:
+def _tool(argv: list[str], stdin: str | None = None) -> None:
     import subprocess
 
     done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
@@ -141,11 +149,11 @@ def set_up_network() -> dict[str, socket.socket]:
     ip, nft = tool("ip"), tool("nft")
     if ip is None or nft is None:
         raise LaunchError("`ip` and `nft` are needed (Debian: apt install iproute2 nftables)")
-    _run([ip, "link", "set", "lo", "up"])
-    _run([ip, "-4", "route", "add", "local", "default", "dev", "lo"])
-    _run([ip, "-6", "route", "add", "local", "default", "dev", "lo"])
+    _tool([ip, "link", "set", "lo", "up"])
+    _tool([ip, "-4", "route", "add", "local", "default", "dev", "lo"])
+    _tool([ip, "-6", "route", "add", "local", "default", "dev", "lo"])
     sockets = make_sockets()
-    _run([nft, "-f", "-"], nft_rules(sockets["tcp4"].getsockname()[1], sockets["dns_udp4"].getsockname()[1]))
+    _tool([nft, "-f", "-"], nft_rules(sockets["tcp4"].getsockname()[1], sockets["dns_udp4"].getsockname()[1]))
     return sockets
 
 
@@ -170,8 +178,9 @@ def _bind_file(libc, source: str, target: str) -> None:
         pass
 
 
-def set_up_files() -> None:
-    """Only hush's stub answers names inside: hide every other resolver."""
+def set_up_files(hide: tuple[str, ...] = ()) -> None:
+    """Only hush's stub answers names inside: hide every other resolver (and
+    the sockets in ``hide``: the D-Bus buses, for --dbus filter and none)."""
     libc = _libc()
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks back to the host
     for door in SIDE_DOORS:
@@ -185,6 +194,11 @@ def set_up_files() -> None:
     except OSError:
         pass
     with tempfile.TemporaryDirectory(prefix="hush-launch-") as tmp:
+        empty = os.path.join(tmp, "empty")
+        _write(empty, "")
+        for path in hide:  # a socket file: an empty file over it, nothing to connect to
+            if os.path.exists(path) and not os.path.isdir(path):
+                _mount(libc, empty, os.path.realpath(path), None, MS_BIND)
         for name, text in (("hosts", HOSTS), ("resolv.conf", RESOLV), ("nsswitch.conf", nsswitch)):
             source = os.path.join(tmp, name)
             _write(source, text)
@@ -209,7 +223,7 @@ def drop_capabilities() -> None:
             raise LaunchError(f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}")
 
 
-def child(channel: socket.socket, argv: list[str], env: dict[str, str]) -> int:
+def child(channel: socket.socket, argv: list[str], env: dict[str, str], hide: tuple[str, ...] = ()) -> int:
     """In the forked child: build the namespaces, hand the sockets over, wait for
     the daemon's yes, exec the command.  Returns only on failure."""
     uid, gid = os.getuid(), os.getgid()
@@ -220,7 +234,7 @@ def child(channel: socket.socket, argv: list[str], env: dict[str, str]) -> int:
         socket.send_fds(channel, [b"sockets\n"], [sockets[name].fileno() for name in SOCKETS])
         for sock in sockets.values():
             sock.close()  # the daemon holds them now; nothing of hush stays in here
-        set_up_files()
+        set_up_files(hide)
     except (OSError, LaunchError) as e:
         channel.sendall(f"error {e}\n".encode())
         return 1
@@ -285,19 +299,94 @@ class Refused(Exception):
         self.reply = reply
 
 
-def run(state_dir: Path, app: str, argv: list[str]) -> int:
+def session_bus(env: dict[str, str]) -> str | None:
+    """The path of the session bus's socket, if it has one.  (An abstract
+    socket, ``unix:abstract=…``, is already out of reach: it belongs to the
+    network namespace.)"""
+    address = env.get("DBUS_SESSION_BUS_ADDRESS")
+    if address is None:
+        runtime = env.get("XDG_RUNTIME_DIR")
+        return os.path.join(runtime, "bus") if runtime and os.path.exists(os.path.join(runtime, "bus")) else None
+    for part in address.split(";")[0].partition(":")[2].split(","):
+        key, _, value = part.partition("=")
+        if key == "path":
+            return value
+    return None
+
+
+class DbusFilter:
+    """xdg-dbus-proxy on the host, in front of the session bus; it stops when
+    this process (and so the read end of its ready pipe) goes."""
+
+    def __init__(self, address: str | None, runtime_dir: str | None):
+        proxy = shutil.which("xdg-dbus-proxy")
+        if proxy is None:
+            raise LaunchError("--dbus filter needs xdg-dbus-proxy (Debian: apt install xdg-dbus-proxy)")
+        if address is None:
+            raise LaunchError("--dbus filter: no session bus to filter (DBUS_SESSION_BUS_ADDRESS is not set)")
+        self.dir = tempfile.mkdtemp(prefix="hush-dbus-", dir=runtime_dir)
+        self.path = os.path.join(self.dir, "bus")
+        ready_r, ready_w = os.pipe()
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [proxy, f"--fd={ready_w}", address, self.path, "--filter", *(f"--talk={n}" for n in DBUS_TALK)],
+            pass_fds=(ready_w,), stdin=subprocess.DEVNULL)
+        os.close(ready_w)
+        self._ready = ready_r
+        if not os.read(ready_r, 1):
+            self.close()
+            raise LaunchError(f"xdg-dbus-proxy did not start (exit {self.proc.returncode})")
+
+    def close(self) -> None:
+        os.close(self._ready)  # the proxy's cue to stop
+        try:
+            self.proc.wait(5)
+        except Exception:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run(state_dir: Path, app: str, argv: list[str], dbus: str = "open") -> int:
     """Launch ``argv`` as ``app``.  Raises ConnectionError (no daemon: nothing
-    started), Refused (unknown app …) or LaunchError (namespace set-up failed)."""
+    started), Refused (unknown app …) or LaunchError (namespace set-up failed).
+
+    ``dbus``: ``open`` leaves the session and system buses reachable (they are
+    path sockets, which no network namespace stops: docs/launch.md says what
+    that leaves open); ``filter`` puts xdg-dbus-proxy in front of the session
+    bus and hides the system bus; ``none`` hides both."""
+    if dbus not in DBUS_MODES:
+        raise LaunchError(f"--dbus must be one of {', '.join(DBUS_MODES)}, not {dbus!r}")
     daemon = connect(state_dir)
-    ours, theirs = socket.socketpair()
     env = launch_env()
+    hide: tuple[str, ...] = ()
+    proxy = None
+    if dbus != "open":
+        bus = session_bus(env)
+        address = env.get("DBUS_SESSION_BUS_ADDRESS") or (f"unix:path={bus}" if bus else None)
+        hide = (*(p for p in (bus,) if p), *SYSTEM_BUS)
+        env.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
+        if dbus == "filter":
+            proxy = DbusFilter(address, env.get("XDG_RUNTIME_DIR"))
+            env["DBUS_SESSION_BUS_ADDRESS"] = f"unix:path={proxy.path}"
+        else:
+            env["DBUS_SESSION_BUS_ADDRESS"] = "unix:path=/nonexistent/hush-launch-dbus-none"
+    try:
+        return _launch(daemon, argv, env, hide, app)
+    finally:
+        if proxy is not None:
+            proxy.close()
+
+
+def _launch(daemon: socket.socket, argv: list[str], env: dict[str, str], hide: tuple[str, ...], app: str) -> int:
+    ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:  # the child: never returns into the caller's code
         code = 1
         try:
             daemon.close()
             ours.close()
-            code = child(theirs, argv, env)
+            code = child(theirs, argv, env, hide)
         finally:
             os._exit(code)
     theirs.close()
