@@ -167,18 +167,58 @@ class Decide:
         log.warning("refused a tunnel to %s:%s whose TLS names %s (%s)", tunnel.host, tunnel.port, name, why)
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        """mitmproxy relays a connection as raw TCP when it cannot read it as
+        HTTP or TLS: a leading CRLF or blank, a first read shorter than three
+        bytes, no space in the first line, unknown bytes, a banner, or after
+        TLS an unknown ALPN.  A tunnel decided at connection level is relayed
+        as decided; one hush decided to inspect is closed, never relayed.
+
+        Killing a TCP flow does not stop mitmproxy's relay (its issue #4711):
+        what stops it is the egress guard, so every permit of this client
+        (an earlier request's, on a keep-alive connection) is withdrawn."""
+        if flow.server_conn.timestamp_start is not None:
+            return  # a protocol switch (101) on a connection a decided request opened: its decision covers it
         tunnel = self._tunnels.get(flow.client_conn.id)
         if tunnel is None:
             tunnel = self._flowless_tunnel(flow.client_conn, flow.server_conn, None)
         if tunnel.decision is None:
-            # Rules need the HTTP request, but this is not HTTP: nothing to inspect.
-            tunnel.decision = fail_closed(tunnel.app, "rules need HTTP but the connection is not HTTP",
-                                          getattr(tunnel.policyset, "version", ""), "connect")
-            ctx.master.addons.trigger(HushTunnelHook(tunnel))
+            self._not_readable(tunnel, "rules need HTTP but the connection is not HTTP")
         flow.metadata["hush.tunnel"] = tunnel
         flow.metadata["hush.decision"] = tunnel.decision
         if tunnel.decision.action.egress == "none":
+            self._revoke(tunnel.client_id)
             flow.kill()
+
+    def _revoke(self, client_id: str) -> None:
+        act = ctx.master.addons.get("act")
+        if act is not None:
+            act.revoke(client_id)
+
+    def _not_readable(self, tunnel: Tunnel, reason: str) -> None:
+        """Close an inspected tunnel whose contents hush cannot read: audited, nothing sent."""
+        self._revoke(tunnel.client_id)
+        tunnel.decision = fail_closed(tunnel.app, reason, getattr(tunnel.policyset, "version", ""), "connect")
+        log.warning("closed a tunnel to %s:%s: %s", tunnel.host, tunnel.port, reason)
+        ctx.master.addons.trigger(HushTunnelHook(tunnel))
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        """An inspected tunnel whose TLS hush cannot read (a ClientHello that
+        does not parse, records that are not TLS) is closed by mitmproxy; it
+        is audited too.  A client that hangs up or distrusts hush's CA during
+        the handshake sent nothing anywhere and is not recorded."""
+        client = data.context.client
+        error = data.conn.error or ""
+        if data.conn is not client or "disconnected" in error or "trust" in error:
+            return
+        reason = f"the tunnel's TLS cannot be read: {error[:200]}"
+        tunnel = self._tunnels.get(client.id)
+        if tunnel is None:  # SOCKS5: no ClientHello, so never decided; nothing was relayed
+            tunnel, _ = self._flowless(client, data.context.server, None)
+            self._tunnels[client.id] = tunnel
+        if tunnel.decision is None:
+            self._not_readable(tunnel, reason)
+        elif tunnel.error is None and tunnel.outcome is None:
+            tunnel.error = reason  # decided, but nothing could be relayed: the record must not say it was
 
     def _end(self, tunnel: Tunnel) -> None:
         if tunnel.decision is not None and tunnel.ended is None:
