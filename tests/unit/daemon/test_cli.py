@@ -173,3 +173,18 @@ def test_invalid_config_is_located(tmp_path, policies, capsys):
         f"{cfg}:2:14: unknown audit redaction 'none' (expected one of: full, no-query, site)",
         f"{cfg}:3:12: unknown log_level 'loud' (expected one of: debug, error, info, warning)",
     ]
+
+
+@pytest.mark.parametrize("headers, by", [
+    (["Host: tracker.com:"], "rule 2"),  # an empty port: still tracker.com
+    (["Host: tracker.com.:"], "rule 2"),
+    (["Host: a.org", "host: tracker.com"], "refused: the Host header 'a.org, tracker.com'"),  # two Host headers
+    (["Host: a.org", "Host: a.org"], "refused: the Host header"),
+    (["Host: user@tracker.com"], "refused: the Host header"),
+    (["Host: tracker.com:http"], "refused: the Host header"),
+])
+def test_explain_decides_the_host_header_as_the_proxy_does(policies, capsys, headers, by):
+    argv = ["policy", "explain", "--policies", str(policies), "--app", "x", "https://a.org/", "--json"]
+    assert main(argv + [a for h in headers for a in ("--header", h)]) == ExitStatus.OK
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] == "block" and result["by"].startswith(by), result
