@@ -153,6 +153,50 @@ def check_proxy_env(policyset, env=os.environ) -> list[Finding]:
     return out
 
 
+APPARMOR_USERNS = Path("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+USERNS_CLONE = Path("/proc/sys/kernel/unprivileged_userns_clone")
+
+
+def _try_namespaces() -> str | None:
+    """None if this user can make a user + network + mount namespace (what
+    `hush launch` needs), else why not.  In a throwaway child."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNET | os.CLONE_NEWNS)
+            os._exit(0)
+        except OSError as e:
+            os._exit(e.errno or 1)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return None if code == 0 else os.strerror(code)
+
+
+def check_launch(tool=None, try_namespaces=_try_namespaces) -> list[Finding]:
+    """What `hush launch` needs: ip, nft, and unprivileged user namespaces."""
+    from hush.daemon.launch import tool as find_tool
+
+    tool = tool or find_tool
+    out = []
+    missing = [name for name, package in (("ip", "iproute2"), ("nft", "nftables")) if tool(name) is None]
+    if missing:
+        out.append(Finding("fail", "launch", f"`hush launch` needs {' and '.join(missing)}",
+                           "Debian/Ubuntu: sudo apt install iproute2 nftables"))
+    why = try_namespaces()
+    if why is None:
+        out.append(Finding("ok", "launch", "unprivileged user and network namespaces work: `hush launch` can run"))
+        return out
+    fix = "enable unprivileged user namespaces"
+    if APPARMOR_USERNS.exists() and APPARMOR_USERNS.read_text().strip() == "1":
+        fix = ("Ubuntu 23.10+ restricts them through AppArmor: allow the python running hush with an AppArmor "
+               "profile granting `userns,` (see docs/launch.md), or, less safely, "
+               "`sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0`")
+    elif USERNS_CLONE.exists() and USERNS_CLONE.read_text().strip() == "0":
+        fix = "`sudo sysctl kernel.unprivileged_userns_clone=1` (and in /etc/sysctl.d/ to keep it)"
+    out.append(Finding("fail", "launch", f"cannot create a user namespace ({why}): `hush launch` will not work", fix))
+    return out
+
+
 def run_checks(policies_flag, state_flag, config_flag, running: bool) -> list[Finding]:
     findings = [check_python()]
     config_finding, config = check_config(paths.config_file(config_flag))
@@ -164,4 +208,5 @@ def run_checks(policies_flag, state_flag, config_flag, running: bool) -> list[Fi
     findings += check_ports(policyset, running)
     findings += check_state(paths.state_dir(state_flag, config.state_dir))
     findings += check_proxy_env(policyset)
+    findings += check_launch()
     return findings

@@ -66,3 +66,20 @@ def test_install_unit(tmp_path, capsys):
     assert os.access(binary, os.X_OK) and binary.endswith("/hush")
     assert "%h/.local/bin" not in unit
     assert "systemctl --user daemon-reload" in capsys.readouterr().out
+
+
+def test_launch_checks_tools_and_namespaces(monkeypatch, tmp_path):
+    from hush.daemon import doctor
+
+    ok = doctor.check_launch(tool=lambda name: f"/usr/sbin/{name}", try_namespaces=lambda: None)
+    assert [f.level for f in ok] == ["ok"]
+    [tools, userns] = doctor.check_launch(tool=lambda name: None, try_namespaces=lambda: "Operation not permitted")
+    assert tools.level == "fail" and "ip and nft" in tools.message and "nftables" in tools.fix
+    assert userns.level == "fail" and "Operation not permitted" in userns.message
+    restricted = tmp_path / "apparmor"
+    restricted.write_text("1\n")
+    monkeypatch.setattr(doctor, "APPARMOR_USERNS", restricted)
+    [_, userns] = doctor.check_launch(tool=lambda name: None, try_namespaces=lambda: "Permission denied")
+    assert "AppArmor" in userns.fix
+    # and for real, here: the tests' machine can (hush launch's tests depend on it)
+    assert doctor._try_namespaces() is None
