@@ -4,8 +4,15 @@ A record says what the request *carried* that identifies the user (as the app
 sent it: ``hush.carried``) and what was actually *sent* to the site (after
 the action, and only if a connection to the site was really made), whether
 the user's IP reached the site, the decision and the rule, bytes and duration.
+Two columns keep apart what was decided and what happened: ``egress`` is what
+the decision lets leave (``direct``, ``tor``, ``none``), ``route`` what really
+left (a connection from this machine to the site, one through tor, nothing).
+
 Tunnels decided at connection level are recorded from the ``hush_tunnel``
-hooks: a refused one at once, a relayed one when it closes.
+hooks: a refused one at once; a relayed one when the decision is applied,
+again (the same row, keyed by ``conn``) when its connection is made, and when
+it closes, with its bytes and duration — so a crash loses at most the writer's
+batch, and a tunnel open for hours is in the audit while it is open.
 
 Under a stock ``mitmdump -s``, ``--set hush_state_dir=DIR`` names where
 ``audit.db`` goes.  On shutdown (``done``) every queued record is written.
@@ -14,18 +21,34 @@ Under a stock ``mitmdump -s``, ``--set hush_state_dir=DIR`` names where
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
 from typing import Optional
 
 from mitmproxy import ctx, exceptions, http
 
+from mitmproxy import connection, flow as mflow
+from mitmproxy.proxy import server_hooks
+
 from hush.addons.flowinfo import fail_closed, identifiers
-from hush.addons.tunnel import Tunnel
+from hush.addons.tunnel import Counted, Tally, Tunnel
 from hush.daemon.audit import DEFAULT_REDACTION, REDACTIONS, AuditWriter, redact
 from hush.daemon.policy.hosts import normalize, site_of
 
 log = logging.getLogger("hush.audit")
+
+
+# Outcomes that are hush's own doing, by policy: the flow was kept from the site.
+# ``refused`` is not one of them: the decision would have sent it, and hush
+# stopped it for another reason (the egress guard, a protocol it does not carry).
+KEPT_BACK = frozenset({"tor-unavailable", "superseded", "overflow", "shutdown", "abandoned", "revoked"})
+REFUSED = "refused"
+
+
+def _egress(decision, outcome: str | None) -> str:
+    """What the decision lets leave: ``direct``, ``tor`` or ``none``."""
+    return "none" if outcome in KEPT_BACK else decision.action.egress
 
 
 def _decision_fields(decision, outcome: str | None = None) -> dict:
@@ -35,7 +58,16 @@ def _decision_fields(decision, outcome: str | None = None) -> dict:
         "policy_version": decision.policy_version,
         "note": decision.note,
         "level": decision.level,
+        "egress": _egress(decision, outcome),
     }
+
+
+def _refused_by_hush(error: str | None) -> bool:
+    """The flow's connection was refused by hush itself, not by the network:
+    the egress guard (``hush: …``), or mitmproxy killing what it does not
+    carry (an h2c preface)."""
+    return bool(error) and (error.startswith("hush:") or "hush: no decision permits" in error
+                            or "hush: egress check failed" in error or error == mflow.Error.KILLED_MESSAGE)
 
 
 def _tor_fields(route) -> dict:
@@ -54,10 +86,22 @@ def _redacted_identifiers(values: dict | None, mode: str) -> dict | None:
     return out
 
 
-def _outcome(flow: http.HTTPFlow) -> str | None:
+def _route(server: connection.Server) -> str:
+    """What really left for a flow: ``direct`` (a TCP connection from this
+    machine to the site), ``tor`` (a connection through tor), ``none``."""
+    if server.via is not None:
+        return "tor" if server.timestamp_start is not None else "none"
+    return "direct" if server.timestamp_tcp_setup is not None else "none"
+
+
+def _outcome(flow: http.HTTPFlow, route: str) -> str | None:
     outcome = flow.metadata.get("hush.outcome")
     if outcome is None and flow.metadata.get("hush.tor") is not None and flow.error and not flow.response:
         outcome = "tor-unavailable"  # routed into tor, which failed (or died) while carrying it
+    decision = flow.metadata.get("hush.decision")
+    if (outcome is None and route == "none" and flow.error and not flow.response and decision is not None
+            and decision.action.egress != "none" and _refused_by_hush(flow.error.msg)):
+        outcome = REFUSED  # decided to go, stopped by hush: not what the decision did
     return outcome
 
 
@@ -66,10 +110,8 @@ def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
     decision = flow.metadata.get("hush.decision") or fail_closed(flow.metadata.get("hush.app"), "not decided")
     host = getattr(decision, "host", None) or normalize(req.host)  # a Host/target that decided more strictly
     site = site_of(host)
-    server = flow.server_conn
-    direct = server.timestamp_tcp_setup is not None  # a TCP connection from this machine to the site
-    via_tor = server.via is not None and server.timestamp_start is not None
-    sent = identifiers(req.headers) if direct or via_tor else None
+    route = _route(flow.server_conn)
+    sent = identifiers(req.headers) if route != "none" else None
     end = (flow.response.timestamp_end if flow.response and flow.response.timestamp_end else None) or time.time()
     return {
         "ts": req.timestamp_start,
@@ -82,9 +124,11 @@ def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
         "site": site,
         "url": redact(req.pretty_url if req.method != "CONNECT" else None, redaction, site),
         "kind": flow.metadata.get("hush.kind"),
-        **_decision_fields(decision, _outcome(flow)),
+        **_decision_fields(decision, _outcome(flow, route)),
         "status": flow.response.status_code if flow.response else None,
-        "ip_exposed": direct and server.via is None,
+        "ip_exposed": route == "direct",
+        "route": route,
+        "ended": end,
         "carried": _redacted_identifiers(flow.metadata.get("hush.carried"), redaction),
         "sent": _redacted_identifiers(sent, redaction),
         "bytes_up": len(req.raw_content or b""),
@@ -97,14 +141,35 @@ def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
         "superseded_by": redact(flow.metadata.get("hush.superseded_by"), redaction),
         "truncated": 1 if flow.metadata.get("hush.truncated") else None,
         "process": flow.metadata.get("hush.process"),
+        "exe": flow.metadata.get("hush.exe"),
     }
 
 
-def tunnel_record(tunnel: Tunnel, redaction: str) -> dict:
+@dataclasses.dataclass
+class Wire:
+    """What one client connection did on the wire, as mitmproxy's connection
+    hooks saw it (a SOCKS5 tunnel has no flow to carry it)."""
+
+    tally: Tally | None = None  # bytes, when its contents were counted
+    routes: set = dataclasses.field(default_factory=set)  # "direct", "tor": connections made
+    refused: str | None = None  # the egress guard's refusal
+    tunnels: list = dataclasses.field(default_factory=list)  # its tunnels whose rows are not complete
+    process: str | None = None
+    exe: str | None = None
+
+
+def tunnel_record(tunnel: Tunnel, redaction: str, wire: Wire | None = None) -> dict:
+    """The tunnel's row as it stands: open (``ended`` null) or closed."""
     decision = tunnel.decision
-    direct = decision.action.egress == "direct" and tunnel.error is None and tunnel.outcome is None
+    wire = wire or Wire()
+    route = "direct" if "direct" in wire.routes else "tor" if "tor" in wire.routes else "none"
+    outcome, error = tunnel.outcome, tunnel.error
+    if outcome is None and route == "none" and wire.refused and decision.action.egress != "none":
+        outcome, error = REFUSED, error or wire.refused
     carried = identifiers({"user-agent": tunnel.user_agent} if tunnel.user_agent else {})
-    end = tunnel.ended or time.time()
+    refused_at_once = decision.action.egress == "none" or outcome is not None or tunnel.error is not None
+    end = tunnel.ended or (time.time() if refused_at_once else None)
+    tally = wire.tally
     return {
         "ts": tunnel.started,
         "app": tunnel.app,
@@ -116,16 +181,21 @@ def tunnel_record(tunnel: Tunnel, redaction: str) -> dict:
         "site": site_of(tunnel.host),
         "url": None,
         "kind": "other",
-        **_decision_fields(decision, tunnel.outcome),
+        **_decision_fields(decision, outcome),
         "status": tunnel.flow.response.status_code if tunnel.flow and tunnel.flow.response else None,
-        "ip_exposed": direct,
+        "ip_exposed": route == "direct",
+        "route": route,
         "carried": _redacted_identifiers(carried, redaction),
         "sent": None,  # the tunnel's bytes are the app's own TLS: hush never saw inside
-        "bytes_up": None,
-        "bytes_down": None,
-        "duration_ms": round((end - tunnel.started) * 1000, 3) if tunnel.ended else None,
-        "error": tunnel.error,
+        "bytes_up": tally.up if tally else None,
+        "bytes_down": tally.down if tally else None,
+        "duration_ms": round((end - tunnel.started) * 1000, 3) if end else None,
+        "ended": end,
+        "error": error,
         **_tor_fields(tunnel.route),
+        "process": wire.process,
+        "exe": wire.exe,
+        "conn": tunnel.key,
     }
 
 
@@ -133,7 +203,8 @@ class Audit:
     def __init__(self):
         self.writer: AuditWriter | None = None
         self.counts: collections.Counter[str] = collections.Counter()  # decisions since start
-        self._open: dict[int, Tunnel] = {}
+        self._open: dict[str, Tunnel] = {}  # tunnels whose row is not complete, by key
+        self._wires: dict[str, Wire] = {}  # client id → what its connection did
 
     def load(self, loader):
         loader.add_option(
@@ -166,7 +237,8 @@ class Audit:
                 raise exceptions.OptionsError(f"Cannot open the audit database in {ctx.options.hush_state_dir}: {e}")
 
     def _emit(self, record: dict) -> None:
-        self.counts[record["decision"]] += 1
+        if record.get("conn") is None:
+            self.counts[record["decision"]] += 1  # tunnels are counted in hush_tunnel
         if self.writer is not None:
             self.writer.submit(record)
         else:
@@ -192,20 +264,75 @@ class Audit:
         except Exception:
             log.exception("audit: could not record %s", flow.request.pretty_url)
 
-    # tunnels
+    # tunnels: what their connections do on the wire
+    def _wire(self, client_id: str) -> Wire:
+        wire = self._wires.get(client_id)
+        if wire is None:
+            wire = self._wires[client_id] = Wire()
+        return wire
+
+    def _tunnel(self, tunnel: Tunnel) -> None:
+        try:
+            self._emit(tunnel_record(tunnel, ctx.options.hush_audit_redaction, self._wires.get(tunnel.client_id)))
+        except Exception:
+            log.exception("audit: could not record the tunnel to %s:%s", tunnel.host, tunnel.port)
+
+    def next_layer(self, nextlayer) -> None:
+        """Count the bytes of a tunnel's contents (the first layer chosen for a
+        connection whose destination is known: a CONNECT's tunnel, a SOCKS5
+        connection), in front of whatever layer was chosen."""
+        context = nextlayer.context
+        if nextlayer.layer is None or context.server.address is None:
+            return
+        wire = self._wire(context.client.id)
+        if wire.tally is None:
+            wire.tally = Tally()
+            nextlayer.layer = Counted(context, nextlayer.layer, wire.tally)
+
     def hush_tunnel(self, tunnel: Tunnel) -> None:
+        wire = self._wire(tunnel.client_id)
+        identify = ctx.master.addons.get("identify")
+        owner = identify.owner(tunnel.client_id) if identify is not None and hasattr(identify, "owner") else None
+        if owner is not None:
+            wire.process, wire.exe = owner.name, owner.exe
         if tunnel.decision.action.egress != "none" and tunnel.error is None and tunnel.outcome is None:
-            self._open[id(tunnel)] = tunnel  # recorded when it closes, with its duration
-        else:
-            self._emit(tunnel_record(tunnel, ctx.options.hush_audit_redaction))
+            self._open[tunnel.key] = tunnel  # written now, completed when it connects and when it closes
+            wire.tunnels.append(tunnel)
+        self.counts[tunnel.outcome or tunnel.decision.action.name] += 1  # once: the row is written up to 3 times
+        self._tunnel(tunnel)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """After act's egress guard: remember a refusal, for the tunnel's row."""
+        error = data.server.error
+        if error and error.startswith("hush:"):
+            self._wire(data.client.id).refused = error
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        wire = self._wires.get(data.client.id)
+        if wire is None:
+            return
+        router = ctx.master.addons.get("torroute")
+        tor = getattr(getattr(router, "manager", None), "tunnel_address", None)
+        address = data.server.address
+        wire.routes.add("tor" if tor is not None and address is not None and tuple(address) == tuple(tor)
+                        else "direct")
+        for tunnel in wire.tunnels:
+            self._tunnel(tunnel)  # a live view sees that it reached the site (or tor)
 
     def hush_tunnel_end(self, tunnel: Tunnel) -> None:
-        if self._open.pop(id(tunnel), None) is not None:
-            self._emit(tunnel_record(tunnel, ctx.options.hush_audit_redaction))
+        if self._open.pop(tunnel.key, None) is not None:
+            wire = self._wires.get(tunnel.client_id)
+            if wire is not None and tunnel in wire.tunnels:
+                wire.tunnels.remove(tunnel)
+            self._tunnel(tunnel)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._wires.pop(client.id, None)
 
     def done(self) -> None:
         for tunnel in list(self._open.values()):
-            self._emit(tunnel_record(tunnel, ctx.options.hush_audit_redaction))
+            tunnel.ended = tunnel.ended or time.time()
+            self._tunnel(tunnel)
         self._open.clear()
         if self.writer is not None:
             self.writer.close()

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 
 from mitmproxy import hooks, http
+from mitmproxy.proxy import commands, events, layer
 
 from hush.daemon.policy.model import Decision, PolicySet
 
@@ -38,6 +40,9 @@ class Tunnel:
     # client that resolved the name itself gives an address, and the TLS SNI
     # names the host
     address: tuple[str, int] | None = None
+    # the audit row's key: the row written when the decision is applied is
+    # completed in place when the tunnel connects and when it closes
+    key: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclasses.dataclass
@@ -52,3 +57,43 @@ class HushTunnelEndHook(hooks.Hook):
     """A decided tunnel's client connection closed (or hush is stopping)."""
 
     tunnel: Tunnel
+
+
+@dataclasses.dataclass
+class Tally:
+    """Bytes hush relayed for one client connection: ``up`` sent towards the
+    site (or tor), ``down`` sent to the app."""
+
+    up: int = 0
+    down: int = 0
+
+
+class Counted(layer.Layer):
+    """A layer in front of another that counts the bytes the layers under it
+    send, and changes nothing.  Put in front of a tunnel's contents (in
+    ``next_layer``), it counts what a relay that has no flow (TLS passed
+    through untouched, a tunnel into tor) carried.  Like mitmproxy's
+    ``NextLayer`` it is not in ``context.layers``: the layers under it find
+    their parents as before."""
+
+    def __init__(self, context, inner: layer.Layer, tally: Tally):
+        super().__init__(context)
+        self.context.layers.remove(self)
+        self.inner = inner
+        self.tally = tally
+
+    def handle_event(self, event: events.Event):
+        client = self.context.client
+        for command in self.inner.handle_event(event):
+            if isinstance(command, commands.SendData):
+                if command.connection is client:
+                    self.tally.down += len(command.data)
+                else:
+                    self.tally.up += len(command.data)
+            yield command
+
+    def _handle_event(self, event: events.Event):  # pragma: no cover - handle_event is overridden
+        yield from self.handle_event(event)
+
+    def __repr__(self):
+        return f"Counted:{self.inner!r}"

@@ -6,10 +6,10 @@ from mitmproxy import http
 from mitmproxy.test import taddons
 
 from hush.addons.act import Act
-from hush.addons.audit import Audit, flow_record, tunnel_record
+from hush.addons.audit import Audit, Wire, flow_record, tunnel_record
 from hush.addons.classify import Classify
 from hush.addons.decide import Decide
-from hush.addons.tunnel import Tunnel
+from hush.addons.tunnel import Tally, Tunnel
 
 from .helpers import connect_flow, http_flow, policyset
 
@@ -52,9 +52,13 @@ def test_tunnel_records():
     t = Tunnel(f.client_conn.id, "x", "l", "a.backend.net", 443, ps, ps.decide_connect("x", "a.backend.net", 443), f,
                user_agent="Electron")
     t.ended = t.started + 2
-    r = tunnel_record(t, "site")
+    r = tunnel_record(t, "site", Wire(routes={"direct"}, tally=Tally(10, 20)))
     assert (r["method"], r["decision"], r["level"], r["ip_exposed"]) == ("CONNECT", "passthrough", "connect", True)
     assert r["duration_ms"] == 2000 and r["carried"]["user_agent"] == "Electron"
+    assert (r["route"], r["egress"], r["bytes_up"], r["bytes_down"], r["conn"]) == ("direct", "direct", 10, 20, t.key)
+    # what the wire saw, not what was decided: a tunnel that never connected exposed nothing
+    r = tunnel_record(t, "site")
+    assert (r["ip_exposed"], r["route"], r["decision"]) == (False, "none", "passthrough")
 
 
 def test_done_writes_every_record(tmp_path):
@@ -77,3 +81,108 @@ def test_done_writes_every_record(tmp_path):
 
 def _run(coro):
     return asyncio.run(coro)
+
+
+# -- issue 11, items 8 and 9: rows say what happened on the wire, tunnels are written when they open
+
+def test_killed_and_guard_refused_flows_are_refused_not_allowed():
+    from mitmproxy import flow as mflow
+
+    for error in (mflow.Error.KILLED_MESSAGE,  # mitmproxy killing an h2c preface
+                  "hush: no decision permits a direct connection to 127.0.0.1:80"):
+        f = through_chain("http://a.org/x")
+        f.server_conn.timestamp_tcp_setup = None
+        f.error = mflow.Error(error)
+        r = flow_record(f, "site")
+        assert (r["decision"], r["egress"], r["route"], r["ip_exposed"]) == ("refused", "direct", "none", False)
+
+
+def test_an_allow_whose_upstream_failed_stays_allow():
+    from mitmproxy import flow as mflow
+
+    f = through_chain("http://a.org/x")
+    f.server_conn.timestamp_tcp_setup = None
+    f.error = mflow.Error("Cannot connect to a.org:80: Name or service not known")
+    r = flow_record(f, "site")
+    assert (r["decision"], r["egress"], r["route"], r["ip_exposed"], r["sent"]) == ("allow", "direct", "none", False,
+                                                                                    None)
+
+
+def test_a_flow_through_tor_is_routed_tor():
+    from mitmproxy.net.server_spec import ServerSpec
+
+    f = through_chain("http://a.org/x")
+    f.server_conn = type(f.server_conn)(address=("a.org", 80), via=ServerSpec(("http", ("127.0.0.1", 9))))
+    f.server_conn.timestamp_start = time.time()
+    r = flow_record(f, "site")
+    assert (r["route"], r["ip_exposed"]) == ("tor", False)
+
+
+def test_a_tunnel_row_is_written_open_then_connected_then_closed(tmp_path):
+    from mitmproxy import connection
+    from mitmproxy.proxy import server_hooks
+
+    audit = Audit()
+    ps = policyset()
+    with taddons.context(audit) as tctx:
+        tctx.configure(audit, hush_state_dir=str(tmp_path))
+        g = connect_flow("a.backend.net")
+        t = Tunnel(g.client_conn.id, "x", "l", "a.backend.net", 443, ps, ps.decide_connect("x", "a.backend.net", 443))
+        audit.hush_tunnel(t)
+        audit.writer.close()  # flush: the open row is on disk before the tunnel closes
+        db = sqlite3.connect(tmp_path / "audit.db")
+        assert db.execute("SELECT decision, route, ended, conn FROM records").fetchall() == [
+            ("passthrough", "none", None, t.key)]
+        tctx.configure(audit, hush_state_dir=str(tmp_path))  # a new writer
+        audit.server_connected(server_hooks.ServerConnectionHookData(
+            connection.Server(address=("a.backend.net", 443)), g.client_conn))
+        audit._wires[g.client_conn.id].tally = Tally(100, 2000)
+        t.ended = t.started + 1
+        audit.hush_tunnel_end(t)
+        audit.done()
+    assert db.execute("SELECT id, route, ip_exposed, bytes_up, bytes_down, duration_ms FROM records").fetchall() == [
+        (1, "direct", 1, 100, 2000, 1000.0)]
+    assert audit.counts == {"passthrough": 1}
+
+
+def test_a_tunnel_the_guard_refused_is_audited_refused():
+    from mitmproxy import connection
+    from mitmproxy.proxy import server_hooks
+
+    audit = Audit()
+    ps = policyset()
+    with taddons.context(audit):
+        g = connect_flow("a.backend.net")
+        t = Tunnel(g.client_conn.id, "x", "l", "a.backend.net", 443, ps, ps.decide_connect("x", "a.backend.net", 443))
+        audit.hush_tunnel(t)
+        server = connection.Server(address=("10.1.1.1", 443))
+        server.error = "hush: no decision permits a direct connection to 10.1.1.1:443"
+        audit.server_connect(server_hooks.ServerConnectionHookData(server, g.client_conn))
+        r = tunnel_record(t, "site", audit._wires[g.client_conn.id])
+    assert (r["decision"], r["route"], r["ip_exposed"]) == ("refused", "none", False)
+    assert r["error"].startswith("hush: no decision permits")
+
+
+def test_counted_layer_counts_what_the_layer_under_it_sends():
+    from mitmproxy.proxy import commands, context, events, layer
+    from mitmproxy.test import tflow
+
+    from hush.addons.tunnel import Counted
+
+    class Echo(layer.Layer):
+        def _handle_event(self, event):
+            if isinstance(event, events.DataReceived):
+                to = self.context.server if event.connection is self.context.client else self.context.client
+                yield commands.SendData(to, event.data * 2)
+
+    with taddons.context() as tctx:
+        ctx = context.Context(tflow.tclient_conn(), tctx.options)
+        ctx.server = tflow.tserver_conn()
+        inner = Echo(ctx)
+        tally = Tally()
+        counted = Counted(ctx, inner, tally)
+        assert ctx.layers == [inner]  # not in the stack: layers under it find their parents as before
+        out = list(counted.handle_event(events.DataReceived(ctx.client, b"abc")))
+        out += list(counted.handle_event(events.DataReceived(ctx.server, b"hello")))
+    assert [c.data for c in out] == [b"abcabc", b"hellohello"]
+    assert (tally.up, tally.down) == (6, 10)
