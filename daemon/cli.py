@@ -289,6 +289,9 @@ def cmd_launch(args, config: Config) -> int:
     except ConnectionError as e:
         print(f"hush launch: not started, {e}", file=sys.stderr)
         return ExitStatus.DAEMON_UNREACHABLE
+    except TimeoutError:
+        print(f"hush launch: not started, the daemon with --state-dir {state} did not answer", file=sys.stderr)
+        return ExitStatus.DAEMON_UNREACHABLE
     except launch.Refused as e:
         print(f"hush launch: not started, the daemon refused: {e}", file=sys.stderr)
         return ExitStatus.NOT_FOUND if e.reply.get("error", "").startswith("no policy") else ExitStatus.ERROR

@@ -63,6 +63,7 @@ DBUS_MODES = ("open", "filter", "none")
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 PR_CAPBSET_DROP = 24
+HANDSHAKE_TIMEOUT = 15.0
 
 
 class LaunchError(Exception):
@@ -402,7 +403,9 @@ def _launch(daemon: socket.socket, argv: list[str], env: dict[str, str], hide: t
         finally:
             for fd in fds:
                 os.close(fd)
+        daemon.settimeout(HANDSHAKE_TIMEOUT)  # a daemon that does not answer: not started, not hung
         reply = _reply(daemon)
+        daemon.settimeout(None)
         if not reply.get("ok"):
             ours.sendall(b"no\n")
             os.waitpid(pid, 0)
