@@ -64,6 +64,7 @@ DBUS_MODES = ("open", "filter", "none")
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 PR_CAPBSET_DROP = 24
 HANDSHAKE_TIMEOUT = 15.0
+MAX_GO = 64 * 1024
 
 
 class LaunchError(Exception):
@@ -179,11 +180,27 @@ def _bind_file(libc, source: str, target: str) -> None:
         pass
 
 
-def set_up_files(hide: tuple[str, ...] = ()) -> None:
+def protect_hush(libc, guard: dict) -> None:
+    """hush's own files, from the app: its state dir (launch.sock — with which
+    the app could register sockets of its own as a laxer app —, control.sock,
+    the CA key, the audit) is covered by an empty read-only tmpfs; its policy
+    dir is read-only (the daemon reloads what is written there)."""
+    for path in guard.get("readonly", []):
+        if os.path.isdir(path):
+            _mount(libc, path, path, None, MS_BIND | MS_REC)
+            _mount(libc, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    for path in guard.get("hide", []):
+        if os.path.isdir(path):
+            _mount(libc, "tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=0700")
+
+
+def set_up_files(hide: tuple[str, ...] = (), guard: dict | None = None) -> None:
     """Only hush's stub answers names inside: hide every other resolver (and
-    the sockets in ``hide``: the D-Bus buses, for --dbus filter and none)."""
+    the sockets in ``hide``: the D-Bus buses, for --dbus filter and none), and
+    keep the app away from hush's own files (``guard``, from the daemon)."""
     libc = _libc()
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks back to the host
+    protect_hush(libc, guard or {})
     for door in SIDE_DOORS:
         if os.path.isdir(door) and not os.path.islink(door):
             _mount(libc, "tmpfs", door, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k,mode=0755")
@@ -235,19 +252,20 @@ def child(channel: socket.socket, argv: list[str], env: dict[str, str], hide: tu
         socket.send_fds(channel, [b"sockets\n"], [sockets[name].fileno() for name in SOCKETS])
         for sock in sockets.values():
             sock.close()  # the daemon holds them now; nothing of hush stays in here
-        set_up_files(hide)
     except (OSError, LaunchError) as e:
         channel.sendall(f"error {e}\n".encode())
         return 1
-    if channel.recv(16) != b"go\n":
+    answer = channel.makefile("rb").readline(MAX_GO)
+    if not answer.startswith(b"go "):
         return 1  # the daemon said no (this process's parent says why)
     try:
+        set_up_files(hide, json.loads(answer[3:]))
         os.unshare(os.CLONE_NEWUSER)
         _map_ids(uid, 0, gid, 0)
         if uid == 0:
             drop_capabilities()
     except (OSError, LaunchError) as e:
-        print(f"hush launch: cannot leave the namespace's root: {e}", file=sys.stderr)
+        print(f"hush launch: cannot finish the namespace: {e}", file=sys.stderr)
         return 1
     channel.close()
     try:
@@ -410,7 +428,7 @@ def _launch(daemon: socket.socket, argv: list[str], env: dict[str, str], hide: t
             ours.sendall(b"no\n")
             os.waitpid(pid, 0)
             raise Refused(reply)
-        ours.sendall(b"go\n")
+        ours.sendall(b"go " + json.dumps(reply.get("guard", {})).encode() + b"\n")
     except BaseException:
         _reap(pid)
         raise

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -66,6 +67,19 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
     raw = sock.getsockopt(SOL_IPV6, SO_ORIGINAL_DST, 28)
     port, address = struct.unpack_from("!2xH4x16s", raw)
     return socket.inet_ntop(socket.AF_INET6, address), port
+
+
+def _local(host: str) -> bool:
+    """The namespace's own loopback or unspecified address: nftables never
+    redirects those, so such a destination means the app connected to hush's
+    socket itself — and deciding on it would reach the *host's* loopback."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified
 
 
 def _expect(sock: socket.socket, family: int, kind: int, listening: bool) -> None:
@@ -158,8 +172,11 @@ def make_mode(spec: str):
 class LaunchServer:
     """``STATE_DIR/launch.sock`` and the running launches."""
 
-    def __init__(self, state_dir: Path, apps, serve=serve_connection):
+    def __init__(self, state_dir: Path, apps, serve=serve_connection, policies: Path | None = None):
         self.path = Path(state_dir) / LAUNCH_SOCKET
+        # what a launched app must not reach: hush's state (this socket among it), and its policies
+        self.guard = {"hide": [str(Path(state_dir).resolve())],
+                      "readonly": [str(Path(policies).resolve())] if policies else []}
         self.apps = apps  # () -> the apps the current policy set knows
         self.serve = serve
         self.launches: dict[int, Launch] = {}
@@ -252,8 +269,8 @@ class LaunchServer:
             finally:
                 for fd in fds:  # started servers hold their own duplicates
                     os.close(fd)
-            await loop.sock_sendall(conn, json.dumps({"ok": True, "id": launch.id, "listener": launch.spec}).encode()
-                                    + b"\n")
+            reply = {"ok": True, "id": launch.id, "listener": launch.spec, "guard": self.guard}
+            await loop.sock_sendall(conn, json.dumps(reply).encode() + b"\n")
             log.info("launch %d: app=%s pid=%d %s", launch.id, launch.app, launch.pid, " ".join(launch.argv)[:200])
             while await loop.sock_recv(conn, 4096):
                 pass  # nothing more is said; the end of the connection is the end of the launch
@@ -307,10 +324,15 @@ class LaunchServer:
         sock = writer.get_extra_info("socket")
         try:
             host, port = original_destination(sock)
-        except OSError:
+        except OSError:  # no conntrack entry at all
             launch.refused += 1
-            log.warning("launch %d (%s): refused a connection that was not redirected (straight to hush's socket)",
-                        launch.id, launch.app)
+            log.warning("launch %d (%s): refused a connection with no original destination", launch.id, launch.app)
+            writer.close()
+            return
+        if _local(host):  # never redirected there: a connection made straight to this socket
+            launch.refused += 1
+            log.warning("launch %d (%s): refused a connection made straight to hush's socket (%s:%d)",
+                        launch.id, launch.app, host, port)
             writer.close()
             return
         if fakedns.is_fake(host):

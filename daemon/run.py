@@ -135,7 +135,7 @@ class Daemon:
         self.started = time.time()
         self.reloads: list[Reload] = []
         self.control = ControlServer(control_socket(state_dir), {"status": self.status})
-        self.launches = LaunchServer(state_dir, lambda: self.holder.current.policies)
+        self.launches = LaunchServer(state_dir, lambda: self.holder.current.policies, policies=policies)
         self._reloading = asyncio.Lock()
         self.loopwatch = LoopWatch()
 

@@ -68,6 +68,7 @@ def test_a_launch_lives_as_long_as_its_connection(tmp_path):
         server = await started(tmp_path, served)
         client = await asyncio.to_thread(Client, server.path)
         assert client.reply["ok"] and client.reply["listener"] == "launch:x:1"
+        assert client.reply["guard"]["hide"] == [str(tmp_path.resolve())]  # launch.sock, control.sock, CA key
         [status] = server.status()
         assert status["app"] == "x" and status["pid"] == 4242 and status["argv"] == ["curl", "x"]
 
@@ -131,18 +132,21 @@ def test_a_fake_address_is_decided_on_its_name_and_an_unknown_one_is_refused(tmp
         client = await asyncio.to_thread(Client, server.path)
         launch = server.launches[1]
         fake = launch.names.address("viator.test")
-        destinations = iter([(fake, 443), ("198.18.9.9", 443), ("203.0.113.10", 80), ("2001:db8::10", 443)])
+        destinations = iter([(fake, 443), ("198.18.9.9", 443), ("203.0.113.10", 80), ("2001:db8::10", 443),
+                             # never redirected, so straight to hush's socket: deciding on them would
+                             # reach the host's loopback
+                             ("127.0.0.1", 4321), ("::1", 4321), ("0.0.0.0", 80), ("::ffff:127.0.0.2", 80)])
         monkeypatch.setattr(launches, "original_destination", lambda sock: next(destinations))
 
         def connect():
             with socket.create_connection(("127.0.0.1", client.ports["tcp4"]), timeout=5) as c:
                 c.recv(10)
 
-        for _ in range(4):
+        for _ in range(8):
             await asyncio.to_thread(connect)
-        await until(lambda: len(served) + launch.refused == 4)
+        await until(lambda: len(served) + launch.refused == 8)
         assert served == [("x", ("viator.test", 443)), ("x", ("203.0.113.10", 80)), ("x", ("2001:db8::10", 443))]
-        assert launch.refused == 1 and launch.connections == 3
+        assert launch.refused == 5 and launch.connections == 3
         client.conn.close()
         await server.stop()
 
