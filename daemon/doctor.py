@@ -172,6 +172,21 @@ def _try_namespaces() -> str | None:
     return None if code == 0 else os.strerror(code)
 
 
+YAMA_PTRACE = Path("/proc/sys/kernel/yama/ptrace_scope")
+
+
+def check_ptrace(path: Path = YAMA_PTRACE) -> Finding:
+    """A launched app runs as you: where any process may ptrace any other of the
+    same user, it could borrow one outside its namespace to connect for it."""
+    scope = path.read_text().strip() if path.exists() else None
+    if scope in ("1", "2", "3"):
+        return Finding("ok", "launch", f"ptrace is restricted (yama ptrace_scope {scope})")
+    return Finding("warn", "launch",
+                   "any process may ptrace your others (no Yama restriction): a launched app could "
+                   "borrow one outside its namespace", "sudo sysctl kernel.yama.ptrace_scope=1 "
+                   "(and in /etc/sysctl.d/ to keep it); needs a kernel with Yama")
+
+
 def check_launch(tool=None, try_namespaces=_try_namespaces) -> list[Finding]:
     """What `hush launch` needs: ip, nft, and unprivileged user namespaces."""
     from hush.daemon.launch import tool as find_tool
@@ -185,6 +200,7 @@ def check_launch(tool=None, try_namespaces=_try_namespaces) -> list[Finding]:
     why = try_namespaces()
     if why is None:
         out.append(Finding("ok", "launch", "unprivileged user and network namespaces work: `hush launch` can run"))
+        out.append(check_ptrace())
         return out
     fix = "enable unprivileged user namespaces"
     if APPARMOR_USERNS.exists() and APPARMOR_USERNS.read_text().strip() == "1":

@@ -72,7 +72,13 @@ def test_launch_checks_tools_and_namespaces(monkeypatch, tmp_path):
     from hush.daemon import doctor
 
     ok = doctor.check_launch(tool=lambda name: f"/usr/sbin/{name}", try_namespaces=lambda: None)
-    assert [f.level for f in ok] == ["ok"]
+    assert [f.level for f in ok][0] == "ok" and len(ok) == 2
+    scope = tmp_path / "ptrace_scope"
+    assert doctor.check_ptrace(scope).level == "warn"  # no Yama at all
+    scope.write_text("0\n")
+    assert doctor.check_ptrace(scope).level == "warn"
+    scope.write_text("1\n")
+    assert doctor.check_ptrace(scope).level == "ok"
     [tools, userns] = doctor.check_launch(tool=lambda name: None, try_namespaces=lambda: "Operation not permitted")
     assert tools.level == "fail" and "ip and nft" in tools.message and "nftables" in tools.fix
     assert userns.level == "fail" and "Operation not permitted" in userns.message
