@@ -264,6 +264,7 @@ def cmd_status(args, config: Config) -> int:
     decisions = ", ".join(f"{k} {v}" for k, v in sorted(st["decisions"].items())) or "none yet"
     print(f"decisions since start: {decisions}")
     loop = st["loop"]
+    print(f"launches: {len(st.get('launches', []))}" + (" (hush launch --app APP -- CMD)" if not st.get("launches") else ""))
     for launch in st.get("launches", []):
         print(f"  launch {launch['id']:<3} {launch['app']:<10} pid {launch['pid']:<8} since {_when(launch['since'])}, "
               f"{launch['connections']} connection(s), {launch['open']} open: {' '.join(launch['argv'])[:60]}")
