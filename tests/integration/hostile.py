@@ -15,10 +15,12 @@ import time
 
 class CountingOrigin:
     """Counts TCP accepts (before reading a byte) and keeps each connection's
-    bytes; answers every request head with ``200`` and closes."""
+    bytes; answers every request head with ``200`` and closes — or, with
+    ``keep_alive``, keeps the connection for the next request."""
 
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", keep_alive: bool = False):
         self.host = host
+        self.keep_alive = keep_alive
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.accepts: list[tuple] = []
         self.received: list[bytearray] = []
@@ -41,17 +43,22 @@ class CountingOrigin:
             self.received.append(buf)
             threading.Thread(target=self._handle, args=(conn, buf), daemon=True).start()
 
-    @staticmethod
-    def _handle(conn: socket.socket, buf: bytearray) -> None:
+    def _handle(self, conn: socket.socket, buf: bytearray) -> None:
+        close = b"keep-alive" if self.keep_alive else b"close"
+        answered = 0
         with conn:
             conn.settimeout(30)
             try:
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
+                while True:
+                    while buf.count(b"\r\n\r\n") <= answered:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            return
+                        buf += chunk
+                    answered += 1
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: " + close + b"\r\n\r\norigin\n")
+                    if not self.keep_alive:
                         return
-                    buf += chunk
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\norigin\n")
             except OSError:
                 return
 
@@ -81,6 +88,23 @@ def read_head(sock: socket.socket) -> bytes:
             break
         data += chunk
     return data
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response (head and a Content-Length body), nothing of the next."""
+    data = read_head(sock)
+    head, sep, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while sep and len(body) < length:
+        chunk = sock.recv(length - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return head + sep + body
 
 
 def exchange(port: int, *lines: str, host: str = "127.0.0.1") -> bytes:
