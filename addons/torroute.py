@@ -117,7 +117,10 @@ class TorRoute:
         host = normalize(flow.request.host)
         key = isolation_key(isolation, flow.metadata.get("hush.app"), host)
         route = self._route(flow.client_conn.id, host, flow.request.port, key)
-        flow.server_conn.via = ServerSpec(("http", route.address))
+        # This flow's own server object: the one it starts with is shared by every
+        # request of the client connection (mitmproxy forks contexts shallowly), and
+        # a ``via`` set on it would send the connection's later requests through tor.
+        flow.server_conn = connection.Server(address=flow.server_conn.address, via=ServerSpec(("http", route.address)))
         flow.metadata["hush.tor"] = route
         return None
 
@@ -134,6 +137,13 @@ class TorRoute:
         return None
 
     # -- mitmproxy hooks ------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A flow not routed through tor must not dial tor: drop a ``via`` it
+        did not get from ``route_request`` (one left on a shared server object)."""
+        if flow.metadata.get("hush.tor") is None and flow.server_conn.via is not None \
+                and flow.server_conn.timestamp_start is None:
+            flow.server_conn = connection.Server(address=flow.server_conn.address)
 
     def next_layer(self, nextlayer) -> None:
         client = nextlayer.context.client
