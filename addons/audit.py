@@ -86,6 +86,14 @@ def _redacted_identifiers(values: dict | None, mode: str) -> dict | None:
     return out
 
 
+def _dest(address) -> str | None:
+    """``host:port`` (``[v6]:port``) of where a connection goes (or was asked to go)."""
+    if not address:
+        return None
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _route(server: connection.Server) -> str:
     """What really left for a flow: ``direct`` (a TCP connection from this
     machine to the site), ``tor`` (a connection through tor), ``none``."""
@@ -128,6 +136,7 @@ def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
         "status": flow.response.status_code if flow.response else None,
         "ip_exposed": route == "direct",
         "route": route,
+        "dest": _dest(flow.server_conn.address) if route != "none" else None,
         "ended": end,
         "carried": _redacted_identifiers(flow.metadata.get("hush.carried"), redaction),
         "sent": _redacted_identifiers(sent, redaction),
@@ -185,6 +194,9 @@ def tunnel_record(tunnel: Tunnel, redaction: str, wire: Wire | None = None) -> d
         "status": tunnel.flow.response.status_code if tunnel.flow and tunnel.flow.response else None,
         "ip_exposed": route == "direct",
         "route": route,
+        # the destination the app asked for (a SOCKS5 client that resolved the
+        # name itself gives an address, and the row's host is its TLS SNI)
+        "dest": _dest(tunnel.address or (tunnel.host, tunnel.port)),
         "carried": _redacted_identifiers(carried, redaction),
         "sent": None,  # the tunnel's bytes are the app's own TLS: hush never saw inside
         "bytes_up": tally.up if tally else None,

@@ -36,7 +36,7 @@ COLUMNS = (
     "bytes_up", "bytes_down", "duration_ms", "error", "tor_isolation", "tor_circuit", "tor_exit",
     "held_ms", "superseded_by", "truncated", "process",
     # added later (older databases get them by _migrate):
-    "conn", "ended", "egress", "route", "exe",
+    "conn", "ended", "egress", "route", "exe", "dest",
 )
 _TYPES = {"ts": "REAL", "ended": "REAL", "port": "INTEGER", "status": "INTEGER", "ip_exposed": "INTEGER",
           "bytes_up": "INTEGER", "bytes_down": "INTEGER", "duration_ms": "REAL", "held_ms": "REAL",
@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS records (
     bytes_up INTEGER, bytes_down INTEGER, duration_ms REAL, error TEXT,
     tor_isolation TEXT, tor_circuit TEXT, tor_exit TEXT,
     held_ms REAL, superseded_by TEXT, truncated INTEGER, process TEXT,
-    conn TEXT, ended REAL, egress TEXT, route TEXT, exe TEXT
+    conn TEXT, ended REAL, egress TEXT, route TEXT, exe TEXT, dest TEXT
 );
 CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
 CREATE INDEX IF NOT EXISTS records_app_ts ON records (app, ts);
