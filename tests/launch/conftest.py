@@ -71,9 +71,7 @@ def whush(world):
 
     yield start
     for h in started:
-        if h.proc.poll() is None:
-            h.proc.kill()
-        h.proc.wait(30)
+        world.kill_tree(h.proc)  # hush and its tor
 
 
 # -- the private Tor network, inside the world, once per session ---------------------

@@ -21,6 +21,7 @@ import pytest
 
 from .conftest import tor_config
 from .world import (ALLOWED_IP, ALLOWED_IP6, BLOCKED_IP, CURL_ARGS, NOBODY, PUBLIC_DNS, PYTHON, QUIC_IP, TOR_NAME,
+                    UNISSUED_FAKE_IP,
                     is_static, until)
 
 pytestmark = pytest.mark.integration
@@ -291,8 +292,9 @@ SURVIVOR = """\
     with open(os.path.join(out, "first.tmp"), "w") as f:
         f.write(get(urls[0]))
     os.rename(os.path.join(out, "first.tmp"), os.path.join(out, "first"))
-    while not os.path.exists(os.path.join(out, "go")):  # the test kills the daemon, then says go
-        time.sleep(0.02)
+    deadline = time.monotonic() + 300  # never outlive a failed test for long
+    while not os.path.exists(os.path.join(out, "go")) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the test kills the daemon, then says go
     results = []
     for url in urls[1:]:
         start = time.monotonic()
@@ -323,17 +325,17 @@ def test_daemon_killed_while_the_app_runs_its_next_connections_fail(world, far, 
         until(lambda: (out / "after").exists() or app.poll() is not None, 120, "the app's later connections")
         if (out / "after").exists():  # the app lives on: each of its connections failed, quickly
             results = json.loads((out / "after").read_text())
+            print("after the daemon died:", results)
             for url, result, elapsed in results:
                 assert not result.startswith("ok"), results
                 assert result != "TimeoutError", results  # refused, not left hanging
         else:  # hush launch ended the app: nothing it could have sent
             assert app.returncode != 0
+            print("after the daemon died: the app was ended,", app.returncode)
         assert (len(origin.accepts), len(v6.accepts)) == before == (1, 0)
         assert origin.paths == ["/before"]
     finally:
-        if app.poll() is None:
-            app.kill()
-        app.wait(30)
+        world.kill_tree(app)
     # the daemon is gone, its launch.sock stale: a new launch refuses to start
     marker = out / "ran"
     res = world.run(h.launch_argv("x", ["touch", marker]), capture_output=True, text=True)
@@ -378,7 +380,8 @@ def test_status_lists_the_running_launch(world, far, whush):
     h = whush({"x": POLICY})
     out = world.dir("out")
     app = h.launch_popen("x", "sh", "-c", f'curl -sS --max-time 20 {origin.url("/s", host="allowed.test")} '
-                                          f'> {out}/got; touch {out}/started; while [ ! -e {out}/go ]; do sleep 0.05; done')
+                                          f'> {out}/got; touch {out}/started; i=0; while [ ! -e {out}/go ] && [ $i -lt 6000 ]; '
+                                          f'do sleep 0.05; i=$((i+1)); done')
     try:
         until(lambda: (out / "started").exists(), 60, "the launched command started")
         launches = until(lambda: h.status().get("launches"), 30, "hush status lists the launch")
@@ -389,6 +392,59 @@ def test_status_lists_the_running_launch(world, far, whush):
         assert app.wait(60) == 0
         until(lambda: h.status().get("launches") == [], 30, "the ended launch leaves hush status")
     finally:
-        if app.poll() is None:
-            app.kill()
-        app.wait(30)
+        world.kill_tree(app)
+
+
+# -- what the app cannot do ------------------------------------------------------------
+
+def test_tls_naming_a_blocked_host_on_an_allowed_name_is_refused(world, far, whush, tls_ctx):
+    """Domain fronting from inside: curl resolves allowed.test (a fake address, decided on that
+    name) but its TLS names blocked.test. The stricter decision applies, before any connection."""
+    origin = far.origin(ALLOWED_IP, tls=tls_ctx)
+    h = whush({"x": POLICY})
+    ok = curl(h, origin.url("/ok", host="allowed.test"), "-k")
+    assert ok.returncode == 0 and ok.stdout == b"origin 203.0.113.10 /ok\n", ok.stderr
+    assert len(origin.accepts) == 1
+    fronted = curl(h, origin.url("/fronted", host="blocked.test"), "-k",
+                   "--connect-to", f"blocked.test:{origin.port}:allowed.test:{origin.port}")
+    assert fronted.returncode != 0, fronted.stdout
+    assert len(origin.accepts) == 1 and origin.paths == ["/ok"]  # nothing more reached the origin
+    rows = h.wait_rows(lambda r: "blocked.test" in ((r["host"] or "") + (r["error"] or "")) and r["ip_exposed"] == 0,
+                       30, "the fronted tunnel audited as refused")
+    assert all(r["app"] == "x" for r in rows)
+
+
+def test_a_fake_address_never_given_out_is_refused(world, far, whush):
+    """Decided on the address, an unissued fake address would be allowed here (default allow):
+    it must be refused instead, and a sink on that address in the world sees nothing."""
+    sink = far.tcp(UNISSUED_FAKE_IP, 80)
+    h = whush({"x": "app: x\ndefault: allow\n"})
+    res = curl(h, f"http://{UNISSUED_FAKE_IP}:80/unissued")
+    assert res.returncode != 0, res.stdout
+    assert sink.accepts == []
+
+
+def test_loopback_inside_a_launch_is_its_own(world, far, whush):
+    """127.0.0.1 and ::1 inside the launch are the namespace's: the world's loopback origin is not reached."""
+    origin, origin6 = far.origin("127.0.0.1"), far.origin("::1")
+    h = whush({"x": "app: x\ndefault: allow\n"})
+    for url in (origin.url("/lo"), origin.url("/lo", host="localhost"), origin6.url("/lo6")):
+        res = curl(h, url)
+        assert res.returncode != 0, (url, res.stdout)
+    assert origin.accepts == [] and origin6.accepts == []
+
+
+def test_the_app_cannot_undo_the_namespace(world, far, whush):
+    """No capability over the launch's network namespace, not even as root of a user namespace of its own."""
+    blocked = far.origin(BLOCKED_IP)
+    udp = far.udp(ALLOWED_IP, 9999)
+    h = whush({"x": POLICY})
+    attempts = ["nft flush ruleset", "ip route del local default dev lo", "ip link add d0 type dummy",
+                "unshare -r nft flush ruleset", "unshare -r ip route del local default dev lo"]
+    sh = "; ".join(f"if {a} 2>/dev/null; then echo 'UNDONE: {a}'; fi" for a in attempts)
+    sh += f"; curl -sS --max-time 10 {blocked.url('/after-undo', host=BLOCKED_IP)}"
+    sh += f"; {PYTHON} -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); " \
+          f"s.sendto(b'x', ('{ALLOWED_IP}', 9999))\" 2>/dev/null; true"
+    res = h.launch("x", "sh", "-c", sh)
+    assert b"UNDONE" not in res.stdout, res.stdout
+    assert blocked.accepts == [] and udp.datagrams == []

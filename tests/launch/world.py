@@ -54,7 +54,8 @@ BLOCKED_IP = "203.0.113.11"
 QUIC_IP = "203.0.113.12"
 ALLOWED_IP6 = "2001:db8::10"
 PUBLIC_DNS = "8.8.8.8"  # exists only on the world's lo: a sink, never the real one
-ADDRESSES = [ALLOWED_IP, BLOCKED_IP, QUIC_IP, PUBLIC_DNS]
+UNISSUED_FAKE_IP = "198.19.255.254"  # in hush's fake range; a sink in the world, should hush ever dial it
+ADDRESSES = [ALLOWED_IP, BLOCKED_IP, QUIC_IP, PUBLIC_DNS, UNISSUED_FAKE_IP]
 ADDRESSES6 = [ALLOWED_IP6]
 
 # names in the world's /etc/hosts
@@ -137,6 +138,24 @@ def owner_pid(netns_pid: int, peer: tuple, local: tuple) -> int | None:
         except OSError:
             continue
     return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living descendant of ``pid``, children before their parents' siblings' children."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 # -- the far side: servers inside the world -----------------------------------------
@@ -416,14 +435,24 @@ class World:
     def pid(self) -> int:
         return self.holder.pid
 
+    def kill_tree(self, proc: subprocess.Popen) -> None:
+        """Kill a process started here and every descendant it has (a launched app outlives
+        a killed ``hush launch``: it is its child, in namespaces of its own)."""
+        if proc.poll() is not None:
+            return  # reaped: its pid may be anyone's now
+        for pid in [*descendants(proc.pid), proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
     def close(self) -> None:
         for p in reversed(self.procs):
-            if p.poll() is None:
-                p.kill()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
+            self.kill_tree(p)
         if self.dns:
             self.dns.close()
         if self.holder and self.holder.poll() is None:
@@ -468,11 +497,12 @@ class World:
                 "PYTHONDONTWRITEBYTECODE": "1", **(extra or {})}
 
     def command(self, argv: list[str], user: bool = True) -> list[str]:
-        cmd = ["nsenter", "-t", str(self.pid), "-n", "-m", "--"]
+        """``argv`` in the world, as nobody unless ``user=False``; killed if the thread that
+        starts it ends (pdeathsig: start processes from the test's own thread)."""
+        cmd = ["nsenter", "-t", str(self.pid), "-n", "-m", "--", "setpriv", "--pdeathsig", "KILL"]
         if user:
-            cmd += ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups",
-                    "--inh-caps=-all", "--"]
-        return cmd + [str(a) for a in argv]
+            cmd += ["--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "--inh-caps=-all"]
+        return cmd + ["--"] + [str(a) for a in argv]
 
     def run(self, argv: list[str], user: bool = True, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
         """Run a command in the world (as nobody unless ``user=False``) and wait for it."""
