@@ -22,8 +22,9 @@ each round's p50/p90.  Target (issue 12): launch adds ≤ 1 ms p50 over SOCKS5.
 
 Namespace set-up: wall time from starting ``hush launch -- date +%s.%N`` to the
 time ``date`` prints (its first instruction, give or take an exec), against the
-same for ``unshare -rn date`` (a bare user + network namespace) and for the venv's
-``python -c pass`` (the interpreter start that ``hush launch`` pays anyway).
+same for ``unshare -rn date`` (a bare user + network namespace), for the venv's
+``python -c pass`` (the interpreter start that ``hush launch`` pays anyway) and for
+``python -c 'import hush.daemon.cli'`` (what the command line costs before it starts).
 
 Run (as root):  .venv/bin/python bench/launch.py [--rounds 5] [--requests 200]
 """
@@ -159,9 +160,9 @@ def startup_ms(world: World, argv: list[str], hush_launch: WorldHush | None = No
     return (float(res.stdout.decode().strip()) - start) * 1000
 
 
-def python_ms(world: World) -> float:
+def python_ms(world: World, imports: str = "") -> float:
     start = time.time()
-    res = world.run([PYTHON, "-c", "import time; print(repr(time.time()))"], capture_output=True)
+    res = world.run([PYTHON, "-c", f"{imports}import time; print(repr(time.time()))"], capture_output=True)
     assert res.returncode == 0, res.stderr
     return (float(res.stdout.decode()) - start) * 1000
 
@@ -206,6 +207,7 @@ def main() -> None:
         launch_ms = [startup_ms(world, [], hush) for _ in range(args.startups)]
         unshare_ms = [startup_ms(world, ["unshare", "-rn"]) for _ in range(args.startups)]
         py_ms = [python_ms(world) for _ in range(args.startups)]
+        cli_ms = [python_ms(world, "import hush.daemon.cli; ") for _ in range(args.startups)]
         hush.stop()
     finally:
         world.close()
@@ -225,7 +227,8 @@ def main() -> None:
     print(f"(medians over {args.rounds} alternating rounds of {args.requests} sequential requests, "
           f"a fresh connection each, after {args.warmup} warm-up requests; target: launch ≤ socks5 + 1 ms p50)")
     print(f"namespace set-up, start → the command's first instruction (median / min of {args.startups}):")
-    for name, values in (("hush launch", launch_ms), ("unshare -rn", unshare_ms), ("python -c (venv)", py_ms)):
+    for name, values in (("hush launch", launch_ms), ("unshare -rn", unshare_ms), ("python -c (venv)", py_ms),
+                         ("import hush's cli", cli_ms)):
         print(f"  {name:<18} {statistics.median(values):8.1f} ms  {min(values):8.1f} ms")
 
 
