@@ -4,13 +4,13 @@
 credentials), ``Via``, ``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP`` and the
 like tell the site that a proxy is in use, or hand it what only the proxy
 should see.  Whatever action sends the request (allow, strip, delay,
-debounce, passthrough; tor in tests/unit/addons/test_decide.py), the origin
-receives none of them — and every other header as the app sent it.
+debounce, passthrough, tor), the origin receives none of them — and every
+other header as the app sent it.
 """
 
 import pytest
 
-from .conftest import curl, free_port
+from .conftest import NAME, curl, free_port, tor_config, wait_tor_ready
 from .hostile import CountingOrigin, exchange, policy, socks5_http, status
 
 pytestmark = pytest.mark.integration
@@ -103,3 +103,23 @@ def test_inside_socks5_and_intercepted_https(hush, origins, tls_origin, ca_file)
         assert not {n for n in names if n.startswith(("proxy-", "x-forwarded-", "x-tor-"))}, names
         assert not names & {"via", "forwarded", "x-real-ip", "true-client-ip", "client-ip"}, names
     h.stop()
+
+
+def test_through_tor(hush, torlab, origin):
+    # the private Tor network's exit fetches it (tests/torlab); hush's own headers to tor stay with tor
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: '*.hushtest'}, action: tor}", default="block")},
+             config=tor_config(torlab))
+    wait_tor_ready(h)
+    headers = [a for header in PROXY_HEADERS + KEPT[:2] for a in ("-H", header)]
+    res = curl("-x", f"http://app:secret@127.0.0.1:{port}", *headers, origin.url("/via-tor", host=NAME))
+    assert res.returncode == 0 and res.stdout == b"origin 127.0.0.1 /via-tor\n", res.stderr
+    assert origin.owners == [torlab.exit_pid]
+    [seen] = origin.requests
+    names = set(seen.headers)
+    assert seen.headers["x-keep"] == "1" and seen.headers["accept"] == "text/html"
+    assert not {n for n in names if n.startswith(("proxy-", "x-forwarded-", "x-tor-"))}, names
+    assert not names & {"via", "forwarded", "x-real-ip", "true-client-ip", "client-ip"}, names
+    h.stop()
+    [row] = h.audit()
+    assert (row["decision"], row["ip_exposed"]) == ("tor", 0)
