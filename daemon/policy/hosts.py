@@ -193,6 +193,8 @@ def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
     :raises ValueError: with a message naming the network to write instead.
     """
+    if "%" in text:
+        raise ValueError(f"{text!r}: hush refuses every destination with an IPv6 zone id, so no rule can name one")
     try:
         return ipaddress.ip_network(text.strip(), strict=True)
     except ValueError as e:
@@ -230,6 +232,8 @@ def parse_host_pattern(pattern: str) -> tuple[str, bool]:
     problem = None if pattern.isascii() else check_name(pattern.strip().lower())
     if problem:
         raise ValueError(problem)
+    if "%" in pattern and ":" in pattern:
+        raise ValueError(f"{pattern!r}: hush refuses every destination with an IPv6 zone id, so no rule can name one")
     pattern = normalize(pattern)
     wildcard = pattern.startswith("*.")
     name = pattern[2:] if wildcard else pattern

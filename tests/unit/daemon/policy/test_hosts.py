@@ -66,7 +66,7 @@ def test_host_patterns(pattern, result):
     assert parse_host_pattern(pattern) == result
 
 
-@pytest.mark.parametrize("pattern", ["*", "a.*", "*.10.0.0.1", "-a.com", "a..com"])
+@pytest.mark.parametrize("pattern", ["*", "a.*", "*.10.0.0.1", "-a.com", "a..com", "::1%1", "fe80::1%eth0"])
 def test_bad_host_patterns(pattern):
     with pytest.raises(ValueError):
         parse_host_pattern(pattern)
@@ -110,6 +110,9 @@ def test_parse_network():
     assert str(parse_network(" 2001:db8::/32 ")) == "2001:db8::/32"
     with pytest.raises(ValueError, match="did you mean '2001:db8::/32'"):
         parse_network("2001:db8::1/32")
+    for zoned in ("::1%1", "::1%1/128", "fe80::%eth0/64"):
+        with pytest.raises(ValueError, match="zone id"):
+            parse_network(zoned)
 
 
 @pytest.mark.parametrize("authority, parsed", [
