@@ -343,7 +343,7 @@ class WorldDNS:
 # -- the world ------------------------------------------------------------------------
 
 def _untraversable(paths) -> dict[str, set[str]]:
-    """For each path, the first ancestor that others cannot traverse, with the child needed below it."""
+    """Every ancestor of the paths that others cannot traverse, with the children needed below it."""
     found: dict[str, set[str]] = {}
     for p in paths:
         p = Path(p).resolve()
@@ -351,14 +351,14 @@ def _untraversable(paths) -> dict[str, set[str]]:
         for part in p.parts[1:]:
             if not cur.stat().st_mode & 0o001:
                 found.setdefault(str(cur), set()).add(part)
-                break
             cur = cur / part
     return found
 
 
 class World:
-    def __init__(self, hosts: dict[str, str] | None = None, dns_names: dict[str, str] | None = None):
-        self.base = Path(tempfile.mkdtemp(prefix="hush-world-"))
+    def __init__(self, hosts: dict[str, str] | None = None, dns_names: dict[str, str] | None = None,
+                 expose=()):
+        self.base = Path(tempfile.mkdtemp(prefix="hush-world-", dir="/tmp"))  # traversable by nobody
         self.base.chmod(0o755)
         self.hosts = {**HOSTS, **(hosts or {})}
         self.dns_names = {**WORLD_DNS, **(dns_names or {})}
@@ -368,6 +368,7 @@ class World:
         self._counter = 0
         self.home = self.dir("home")
         self.dns: WorldDNS | None = None
+        self.expose = [str(p) for p in expose]  # more paths nobody must reach in the world
 
     # -- set-up / tear-down -------------------------------------------------------
 
@@ -389,8 +390,9 @@ class World:
         # let the unprivileged uid reach the interpreter and the repository
         stash = self.base / "stash"
         stash.mkdir(mode=0o700)
-        needed = [PYTHON, os.path.realpath(PYTHON), sys.base_prefix, sys.prefix, str(REPO)]
-        for i, (parent, children) in enumerate(sorted(_untraversable(needed).items())):
+        needed = [PYTHON, os.path.realpath(PYTHON), sys.base_prefix, sys.prefix, str(REPO), *self.expose]
+        # top down: a tmpfs (0755) over each such directory, holding only what is needed below it
+        for i, (parent, children) in enumerate(sorted(_untraversable(needed).items(), key=lambda kv: len(kv[0]))):
             moves = []
             for j, child in enumerate(sorted(children)):
                 src = Path(parent) / child
