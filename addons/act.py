@@ -16,20 +16,44 @@ from __future__ import annotations
 
 import logging
 
-from mitmproxy import connection, http
+from mitmproxy import connection, ctx, http
 from mitmproxy.proxy import server_hooks
 
 from hush.addons.actions.base import local_response
 from hush.addons.flowinfo import fail_closed
 from hush.addons.tunnel import Tunnel
 from hush.daemon.policy.hosts import normalize
+from hush.daemon.policy.model import Decision, PolicySet, stricter
 
 log = logging.getLogger("hush.act")
+
+
+REVOKED = "revoked"
+
+
+def tunnel_decision(policyset: PolicySet, tunnel: Tunnel, app: str | None) -> Decision | None:
+    """How ``policyset`` decides an open tunnel: on its target, and on the
+    address it was permitted to when that differs (the stricter applies);
+    None when it would be decided only per request."""
+    from hush.addons.decide import connect_decision
+
+    decision = connect_decision(policyset, app, tunnel.host, tunnel.port)
+    if tunnel.address is not None and decision is not None:
+        by_address = connect_decision(policyset, app, *tunnel.address)
+        decision = None if by_address is None else stricter(decision, by_address)
+    return decision
+
+
+def more_strictly(old: Decision, new: Decision | None) -> bool:
+    """``new`` lets less reach the site than ``old`` (or needs to see requests
+    that a relayed tunnel never shows)."""
+    return new is None or stricter(old, new) is new
 
 
 class Act:
     def __init__(self):
         self._permits: dict[str, set[tuple[str, int]]] = {}
+        self._tunnels: dict[str, Tunnel] = {}  # client id → the tunnel it relays (decided at connection level)
 
     def _permit(self, client_id: str, host: str, port: int) -> None:
         self._permits.setdefault(client_id, set()).add((normalize(host), port))
@@ -52,6 +76,8 @@ class Act:
             if tunnel.outcome is None and not (tunnel.flow and tunnel.flow.response):
                 self._egress(tunnel.client_id, decision.action.egress, *(tunnel.address or (tunnel.host, tunnel.port)),
                              tunnel.route)
+                if decision.action.egress != "none":
+                    self._tunnels[tunnel.client_id] = tunnel
         except Exception as e:
             log.exception("applying %s to CONNECT %s:%s failed", decision.action.name, tunnel.host, tunnel.port)
             tunnel.error = f"hush failed to apply {decision.action.name}: {e!r}"
@@ -109,6 +135,66 @@ class Act:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._permits.pop(client.id, None)
+        self._tunnels.pop(client.id, None)
+
+    # -- a reload -------------------------------------------------------------------------
+
+    def policy_changed(self, old: PolicySet | None, new: PolicySet) -> int:
+        """A new policy set replaced ``old``.  Every open tunnel (relayed on a
+        decision made at connection level) and every held flow that ``new``
+        treats more strictly is closed, never sent on, and audited
+        ``revoked``; the others keep going.  Returns how many were revoked."""
+        revoked = 0
+        for tunnel in list(self._tunnels.values()):
+            try:
+                if self._revoke_tunnel(tunnel, new):
+                    revoked += 1
+            except Exception as e:  # fail closed: a tunnel that cannot be re-decided is closed
+                log.exception("re-deciding the tunnel to %s:%s failed", tunnel.host, tunnel.port)
+                self._close(tunnel, f"revoked on reload: hush could not decide it under policy set {new.version}: "
+                                    f"{e!r}")
+                revoked += 1
+        master = getattr(ctx, "master", None)
+        timing = master.addons.get("timing") if master else None
+        if timing is not None:
+            revoked += timing.policy_changed(old, new)
+        if revoked:
+            log.warning("policy set %s: closed %d tunnel(s) and held flow(s) it treats more strictly",
+                        new.version, revoked)
+        return revoked
+
+    def _revoke_tunnel(self, tunnel: Tunnel, new: PolicySet) -> bool:
+        app = tunnel.app
+        master = getattr(ctx, "master", None)
+        identify = master.addons.get("identify") if master else None
+        handler = self._handler(tunnel.client_id)
+        if identify is not None and handler is not None:
+            app = identify.app_for(handler.client, new)[0]  # a shared listener's policies may name it otherwise now
+        decision = tunnel_decision(new, tunnel, app) if app == tunnel.app else None
+        if not more_strictly(tunnel.decision, decision):
+            return False
+        if decision is None:
+            why = f"app {app or 'none'}, not {tunnel.app}" if app != tunnel.app else "decided only per request"
+        else:
+            why = f"{decision.action.name} by {decision.describe()}"
+        self._close(tunnel, f"revoked on reload: policy set {new.version} decides {tunnel.host}:{tunnel.port} "
+                            f"{why}")
+        return True
+
+    def _close(self, tunnel: Tunnel, why: str) -> None:
+        self.revoke(tunnel.client_id)  # nothing new leaves, whatever the close below does
+        self._tunnels.pop(tunnel.client_id, None)
+        tunnel.outcome, tunnel.error = REVOKED, why
+        log.warning("%s", why)
+        handler = self._handler(tunnel.client_id)
+        if handler is not None:
+            handler.close_connection(handler.client)  # its end: client_disconnected, hush_tunnel_end, the audit
+
+    @staticmethod
+    def _handler(client_id: str):
+        master = getattr(ctx, "master", None)
+        proxyserver = master.addons.get("proxyserver") if master else None
+        return getattr(proxyserver, "connections", {}).get(client_id) if proxyserver is not None else None
 
 
 addons = [Act()]

@@ -113,6 +113,13 @@ def _outcome(flow: http.HTTPFlow, route: str) -> str | None:
     return outcome
 
 
+def _revoked(flow: http.HTTPFlow) -> str | None:
+    now = flow.metadata.get("hush.revoked_by")
+    if now is None:
+        return None
+    return f"revoked on reload: policy set {now.policy_version} decides it {now.action.name} by {now.describe()}"
+
+
 def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
     req = flow.request
     decision = flow.metadata.get("hush.decision") or fail_closed(flow.metadata.get("hush.app"), "not decided")
@@ -144,7 +151,7 @@ def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
         "bytes_down": flow.metadata.get("hush.bytes_down",
                                         len(flow.response.raw_content or b"") if flow.response else 0),
         "duration_ms": round((end - req.timestamp_start) * 1000, 3),
-        "error": flow.error.msg if flow.error else None,
+        "error": flow.error.msg if flow.error else _revoked(flow),
         **_tor_fields(flow.metadata.get("hush.tor")),
         "held_ms": flow.metadata.get("hush.held_ms"),
         "superseded_by": redact(flow.metadata.get("hush.superseded_by"), redaction),

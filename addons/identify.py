@@ -138,9 +138,13 @@ class Identify:
     def configure(self, updated):
         if "hush_policies" in updated and ctx.options.hush_policies:
             try:
-                self.holder.swap(load([ctx.options.hush_policies]))
+                new = load([ctx.options.hush_policies])
             except LoadError as e:
                 raise exceptions.OptionsError(f"Cannot load hush policies {ctx.options.hush_policies}:\n{e}")
+            old = self.holder.swap(new)
+            act = ctx.master.addons.get("act") if old is not None else None
+            if act is not None:
+                act.policy_changed(old, new)  # as the daemon's reload: close what the new set treats more strictly
 
     def stamp(self, flow: http.HTTPFlow | tcp.TCPFlow) -> None:
         if "hush.policy" in flow.metadata:

@@ -9,6 +9,8 @@ never a sleep: other flows keep moving.  Each held flow ends one way:
 - ``"overflow"`` — too many flows held already (per app, or in total): it is
   refused at once, never sent early;
 - ``"shutdown"`` — hush is stopping: answered locally, never released;
+- ``"revoked"`` — a reload brought a policy set that decides the flow more
+  strictly (:meth:`Timing.policy_changed`): answered locally, never sent;
 - ``"abandoned"`` — the app closed its connection while the flow was held
   (it gave up on the request): dropped, never sent, and its place freed at
   once rather than when its timer runs out.  A sweep notices this within
@@ -123,6 +125,33 @@ class Timing:
                 held.flow.metadata["hush.superseded_by"] = flow.request.pretty_url
                 self._release(held, "superseded")
         return await self._hold(flow, app, "debounce", key, quiet)
+
+    def policy_changed(self, old, new) -> int:
+        """A reload: every held flow that ``new`` decides more strictly than the
+        decision holding it (by what would reach the site once released:
+        nothing, a Tor exit, this machine) is released as ``revoked``.  The
+        others keep their timers and their decision."""
+        from hush.addons.act import more_strictly
+        from hush.addons.flowinfo import fail_closed, request_info
+
+        revoked = 0
+        for held in [h for group in self._held.values() for h in group]:
+            flow = held.flow
+            decision = flow.metadata.get("hush.decision")
+            if decision is None or held.future.done():
+                continue
+            try:
+                now = new.decide(held.app, request_info(flow, flow.metadata.get("hush.kind", "other")))
+            except Exception as e:  # an app the new set does not have, or a bug: fail closed
+                now = fail_closed(held.app, f"cannot decide under policy set {new.version}: {e!r}", new.version)
+            if more_strictly(decision, now):
+                flow.metadata["hush.revoked_by"] = now
+                flow.metadata["hush.outcome"] = "revoked"
+                log.warning("revoked a held flow to %s: policy set %s decides it %s", flow.request.pretty_host,
+                            new.version, now.describe())
+                self._release(held, "revoked")
+                revoked += 1
+        return revoked
 
     def done(self) -> None:
         """Stopping: answer every held flow here and audit it; release none."""

@@ -234,6 +234,7 @@ class Daemon:
             if self.tor.state == "off" and uses_tor(new):
                 await self.tor.start()
             old = self.holder.swap(new)
+            self.master.addons.get("act").policy_changed(old, new)  # closes what the new set treats more strictly
             modes = new.specs
             if modes != list(self.master.options.mode):
                 self.master.options.update(mode=modes)

@@ -1,3 +1,4 @@
+import pytest
 import asyncio
 
 from mitmproxy.proxy import server_hooks
@@ -140,3 +141,64 @@ def test_guard_failing_itself_refuses():
 
 def _run(coro):
     return asyncio.run(coro)
+
+
+# -- issue 11, item 13: a reload closes the open tunnels it treats more strictly
+
+RELOAD_OLD = """\
+app: x
+listen: 8101
+default: allow
+rules:
+  - match: {host: "*.backend.net"}
+    action: passthrough
+  - match: {host: tor.org}
+    action: tor
+"""
+
+
+def _tunnel(act, ps, host, address=None):
+    f = connect_flow(host)
+    t = Tunnel(f.client_conn.id, "x", "l", host, 443, ps, ps.decide_connect("x", host, 443), address=address)
+    act.hush_tunnel(t)
+    return t, f
+
+
+@pytest.mark.parametrize("new_rules, revoked", [
+    ("  - match: {host: a.backend.net}\n    action: block\n", True),  # blocked now
+    ("  - match: {host: a.backend.net}\n    action: tor\n", True),  # through tor now: stricter than direct
+    ("  - match: {host: a.backend.net, path: /x}\n    action: block\n", True),  # decided only per request now
+    ("  - match: {host: a.backend.net}\n    action: allow\n", False),  # another direct action: kept
+    ("", False),  # the default allows it: kept
+])
+def test_a_reload_closes_tunnels_it_treats_more_strictly(new_rules, revoked):
+    from hush.daemon.policy import build
+
+    old = build([("p.yaml", RELOAD_OLD)])
+    new = build([("p.yaml", "app: x\nlisten: 8101\ndefault: allow\nrules:\n" + new_rules)])
+    act = Act()
+    with taddons.context(act):
+        t, f = _tunnel(act, old, "a.backend.net")
+        assert connect(act, f) is None  # permitted before the reload
+        assert act.policy_changed(old, new) == int(revoked)
+        if revoked:
+            assert t.outcome == "revoked" and t.error.startswith("revoked on reload: policy set")
+            assert connect(act, f).startswith("hush: no decision permits")  # nothing new leaves
+        else:
+            assert t.outcome is None and connect(act, f) is None
+
+
+def test_a_reload_checks_the_address_a_tunnel_was_permitted_to():
+    from hush.daemon.policy import build
+
+    old = build([("p.yaml", RELOAD_OLD)])
+    # a SOCKS5 tunnel named a.backend.net in its SNI, permitted to an address the new set blocks: closed
+    new = build([("p.yaml", "app: x\nlisten: 8101\ndefault: allow\nrules:\n  - match: {host: \"*.backend.net\"}\n"
+                            "    action: passthrough\n  - match: {net: 10.0.0.0/8}\n    action: block\n")])
+    act = Act()
+    with taddons.context(act):
+        t_name, _ = _tunnel(act, old, "a.backend.net")
+        t_addr, f = _tunnel(act, old, "a.backend.net", address=("10.1.2.3", 443))
+        assert act.policy_changed(old, new) == 1
+    assert t_name.outcome is None and t_addr.outcome == "revoked"
+    assert "block" in t_addr.error

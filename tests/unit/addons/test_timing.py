@@ -87,3 +87,78 @@ def test_a_flow_whose_client_left_is_released_as_abandoned(monkeypatch):
     with taddons.context(timing):
         assert asyncio.run(go()) == ("abandoned", None)
     assert timing.total == 0 and timing._sweeper.done()
+
+
+# -- issue 11, item 13: a reload revokes held flows it treats more strictly
+
+HELD = """\
+app: a
+listen: 8101
+default: {action: delay, delay: 30s}
+rules:
+  - match: {host: tor.org}
+    action: delay
+    delay: 30s
+    then: tor
+"""
+
+
+@pytest.mark.parametrize("new_rules, outcomes", [
+    # now blocked: both revoked
+    ("  - match: {host: [a.org, tor.org]}\n    action: block\n", ["revoked", "revoked"]),
+    # direct now where tor was: laxer, so the held flow keeps its hold and goes through tor
+    ("  - match: {host: tor.org}\n    action: allow\n", [None, None]),
+    # through tor now where it went direct: stricter (the site would see an exit, not this machine)
+    ("  - match: {host: a.org}\n    action: tor\n", ["revoked", None]),
+    # allowed without a delay: not stricter, both keep their hold and decision
+    ("  - match: {host: [a.org, tor.org]}\n    action: allow\n", [None, None]),
+])
+def test_a_reload_revokes_held_flows_it_treats_more_strictly(new_rules, outcomes):
+    from hush.daemon.policy import build
+
+    old = build([("a.yaml", HELD)])
+    new = build([("a.yaml", "app: a\nlisten: 8101\ndefault: {action: delay, delay: 30s}\nrules:\n" + new_rules)])
+    timing = Timing()
+
+    async def go():
+        flows = [http_flow("http://a.org/x"), http_flow("http://tor.org/y")]
+        tasks = []
+        for f in flows:
+            f.metadata["hush.app"] = "a"
+            f.metadata["hush.decision"] = old.decide("a", _info(f))
+            tasks.append(asyncio.ensure_future(timing.delay(f, "a", 0.3)))
+        await asyncio.sleep(0.01)
+        revoked = timing.policy_changed(old, new)
+        return revoked, await asyncio.gather(*tasks), flows
+
+    with taddons.context(timing):
+        revoked, got, flows = asyncio.run(go())
+    assert got == outcomes and revoked == outcomes.count("revoked")
+    for f, outcome in zip(flows, outcomes):
+        assert (f.metadata.get("hush.outcome") == "revoked") is (outcome == "revoked")
+
+
+def test_a_held_flow_of_an_app_the_new_set_lacks_is_revoked():
+    from hush.daemon.policy import build
+
+    old = build([("a.yaml", HELD)])
+    new = build([("b.yaml", "app: b\nlisten: 8102\ndefault: allow\n")])
+    timing = Timing()
+
+    async def go():
+        f = http_flow("http://a.org/x")
+        f.metadata["hush.decision"] = old.decide("a", _info(f))
+        task = asyncio.ensure_future(timing.delay(f, "a", 30))
+        await asyncio.sleep(0.01)
+        assert timing.policy_changed(old, new) == 1
+        return await asyncio.wait_for(task, 5), f
+
+    with taddons.context(timing):
+        outcome, f = asyncio.run(go())
+    assert outcome == "revoked" and f.metadata["hush.revoked_by"].note.startswith("fail-closed")
+
+
+def _info(flow):
+    from hush.addons.flowinfo import request_info
+
+    return request_info(flow)
