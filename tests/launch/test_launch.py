@@ -448,3 +448,34 @@ def test_the_app_cannot_undo_the_namespace(world, far, whush):
     res = h.launch("x", "sh", "-c", sh)
     assert b"UNDONE" not in res.stdout, res.stdout
     assert blocked.accepts == [] and udp.datagrams == []
+
+
+ESCAPE = """\
+    import ctypes, os, subprocess, sys
+    state, daemon, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+    for pid in (os.getppid(), daemon):  # hush launch on the host side, and the daemon
+        if libc.ptrace(16, pid, None, None) == 0:  # PTRACE_ATTACH: their network is the world's
+            print("ESCAPED: ptrace", pid)
+            os.waitpid(pid, 0x40000000)
+            libc.ptrace(17, pid, None, None)
+    for where in (state, f"/proc/{daemon}/root{state}", f"/proc/{os.getppid()}/root{state}"):
+        done = subprocess.run([sys.executable, "-m", "hush.daemon.cli", "launch", "--state-dir", where,
+                               "--app", "open", "--", *argv], capture_output=True)
+        if done.returncode == 0:
+            print("ESCAPED: launched as another app via", where)
+"""
+
+
+def test_the_app_cannot_relaunch_itself_as_another_app(world, far, whush):
+    """hush's sockets are out of the launched app's reach (its state dir, or through /proc), and it
+    cannot ptrace the processes that live outside its namespaces."""
+    blocked = far.origin(BLOCKED_IP)
+    h = whush({"x": POLICY, "open": "app: open\ndefault: allow\n"})
+    res = h.launch("x", *script(ESCAPE), str(h.state), str(h.pid),
+                   "curl", *CURL_ARGS, blocked.url("/escape", host="blocked.test"))
+    assert res.returncode == 0, res.stderr
+    assert b"ESCAPED" not in res.stdout, res.stdout
+    assert blocked.accepts == []
+    assert not [r for r in h.audit() if r["app"] == "open"]
