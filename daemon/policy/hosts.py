@@ -85,6 +85,7 @@ def canonical_address(host: str) -> str:
     return _UNSPECIFIED.get(text, text)
 
 
+@functools.lru_cache(maxsize=4096)
 def refusal(host: str) -> str | None:
     """Why no connection may be made to ``host`` (normalized) whatever the
     policy says, or None.

@@ -343,7 +343,8 @@ class PolicySet:
             if name not in named:
                 named.add(name)
                 other = self._first_match(app, dataclasses.replace(req, host=name))
-                decision = stricter(decision, dataclasses.replace(other, host=name))
+                if stricter(decision, other) is other:
+                    decision = dataclasses.replace(other, host=name)
         return decision
 
     def _first_match(self, app: str, req: RequestInfo) -> Decision:
