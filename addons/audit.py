@@ -51,12 +51,24 @@ def _egress(decision, outcome: str | None) -> str:
     return "none" if outcome in KEPT_BACK else decision.action.egress
 
 
-def _decision_fields(decision, outcome: str | None = None) -> dict:
+NO_OWNER = "fail-closed: no policy owns this listener"
+
+
+def unidentified(client_id: str | None) -> str | None:
+    """Why identify found no app for a connection to a shared listener, if it did not."""
+    master = getattr(ctx, "master", None)
+    identify = master.addons.get("identify") if master and client_id is not None else None
+    return identify.unidentified(client_id) if identify is not None and hasattr(identify, "unidentified") else None
+
+
+def _decision_fields(decision, outcome: str | None = None, unidentified: str | None = None) -> dict:
+    """``unidentified``: on a shared listener, why no app was identified
+    (decide only knows that there is none)."""
     return {
         "decision": outcome or decision.action.name,
         "rule": decision.ref if decision.rule is not None or decision.note is None else None,
         "policy_version": decision.policy_version,
-        "note": decision.note,
+        "note": f"fail-closed: {unidentified}" if unidentified and decision.note == NO_OWNER else decision.note,
         "level": decision.level,
         "egress": _egress(decision, outcome),
     }
@@ -139,7 +151,7 @@ def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
         "site": site,
         "url": redact(req.pretty_url if req.method != "CONNECT" else None, redaction, site),
         "kind": flow.metadata.get("hush.kind"),
-        **_decision_fields(decision, _outcome(flow, route)),
+        **_decision_fields(decision, _outcome(flow, route), unidentified(flow.client_conn.id)),
         "status": flow.response.status_code if flow.response else None,
         "ip_exposed": route == "direct",
         "route": route,
@@ -172,6 +184,7 @@ class Wire:
     tunnels: list = dataclasses.field(default_factory=list)  # its tunnels whose rows are not complete
     process: str | None = None
     exe: str | None = None
+    unidentified: str | None = None  # why no app was identified (shared listeners)
 
 
 def tunnel_record(tunnel: Tunnel, redaction: str, wire: Wire | None = None) -> dict:
@@ -197,7 +210,7 @@ def tunnel_record(tunnel: Tunnel, redaction: str, wire: Wire | None = None) -> d
         "site": site_of(tunnel.host),
         "url": None,
         "kind": "other",
-        **_decision_fields(decision, outcome),
+        **_decision_fields(decision, outcome, wire.unidentified),
         "status": tunnel.flow.response.status_code if tunnel.flow and tunnel.flow.response else None,
         "ip_exposed": route == "direct",
         "route": route,
@@ -313,7 +326,9 @@ class Audit:
         identify = ctx.master.addons.get("identify")
         owner = identify.owner(tunnel.client_id) if identify is not None and hasattr(identify, "owner") else None
         if owner is not None:
-            wire.process, wire.exe = owner.name, owner.exe
+            wire.process = ", ".join(sorted(owner.names)) or owner.name
+            wire.exe = ", ".join(sorted({h.exe for h in owner.holders if h.exe})) or owner.exe
+        wire.unidentified = unidentified(tunnel.client_id)
         if tunnel.decision.action.egress != "none" and tunnel.error is None and tunnel.outcome is None:
             self._open[tunnel.key] = tunnel  # written now, completed when it connects and when it closes
             wire.tunnels.append(tunnel)

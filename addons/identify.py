@@ -76,6 +76,7 @@ class Identify:
     def __init__(self, holder: PolicyHolder | None = None):
         self.holder = holder or PolicyHolder()
         self._owners: dict[str, procnet.Owner | None] = {}  # client id → its process, on shared listeners
+        self._unidentified: dict[str, str] = {}  # client id → why no app was identified
 
     async def client_connected(self, client: connection.Client) -> None:
         """On a shared listener, find the client's process; refuse other local
@@ -96,6 +97,7 @@ class Identify:
             names, found = identified_names(policyset, client.proxy_mode.full_spec, owner)
             if not names:
                 log.warning("connection to shared listener %s fails closed: %s", client.proxy_mode.full_spec, found)
+                self._unidentified[client.id] = f"no policy identifies the process on this shared listener: {found}"
         elif check_uid:
             entry = await asyncio.to_thread(procnet.uid_inode, client.peername, client.sockname)
             uid = entry[0] if entry else None
@@ -107,6 +109,11 @@ class Identify:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._owners.pop(client.id, None)
+        self._unidentified.pop(client.id, None)
+
+    def unidentified(self, client_id: str) -> str | None:
+        """Why a connection to a shared listener has no app (for the audit), if it has none."""
+        return self._unidentified.get(client_id)
 
     def owner(self, client_id: str) -> procnet.Owner | None:
         """The process found for a client connection (on a shared listener)."""

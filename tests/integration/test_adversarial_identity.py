@@ -119,6 +119,7 @@ def test_an_unnamed_process_that_renames_itself_is_refused(shared, clients, orig
     shared.stop()
     [row] = shared.audit()
     assert (row["app"], row["decision"], row["process"]) == (None, "block", "othercli")
+    assert row["note"].endswith(f"{clients['othercli']} is named by no policy"), row["note"]
 
 
 def test_a_symlink_named_after_the_lax_app_is_its_target(shared, clients, origin, tmp_path):
@@ -145,6 +146,8 @@ def test_a_socket_held_by_processes_of_two_apps_fails_closed(shared, clients, or
     [row] = shared.audit()
     assert (row["app"], row["decision"], row["ip_exposed"]) == (None, "block", 0)
     assert {os.path.basename(p) for p in row["exe"].split(", ")} == {exe, share_with}
+    assert row["note"].startswith("fail-closed: no policy identifies the process on this shared listener: "
+                                  "the socket is held by processes of different apps"), row["note"]
 
 
 def test_two_processes_of_the_same_app_may_share_a_socket(shared, clients, origin):
