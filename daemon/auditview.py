@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from hush.daemon.audit import connect
+from hush.daemon.audit import COLUMNS, connect
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -35,7 +35,13 @@ def open_db(state_dir: Path) -> sqlite3.Connection:
     path = state_dir / "audit.db"
     if not path.exists():
         raise FileNotFoundError(f"no audit database at {path} (has hush run with --state-dir {state_dir}?)")
-    return connect(path, readonly=True)
+    conn = connect(path, readonly=True)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
+    if not set(COLUMNS) <= have:  # written by an older hush that has not run since: migrate it first
+        conn.close()
+        connect(path).close()
+        conn = connect(path, readonly=True)
+    return conn
 
 
 def as_dict(row: sqlite3.Row) -> dict:

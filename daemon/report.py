@@ -17,7 +17,7 @@ from hush.daemon.auditview import summary
 
 COLORS = {
     "allow": "#6b7280", "passthrough": "#9ca3af", "strip": "#d97706", "block": "#059669",
-    "tor": "#7c3aed", "tor-unavailable": "#dc2626",
+    "tor": "#7c3aed", "tor-unavailable": "#dc2626", "refused": "#b91c1c", "revoked": "#0891b2",
 }
 PREVENTED_LABELS = {
     "ip": "IP address kept from the site", "user_agent": "User-Agent withheld or replaced",

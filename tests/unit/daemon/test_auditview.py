@@ -63,3 +63,22 @@ def test_allow_that_reached_the_site(tmp_path):
     sent = {"user_agent": "WhatsApp/2", "cookies": 2, "referer": "https://a.org/", "accept_language": "de"}
     assert prevented(tmp_path, rec("allow", ip_exposed=True, sent=sent)) == NOTHING
     assert prevented(tmp_path / "2", rec("block", sent=NONE_SENT)) == ALL
+
+
+def test_an_older_database_is_migrated_before_it_is_read(tmp_path):
+    import sqlite3
+
+    from hush.daemon.auditview import open_db
+
+    from .test_audit import OLD_SCHEMA
+
+    old = sqlite3.connect(tmp_path / "audit.db")
+    old.executescript(OLD_SCHEMA)
+    old.execute("INSERT INTO records (ts, app, decision, ip_exposed, carried) VALUES (1, 'x', 'block', 0, ?)",
+                ('{"user_agent": "WhatsApp/2", "cookies": 1}',))
+    old.execute("INSERT INTO records (ts, app, decision, ip_exposed, carried, error) VALUES (1, 'x', 'allow', 0, ?, "
+                "'Connection refused')", ('{"user_agent": "WhatsApp/2", "cookies": 1}',))
+    old.commit()
+    old.close()
+    x = summary(open_db(tmp_path))["apps"]["x"]
+    assert x["prevented"] == {"ip": 1, "user_agent": 1, "cookies": 1, "referer": 0, "accept_language": 0}
