@@ -479,3 +479,28 @@ def test_the_app_cannot_relaunch_itself_as_another_app(world, far, whush):
     assert b"ESCAPED" not in res.stdout, res.stdout
     assert blocked.accepts == []
     assert not [r for r in h.audit() if r["app"] == "open"]
+
+
+def test_concurrent_launches_are_each_their_own_app(world, far, whush):
+    """Two launches at once, of apps with opposite policies: each connection is decided by its own launch."""
+    blocked = far.origin(BLOCKED_IP)
+    h = whush({"x": POLICY, "open": "app: open\ndefault: allow\n"})
+    out = world.dir("out")
+    gate = f"i=0; while [ ! -e {out}/go ] && [ $i -lt 6000 ]; do sleep 0.05; i=$((i+1)); done"
+    apps = {app: h.launch_popen(app, "sh", "-c", f"touch {out}/{app}; {gate}; curl -sS --max-time 20 "
+                                                 f"{blocked.url('/' + app, host='blocked.test')}",
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for app in ("x", "open")}
+    try:
+        until(lambda: (out / "x").exists() and (out / "open").exists(), 60, "both launches running")
+        assert len(h.status()["launches"]) == 2
+        (out / "go").touch()  # both connect now
+        outputs = {app: p.communicate(timeout=60)[0] for app, p in apps.items()}
+    finally:
+        for p in apps.values():
+            world.kill_tree(p)
+    assert outputs["open"] == b"origin 203.0.113.11 /open\n" and b"origin" not in outputs["x"], outputs
+    assert blocked.paths == ["/open"]
+    rows = h.wait_rows(lambda r: r["app"] == "open" and r["host"] == "blocked.test", 30, "the open app's row")
+    decided = {(r["app"], r["decision"]) for r in rows if r["host"] == "blocked.test"}
+    assert decided == {("x", "block"), ("open", "allow")}, decided
