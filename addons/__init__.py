@@ -20,13 +20,14 @@ def chain(holder=None, tor=None):
     from hush.addons.decide import Decide
     from hush.addons.cap import Cap
     from hush.addons.identify import Identify
+    from hush.addons.intake import Intake
     from hush.addons.timing import Timing
     from hush.addons.torroute import TorRoute
 
     router = TorRoute()
     if tor is not None:
         router.set_manager(tor)
-    return [Identify(holder), Classify(), Decide(), Act(), Timing(), router, Cap(), Audit()]
+    return [Identify(holder), Intake(), Classify(), Decide(), Act(), Timing(), router, Cap(), Audit()]
 
 
 class Pipeline:

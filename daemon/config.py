@@ -16,6 +16,9 @@
     timing:                           # flows held by delay/debounce
       max_held_per_app: 500           # beyond these, new held flows are refused (overflow)
       max_held_total: 1000            # ~30 KB each, ~105 KB if HTTPS is intercepted
+    limits:                           # request heads, at every listener; beyond them: 431, audited
+      max_headers: 100                # header fields per request (Apache's LimitRequestFields)
+      max_header_bytes: 32KiB         # request line and headers (nginx: 4 buffers of 8k)
     tor:                              # used when a policy has `action: tor`
       mode: launch                    # launch (hush runs its own tor) | attach
       control: 127.0.0.1:9051         # attach: control port, or a unix socket path
@@ -30,12 +33,15 @@ Errors come as ``file:line:col: message``, all at once, like policy errors.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
+
+import yaml
 
 from hush.addons.actions.base import GENERIC_USER_AGENT, ParseContext
 from hush.daemon.audit import DEFAULT_REDACTION, REDACTIONS
 from hush.daemon.tor import TorConfig
-from hush.daemon.yamlschema import LoadError, LocatedError, Location, Reader
+from hush.daemon.yamlschema import INT, STR, LoadError, LocatedError, Location, Reader
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -55,6 +61,8 @@ class Config:
     allow_non_loopback: bool = False
     max_held_per_app: int = 500
     max_held_total: int = 1000
+    max_headers: int = 100
+    max_header_bytes: int = 32 * 1024
 
     @property
     def parse_context(self) -> ParseContext:
@@ -80,7 +88,7 @@ def parse_config(file: str, text: str) -> Config:
         raise LoadError(reader.errors)
     fields = reader.mapping(
         root, allowed={"state_dir", "policies", "audit", "strip", "upstream_ca", "log_level", "tor", "listen_host",
-                 "timing", "allow_non_loopback_listeners"},
+                 "timing", "allow_non_loopback_listeners", "limits"},
         what="the config"
     )
     base = Path(file).parent
@@ -120,9 +128,35 @@ def parse_config(file: str, text: str) -> Config:
         for key in ("max_held_per_app", "max_held_total"):
             if key in timing:
                 values[key] = reader.integer(timing[key].value, f"timing {key}", 0, 1_000_000)
+    if "limits" in fields:
+        limits = reader.mapping(fields["limits"].value, allowed={"max_headers", "max_header_bytes"}, what="limits")
+        if "max_headers" in limits:
+            values["max_headers"] = reader.integer(limits["max_headers"].value, "limits max_headers", 1, 10_000)
+        if "max_header_bytes" in limits:
+            values["max_header_bytes"] = _size(reader, limits["max_header_bytes"].value, "limits max_header_bytes",
+                                               1024, 1024 * 1024)
     if reader.errors:
         raise LoadError(reader.errors)
     return Config(**values)
+
+
+_SIZE = re.compile(r"^(\d+)\s*(B|KB|KiB|MB|MiB)?$")
+_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2}
+
+
+def _size(reader: Reader, node, what: str, lo: int, hi: int) -> int | None:
+    """``32KiB``, ``64KB``, ``1MiB`` or a number of bytes, between ``lo`` and ``hi``."""
+    if isinstance(node, yaml.ScalarNode) and node.tag in (INT, STR):
+        m = _SIZE.match(node.value.replace("_", "").strip())
+        if m:
+            value = int(m.group(1)) * _UNITS[m.group(2)]
+            if lo <= value <= hi:
+                return value
+            reader.error(node, f"{what} must be between {lo} and {hi} bytes, not {node.value}")
+            return None
+    reader.error(node, f"{what} must be a size such as 32KiB, 64KB or 16384, not {node.value!r}"
+                 if isinstance(node, yaml.ScalarNode) else f"{what} must be a size such as 32KiB, 64KB or 16384")
+    return None
 
 
 def _loopback(reader: Reader, node, allow_non_loopback: bool) -> str | None:

@@ -91,6 +91,8 @@ def mitmproxy_options(policyset: PolicySet, config: Config, state_dir: Path) -> 
         "hush_audit_keep_days": config.keep_days,
         "hush_max_held_per_app": config.max_held_per_app,
         "hush_max_held_total": config.max_held_total,
+        "hush_max_headers": config.max_headers,
+        "hush_max_header_bytes": config.max_header_bytes,
     }
     if config.upstream_ca:
         opts["ssl_verify_upstream_trusted_ca"] = str(config.upstream_ca)

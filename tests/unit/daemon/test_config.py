@@ -26,7 +26,17 @@ def test_full_config_resolves_relative_paths():
      "c.yaml:1:20: audit redaction: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
     ("audit: {keep: 3}\n", "c.yaml:1:9: unknown key 'keep' (expected one of: keep_days, redaction)"),
     ("listen: 1\n",
-     "c.yaml:1:1: unknown key 'listen' (expected one of: allow_non_loopback_listeners, audit, listen_host, log_level, policies, state_dir, strip, timing, tor, upstream_ca)"),
+     "c.yaml:1:1: unknown key 'listen' (expected one of: allow_non_loopback_listeners, audit, limits, listen_host, log_level, policies, state_dir, strip, timing, tor, upstream_ca)"),
+    ("limits: {max_headers: 0}\n", "c.yaml:1:23: limits max_headers must be between 1 and 10000, not 0"),
+    ("limits: {max_headers: many}\n", "c.yaml:1:23: limits max_headers must be a whole number, not 'many'"),
+    ("limits: {max_header_bytes: 100}\n",
+     "c.yaml:1:28: limits max_header_bytes must be between 1024 and 1048576 bytes, not 100"),
+    ("limits: {max_header_bytes: 2GiB}\n",
+     "c.yaml:1:28: limits max_header_bytes must be a size such as 32KiB, 64KB or 16384, not '2GiB'"),
+    ("limits: {max_header_bytes: 2MiB}\n",
+     "c.yaml:1:28: limits max_header_bytes must be between 1024 and 1048576 bytes, not 2MiB"),
+    ("limits: {header_count: 5}\n",
+     "c.yaml:1:10: unknown key 'header_count' (expected one of: max_header_bytes, max_headers)"),
     ("listen_host: 0.0.0.0\n",
      "c.yaml:1:14: listen_host 0.0.0.0 is not a loopback address: hush listens on loopback only "
      "(allow_non_loopback_listeners: true in the config allows it)"),
@@ -61,3 +71,11 @@ def test_non_loopback_listeners_need_the_explicit_flag():
         build(policy, parse_config("c.yaml", "log_level: info\n").parse_context)
     ps = build(policy, parse_config("c.yaml", "allow_non_loopback_listeners: true\n").parse_context)
     assert ps.specs == ["regular@192.0.2.10:8101"]
+
+
+def test_limits():
+    assert (Config().max_headers, Config().max_header_bytes) == (100, 32 * 1024)
+    c = parse_config("c.yaml", "limits:\n  max_headers: 50\n  max_header_bytes: 16KiB\n")
+    assert (c.max_headers, c.max_header_bytes) == (50, 16384)
+    assert parse_config("c.yaml", "limits: {max_header_bytes: 65536}\n").max_header_bytes == 65536
+    assert parse_config("c.yaml", "limits: {max_header_bytes: 64KB}\n").max_header_bytes == 64000
