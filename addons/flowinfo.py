@@ -21,10 +21,27 @@ FAIL_CLOSED = Location("<hush>", 0, 0)
 META = "hush."  # every metadata key hush sets starts with this
 
 
+def joined_headers(headers: http.Headers) -> dict[str, str]:
+    """Lower-case name → its values joined with ``, ``, in one pass over the
+    raw fields.  (A lookup per name is a scan of every field: with many
+    distinct names that was quadratic — 100k header lines held the event
+    loop for minutes.)"""
+    values: dict[str, list[str]] = {}
+    for name, value in headers.fields:
+        key = name.decode("utf-8", "surrogateescape").lower()
+        text = value.decode("utf-8", "surrogateescape")
+        found = values.get(key)
+        if found is None:
+            values[key] = [text]
+        else:
+            found.append(text)
+    return {key: ", ".join(texts) for key, texts in values.items()}
+
+
 def request_info(flow: http.HTTPFlow, kind: str = "other") -> RequestInfo:
     req = flow.request
     path, _, query = req.path.partition("?")
-    headers = {name.lower(): ", ".join(req.headers.get_all(name)) for name in req.headers}
+    headers = joined_headers(req.headers)
     if "host" not in headers and req.host_header:  # HTTP/2 carries it as :authority
         headers["host"] = req.host_header
     return RequestInfo(
