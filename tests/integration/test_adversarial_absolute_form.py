@@ -117,3 +117,27 @@ def test_inside_a_socks5_connection(hush, origin):
     assert origin.accepts == []
     h.stop()
     assert [(r["host"], r["ip_exposed"]) for r in h.audit()] == [(host, 0) for _, _, host in TARGETS]
+
+
+def test_inside_intercepted_tls(hush, tls_origin, ca_file):
+    # the same inside TLS that hush intercepts (a path rule needs the requests): the absolute
+    # target travels encrypted, where only hush and the origin read it
+    import ssl
+
+    port = free_port()
+    h = hush({"t": policy(port, INSPECT)}, config=f"upstream_ca: {ca_file}\n")
+    client = ssl.create_default_context(cafile=str(h.ca_cert))
+    where = f"127.0.0.1:{tls_origin.port}"
+    answers = {}
+    for target in ("https://blocked.test/x", "http://www.blocked.test/x", "https://127.0.0.3/x",
+                   f"https://{where}/same"):
+        s, head = connect(port, where)
+        assert status(head) == 200
+        with client.wrap_socket(s, server_hostname="localhost") as t:
+            answers[target] = inside(t, target, where)
+    assert answers == {"https://blocked.test/x": 403, "http://www.blocked.test/x": 403, "https://127.0.0.3/x": 403,
+                       f"https://{where}/same": 200}
+    assert len(tls_origin.accepts) == 1 and [r.path for r in tls_origin.requests] == [f"https://{where}/same"]
+    h.stop()
+    assert [(r["host"], r["decision"]) for r in h.audit() if r["method"] == "GET"] == [
+        ("blocked.test", "block"), ("www.blocked.test", "block"), ("127.0.0.3", "block"), ("127.0.0.1", "allow")]
