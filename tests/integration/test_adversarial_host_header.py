@@ -23,11 +23,12 @@ pytestmark = pytest.mark.integration
 RULES = "  - {match: {host: [blocked.test, '*.blocked.test']}, action: block}"
 
 BLOCKED = ["blocked.test", "blocked.test:", "blocked.test.:", "BLOCKED.Test.", "blocked.test:80", "blocked.test:1",
-           "www.blocked.test:", "blocked.test:0080"]
+           "www.blocked.test:", "blocked.test:0080", "\tblocked.test:\t"]
 MALFORMED = ["blocked.test:abc", "blocked.test:80:80", "user@blocked.test", "user:pw@blocked.test:80",
              "blocked.test, 127.0.0.1", "127.0.0.1, blocked.test", "blocked.test,", "blocked.test..:",
              "bl%6fcked.test", "blocked.test :80", "blocked.test:99999", "[::1%1]:80", "::1", "[blocked.test]",
-             "blocked.test/x", "blocked.test?x", "blocked.test#x", "blocked.test\\"]
+             "blocked.test/x", "blocked.test?x", "blocked.test#x", "blocked.test\\", "blocked.test\x00",
+             "blocked.test\x7f", "[::1]:80 blocked.test"]
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_a_host_header_naming_a_blocked_host_is_blocked_however_spelt(hush, orig
     h.stop()
     rows = h.audit()
     assert [(r["host"], r["decision"], r["ip_exposed"]) for r in rows] == (
-        [(value.lower().split(":")[0].rstrip("."), "block", 0) for value in BLOCKED] + [("127.0.0.1", "allow", 1)])
+        [(value.strip().lower().split(":")[0].rstrip("."), "block", 0) for value in BLOCKED] + [("127.0.0.1", "allow", 1)])
 
 
 def test_a_host_header_that_is_not_one_authority_is_refused(hush, origin):
@@ -61,6 +62,7 @@ def test_a_host_header_that_is_not_one_authority_is_refused(hush, origin):
     for pair in ((ok, "blocked.test"), ("blocked.test", ok), (ok, ok), (ok, ""), ("", "blocked.test")):
         answers[pair] = status(exchange(port, f"GET {target}", f"Host: {pair[0]}", f"Host: {pair[1]}"))
     answers["host: + HOST:"] = status(exchange(port, f"GET {target}", f"host: {ok}", "HOST: blocked.test"))
+    answers["folded"] = status(exchange(port, f"GET {target}", f"Host: {ok}", " blocked.test"))  # obs-fold
     assert answers == {k: 400 for k in answers}
     assert origin.accepts == []
     h.stop()
