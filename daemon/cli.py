@@ -29,7 +29,7 @@ from typing import Sequence
 
 from hush.daemon import paths
 from hush.daemon.config import Config, load_config
-from hush.daemon.run import ExitStatus
+from hush.daemon.exitstatus import ExitStatus
 from hush.daemon.yamlschema import LoadError
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import gc
 import logging
 import os
@@ -34,6 +33,7 @@ from hush.addons import Pipeline, chain
 from hush.daemon import paths
 from hush.daemon.config import Config
 from hush.daemon.control import ControlServer
+from hush.daemon.exitstatus import ExitStatus
 from hush.daemon.control import socket_path as control_socket
 from hush.daemon.launches import LaunchServer
 from hush.daemon.loopwatch import LoopWatch
@@ -49,19 +49,6 @@ log = logging.getLogger("hush")
 # millisecond instead of every 5: bench/audit_burst.py measured 11 ms loop
 # stalls under an audit burst with Python's default.
 SWITCH_INTERVAL = 0.001
-
-
-class ExitStatus(enum.IntEnum):
-    """Exit codes of every ``hush`` command."""
-
-    OK = 0
-    ERROR = 1
-    USAGE = 2
-    POLICY_INVALID = 3
-    LISTEN_FAILED = 4
-    EXAMPLES_FAILED = 5
-    NOT_FOUND = 6
-    DAEMON_UNREACHABLE = 7
 
 
 @dataclasses.dataclass
