@@ -134,6 +134,7 @@ class Timing:
         from hush.addons.act import more_strictly
         from hush.addons.flowinfo import fail_closed, request_info
 
+        identify = ctx.master.addons.get("identify")
         revoked = 0
         for held in [h for group in self._held.values() for h in group]:
             flow = held.flow
@@ -141,7 +142,12 @@ class Timing:
             if decision is None or held.future.done():
                 continue
             try:
-                now = new.decide(held.app, request_info(flow, flow.metadata.get("hush.kind", "other")))
+                app = identify.app_for(flow.client_conn, new)[0] if identify is not None else held.app
+                if app != held.app:  # its listener is another app's now, or its process no longer identified
+                    now = fail_closed(app, f"the connection is not {held.app}'s under policy set {new.version}",
+                                      new.version)
+                else:
+                    now = new.decide(held.app, request_info(flow, flow.metadata.get("hush.kind", "other")))
             except Exception as e:  # an app the new set does not have, or a bug: fail closed
                 now = fail_closed(held.app, f"cannot decide under policy set {new.version}: {e!r}", new.version)
             if more_strictly(decision, now):

@@ -162,3 +162,25 @@ def _info(flow):
     from hush.addons.flowinfo import request_info
 
     return request_info(flow)
+
+
+def test_a_held_flow_whose_listener_is_another_apps_now_is_revoked():
+    from hush.addons.identify import Identify
+    from hush.daemon.policy import build
+    from hush.daemon.policy.holder import PolicyHolder
+
+    old = build([("a.yaml", HELD)])
+    new = build([("b.yaml", "app: b\nlisten: 8101\ndefault: {action: delay, delay: 30s}\n")])  # same listener
+    timing, identify = Timing(), Identify(PolicyHolder(old))
+
+    async def go():
+        f = http_flow("http://a.org/x")
+        f.metadata["hush.decision"] = old.decide("a", _info(f))
+        task = asyncio.ensure_future(timing.delay(f, "a", 30))
+        await asyncio.sleep(0.01)
+        assert timing.policy_changed(old, new) == 1
+        return await asyncio.wait_for(task, 5), f
+
+    with taddons.context(identify, timing):
+        outcome, f = asyncio.run(go())
+    assert outcome == "revoked" and "not a's" in f.metadata["hush.revoked_by"].note
