@@ -146,6 +146,8 @@ class Act:
         ``revoked``; the others keep going.  Returns how many were revoked."""
         revoked = 0
         for tunnel in list(self._tunnels.values()):
+            if tunnel.error is not None or tunnel.outcome is not None:
+                continue  # refused since it was permitted (its TLS named a stricter host): closing already
             try:
                 if self._revoke_tunnel(tunnel, new):
                     revoked += 1

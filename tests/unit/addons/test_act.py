@@ -202,3 +202,16 @@ def test_a_reload_checks_the_address_a_tunnel_was_permitted_to():
         assert act.policy_changed(old, new) == 1
     assert t_name.outcome is None and t_addr.outcome == "revoked"
     assert "block" in t_addr.error
+
+
+def test_a_reload_leaves_a_tunnel_already_refused_for_its_tls_name_alone():
+    from hush.daemon.policy import build
+
+    old = build([("p.yaml", RELOAD_OLD)])
+    new = build([("p.yaml", "app: x\nlisten: 8101\ndefault: block\n")])
+    act = Act()
+    with taddons.context(act):
+        t, _ = _tunnel(act, old, "a.backend.net")
+        t.error = "refused: the TLS names blocked.org (block by rule …), not a.backend.net"  # as decide sets it
+        assert act.policy_changed(old, new) == 0
+    assert t.outcome is None and t.error.startswith("refused: the TLS names")  # its reason stays
