@@ -3,7 +3,7 @@ import sys
 
 PROBE = """
 import sys
-import hush.daemon.cli
+import hush.daemon.run  # the daemon: mitmproxy.master with it
 from hush.daemon.mitmaddons import mitmproxy_addons
 addons = mitmproxy_addons()
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {"flask", "werkzeug", "ldap3", "jinja2"}
