@@ -335,6 +335,12 @@ class Audit:
         self.counts[tunnel.outcome or tunnel.decision.action.name] += 1  # once: the row is written up to 3 times
         self._tunnel(tunnel)
 
+    def record_tunnel(self, tunnel: Tunnel) -> None:
+        """One complete row for a connection hush refused before mitmproxy saw
+        it (a launch's connection to a destination hush cannot name)."""
+        self.counts[tunnel.outcome or tunnel.decision.action.name] += 1
+        self._tunnel(tunnel)
+
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """After act's egress guard: remember a refusal, for the tunnel's row."""
         error = data.server.error

@@ -169,10 +169,25 @@ def make_mode(spec: str):
     return TransparentMode(full_spec=spec, data="", custom_listen_host=None, custom_listen_port=None)
 
 
-class LaunchServer:
-    """``STATE_DIR/launch.sock`` and the running launches."""
+def refusal(launch: Launch, host: str, port: int, why: str):
+    """The audit's tunnel for a connection refused before mitmproxy saw it."""
+    from hush.addons.flowinfo import fail_closed
+    from hush.addons.tunnel import Tunnel
 
-    def __init__(self, state_dir: Path, apps, serve=serve_connection, policies: Path | None = None):
+    tunnel = Tunnel(client_id=f"{launch.spec}:refused", app=launch.app, listener=launch.spec, host=host, port=port,
+                    policyset=None, decision=fail_closed(launch.app, why, "", "connect"))
+    tunnel.error = f"hush: {why}"
+    tunnel.ended = tunnel.started
+    return tunnel
+
+
+class LaunchServer:
+    """``STATE_DIR/launch.sock`` and the running launches.  ``record(tunnel)``
+    audits a connection refused here (the daemon hands in its audit's)."""
+
+    def __init__(self, state_dir: Path, apps, serve=serve_connection, policies: Path | None = None,
+                 record=lambda tunnel: None):
+        self.record = record
         self.path = Path(state_dir) / LAUNCH_SOCKET
         # what a launched app must not reach: hush's state (this socket among it), and its policies
         self.guard = {"hide": [str(Path(state_dir).resolve())],
@@ -325,23 +340,15 @@ class LaunchServer:
         try:
             host, port = original_destination(sock)
         except OSError:  # no conntrack entry at all
-            launch.refused += 1
-            log.warning("launch %d (%s): refused a connection with no original destination", launch.id, launch.app)
-            writer.close()
+            self._refuse(launch, writer, *writer.get_extra_info("sockname")[:2], "no original destination")
             return
         if _local(host):  # never redirected there: a connection made straight to this socket
-            launch.refused += 1
-            log.warning("launch %d (%s): refused a connection made straight to hush's socket (%s:%d)",
-                        launch.id, launch.app, host, port)
-            writer.close()
+            self._refuse(launch, writer, host, port, "a connection made straight to hush's socket")
             return
         if fakedns.is_fake(host):
             name = launch.names.name(host)
             if name is None:
-                launch.refused += 1
-                log.warning("launch %d (%s): refused a connection to %s:%d, a fake address no name was given",
-                            launch.id, launch.app, host, port)
-                writer.close()
+                self._refuse(launch, writer, host, port, "a fake address no name was given out for")
                 return
             host = name
         launch.connections += 1
@@ -350,6 +357,15 @@ class LaunchServer:
             await self.serve(launch, reader, writer, (host, port))
         finally:
             launch.open -= 1
+
+    def _refuse(self, launch: Launch, writer: asyncio.StreamWriter, host: str, port: int, why: str) -> None:
+        launch.refused += 1
+        log.warning("launch %d (%s): refused %s:%d: %s", launch.id, launch.app, host, port, why)
+        writer.close()
+        try:
+            self.record(refusal(launch, host, port, why))
+        except Exception:
+            log.exception("launch %d: could not audit a refused connection", launch.id)
 
     async def _dns_tcp(self, launch: Launch, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if launch._dns_tcp >= MAX_DNS_TCP:

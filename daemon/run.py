@@ -124,7 +124,8 @@ class Daemon:
         self.started = time.time()
         self.reloads: list[Reload] = []
         self.control = ControlServer(control_socket(state_dir), {"status": self.status})
-        self.launches = LaunchServer(state_dir, lambda: self.holder.current.policies, policies=policies)
+        self.launches = LaunchServer(state_dir, lambda: self.holder.current.policies, policies=policies,
+                                     record=self._record_tunnel)
         self._reloading = asyncio.Lock()
         self.loopwatch = LoopWatch()
 
@@ -182,6 +183,11 @@ class Daemon:
             await self.control.stop()
             await self.tor.stop()
         return self.exit_status
+
+    def _record_tunnel(self, tunnel) -> None:
+        audit = self.master.addons.get("audit")
+        if audit is not None:
+            audit.record_tunnel(tunnel)
 
     def _stop(self) -> None:
         notify("STOPPING=1")

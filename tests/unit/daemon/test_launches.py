@@ -49,7 +49,7 @@ async def started(tmp_path, served):
         served.append((launch.app, destination))
         writer.close()
 
-    server = LaunchServer(tmp_path, lambda: {"x": object()}, serve=serve)
+    server = LaunchServer(tmp_path, lambda: {"x": object()}, serve=serve, record=served.append)
     assert await server.start()
     return server
 
@@ -97,7 +97,8 @@ def test_a_launch_lives_as_long_as_its_connection(tmp_path):
 
         assert await asyncio.to_thread(direct) == b""
         await until(lambda: server.launches[1].refused == 1)
-        assert served == []
+        [refused] = served  # audited, never served
+        assert refused.error == "hush: no original destination"
 
         # the end of `hush launch` is the end of the launch: its sockets are gone
         client.conn.close()
@@ -144,9 +145,16 @@ def test_a_fake_address_is_decided_on_its_name_and_an_unknown_one_is_refused(tmp
 
         for _ in range(8):
             await asyncio.to_thread(connect)
-        await until(lambda: len(served) + launch.refused == 8)
-        assert served == [("x", ("viator.test", 443)), ("x", ("203.0.113.10", 80)), ("x", ("2001:db8::10", 443))]
+        await until(lambda: len(served) == 8)
+        tunnels = [t for t in served if not isinstance(t, tuple)]  # what the audit was handed
+        assert [t for t in served if isinstance(t, tuple)] == [
+            ("x", ("viator.test", 443)), ("x", ("203.0.113.10", 80)), ("x", ("2001:db8::10", 443))]
         assert launch.refused == 5 and launch.connections == 3
+        assert [(t.host, t.port) for t in tunnels] == [("198.18.9.9", 443), ("127.0.0.1", 4321), ("::1", 4321),
+                                                        ("0.0.0.0", 80), ("::ffff:127.0.0.2", 80)]
+        for t in tunnels:
+            assert t.app == "x" and t.listener == "launch:x:1" and t.decision.action.egress == "none"
+            assert t.decision.note.startswith("fail-closed: ") and t.error.startswith("hush: ")
         client.conn.close()
         await server.stop()
 
