@@ -422,6 +422,10 @@ def test_a_fake_address_never_given_out_is_refused(world, far, whush):
     res = curl(h, f"http://{UNISSUED_FAKE_IP}:80/unissued")
     assert res.returncode != 0, res.stdout
     assert sink.accepts == []
+    [row] = [r for r in h.wait_rows(lambda r: r["host"] == UNISSUED_FAKE_IP, 30, "the refused connection audited")
+             if r["host"] == UNISSUED_FAKE_IP]
+    assert row["decision"] == "block" and row["ip_exposed"] == 0 and row["app"] == "x"
+    assert "no name was given out" in row["note"] and row["listener"].startswith("launch:x:")
 
 
 def test_loopback_inside_a_launch_is_its_own(world, far, whush):
