@@ -12,7 +12,7 @@ mitmproxy 12.2):
   instead of leaving it open behind a "mitmproxy has crashed!" traceback;
   a close mitmproxy asks for on the very first read crashed too (under its
   eager task factory the task reading the connection is not stored yet) and
-  left the connection open: the task is stored first.
+  left the connection open: it is deferred one loop turn.
   A connection that mitmproxy refused before hush decided anything on it is
   audited (one row, ``fail-closed: refused by mitmproxy: …``) with one log
   line; a request in flight when mitmproxy failed is audited with the error.
@@ -28,7 +28,6 @@ mitmproxy 12.2):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -37,7 +36,6 @@ from mitmproxy import connection, ctx, flow as mflow, http
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers import HttpLayer
 from mitmproxy.proxy.layers.http._http1 import Http1Server
-from mitmproxy.proxy.server import ConnectionHandler
 
 from hush.addons.flowinfo import fail_closed
 from hush.addons.tunnel import HushTunnelHook, Tunnel
@@ -138,6 +136,8 @@ class Watch:
         self.client: connection.Client = handler.client
         self.reason: str | None = None  # the last thing mitmproxy said about this connection
         self.crashed: str | None = None
+        self._deferred: list[commands.CloseConnection] = []
+        self._wakeup: commands.RequestWakeup | None = None
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -150,29 +150,31 @@ class Watch:
 
         mitmproxy closes a connection by cancelling the task that reads it.
         On the very first read that task is still being created (its eager
-        task factory) and not stored: the close crashed and left the
-        connection open — it is the task running now, so it is stored first.
-        When the close comes from another task (a hook's) while the reading
-        task waits for mitmproxy's event lock, the cancelled reader dies
-        without closing the socket: the connection stayed open, unread.  So
-        the socket is closed here too (what was written is still flushed)."""
+        task factory) and not stored yet: closing then crashed mitmproxy and
+        left the connection open.  Such a close is deferred one loop turn
+        (a wakeup), by when the task is stored.  When the close comes from
+        another task (a hook's) while the reading task waits for mitmproxy's
+        event lock, the cancelled reader dies without closing the socket: the
+        connection stayed open, unread.  So the socket is closed here too
+        (what was written is still flushed)."""
         io = self.handler.transports.get(self.client)
-        if io is None:
-            yield command  # closed already: mitmproxy ignores it
-            return
-        if io.handler is None:
-            task = asyncio.current_task()
-            coro = task.get_coro() if task is not None else None
-            if getattr(coro, "cr_code", None) is ConnectionHandler.handle_connection.__code__:
-                io.handler = task
-        if io.handler is None:  # neither stored nor running (not seen): the reader will see EOF
-            io.writer.close()
+        if io is not None and io.handler is None:
+            self._deferred.append(command)
+            if self._wakeup is None:
+                self._wakeup = commands.RequestWakeup(0)
+                yield self._wakeup
             return
         yield command
-        if not getattr(command, "half_close", False) and io.writer is not None:
+        if io is not None and io.writer is not None and not getattr(command, "half_close", False):
             io.writer.close()
 
     def handle_event(self, event: events.Event):
+        if self._wakeup is not None and isinstance(event, events.Wakeup) and event.command is self._wakeup:
+            self._wakeup = None
+            deferred, self._deferred = self._deferred, []
+            for command in deferred:
+                yield from self._close(command)
+            return
         if self.crashed is not None:
             return  # mitmproxy's layers are broken for this connection: nothing more goes to them
         try:
