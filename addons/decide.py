@@ -15,10 +15,14 @@ site before any hook runs (DESIGN.md fact 1).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 from mitmproxy import connection, ctx, http, tcp, tls
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy.layers.tls import parse_client_hello
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from hush.addons.flowinfo import drop_proxy_headers, fail_closed, request_info
 from hush.addons.tunnel import HushTunnelEndHook, HushTunnelHook, Tunnel
@@ -26,6 +30,26 @@ from hush.daemon.policy.hosts import normalize
 from hush.daemon.policy.model import Decision, PolicySet, stricter
 
 log = logging.getLogger("hush.decide")
+
+MAX_CLIENT_HELLO = 64 * 1024  # waited for before a Tor-routed tunnel is relayed; more is refused
+UNREADABLE = object()  # a ClientHello that does not parse
+
+
+def client_hello_sni(data: bytes):
+    """From a connection's first bytes: None while a ClientHello is still
+    arriving, ``UNREADABLE`` if it does not parse, else ``(sni,)`` — the name
+    it asks for (``(None,)``: no name, or not TLS at all)."""
+    if data[:1] == b"\x16" and len(data) < 3 and (len(data) < 2 or data[1] == 3):
+        return None  # the start of a TLS record
+    if not starts_like_tls_record(data):
+        return (None,)
+    try:
+        hello = parse_client_hello(data)
+    except ValueError:
+        return UNREADABLE
+    if hello is None:
+        return None if len(data) < MAX_CLIENT_HELLO else UNREADABLE
+    return (hello.sni,)
 
 
 def connect_decision(policyset: PolicySet | None, app: str | None, host: str, port: int) -> Decision | None:
@@ -45,6 +69,8 @@ class Decide:
     def __init__(self):
         self._tunnels: dict[str, Tunnel] = {}
         self._socks_seen: set[str] = set()  # SOCKS5 connections next_layer has looked at
+        self._sni: dict[str, str] = {}  # inspected tunnels: the name their ClientHello asked for
+        self._hello_read: set[str] = set()  # Tor-routed tunnels whose ClientHello was checked
 
     def configure(self, updated):
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
@@ -107,11 +133,14 @@ class Decide:
         tunnel.address = (address, tunnel.port)
         by_name = connect_decision(policyset, tunnel.app, tunnel.host, tunnel.port)
         by_address = connect_decision(policyset, tunnel.app, address, tunnel.port)
-        if by_name is None or by_address is None:
-            tunnel.decision = None  # a rule needs the requests: they are inspected, each decided on its own
+        decided = [d for d in (by_name, by_address) if d is not None]
+        if len(decided) < 2 and not any(d.action.egress == "none" for d in decided):
+            # a rule needs the requests: they are inspected, each decided on the
+            # address, its Host and the SNI's name (requestheaders), the stricter applying
+            tunnel.decision = None
             self._tunnels[tunnel.client_id] = tunnel
             return tunnel
-        self._open(tunnel, policyset, stricter(by_name, by_address))
+        self._open(tunnel, policyset, stricter(*decided) if len(decided) == 2 else decided[0])
         return tunnel
 
     def next_layer(self, nextlayer) -> None:
@@ -121,17 +150,47 @@ class Decide:
         decided later, with the TLS SNI or the HTTP request in hand."""
         context = nextlayer.context
         client = context.client
+        tunnel = self._tunnels.get(client.id)
+        if tunnel is not None and tunnel.route is not None and client.id not in self._hello_read:
+            self._tor_hello(nextlayer, tunnel)  # a CONNECT routed into tor
+            return
         # SOCKS5, and `hush launch` (transparent: the destination came from nftables): both
         # know where the connection goes before its first byte
         if client.proxy_mode.type_name not in ("socks5", "transparent") or client.id in self._socks_seen:
             return  # next_layer runs again for every layer of a connection: decide once
         if context.server.address is None:
             return
-        self._socks_seen.add(client.id)
         tunnel, policyset = self._flowless(client, context.server, None)
         decision = connect_decision(policyset, tunnel.app, tunnel.host, tunnel.port)
         if decision is not None and decision.action.egress == "tor":
+            if client_hello_sni(nextlayer.data_client()) is None:
+                nextlayer.layer = None  # wait for the whole ClientHello, then decide
+                return
+            self._socks_seen.add(client.id)
             self._open(tunnel, policyset, decision)
+            if tunnel.route is not None:
+                self._tor_hello(nextlayer, tunnel)
+            return
+        self._socks_seen.add(client.id)
+
+    def _tor_hello(self, nextlayer, tunnel: Tunnel) -> None:
+        """A tunnel routed into tor is relayed from its first byte, so its TLS
+        never reaches ``tls_clienthello``: its ClientHello is read here, and
+        nothing is relayed before the whole of it is in hand.  A name the
+        policy treats more strictly than the target closes the tunnel (torroute
+        then relays nothing, and no permit is left for the dial); so does a
+        ClientHello that does not parse."""
+        hello = client_hello_sni(nextlayer.data_client())
+        if hello is None:
+            nextlayer.layer = None  # NextLayer asks again when more arrives; torroute waits too
+            return
+        self._hello_read.add(tunnel.client_id)
+        if hello is UNREADABLE:
+            self._revoke(tunnel.client_id)
+            tunnel.error = "refused: the tunnel's TLS ClientHello cannot be read"
+            log.warning("refused a tunnel to %s:%s into tor: its ClientHello cannot be read", tunnel.host, tunnel.port)
+        elif hello[0]:
+            self._check_sni(tunnel, normalize(hello[0]))
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         client = data.context.client
@@ -140,6 +199,11 @@ class Decide:
             tunnel = self._flowless_tls_tunnel(client, data.context.server, data.client_hello.sni)
         elif tunnel.decision is not None and data.client_hello.sni:
             self._check_sni(tunnel, normalize(data.client_hello.sni))
+        elif tunnel.decision is None and data.client_hello.sni:
+            self._inspected_sni(tunnel, normalize(data.client_hello.sni))
+        if tunnel.decision is None and data.client_hello.sni:
+            # hush's own TLS to the site will ask for this name: each request is decided on it too
+            self._sni[client.id] = normalize(data.client_hello.sni)
         if tunnel.decision is not None:
             # Decided without the request: relay the TLS untouched (and, if
             # the decision sends nothing, act grants no egress).
@@ -165,6 +229,49 @@ class Decide:
         if by_name is not None:
             tunnel.decision = by_name
         log.warning("refused a tunnel to %s:%s whose TLS names %s (%s)", tunnel.host, tunnel.port, name, why)
+
+    def _inspected_sni(self, tunnel: Tunnel, name: str) -> None:
+        """A tunnel hush inspects because rules need its requests.  Its TLS is
+        terminated here and hush's own TLS to the site asks for the name the
+        app's ClientHello named.  That name is decided like the target: if
+        its host is blocked at connection level, the tunnel is closed before
+        the app's TLS is answered; otherwise each request inside is decided on
+        it too (``requestheaders``), the stricter applying."""
+        if name == tunnel.host:
+            return
+        by_name = connect_decision(tunnel.policyset, tunnel.app, name, tunnel.port)
+        if by_name is None or by_name.action.egress != "none":
+            return
+        self._revoke(tunnel.client_id)
+        tunnel.decision = by_name
+        tunnel.error = f"refused: the TLS names {name} (block by {by_name.describe()}), not {tunnel.host}"
+        log.warning("refused a tunnel to %s:%s whose TLS names %s (blocked)", tunnel.host, tunnel.port, name)
+        ctx.master.addons.trigger(HushTunnelHook(tunnel))
+
+    def sni_decision(self, flow: http.HTTPFlow, policyset: PolicySet, app: str, req, decision: Decision) -> Decision:
+        """A request inside an inspected TLS tunnel is sent over hush's own TLS
+        to the site, whose SNI is the name the app's ClientHello asked for:
+        that name is decided too (like a ``Host`` header naming another
+        host), and the stricter decision applies."""
+        name = self._sni.get(flow.client_conn.id)
+        if not name or name == normalize(req.host) or decision.action.egress == "none":
+            return decision
+        other = policyset.decide(app, dataclasses.replace(req, host=name, authority=""))
+        return dataclasses.replace(other, host=name) if stricter(decision, other) is other else decision
+
+    def server_connect(self, data: ServerConnectionHookData) -> None:
+        """The TLS name hush itself sends to a site must be one that was
+        decided: the address dialled, the tunnel's target, or the SNI checked
+        above.  (mitmproxy copies the app's SNI into its own ClientHello.)"""
+        sni, address = data.server.sni, data.server.address
+        if not sni or address is None:
+            return
+        name = normalize(sni)
+        tunnel = self._tunnels.get(data.client.id)
+        if name in (normalize(address[0]), self._sni.get(data.client.id), tunnel.host if tunnel else None):
+            return
+        log.warning("refused a connection to %s:%s whose TLS would name %s (not decided)", address[0], address[1], name)
+        data.server.error = f"hush: the TLS name {name} was not decided"
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         """mitmproxy relays a connection as raw TCP when it cannot read it as
@@ -227,6 +334,8 @@ class Decide:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._socks_seen.discard(client.id)
+        self._sni.pop(client.id, None)
+        self._hello_read.discard(client.id)
         tunnel = self._tunnels.pop(client.id, None)
         if tunnel is not None:
             self._end(tunnel)
@@ -251,6 +360,7 @@ class Decide:
             try:
                 req = request_info(flow, flow.metadata.get("hush.kind", "other"))
                 decision = policyset.decide(app, req)  # the Host header's host too, if it names another
+                decision = self.sni_decision(flow, policyset, app, req, decision)  # and the TLS SNI's
             except Exception as e:
                 log.exception("deciding %s for %s failed", flow.request.pretty_url, app)
                 decision = fail_closed(app, f"error while deciding: {e!r}", policyset.version)

@@ -69,7 +69,7 @@ class TorRoute:
     def __init__(self, manager=None):
         self.manager = manager  # hush.daemon.tor.TorManager, set by the daemon
         self._pending: dict[str, dict[tuple[str, int], Route]] = {}  # client id → target → route
-        self._tunnels: dict[str, tuple[str, int, Route]] = {}
+        self._tunnels: dict[str, tuple[str, int, Route, object]] = {}
         self._by_port: dict[int, Route] = {}
         self._ports: dict[str, list[int]] = {}
         self._refused: set[str] = set()  # SOCKS5 tunnels tor could not carry: close them
@@ -133,7 +133,7 @@ class TorRoute:
         key = isolation_key(isolation, tunnel.app, tunnel.host)
         route = self._route(tunnel.client_id, tunnel.host, tunnel.port, key)
         tunnel.route = route
-        self._tunnels[tunnel.client_id] = (tunnel.host, tunnel.port, route)
+        self._tunnels[tunnel.client_id] = (tunnel.host, tunnel.port, route, tunnel)
         return None
 
     # -- mitmproxy hooks ------------------------------------------------------------------
@@ -155,7 +155,15 @@ class TorRoute:
         entry = self._tunnels.get(client.id)
         if entry is None:
             return
-        host, port, route = entry
+        host, port, route, tunnel = entry
+        if nextlayer.layer is None:
+            return  # decide is still waiting for the whole ClientHello: nothing is relayed before it is checked
+        if tunnel.error is not None:
+            # decide refused it (its ClientHello names a host treated more strictly, or does not
+            # parse): relay nothing; with its permits withdrawn the guard refuses the dial
+            del self._tunnels[client.id]
+            nextlayer.layer = layers.TCPLayer(nextlayer.context, ignore=True)
+            return
         server = nextlayer.context.server
         if server.address is None or (normalize(server.address[0]), server.address[1]) != (host, port):
             return
