@@ -34,3 +34,30 @@ def test_a_flow_not_routed_drops_a_route_left_on_its_server():
         assert router.route_request(routed, "app") is None
         router.requestheaders(routed)
         assert routed.server_conn.via == ServerSpec(("http", TOR))  # its own route stays
+
+
+def test_a_tunnel_is_relayed_into_tor_only_once_decide_has_read_its_clienthello():
+    from mitmproxy.proxy import context, layers
+
+    from hush.addons.tunnel import Tunnel
+
+    router = TorRoute(_StaticTor(TOR))
+    with taddons.context(router):
+        client = connection.Client(peername=("127.0.0.1", 5000), sockname=("127.0.0.1", 8101))
+        for error, chosen, expect in ((None, None, None), ("refused: the TLS names blocked.org", object(), "refused"),
+                                      (None, object(), "routed")):
+            tunnel = Tunnel(client.id, "a", "l", "onion.org", 443, None)
+            tunnel.error = error
+            assert router.route_tunnel(tunnel, "app") is None
+            nl = type("NL", (), {})()
+            nl.context = context.Context(client, None)
+            nl.context.server = connection.Server(address=("onion.org", 443))
+            nl.layer = chosen  # None: decide still waits for the rest of the ClientHello
+            router.next_layer(nl)
+            if expect is None:
+                assert nl.layer is None  # nothing relayed yet
+            elif expect == "refused":
+                assert isinstance(nl.layer, layers.TCPLayer) and nl.context.server.via is None
+            else:
+                assert nl.context.server.via == ServerSpec(("http", TOR))
+            router.client_disconnected(client)

@@ -1,0 +1,238 @@
+"""decide, connection level: tunnels that stop being HTTP, the SNI of inspected and Tor-routed
+tunnels, the SNI hush sends (issue 11, classes 5–7)."""
+
+import ssl
+
+from mitmproxy import connection
+from mitmproxy.proxy import context
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+from mitmproxy.test import taddons, tflow
+
+from hush.addons.decide import UNREADABLE, Decide, client_hello_sni
+
+from .helpers import Recorder, connect_flow, http_flow, policyset
+
+POLICY = """\
+app: x
+listen: 8101
+default: allow
+rules:
+  - match: {host: [blocked.org, "*.blocked.org"]}
+    action: block
+  - match: {host: paths.org, path: "/private/*"}
+    action: block
+  - match: {host: onion.org}
+    action: tor
+  - match: {path: /never}
+    action: block
+"""
+
+
+class Revocations:
+    """Stands in for act: records what decide withdraws."""
+
+    name = "act"
+
+    def __init__(self):
+        self.revoked = []
+
+    def revoke(self, client_id):
+        self.revoked.append(client_id)
+
+
+def client_hello(name: str | None) -> bytes:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def test_client_hello_sni():
+    hello = client_hello("a.example")
+    assert client_hello_sni(hello) == ("a.example",)
+    assert client_hello_sni(hello[:1]) is None and client_hello_sni(hello[:2]) is None  # a record starts
+    assert client_hello_sni(hello[:40]) is None  # still arriving
+    assert client_hello_sni(client_hello(None)) == (None,)
+    assert client_hello_sni(b"GET / HTTP/1.1\r\n") == (None,)  # not TLS: nothing to read
+    assert client_hello_sni(b"\x16\x03\x01\x00\x10" + b"\x01\x00\x00\x0c" + b"\xff" * 12) is UNREADABLE
+    # a record header announcing more than any ClientHello hush waits for
+    assert client_hello_sni(b"\x16\x03\x01\xff\xff\x01\xff\xff\xff" + b"\x00" * 70_000) is UNREADABLE
+
+
+class _Hello:
+    def __init__(self, sni):
+        self.sni = sni
+
+
+def clienthello(client, sni, host="127.0.0.1"):
+    from mitmproxy import tls
+
+    c = context.Context(client, None)
+    c.server = tflow.tserver_conn()
+    c.server.address = (host, 443)
+    return tls.ClientHelloData(c, _Hello(sni))
+
+
+def inspected_connect(decide, host="127.0.0.1"):
+    f = connect_flow(host)
+    f.metadata.update({"hush.policy": policyset(POLICY), "hush.app": "x", "hush.listener": "l"})
+    decide.http_connect(f)
+    assert f.metadata["hush.tunnel"].decision is None  # the /never rule: inspected
+    return f
+
+
+def test_an_inspected_tunnel_naming_a_blocked_host_is_closed():
+    decide, act, recorder = Decide(), Revocations(), Recorder()
+    with taddons.context(decide, act, recorder):
+        f = inspected_connect(decide)
+        data = clienthello(f.client_conn, "X.Blocked.org.")
+        decide.tls_clienthello(data)
+    tunnel = f.metadata["hush.tunnel"]
+    assert data.ignore_connection is True  # relayed to nowhere: no permit is left for the dial
+    assert act.revoked == [f.client_conn.id] and recorder.tunnels == [tunnel]
+    assert tunnel.decision.action.name == "block" and tunnel.error.startswith("refused: the TLS names x.blocked.org")
+
+
+def test_an_inspected_tunnel_naming_another_host_decides_each_request_on_it_too():
+    decide, act = Decide(), Revocations()
+    ps = policyset(POLICY)
+    with taddons.context(decide, act, Recorder()):
+        f = inspected_connect(decide)
+        decide.tls_clienthello(clienthello(f.client_conn, "paths.org"))
+        assert act.revoked == []
+
+        def request(path):
+            r = http_flow(f"https://127.0.0.1{path}")
+            r.client_conn = f.client_conn
+            r.metadata.update({"hush.policy": ps, "hush.app": "x"})
+            decide.requestheaders(r)
+            return r.metadata["hush.decision"]
+
+        private, public = request("/private/x"), request("/public/x")
+    assert (private.action.name, private.host) == ("block", "paths.org")
+    assert (public.action.name, public.host) == ("allow", None)
+
+
+def test_a_tor_routed_name_makes_the_request_go_through_tor():
+    decide = Decide()
+    ps = policyset(POLICY)
+    with taddons.context(decide, Revocations(), Recorder()):
+        f = inspected_connect(decide)
+        decide.tls_clienthello(clienthello(f.client_conn, "onion.org"))
+        r = http_flow("https://127.0.0.1/x")
+        r.client_conn = f.client_conn
+        r.metadata.update({"hush.policy": ps, "hush.app": "x"})
+        decide.requestheaders(r)
+    assert r.metadata["hush.decision"].action.name == "tor"
+
+
+def server_hook(client, address, sni):
+    server = connection.Server(address=address)
+    server.sni = sni
+    return ServerConnectionHookData(server=server, client=client)
+
+
+def test_the_sni_hush_sends_must_have_been_decided():
+    decide = Decide()
+    with taddons.context(decide, Revocations(), Recorder()):
+        f = inspected_connect(decide)
+        undecided = server_hook(f.client_conn, ("127.0.0.1", 443), "elsewhere.org")
+        decide.server_connect(undecided)
+        assert undecided.server.error and "elsewhere.org" in undecided.server.error
+        for sni in ("127.0.0.1", None):  # the address dialled, or no name at all
+            ok = server_hook(f.client_conn, ("127.0.0.1", 443), sni)
+            decide.server_connect(ok)
+            assert ok.server.error is None
+        decide.tls_clienthello(clienthello(f.client_conn, "paths.org"))  # checked: may be sent
+        checked = server_hook(f.client_conn, ("127.0.0.1", 443), "PATHS.org")
+        decide.server_connect(checked)
+        assert checked.server.error is None
+
+
+def test_socks5_a_block_on_either_the_destination_or_the_sni_closes_it():
+    from mitmproxy.proxy.mode_specs import ProxyMode
+
+    from hush.addons.identify import Identify
+    from hush.daemon.policy.holder import PolicyHolder
+
+    text = POLICY.replace("listen: 8101", "listen: {port: 1080, mode: socks5}")
+    identify, decide, recorder = Identify(PolicyHolder(policyset(text))), Decide(), Recorder()
+    with taddons.context(identify, decide, recorder, Revocations()):
+        client = tflow.tclient_conn()
+        client.proxy_mode = ProxyMode.parse("socks5@127.0.0.1:1080")
+        data = clienthello(client, "blocked.org", host="127.0.0.1")  # the address alone: inspected
+        decide.tls_clienthello(data)
+    assert data.ignore_connection is True
+    [tunnel] = recorder.tunnels
+    assert (tunnel.host, tunnel.decision.action.name) == ("blocked.org", "block")
+
+
+class FakeNextLayer:
+    def __init__(self, client, data: bytes, host="onion.org"):
+        self.context = context.Context(client, None)
+        self.context.server = connection.Server(address=(host, 443))
+        self.layer = object()  # what mitmproxy's next_layer addon chose
+        self._data = data
+
+    def data_client(self):
+        return self._data
+
+
+def test_a_tor_routed_tunnel_waits_for_its_whole_clienthello_then_checks_it():
+    decide, act = Decide(), Revocations()
+    with taddons.context(decide, act, Recorder()):
+        f = connect_flow("onion.org")
+        f.metadata.update({"hush.policy": policyset(POLICY), "hush.app": "x", "hush.listener": "l"})
+        decide.http_connect(f)
+        tunnel = f.metadata["hush.tunnel"]
+        tunnel.route = object()  # what torroute sets when act applies the tor action
+        hello = client_hello("blocked.org")
+        partial = FakeNextLayer(f.client_conn, hello[:30])
+        decide.next_layer(partial)
+        assert partial.layer is None and tunnel.error is None  # wait: nothing is relayed yet
+        whole = FakeNextLayer(f.client_conn, hello)
+        decide.next_layer(whole)
+    assert tunnel.error.startswith("refused: the TLS names blocked.org") and act.revoked == [f.client_conn.id]
+
+
+def test_a_tor_routed_tunnel_naming_its_own_host_goes_on():
+    decide, act = Decide(), Revocations()
+    with taddons.context(decide, act, Recorder()):
+        f = connect_flow("onion.org")
+        f.metadata.update({"hush.policy": policyset(POLICY), "hush.app": "x", "hush.listener": "l"})
+        decide.http_connect(f)
+        tunnel = f.metadata["hush.tunnel"]
+        tunnel.route = object()
+        nl = FakeNextLayer(f.client_conn, client_hello("onion.org"))
+        decide.next_layer(nl)
+    assert nl.layer is not None and tunnel.error is None and act.revoked == []
+
+
+def test_tcp_in_an_inspected_tunnel_is_closed_and_every_permit_withdrawn():
+    from mitmproxy import tcp
+
+    decide, act, recorder = Decide(), Revocations(), Recorder()
+    with taddons.context(decide, act, recorder):
+        f = inspected_connect(decide)
+        flow = tcp.TCPFlow(f.client_conn, connection.Server(address=("127.0.0.1", 443)), True)
+        decide.tcp_start(flow)
+    [tunnel] = recorder.tunnels
+    assert tunnel.decision.note == "fail-closed: rules need HTTP but the connection is not HTTP"
+    assert set(act.revoked) == {f.client_conn.id}
+
+
+def test_a_protocol_switch_on_a_decided_connection_is_left_to_its_request():
+    from mitmproxy import tcp
+
+    decide, act, recorder = Decide(), Revocations(), Recorder()
+    with taddons.context(decide, act, recorder):
+        f = inspected_connect(decide)
+        server = connection.Server(address=("127.0.0.1", 443))
+        server.timestamp_start = 1.0  # opened by a request decided on its own (a 101 upgrade)
+        decide.tcp_start(tcp.TCPFlow(f.client_conn, server, True))
+    assert recorder.tunnels == [] and act.revoked == []
