@@ -225,3 +225,20 @@ def test_a_connect_after_an_allowed_request_on_the_same_connection(hush, keepali
     rows = h.audit()
     assert [(r["decision"], r["ip_exposed"]) for r in rows if r["method"] == "GET"] == [("allow", 1)]
     assert len(refused_rows(rows)) == 1, rows
+
+
+@pytest.mark.parametrize("mode", ["http", "socks5"])
+def test_a_silent_client_waiting_for_the_server_to_speak_first_gets_nothing_relayed(hush, origin, mode):
+    # A server-speaks-first protocol (SMTP, SSH…) in an inspected tunnel: hush connects nowhere
+    # until the client has sent something it can decide on, and then only if it is HTTP or TLS.
+    port = free_port()
+    h = hush({"t": policy(port, mode)})
+    silent = connect(port, f"127.0.0.1:{origin.port}") if mode == "http" else socks5(port, "127.0.0.1", origin.port)
+    other = connect(port, f"127.0.0.1:{origin.port}") if mode == "http" else socks5(port, "127.0.0.1", origin.port)
+    assert b"origin 127.0.0.1 /other" in send_and_drain(other, [request("/other")])  # hush's loop has run
+    assert [r.path for r in origin.requests] == ["/other"] and len(origin.accepts) == 1
+    silent.shutdown(socket.SHUT_WR)  # it gives up waiting
+    assert silent.recv(100) == b""  # hush closes its side too, having sent nothing
+    silent.close()
+    assert len(origin.accepts) == 1
+    assert [r["decision"] for r in stopped_rows(h)] == ["allow"]  # nothing was decided on the silent one
