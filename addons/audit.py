@@ -33,7 +33,7 @@ from mitmproxy.proxy import server_hooks
 
 from hush.addons.flowinfo import fail_closed, identifiers
 from hush.addons.tunnel import Counted, Tally, Tunnel
-from hush.daemon.audit import DEFAULT_REDACTION, REDACTIONS, AuditWriter, redact
+from hush.daemon.audit.store import DEFAULT_REDACTION, REDACTIONS, AuditWriter, redact
 from hush.daemon.policy.hosts import normalize, site_of
 
 log = logging.getLogger("hush.audit")

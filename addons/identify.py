@@ -22,8 +22,8 @@ from typing import Optional
 
 from mitmproxy import connection, ctx, exceptions, http, tcp
 
-from hush.daemon import procnet
-from hush.daemon.launches import app_of_spec
+from hush.daemon.policy import procnet
+from hush.daemon.launch.server import app_of_spec
 from hush.daemon.policy import load
 from hush.daemon.policy.holder import PolicyHolder
 from hush.daemon.policy.model import PolicySet

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sys
 
-from hush.daemon.audit import AuditWriter, _row
+from hush.daemon.audit.store import AuditWriter, _row
 from hush.daemon.run import SWITCH_INTERVAL
 
 RECORD = {

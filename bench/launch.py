@@ -24,7 +24,7 @@ Namespace set-up: wall time from starting ``hush launch -- date +%s.%N`` to the
 time ``date`` prints (its first instruction, give or take an exec), against the
 same for ``unshare -rn date`` (a bare user + network namespace), for the venv's
 ``python -c pass`` (the interpreter start that ``hush launch`` pays anyway) and for
-``python -c 'import hush.daemon.cli'`` (what the command line costs before it starts).
+``python -c 'import hush.daemon.cli.main'`` (what the command line costs before it starts).
 
 Run (as root):  .venv/bin/python bench/launch.py [--rounds 5] [--requests 200]
 """
@@ -207,7 +207,7 @@ def main() -> None:
         launch_ms = [startup_ms(world, [], hush) for _ in range(args.startups)]
         unshare_ms = [startup_ms(world, ["unshare", "-rn"]) for _ in range(args.startups)]
         py_ms = [python_ms(world) for _ in range(args.startups)]
-        cli_ms = [python_ms(world, "import hush.daemon.cli; ") for _ in range(args.startups)]
+        cli_ms = [python_ms(world, "import hush.daemon.cli.main; ") for _ in range(args.startups)]
         hush.stop()
     finally:
         world.close()

@@ -30,7 +30,7 @@ from common import (latencies, median, pct, start_hush, start_mitmdump, start_or
                     start_privoxy, throughput)
 
 from hush.daemon import paths  # noqa: E402
-from hush.daemon.demo import rewrite_ports  # noqa: E402
+from hush.daemon.cli.demo import rewrite_ports  # noqa: E402
 
 
 async def run(args) -> None:

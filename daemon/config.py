@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from hush.addons.actions.base import GENERIC_USER_AGENT, ParseContext
-from hush.daemon.audit import DEFAULT_REDACTION, REDACTIONS
+from hush.daemon.audit.store import DEFAULT_REDACTION, REDACTIONS
 from hush.daemon.tor import TorConfig
 from hush.daemon.yamlschema import INT, STR, LoadError, LocatedError, Location, Reader
 

@@ -35,7 +35,7 @@ from hush.daemon.config import Config
 from hush.daemon.control import ControlServer
 from hush.daemon.exitstatus import ExitStatus
 from hush.daemon.control import socket_path as control_socket
-from hush.daemon.launches import LaunchServer
+from hush.daemon.launch.server import LaunchServer
 from hush.daemon.loopwatch import LoopWatch
 from hush.daemon.notify import notify
 from hush.daemon.policy import PolicySet, load

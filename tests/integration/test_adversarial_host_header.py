@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from hush.daemon.cli import main
+from hush.daemon.cli.main import main
 
 from .conftest import free_port
 from .hostile import CountingOrigin, connect, exchange, policy, read_head, socks5_http, status

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from hush.daemon.cli import main
+from hush.daemon.cli.main import main
 
 from .conftest import curl, free_port
 

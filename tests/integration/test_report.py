@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hush.daemon.cli import main
+from hush.daemon.cli.main import main
 
 from .conftest import curl, free_port
 

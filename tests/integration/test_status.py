@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from hush.daemon.cli import main
+from hush.daemon.cli.main import main
 from hush.daemon.run import ExitStatus
 
 from .conftest import curl, free_port

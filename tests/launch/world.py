@@ -426,7 +426,7 @@ class World:
                 raise AssertionError("the world's set-up failed:\n" + (self.base / "holder.log").read_text())
             self._netns_fd = os.open(f"/proc/{self.pid}/ns/net", os.O_RDONLY)
             self.dns = WorldDNS(self, self.dns_names)
-            res = self.run([PYTHON, "-c", "import hush.daemon.cli"], capture_output=True, text=True, timeout=60)
+            res = self.run([PYTHON, "-c", "import hush.daemon.cli.main"], capture_output=True, text=True, timeout=60)
             assert res.returncode == 0, f"uid {NOBODY} cannot run hush in the world:\n{res.stderr}"
         except BaseException:
             self.close()

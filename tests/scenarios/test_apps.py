@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from hush.daemon import paths
-from hush.daemon.demo import rewrite_ports
+from hush.daemon.cli.demo import rewrite_ports
 from tests.integration.conftest import NAME, curl, tor_config, wait_tor_ready
 
 pytestmark = pytest.mark.integration

@@ -62,7 +62,7 @@ def test_shared_listener_identifies_by_process_even_without_the_uid_check(monkey
     from mitmproxy.proxy.mode_specs import ProxyMode
     from mitmproxy.test import tflow
 
-    from hush.daemon import procnet
+    from hush.daemon.policy import procnet
     from hush.daemon.policy import build
 
     ps = build([
@@ -95,7 +95,7 @@ SPEC = "regular@127.0.0.1:8101"
 
 
 def _owner(*holders):
-    from hush.daemon import procnet
+    from hush.daemon.policy import procnet
 
     procs = tuple(procnet.Process(1000 + i, comm, exe) for i, (comm, exe) in enumerate(holders))
     return procnet.Owner(procs[0].pid if procs else None, 1000, procs[0].name if procs else None,
@@ -150,7 +150,7 @@ def test_a_process_two_apps_claim_fails_closed():
 
 
 def test_flow_records_the_executable():
-    from hush.daemon import procnet
+    from hush.daemon.policy import procnet
     from hush.daemon.policy import build
 
     identify = Identify(PolicyHolder(build(SHARED)))

@@ -4,7 +4,7 @@ listeners and DNS stub, and the hand-off of its connections to mitmproxy.
 ``STATE_DIR/launch.sock`` (0600, the daemon's uid only, checked by
 ``SO_PEERCRED`` too) takes one message per launch: a JSON line naming the app,
 with the launch's listening sockets attached (``SCM_RIGHTS``, the order of
-:data:`hush.daemon.launch.SOCKETS`).  Every socket is checked for what it must
+:data:`hush.daemon.launch.namespace.SOCKETS`).  Every socket is checked for what it must
 be (family, type, listening), then the daemon accepts on it.  The connection
 stays open for the launch's life: when it closes (the command exited, or
 ``hush launch`` was killed), the launch's sockets are closed here, the last
@@ -34,8 +34,8 @@ import struct
 import time
 from pathlib import Path
 
-from hush.daemon import fakedns
-from hush.daemon.launch import LAUNCH_SOCKET, SOCKETS
+from hush.daemon.launch import fakedns
+from hush.daemon.launch.namespace import LAUNCH_SOCKET, SOCKETS
 
 log = logging.getLogger("hush.launch")
 

@@ -1,7 +1,7 @@
 import os
 import socket
 
-from hush.daemon.procnet import owner, socket_entry
+from hush.daemon.policy.procnet import owner, socket_entry
 
 
 def test_owner_of_a_connection_is_this_process():
@@ -36,7 +36,7 @@ def test_ipv6_and_unknown():
 
 
 def test_sock_diag_agrees_with_proc():
-    from hush.daemon.procnet import sock_diag
+    from hush.daemon.policy.procnet import sock_diag
 
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
         server = socket.socket(family)
@@ -71,7 +71,7 @@ def test_every_process_holding_the_socket_is_found():
     import subprocess
     import sys
 
-    from hush.daemon.procnet import owner
+    from hush.daemon.policy.procnet import owner
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -92,7 +92,7 @@ def test_every_process_holding_the_socket_is_found():
 
 
 def test_exe_name_ignores_comm_and_the_deleted_mark():
-    from hush.daemon.procnet import Owner, Process
+    from hush.daemon.policy.procnet import Owner, Process
 
     p = Process(1, "laxcli", "/opt/strict/strictcli (deleted)")
     assert p.exe_name == "strictcli"

@@ -41,7 +41,7 @@ from pathlib import Path
 LAUNCH_SOCKET = "launch.sock"
 SBIN = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 
-# The order of the sockets handed to the daemon: a contract with daemon/launches.py.
+# The order of the sockets handed to the daemon: a contract with daemon/launch/server.py.
 SOCKETS = ("tcp4", "tcp6", "dns_udp4", "dns_udp6", "dns_tcp4", "dns_tcp6")
 
 # Where the host resolver can be asked without a network (Unix sockets,

@@ -1,4 +1,4 @@
-"""daemon/launch.py: what `hush launch` does on the host, and the rules it installs."""
+"""daemon/launch/namespace.py: what `hush launch` does on the host, and the rules it installs."""
 
 import os
 import signal
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hush.daemon import launch
+from hush.daemon.launch import namespace as launch
 
 
 def test_the_rules_send_tcp_and_dns_to_hush_and_reject_the_rest():

@@ -1,7 +1,7 @@
 """``hush audit report --html FILE``: one self-contained page for review.
 
 No scripts, no fonts, no images fetched from anywhere: inline CSS and SVG.
-Its numbers come from :func:`hush.daemon.auditview.summary`, the same as
+Its numbers come from :func:`hush.daemon.audit.queries.summary`, the same as
 ``hush audit summary --json``; every number cell carries ``data-app`` and
 ``data-metric`` so a test (or a script) can read them back.
 """
@@ -13,7 +13,7 @@ import sqlite3
 import time
 from datetime import datetime
 
-from hush.daemon.auditview import summary
+from hush.daemon.audit.queries import summary
 
 COLORS = {
     "allow": "#6b7280", "passthrough": "#9ca3af", "strip": "#d97706", "block": "#059669",

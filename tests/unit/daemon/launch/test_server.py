@@ -1,4 +1,4 @@
-"""daemon/launches.py: the launch socket, a launch's sockets, its DNS stub and
+"""daemon/launch/server.py: the launch socket, a launch's sockets, its DNS stub and
 the mapping of fake addresses back to names (mitmproxy replaced by a recorder)."""
 
 import asyncio
@@ -8,9 +8,9 @@ import socket
 import pytest
 from dnslib import DNSRecord
 
-from hush.daemon import launch as launch_cli
-from hush.daemon import launches
-from hush.daemon.launches import LaunchServer, app_of_spec, launch_spec
+from hush.daemon.launch import namespace as launch_cli
+from hush.daemon.launch import server as launches
+from hush.daemon.launch.server import LaunchServer, app_of_spec, launch_spec
 
 
 def test_the_app_is_read_back_from_the_launch_spec():

@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from hush.daemon.audit import COLUMNS, connect
+from hush.daemon.audit.store import COLUMNS, connect
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -3,8 +3,8 @@ import textwrap
 
 import pytest
 
-from hush.daemon.audit import AuditWriter
-from hush.daemon.cli import main
+from hush.daemon.audit.store import AuditWriter
+from hush.daemon.cli.main import main
 from hush.daemon.run import ExitStatus
 
 POLICY = textwrap.dedent("""\

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from hush.daemon.audit import AuditWriter, redact
+from hush.daemon.audit.store import AuditWriter, redact
 
 
 @pytest.mark.parametrize("mode, url, expected", [

@@ -2,8 +2,8 @@ import csv
 import io
 import json
 
-from hush.daemon.audit import AuditWriter
-from hush.daemon.cli import main
+from hush.daemon.audit.store import AuditWriter
+from hush.daemon.cli.main import main
 
 
 def fill(state, n_block=3, n_allow=2):

@@ -189,7 +189,7 @@ def check_ptrace(path: Path = YAMA_PTRACE) -> Finding:
 
 def check_launch(tool=None, try_namespaces=_try_namespaces) -> list[Finding]:
     """What `hush launch` needs: ip, nft, and unprivileged user namespaces."""
-    from hush.daemon.launch import tool as find_tool
+    from hush.daemon.launch.namespace import tool as find_tool
 
     tool = tool or find_tool
     out = []

@@ -1,11 +1,11 @@
-"""daemon/fakedns.py: names ↔ fake addresses, and the stub's answers."""
+"""daemon/launch/fakedns.py: names ↔ fake addresses, and the stub's answers."""
 
 import ipaddress
 
 from dnslib import QTYPE, RCODE, DNSLabel, DNSQuestion, DNSRecord
 
-from hush.daemon import fakedns
-from hush.daemon.fakedns import FakeAddresses, answer
+from hush.daemon.launch import fakedns
+from hush.daemon.launch.fakedns import FakeAddresses, answer
 
 
 def ask(name: str, qtype: str = "A", table: FakeAddresses | None = None):

@@ -174,7 +174,7 @@ def print_summary(summary: dict, site: Site, say=print) -> None:
 
 
 def run(say=print) -> int:
-    from hush.daemon import auditview
+    from hush.daemon.audit import queries as auditview
 
     root = Path(tempfile.mkdtemp(prefix="hush-demo-"))
     ports = rewrite_ports(paths.shipped_policies(), root / "policies")

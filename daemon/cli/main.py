@@ -189,7 +189,7 @@ def _dispatch(args) -> int:
     if args.command == "doctor":
         return cmd_doctor(args)
     if args.command == "demo":
-        from hush.daemon import demo
+        from hush.daemon.cli import demo
 
         return demo.run()
     if args.command == "install-unit":
@@ -279,7 +279,7 @@ def cmd_status(args, config: Config) -> int:
 
 
 def cmd_launch(args, config: Config) -> int:
-    from hush.daemon import launch
+    from hush.daemon.launch import namespace as launch
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
@@ -395,7 +395,7 @@ def _line(r: dict) -> str:
 
 
 def cmd_audit_tail(args, config: Config) -> int:
-    from hush.daemon import auditview
+    from hush.daemon.audit import queries as auditview
 
     conn = auditview.open_db(_state(args, config))
     fmt = _fmt(args)
@@ -415,7 +415,7 @@ def cmd_audit_tail(args, config: Config) -> int:
 
 
 def cmd_audit_summary(args, config: Config) -> int:
-    from hush.daemon import auditview
+    from hush.daemon.audit import queries as auditview
 
     try:
         since = auditview.parse_since(args.since) if args.since else None
@@ -440,7 +440,7 @@ def cmd_audit_summary(args, config: Config) -> int:
 
 
 def cmd_audit_show(args, config: Config) -> int:
-    from hush.daemon import auditview
+    from hush.daemon.audit import queries as auditview
 
     record = auditview.show(auditview.open_db(_state(args, config)), args.id)
     if record is None:
@@ -456,7 +456,7 @@ def cmd_audit_show(args, config: Config) -> int:
 
 
 def _since(args) -> float | None:
-    from hush.daemon import auditview
+    from hush.daemon.audit import queries as auditview
 
     try:
         return auditview.parse_since(args.since) if getattr(args, "since", None) else None
@@ -467,8 +467,8 @@ def _since(args) -> float | None:
 def cmd_audit_export(args, config: Config) -> int:
     import csv
 
-    from hush.daemon import auditview
-    from hush.daemon.audit import COLUMNS
+    from hush.daemon.audit import queries as auditview
+    from hush.daemon.audit.store import COLUMNS
 
     conn = auditview.open_db(_state(args, config))
     since = _since(args) or 0
@@ -485,8 +485,8 @@ def cmd_audit_export(args, config: Config) -> int:
 
 
 def cmd_audit_purge(args, config: Config) -> int:
-    from hush.daemon import auditview
-    from hush.daemon.audit import connect
+    from hush.daemon.audit import queries as auditview
+    from hush.daemon.audit.store import connect
 
     path = _state(args, config) / "audit.db"
     if not path.exists():
@@ -502,7 +502,8 @@ def cmd_audit_purge(args, config: Config) -> int:
 
 
 def cmd_audit_report(args, config: Config) -> int:
-    from hush.daemon import auditview, report
+    from hush.daemon.audit import queries as auditview
+    from hush.daemon.audit import report
 
     page = report.render(auditview.open_db(_state(args, config)), _since(args))
     Path(args.html).write_text(page, encoding="utf-8")
@@ -514,7 +515,8 @@ def cmd_audit_report(args, config: Config) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from hush.daemon import control, doctor
+    from hush.daemon import control
+    from hush.daemon.cli import doctor
 
     config_for_state = load_config(paths.config_file(args.config)) if args.config or paths.config_file(None) else Config()
     try:

@@ -1,7 +1,7 @@
 """``hush audit summary``: a leak counts as prevented only where the decision kept it from the site."""
 
-from hush.daemon.audit import AuditWriter, connect
-from hush.daemon.auditview import summary
+from hush.daemon.audit.store import AuditWriter, connect
+from hush.daemon.audit.queries import summary
 
 CARRIED = {"user_agent": "WhatsApp/2", "cookies": 2, "referer": "https://a.org/", "accept_language": "de",
            "range": None, "authorization": False}
@@ -68,9 +68,9 @@ def test_allow_that_reached_the_site(tmp_path):
 def test_an_older_database_is_migrated_before_it_is_read(tmp_path):
     import sqlite3
 
-    from hush.daemon.auditview import open_db
+    from hush.daemon.audit.queries import open_db
 
-    from .test_audit import OLD_SCHEMA
+    from .test_store import OLD_SCHEMA
 
     old = sqlite3.connect(tmp_path / "audit.db")
     old.executescript(OLD_SCHEMA)

@@ -2,7 +2,7 @@ import json
 import os
 import socket
 
-from hush.daemon.cli import main
+from hush.daemon.cli.main import main
 from hush.daemon.run import ExitStatus
 
 
@@ -69,7 +69,7 @@ def test_install_unit(tmp_path, capsys):
 
 
 def test_launch_checks_tools_and_namespaces(monkeypatch, tmp_path):
-    from hush.daemon import doctor
+    from hush.daemon.cli import doctor
 
     ok = doctor.check_launch(tool=lambda name: f"/usr/sbin/{name}", try_namespaces=lambda: None)
     assert [f.level for f in ok][0] == "ok" and len(ok) == 2

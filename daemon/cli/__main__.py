@@ -1,0 +1,5 @@
+import sys
+
+from hush.daemon.cli.main import main
+
+sys.exit(main())
