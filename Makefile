@@ -1,5 +1,6 @@
 # make run   – set up .venv and run hush in the foreground with the shipped policies
 # make test  – set up .venv and run the whole test suite
+# make lint  – ruff and mypy (what CI runs before the tests)
 # make setup – only build .venv
 
 VENV    := .venv
@@ -19,7 +20,7 @@ done; exit 1
 endef
 export FIND_PYTHON
 
-.PHONY: setup run test clean
+.PHONY: setup run test lint clean
 
 setup: $(STAMP)
 
@@ -32,7 +33,7 @@ $(STAMP): pyproject.toml
 	if [ -x $(BIN)/python ] && ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then rm -rf $(VENV); fi; \
 	[ -x $(BIN)/python ] || $$py -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	@touch $(STAMP)
 
 run: setup
@@ -41,5 +42,13 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# mypy checks the installed names (hush.daemon, hush.addons): .lint/hush is a
+# tree of symlinks to the design card's folders
+lint: setup
+	$(BIN)/ruff check .
+	@mkdir -p .lint/hush && touch .lint/hush/__init__.py && \
+	  for d in daemon addons; do ln -sfn ../../$$d .lint/hush/$$d; done
+	cd .lint && ../$(BIN)/mypy --config-file ../pyproject.toml -p hush.daemon -p hush.addons
+
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info .lint
