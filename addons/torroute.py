@@ -168,6 +168,11 @@ class TorRoute:
         if server.address is None or (normalize(server.address[0]), server.address[1]) != (host, port):
             return
         del self._tunnels[client.id]
+        if isinstance(getattr(nextlayer.layer, "inner", nextlayer.layer), layers.HttpLayer):
+            # Plain HTTP in the tunnel: mitmproxy reads it, so each request is decided on its
+            # own (its Host header too) and a request decided `tor` is routed here (`via`).
+            # Relayed raw, a Host naming a blocked site would have reached it through the exit.
+            return
         # CONNECT host:port to tor, then relay the app's bytes untouched.
         server.via = ServerSpec(("http", route.address))
         stack = HttpUpstreamProxy.make(nextlayer.context, True)

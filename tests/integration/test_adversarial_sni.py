@@ -252,3 +252,28 @@ def test_a_tor_routed_tunnel_whose_clienthello_does_not_parse_is_closed(hush, to
     h.stop()
     [row] = h.audit()
     assert row["ip_exposed"] == 0 and "ClientHello cannot be read" in row["error"]
+
+
+def test_plain_http_in_a_tor_routed_tunnel_is_decided_per_request(hush, torlab, origin):
+    # no ClientHello to read: the requests are, each one with its Host header
+    port = free_port()
+    h = hush({"t": policy(port, TOR_RULES, default="block")}, config=tor_config(torlab))
+    wait_tor_ready(h)
+    answers = []
+    for host in ("blocked.hushtest", NAME):
+        s = connect(port, f"{NAME}:{origin.port}")
+        s.sendall(f"GET /plain HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        got = b""
+        try:
+            while data := s.recv(65536):
+                got += data
+        except OSError:
+            pass
+        s.close()
+        answers.append(got.split(b"\r\n", 1)[0])
+    assert answers == [b"HTTP/1.1 403 Forbidden", b"HTTP/1.1 200 OK"]
+    assert [r.headers["host"] for r in origin.requests] == [NAME] and origin.owners == [torlab.exit_pid]
+    h.stop()
+    rows = [r for r in h.audit() if r["method"] == "GET"]
+    assert sorted((r["host"], r["decision"], r["ip_exposed"]) for r in rows) == [
+        ("blocked.hushtest", "block", 0), (NAME, "tor", 0)]
