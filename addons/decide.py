@@ -215,11 +215,12 @@ class Decide:
         the policy treats more strictly (or only per request), the connection
         set up for the target is refused: nothing is sent, not even the
         ClientHello."""
-        if name == tunnel.host or tunnel.error or tunnel.outcome or tunnel.decision.action.egress == "none":
+        decided = tunnel.decision
+        if decided is None or name == tunnel.host or tunnel.error or tunnel.outcome or decided.action.egress == "none":
             return
         by_name = connect_decision(tunnel.policyset, tunnel.app, name, tunnel.port)
-        if by_name is not None and (stricter(tunnel.decision, by_name) is tunnel.decision
-                                    or by_name.action.egress == tunnel.decision.action.egress):
+        if by_name is not None and (stricter(decided, by_name) is decided
+                                    or by_name.action.egress == decided.action.egress):
             return
         act = ctx.master.addons.get("act")
         if act is not None:
@@ -290,9 +291,11 @@ class Decide:
             tunnel = self._flowless_tunnel(flow.client_conn, flow.server_conn, None)
         if tunnel.decision is None:
             self._not_readable(tunnel, "rules need HTTP but the connection is not HTTP")
+        decision = tunnel.decision
+        assert decision is not None  # _not_readable decided it
         flow.metadata["hush.tunnel"] = tunnel
-        flow.metadata["hush.decision"] = tunnel.decision
-        if tunnel.decision.action.egress == "none":
+        flow.metadata["hush.decision"] = decision
+        if decision.action.egress == "none":
             self._revoke(tunnel.client_id)
             flow.kill()
 

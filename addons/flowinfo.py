@@ -8,7 +8,7 @@ identifies the user.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from mitmproxy import http
 

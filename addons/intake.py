@@ -32,7 +32,8 @@ import logging
 import re
 import time
 
-from mitmproxy import connection, ctx, flow as mflow, http
+from mitmproxy import connection, ctx, http
+from mitmproxy import flow as mflow
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers import HttpLayer
 from mitmproxy.proxy.layers.http._http1 import Http1Server
@@ -71,7 +72,7 @@ class HeadBound:
     are counted — incrementally, each byte once — and a head over a bound is
     refused before the layer sees it."""
 
-    def __init__(self, inner: HttpLayer, intake: "Intake"):
+    def __init__(self, inner: HttpLayer, intake: Intake):
         self.inner = inner
         self.intake = intake
         self.refused = False
@@ -94,16 +95,18 @@ class HeadBound:
     def handle_event(self, event: events.Event):
         if self.refused:
             return
-        client = self.inner.context.client
         server = None
-        if isinstance(event, events.DataReceived) and event.connection is client:
+        data = b""
+        if isinstance(event, events.DataReceived) and event.connection is self.inner.context.client:
             server = self._reading_head()
+            data = event.data
+        end = None
+        lines = 0
         if server is not None:
             buffered = len(server.buf)
             if buffered != self._buffered:  # a new head (or the layer consumed bytes): count it afresh
                 head = bytes(server.buf)
                 self._lines, self._tail = head.count(b"\n"), head[-2:]
-            data = event.data
             end = _BLANK_LINE.search(self._tail + data)
             part = data if end is None else data[: max(end.end() - len(self._tail), 0)]
             lines = self._lines + part.count(b"\n")
@@ -117,11 +120,10 @@ class HeadBound:
                 return
         yield from self.inner.handle_event(event)
         server = self._reading_head() if server is not None else None
-        if server is not None:
+        if server is not None and end is None:  # still the same head: count on from here
             self._buffered = len(server.buf)
-            head = event.data if end is None else b""
-            self._lines = lines if end is None else 0
-            self._tail = (self._tail + head)[-2:]
+            self._lines = lines
+            self._tail = (self._tail + data)[-2:]
         else:
             self._buffered = -1
 
@@ -129,7 +131,7 @@ class HeadBound:
 class Watch:
     """Stands in for a client connection's top layer."""
 
-    def __init__(self, inner, handler, intake: "Intake"):
+    def __init__(self, inner, handler, intake: Intake):
         self.inner = inner
         self.handler = handler
         self.intake = intake

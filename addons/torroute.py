@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from mitmproxy import connection, ctx, http
 from mitmproxy.net.server_spec import ServerSpec
@@ -32,6 +32,9 @@ from mitmproxy.proxy import layers
 from mitmproxy.proxy.layers.http._upstream_proxy import HttpUpstreamProxy
 
 from hush.daemon.policy.hosts import normalize, site_of
+
+if TYPE_CHECKING:
+    from hush.addons.tunnel import Tunnel
 
 log = logging.getLogger("hush.tor")
 
@@ -69,14 +72,14 @@ class TorRoute:
     def __init__(self, manager=None):
         self.manager = manager  # hush.daemon.tor.TorManager, set by the daemon
         self._pending: dict[str, dict[tuple[str, int], Route]] = {}  # client id → target → route
-        self._tunnels: dict[str, tuple[str, int, Route, object]] = {}
+        self._tunnels: dict[str, tuple[str, int, Route, Tunnel]] = {}
         self._by_port: dict[int, Route] = {}
         self._ports: dict[str, list[int]] = {}
         self._refused: set[str] = set()  # SOCKS5 tunnels tor could not carry: close them
 
     def load(self, loader):
         loader.add_option(
-            "hush_tor_tunnel", Optional[str], None,
+            "hush_tor_tunnel", Optional[str], None,  # noqa: UP045 (mitmproxy reads typing.Optional)
             "HOST:PORT of a running tor's HTTPTunnelPort, for the tor action under mitmdump -s "
             "(the hush daemon runs its own tor).",
         )

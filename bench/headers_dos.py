@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import free_port, pct, rss_mb, start_hush, start_origin, wait_port  # noqa: E402
+from common import free_port, pct, rss_mb, start_hush, start_origin, wait_port
 
 
 def hwm_mb(pid: int) -> float:

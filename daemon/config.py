@@ -56,7 +56,7 @@ class Config:
     user_agent: str = GENERIC_USER_AGENT
     upstream_ca: Path | None = None
     log_level: str = "info"
-    tor: TorConfig = TorConfig()
+    tor: TorConfig = dataclasses.field(default_factory=TorConfig)
     listen_host: str = "127.0.0.1"
     allow_non_loopback: bool = False
     max_held_per_app: int = 500
@@ -77,7 +77,7 @@ def load_config(path: Path | None) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise LoadError([LocatedError(Location(str(path), 1, 1), f"cannot read: {e}")])
+        raise LoadError([LocatedError(Location(str(path), 1, 1), f"cannot read: {e}")]) from e
     return parse_config(str(path), text)
 
 

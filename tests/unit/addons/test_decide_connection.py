@@ -1,6 +1,7 @@
 """decide, connection level: tunnels that stop being HTTP, the SNI of inspected and Tor-routed
 tunnels, the SNI hush sends (issue 11, classes 5–7)."""
 
+import contextlib
 import ssl
 
 from mitmproxy import connection
@@ -45,10 +46,8 @@ def client_hello(name: str | None) -> bytes:
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
-    try:
+    with contextlib.suppress(ssl.SSLWantReadError):
         obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
     return outgoing.read()
 
 

@@ -26,7 +26,8 @@ def test_full_config_resolves_relative_paths():
      "c.yaml:1:20: audit redaction: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
     ("audit: {keep: 3}\n", "c.yaml:1:9: unknown key 'keep' (expected one of: keep_days, redaction)"),
     ("listen: 1\n",
-     "c.yaml:1:1: unknown key 'listen' (expected one of: allow_non_loopback_listeners, audit, limits, listen_host, log_level, policies, state_dir, strip, timing, tor, upstream_ca)"),
+     "c.yaml:1:1: unknown key 'listen' (expected one of: allow_non_loopback_listeners, audit, limits, listen_host, "
+     "log_level, policies, state_dir, strip, timing, tor, upstream_ca)"),
     ("limits: {max_headers: 0}\n", "c.yaml:1:23: limits max_headers must be between 1 and 10000, not 0"),
     ("limits: {max_headers: many}\n", "c.yaml:1:23: limits max_headers must be a whole number, not 'many'"),
     ("limits: {max_header_bytes: 100}\n",
