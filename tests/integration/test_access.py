@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from .conftest import curl, free_port
+from .harness import curl, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ stricter decision applying, and a blocked one is audited under its own name.
 
 import pytest
 
-from .conftest import free_port
+from .harness import free_port
 from .hostile import CountingOrigin, connect, policy, read_response, socks5, status
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ and a SOCKS5 connection given an address or a domain.  The origins listen on
 import pytest
 
 from .hostile import CountingOrigin, connect, exchange, policy, socks5_http, status
-from .conftest import free_port
+from .harness import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ import sys
 
 import pytest
 
-from .conftest import NAME, curl, free_port, tor_config, wait_tor_ready
+from .harness import NAME, curl, free_port, tor_config, wait_tor_ready
 from .hostile import read_head, socks5, wait_for
 from .wire import EchoOrigin, KeepAliveOrigin, live_rows, recv_exactly, tunnel_rows
 

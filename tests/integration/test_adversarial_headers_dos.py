@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from .conftest import curl, free_port
+from .harness import curl, free_port
 from .rawserver import RawOrigin
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import pytest
 
 from hush.daemon.cli.main import main
 
-from .conftest import free_port
+from .harness import free_port
 from .hostile import CountingOrigin, connect, exchange, policy, read_head, socks5_http, status
 
 pytestmark = pytest.mark.integration

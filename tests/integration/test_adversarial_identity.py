@@ -21,7 +21,7 @@ import textwrap
 
 import pytest
 
-from .conftest import free_port
+from .harness import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ other header as the app sent it.
 
 import pytest
 
-from .conftest import NAME, curl, free_port, tor_config, wait_tor_ready
+from .harness import NAME, curl, free_port, tor_config, wait_tor_ready
 from .hostile import CountingOrigin, exchange, policy, socks5_http, status
 
 pytestmark = pytest.mark.integration

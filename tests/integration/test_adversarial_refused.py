@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from .conftest import curl, free_port
+from .harness import curl, free_port
 
 pytestmark = pytest.mark.integration
 

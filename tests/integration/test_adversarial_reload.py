@@ -22,7 +22,7 @@ import threading
 
 import pytest
 
-from .conftest import free_port
+from .harness import free_port
 from .hostile import read_head, socks5, wait_for
 from .wire import EchoOrigin, recv_exactly, tunnel_rows
 

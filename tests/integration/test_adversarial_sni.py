@@ -15,7 +15,7 @@ import ssl
 
 import pytest
 
-from .conftest import NAME, ORIGIN_NAMES, Origin, free_port, tor_config, wait_tor_ready
+from .harness import NAME, ORIGIN_NAMES, Origin, free_port, tor_config, wait_tor_ready
 
 pytestmark = pytest.mark.integration
 

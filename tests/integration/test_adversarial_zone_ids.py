@@ -9,7 +9,7 @@ zone): answered 400, nothing sent, audited ``block`` with a ``refused:`` note.
 
 import pytest
 
-from .conftest import free_port
+from .harness import free_port
 from .hostile import CountingOrigin, connect, exchange, policy, socks5_http, status, wait_for
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from .conftest import curl, free_port
+from .harness import curl, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .conftest import free_port
+from .harness import free_port
 from .test_report import chromium
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 
 from hush.daemon.cli.main import main
 
-from .conftest import curl, free_port
+from .harness import curl, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from .conftest import curl, free_port
+from .harness import curl, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import curl, free_port
+from .harness import curl, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from .conftest import curl, free_port, payload
+from .harness import curl, free_port, payload
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import pytest
 from hush.daemon.cli.main import main
 from hush.daemon.run import ExitStatus
 
-from .conftest import curl, free_port
+from .harness import curl, free_port
 
 pytestmark = pytest.mark.integration
 

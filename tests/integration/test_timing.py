@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from .conftest import curl, free_port, payload
+from .harness import curl, free_port, payload
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .conftest import NAME, curl, free_port, tor_config, wait_tor_ready
+from .harness import NAME, curl, free_port, tor_config, wait_tor_ready
 from .procnet import children
 
 pytestmark = pytest.mark.integration

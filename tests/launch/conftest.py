@@ -3,7 +3,6 @@ and sinks in it, hush in it as nobody, and the private Tor network inside it."""
 
 from __future__ import annotations
 
-import json
 import ssl
 
 import pytest
@@ -89,8 +88,3 @@ def world_torlab(world, world_exit_dns, tmp_path_factory):
     world.in_net(lab.start)  # its tors are forked from a thread in the world's network namespace
     yield lab
     lab.stop()
-
-
-def tor_config(lab) -> str:
-    lines = "\n".join(f"    - {json.dumps(line)}" for line in lab.client_torrc())
-    return f"log_level: info\ntor:\n  torrc:\n{lines}\n"

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from .conftest import tor_config
+from .world import tor_config
 from .world import (ALLOWED_IP, ALLOWED_IP6, BLOCKED_IP, CURL_ARGS, NOBODY, PUBLIC_DNS, PYTHON, QUIC_IP, TOR_NAME,
                     UNISSUED_FAKE_IP,
                     is_static, until)

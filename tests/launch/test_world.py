@@ -4,7 +4,7 @@ flows reach the origins (direct from hush, or from the private network's exit)."
 
 import pytest
 
-from .conftest import tor_config
+from .world import tor_config
 from .world import ALLOWED_IP, ALLOWED_IP6, BLOCKED_IP, CURL_ARGS, NOBODY, TOR_NAME, PYTHON
 
 pytestmark = pytest.mark.integration

@@ -624,3 +624,9 @@ class WorldHush:
         """Poll the audit until some row satisfies ``predicate``; all rows then."""
         return until(lambda: (lambda rows: rows if any(predicate(r) for r in rows) else None)(self.audit()),
                      timeout, what)
+
+
+def tor_config(lab) -> str:
+    """The config for a hush whose tor joins the world's private Tor network."""
+    lines = "\n".join(f"    - {json.dumps(line)}" for line in lab.client_torrc())
+    return f"log_level: info\ntor:\n  torrc:\n{lines}\n"

@@ -14,7 +14,7 @@ import pytest
 
 from hush.daemon import paths
 from hush.daemon.cli.demo import rewrite_ports
-from tests.integration.conftest import NAME, curl, tor_config, wait_tor_ready
+from tests.integration.harness import NAME, curl, tor_config, wait_tor_ready
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,6 @@
-"""Real processes on loopback: an origin that counts what reaches it, the
-daemon as a subprocess, and curl.
+"""What the tests that run real processes share (their fixtures are in tests/conftest.py):
+an origin that counts what reaches it, the daemon as a subprocess, curl, and
+waiting for what a test waits for.
 
 The origin records every TCP accept (before any TLS or HTTP is read) with the
 peer address, and every request with its headers, so tests assert on what
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -20,20 +22,14 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-
-import json
-
-import pytest
-import trustme
-
-from tests.torlab import TorLab
-from tests.torlab.dns import ExitDNS
+from typing import TypeVar
 
 from .procnet import owner_pid
 
-pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 NAME = "origin.hushtest"  # known only to the private Tor network's exit DNS server
 
@@ -126,43 +122,6 @@ class Origin:
         self.server.server_close()
 
 
-@pytest.fixture(scope="session")
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture(scope="session")
-def ca_file(ca, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("origin-ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
-@pytest.fixture
-def origin():
-    o = Origin("127.0.0.1")
-    yield o
-    o.close()
-
-
-@pytest.fixture
-def origin2():
-    """A second origin, on another loopback address."""
-    o = Origin("127.0.0.3")
-    yield o
-    o.close()
-
-
-@pytest.fixture
-def tls_origin(ca):
-    cert = ca.issue_cert(*ORIGIN_NAMES)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(ctx)
-    o = Origin("127.0.0.1", ctx)
-    yield o
-    o.close()
-
-
 class Hush:
     """``hush run`` as a subprocess, with its own state dir and policies."""
 
@@ -213,6 +172,16 @@ class Hush:
     def ca_cert(self) -> Path:
         return self.state / "ca" / "mitmproxy-ca-cert.pem"
 
+    def status(self) -> dict:
+        """What ``hush status --json`` says about this daemon (its control socket)."""
+        out = subprocess.run([sys.executable, "-m", "hush.daemon.cli", "status", "--state-dir", str(self.state),
+                              "--json"], capture_output=True, timeout=30)
+        return json.loads(out.stdout)
+
+    def held(self) -> int:
+        """How many flows ``hush status`` says are held (delay, debounce) now."""
+        return self.status()["held"]
+
     def audit(self) -> list[dict]:
         """Every audit row (call after stop(): SIGTERM writes everything)."""
         import sqlite3
@@ -222,25 +191,6 @@ class Hush:
         rows = [dict(r) for r in conn.execute("SELECT * FROM records ORDER BY id")]
         conn.close()
         return rows
-
-
-@pytest.fixture
-def hush(tmp_path):
-    started: list[Hush] = []
-
-    def start(policies: dict[str, str], config: str | None = None, args=(), ready=True, env=None,
-              state: Path | None = None) -> Hush:
-        d = tmp_path / f"hush{len(started)}"
-        d.mkdir()
-        h = Hush(d, policies, config, args, env, state)
-        started.append(h)
-        return h.wait_ready() if ready else h
-
-    yield start
-    for h in started:
-        if h.proc.poll() is None:
-            h.proc.kill()
-            h.wait_exit()
 
 
 CURL = shutil.which("curl")
@@ -253,22 +203,20 @@ def curl(*args, timeout=20, binary=None) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=timeout, env={"PATH": os.environ.get("PATH", "")})
 
 
-# -- the private Tor network (tests/torlab), once per test session ---------------------
+def wait_for(what: Callable[[], T], timeout: float = 30, interval: float = 0.05, message: str = "") -> T:
+    """Poll ``what()`` until it returns something true, and return that; fail
+    after ``timeout`` seconds (generous: it bounds a hang, it does not time anything)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = what()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout}s waiting for {message or what}: last {got!r}")
+        time.sleep(interval)
 
-@pytest.fixture(scope="session")
-def exit_dns():
-    dns = ExitDNS({NAME: "127.0.0.1", "other.hushtest": "127.0.0.1"})
-    yield dns
-    dns.close()
 
-
-@pytest.fixture(scope="session")
-def torlab(tmp_path_factory, exit_dns):
-    lab = TorLab(tmp_path_factory.mktemp("torlab"), exit_dns.port)
-    lab.start()
-    yield lab
-    lab.stop()
-
+# -- the private Tor network (tests/torlab) ---------------------------------------------
 
 def tor_config(lab, extra=""):
     lines = "\n".join(f"    - {json.dumps(line)}" for line in lab.client_torrc())
