@@ -25,7 +25,7 @@ class Glob:
     casefold: bool = False
 
     @classmethod
-    def parse(cls, pattern: str, *, casefold: bool = False) -> "Glob":
+    def parse(cls, pattern: str, *, casefold: bool = False) -> Glob:
         """:raises ValueError: with the reason, for patterns hush does not accept."""
         if not pattern:
             raise ValueError("empty pattern")

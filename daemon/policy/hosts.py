@@ -14,7 +14,7 @@ import ipaddress
 import re
 import socket
 from collections import defaultdict
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import tldextract
 
@@ -37,13 +37,17 @@ def normalize(host: str) -> str:
         host = host[1:-1]
     host = host.rstrip(".")
     if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            pass  # no ASCII form: no rule can name it, the default decides
-    if host and (":" in host or host[0].isdigit() and _NUMERIC.issuperset(host)):
+        host = _ascii_form(host)
+    if host and (":" in host or (host[0].isdigit() and _NUMERIC.issuperset(host))):
         return canonical_address(host)
     return host
+
+
+def _ascii_form(host: str) -> str:
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host  # no ASCII form: no rule can name it, the default decides
 
 
 # What Linux connects to when asked for the unspecified address (no source
@@ -134,7 +138,7 @@ def parse_authority(text: str) -> tuple[str, int | None]:
     if authority.startswith("["):
         end = authority.find("]")
         host, rest = authority[1:end], authority[end + 1:]
-        if end < 0 or rest and not rest.startswith(":"):
+        if end < 0 or (rest and not rest.startswith(":")):
             raise ValueError("its IPv6 literal is malformed")
         if "%" in host:
             raise ValueError("it carries an IPv6 zone id")
@@ -217,7 +221,7 @@ def parents(host: str) -> Iterable[str]:
 
 def check_name(name: str) -> str | None:
     """Why ``name`` is not a valid host name or IP, or None."""
-    if len(name) <= 253 and _NAME.match(name) or is_ip(name):
+    if (len(name) <= 253 and _NAME.match(name)) or is_ip(name):
         return None
     if not name.isascii():
         return (f"{name!r}: write an internationalised name in its xn-- form, as apps send it "

@@ -16,30 +16,33 @@ import hashlib
 import ipaddress
 import re
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import cast
 
 import yaml
 
 from hush.addons.actions import REGISTRY, Action, ParseContext
 from hush.daemon.policy.glob import Glob
 from hush.daemon.policy.hosts import HostIndex, check_name, is_ip, parse_host_pattern, parse_network, site_of
-from hush.daemon.policy.model import Example, Listener, Match, Policy, PolicySet, RequestInfo, Rule
+from hush.daemon.policy.model import Example, Listener, ListenMode, Match, Policy, PolicySet, RequestInfo, Rule
 from hush.daemon.yamlschema import INT, Field, LoadError, LocatedError, Location, Reader
 
 POLICY_KEYS = {"app", "description", "listen", "identify", "default", "rules", "examples"}
 RULE_KEYS = {"name", "match", "action", "max_bytes"}
 _SIZE = re.compile(r"^(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?$")
 _UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3}
-MATCH_KEYS = {"host", "hosts_from", "site", "net", "port", "path", "method", "scheme", "header", "kind"}
 MAX_LIST_ERRORS = 20
 LISTEN_KEYS = {"port", "host", "mode"}
+LISTEN_MODES: tuple[ListenMode, ...] = ("http", "socks5")
 EXAMPLE_KEYS = {"url", "method", "headers", "kind", "expect"}
 KINDS = {"preview", "media", "other"}
 SCHEMES = {"http", "https"}
 _APP = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _METHOD = re.compile(r"^[A-Z]{1,20}$")
 _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_DEFAULTS = ParseContext()  # no config: the defaults of every setting policies read
 
 
 def policy_files(paths: Iterable[Path | str]) -> list[Path]:
@@ -53,7 +56,7 @@ def policy_files(paths: Iterable[Path | str]) -> list[Path]:
     return out
 
 
-def load(paths: Iterable[Path | str], ctx: ParseContext = ParseContext()) -> PolicySet:
+def load(paths: Iterable[Path | str], ctx: ParseContext = _DEFAULTS) -> PolicySet:
     """:raises LoadError: with every error in every file."""
     paths = list(paths)
     files = policy_files(paths)
@@ -77,7 +80,7 @@ def _read(path: str) -> str:
 
 def build(
     sources: Iterable[tuple[str, str]],
-    ctx: ParseContext = ParseContext(),
+    ctx: ParseContext = _DEFAULTS,
     read: Callable[[str], str] = _read,
 ) -> PolicySet:
     """:raises LoadError: with every error found.
@@ -175,7 +178,7 @@ def _policy(reader: Reader, text: str, ctx: ParseContext) -> Policy | None:
                 examples.append(example)
     if reader.errors or app is None or default is None:
         return None
-    listeners = [dataclasses.replace(l, app=app) for l in listeners]
+    listeners = [dataclasses.replace(listener, app=app) for listener in listeners]
     processes = _identify(reader, fields["identify"].value) if "identify" in fields else frozenset()
     if reader.errors:
         return None
@@ -236,7 +239,8 @@ def _listeners(reader: Reader, node: yaml.Node, ctx: ParseContext) -> list[Liste
 
 
 def _listener(reader: Reader, node: yaml.Node, default_host: str, allow_non_loopback: bool = False) -> Listener | None:
-    host, mode, port = default_host, "http", None
+    host, mode = default_host, "http"
+    port: int | None = None
     if isinstance(node, yaml.ScalarNode) and node.tag == INT:
         port = reader.integer(node, "listen port", 1, 65535)
     elif isinstance(node, yaml.ScalarNode):
@@ -255,18 +259,17 @@ def _listener(reader: Reader, node: yaml.Node, default_host: str, allow_non_loop
         fields = reader.mapping(node, allowed=LISTEN_KEYS, required={"port"}, what="listen")
         if "port" in fields:
             port = reader.integer(fields["port"].value, "listen port", 1, 65535)
-        if "mode" in fields:
-            mode = reader.choice(fields["mode"].value, "listen mode", {"http", "socks5"})
-        if "host" in fields:
-            host = reader.string(fields["host"].value, "listen host")
-        if port is None or mode is None or host is None:
+        given_mode = reader.choice(fields["mode"].value, "listen mode", LISTEN_MODES) if "mode" in fields else mode
+        given_host = reader.string(fields["host"].value, "listen host") if "host" in fields else host
+        if port is None or given_mode is None or given_host is None:
             return None
+        host, mode = given_host, given_mode
     address = listen_address(reader, node, host, "listen host", allow_non_loopback)
     if address is None:
         return None
     if port is None:
         return None
-    return Listener("", address, port, mode, reader.loc(node))
+    return Listener("", address, port, cast(ListenMode, mode), reader.loc(node))  # one of LISTEN_MODES
 
 
 def listen_address(reader: Reader, node: yaml.Node, text: str, what: str, allow_non_loopback: bool = False):
@@ -366,119 +369,186 @@ def _size(reader: Reader, node: yaml.Node) -> int | None:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
+# -- match: a table from each key to the parser of its value -------------------------
+
+
+@dataclasses.dataclass
+class _MatchParts:
+    """What a rule's ``match:`` keys collect, key by key, until :meth:`freeze` makes the Match."""
+
+    hosts: set[str] = dataclasses.field(default_factory=set)
+    suffixes: set[str] = dataclasses.field(default_factory=set)
+    sites: set[str] = dataclasses.field(default_factory=set)
+    nets: dict[Network, None] = dataclasses.field(default_factory=dict)  # in the order written, once each
+    ports: set[int] = dataclasses.field(default_factory=set)
+    paths: set[Glob] = dataclasses.field(default_factory=set)
+    methods: set[str] = dataclasses.field(default_factory=set)
+    schemes: set[str] = dataclasses.field(default_factory=set)
+    kinds: set[str] = dataclasses.field(default_factory=set)
+    headers: list[tuple[str, tuple[Glob, ...]]] = dataclasses.field(default_factory=list)
+
+    def freeze(self) -> Match:
+        return Match(
+            hosts=frozenset(self.hosts),
+            suffixes=frozenset(self.suffixes),
+            sites=frozenset(self.sites),
+            nets=tuple(self.nets),
+            ports=frozenset(self.ports),
+            paths=tuple(sorted(self.paths, key=lambda g: g.pattern)),
+            methods=frozenset(self.methods),
+            schemes=frozenset(self.schemes),
+            headers=tuple(self.headers),
+            kinds=frozenset(self.kinds),
+        )
+
+
+# Reads a node into the parts; what is wrong with it is an error at the node.
+_Parser = Callable[[Reader, yaml.Node, _MatchParts], None]
+
+
 def _match(reader: Reader, node: yaml.Node) -> Match | None:
     fields = reader.mapping(node, allowed=MATCH_KEYS, what="match")
     before = len(reader.errors)
-    hosts, suffixes, sites, ports = set(), set(), set(), set()
-    nets = []
-    paths, methods, schemes, kinds = set(), set(), set(), set()
-    headers = []
-    if "host" in fields:
-        for name, wildcard in _parsed(reader, fields["host"].value, "host", parse_host_pattern):
-            (suffixes if wildcard else hosts).add(name)
-    if "hosts_from" in fields:
-        for item in reader.items(fields["hosts_from"].value, "hosts_from"):
-            text = reader.string(item, "hosts_from")
-            if text is not None:
-                names = _host_list(reader, item, text)
-                hosts.update(names)  # a listed domain blocks itself and everything under it
-                suffixes.update(names)
-    if "site" in fields:
-        for item in reader.items(fields["site"].value, "site"):
-            text = reader.string(item, "site")
-            if text is None:
-                continue
-            text = text.lower().rstrip(".")
-            problem = check_name(text)
-            if problem:
-                reader.error(item, problem)
-            elif site_of(text) != text:
-                reader.error(item, f"{text!r} is not a registrable domain (did you mean {site_of(text)!r}?)")
-            else:
-                sites.add(text)
-    if "net" in fields:
-        for network in _parsed(reader, fields["net"].value, "net", parse_network):
-            if network not in nets:
-                nets.append(network)
-    if "port" in fields:
-        for item in reader.items(fields["port"].value, "port"):
-            port = reader.integer(item, "port", 1, 65535)
-            if port is not None:
-                ports.add(port)
-    if "path" in fields:
-        for item in reader.items(fields["path"].value, "path"):
-            text = reader.string(item, "path")
-            if text is None:
-                continue
-            if not text.startswith(("/", "*")):
-                reader.error(item, f"path {text!r} must start with '/' or '*'")
-                continue
-            try:
-                paths.add(Glob.parse(text))
-            except ValueError as e:
-                reader.error(item, f"bad path glob: {e}")
-    if "method" in fields:
-        for item in reader.items(fields["method"].value, "method"):
-            text = reader.string(item, "method")
-            if text is not None and not _METHOD.match(text):
-                reader.error(item, f"method {text!r} must be an upper-case HTTP method such as GET")
-            elif text is not None:
-                methods.add(text)
-    if "scheme" in fields:
-        for item in reader.items(fields["scheme"].value, "scheme"):
-            text = reader.choice(item, "scheme", SCHEMES)
-            if text is not None:
-                schemes.add(text)
-    if "kind" in fields:
-        for item in reader.items(fields["kind"].value, "kind"):
-            text = reader.choice(item, "kind", KINDS)
-            if text is not None:
-                kinds.add(text)
-    if "header" in fields:
-        header_fields = reader.mapping(fields["header"].value, allowed=None, what="header")
-        for hname, field in header_fields.items():
-            if not _HEADER.match(hname.lower()):
-                reader.error(field.key, f"{hname!r} is not a valid header name")
-                continue
-            globs = []
-            for item in reader.items(field.value, f"header {hname}"):
-                text = reader.string(item, f"header {hname}")
-                if text is None:
-                    continue
-                try:
-                    globs.append(Glob.parse(text, casefold=True))
-                except ValueError as e:
-                    reader.error(item, f"bad header glob: {e}")
-            headers.append((hname.lower(), tuple(globs)))
-        if len({h for h, _ in headers}) != len(headers):
-            reader.error(fields["header"].value, "a header is named twice (header names are case-insensitive)")
+    parts = _MatchParts()
+    for key, parse in _MATCH_PARSERS.items():
+        if key in fields:
+            parse(reader, fields[key].value, parts)
     if len(reader.errors) > before:
         return None
-    return Match(
-        hosts=frozenset(hosts),
-        suffixes=frozenset(suffixes),
-        sites=frozenset(sites),
-        nets=tuple(nets),
-        ports=frozenset(ports),
-        paths=tuple(sorted(paths, key=lambda g: g.pattern)),
-        methods=frozenset(methods),
-        schemes=frozenset(schemes),
-        headers=tuple(headers),
-        kinds=frozenset(kinds),
-    )
+    return parts.freeze()
 
 
-def _parsed(reader: Reader, node: yaml.Node, what: str, parse):
-    """Each string item of ``node`` (one or a list) through ``parse``; its
-    ValueError becomes an error at that item."""
-    for item in reader.items(node, what):
-        text = reader.string(item, what)
-        if text is None:
+def _each(key: str, parse_item: _Parser) -> _Parser:
+    """The parser of a key whose value is one item or a list of them, from the parser of one item."""
+
+    def parse(reader: Reader, node: yaml.Node, parts: _MatchParts) -> None:
+        for item in reader.items(node, key):
+            parse_item(reader, item, parts)
+
+    return parse
+
+
+def _converted[T](reader: Reader, item: yaml.Node, what: str, convert: Callable[[str], T]) -> T | None:
+    """A string item through ``convert``; its ValueError becomes an error at the item."""
+    text = reader.string(item, what)
+    if text is None:
+        return None
+    try:
+        return convert(text)
+    except ValueError as e:
+        reader.error(item, str(e))
+        return None
+
+
+def _host(reader: Reader, item: yaml.Node, parts: _MatchParts) -> None:
+    pattern = _converted(reader, item, "host", parse_host_pattern)
+    if pattern is not None:
+        name, wildcard = pattern
+        (parts.suffixes if wildcard else parts.hosts).add(name)
+
+
+def _hosts_from(reader: Reader, item: yaml.Node, parts: _MatchParts) -> None:
+    text = reader.string(item, "hosts_from")
+    if text is not None:
+        names = _host_list(reader, item, text)
+        parts.hosts.update(names)  # a listed domain blocks itself and everything under it
+        parts.suffixes.update(names)
+
+
+def _site(reader: Reader, item: yaml.Node, parts: _MatchParts) -> None:
+    text = reader.string(item, "site")
+    if text is None:
+        return
+    text = text.lower().rstrip(".")
+    problem = check_name(text)
+    if problem:
+        reader.error(item, problem)
+    elif site_of(text) != text:
+        reader.error(item, f"{text!r} is not a registrable domain (did you mean {site_of(text)!r}?)")
+    else:
+        parts.sites.add(text)
+
+
+def _net(reader: Reader, item: yaml.Node, parts: _MatchParts) -> None:
+    network = _converted(reader, item, "net", parse_network)
+    if network is not None:
+        parts.nets[network] = None
+
+
+def _port(reader: Reader, item: yaml.Node, parts: _MatchParts) -> None:
+    port = reader.integer(item, "port", 1, 65535)
+    if port is not None:
+        parts.ports.add(port)
+
+
+def _path(reader: Reader, item: yaml.Node, parts: _MatchParts) -> None:
+    text = reader.string(item, "path")
+    if text is None:
+        return
+    if not text.startswith(("/", "*")):
+        reader.error(item, f"path {text!r} must start with '/' or '*'")
+        return
+    try:
+        parts.paths.add(Glob.parse(text))
+    except ValueError as e:
+        reader.error(item, f"bad path glob: {e}")
+
+
+def _method(reader: Reader, item: yaml.Node, parts: _MatchParts) -> None:
+    text = reader.string(item, "method")
+    if text is not None and not _METHOD.match(text):
+        reader.error(item, f"method {text!r} must be an upper-case HTTP method such as GET")
+    elif text is not None:
+        parts.methods.add(text)
+
+
+def _scheme(reader: Reader, item: yaml.Node, parts: _MatchParts) -> None:
+    text = reader.choice(item, "scheme", SCHEMES)
+    if text is not None:
+        parts.schemes.add(text)
+
+
+def _kind(reader: Reader, item: yaml.Node, parts: _MatchParts) -> None:
+    text = reader.choice(item, "kind", KINDS)
+    if text is not None:
+        parts.kinds.add(text)
+
+
+def _headers(reader: Reader, node: yaml.Node, parts: _MatchParts) -> None:
+    """``header: {User-Agent: ["WhatsApp/*", "*Bot*"]}``: a mapping of header names to globs."""
+    for hname, field in reader.mapping(node, allowed=None, what="header").items():
+        if not _HEADER.match(hname.lower()):
+            reader.error(field.key, f"{hname!r} is not a valid header name")
             continue
-        try:
-            yield parse(text)
-        except ValueError as e:
-            reader.error(item, str(e))
+        globs = []
+        for item in reader.items(field.value, f"header {hname}"):
+            text = reader.string(item, f"header {hname}")
+            if text is None:
+                continue
+            try:
+                globs.append(Glob.parse(text, casefold=True))
+            except ValueError as e:
+                reader.error(item, f"bad header glob: {e}")
+        parts.headers.append((hname.lower(), tuple(globs)))
+    if len({h for h, _ in parts.headers}) != len(parts.headers):
+        reader.error(node, "a header is named twice (header names are case-insensitive)")
+
+
+# Each match key and the parser of its value: the item parsers above, through _each, or for
+# ``header`` (a mapping) the whole value's.
+_MATCH_PARSERS: dict[str, _Parser] = {
+    "host": _each("host", _host),
+    "hosts_from": _each("hosts_from", _hosts_from),
+    "site": _each("site", _site),
+    "net": _each("net", _net),
+    "port": _each("port", _port),
+    "path": _each("path", _path),
+    "method": _each("method", _method),
+    "scheme": _each("scheme", _scheme),
+    "kind": _each("kind", _kind),
+    "header": _headers,
+}
+MATCH_KEYS = frozenset(_MATCH_PARSERS)
 
 
 def _host_list(reader: Reader, node: yaml.Node, name: str) -> list[str]:
@@ -528,7 +598,7 @@ def _example(reader: Reader, node: yaml.Node) -> Example | None:
             value = reader.string(field.value, f"header {hname}")
             if value is not None:
                 headers[hname] = value
-    if len(reader.errors) > before or None in (url, method, kind, expect):
+    if len(reader.errors) > before or url is None or method is None or kind is None or expect is None:
         return None
     try:
         request = RequestInfo.from_url(url, method, headers, kind or "other")

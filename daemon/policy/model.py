@@ -14,7 +14,8 @@ import re
 import string
 import types
 import urllib.parse
-from typing import TYPE_CHECKING, Iterable, Literal, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Literal
 
 from hush.daemon.policy.glob import Glob
 from hush.daemon.policy.hosts import HostIndex, in_networks, normalize, parents, parse_authority, refusal, site_of
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from hush.addons.actions.base import Action
 
 Level = Literal["connect", "request"]
+ListenMode = Literal["http", "socks5"]
 DEFAULT_PORTS = {"http": 80, "https": 443}
 REFUSED = Location("<hush>", 0, 0)  # the source of decisions no rule made: what no policy may allow
 
@@ -98,7 +100,7 @@ class RequestInfo:
         method: str = "GET",
         headers: Mapping[str, str] | None = None,
         kind: str = "other",
-    ) -> "RequestInfo":
+    ) -> RequestInfo:
         """:raises ValueError: if ``url`` is not an absolute http(s) URL."""
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
@@ -136,9 +138,10 @@ class Match:
         return bool(self.paths or self.methods or self.schemes or self.headers or self.kinds)
 
     def host_ok(self, host: str, site: str, port: int) -> bool:
-        if self.hosts or self.suffixes:
-            if host not in self.hosts and not any(p in self.suffixes for p in parents(host)):
-                return False
+        if (self.hosts or self.suffixes) and not (
+            host in self.hosts or any(p in self.suffixes for p in parents(host))
+        ):
+            return False
         if self.sites and site not in self.sites:
             return False
         if self.nets and not in_networks(host, self.nets):
@@ -166,7 +169,7 @@ class Rule:
     index: int  # 1-based position in the policy's rules
     name: str | None
     match: Match
-    action: "Action"
+    action: Action
     location: Location
     max_bytes: int | None = None  # cut responses longer than this
 
@@ -185,7 +188,7 @@ class Listener:
     app: str
     host: str
     port: int
-    mode: Literal["http", "socks5"]
+    mode: ListenMode
     location: Location
 
     @property
@@ -211,7 +214,7 @@ class Example:
 @dataclasses.dataclass(frozen=True)
 class Decision:
     app: str
-    action: "Action"
+    action: Action
     rule: Rule | None  # None: the policy's default
     source: Location
     level: Level
@@ -249,7 +252,7 @@ class Policy:
     location: Location  # of the app name
     listeners: tuple[Listener, ...]
     rules: tuple[Rule, ...]
-    default: "Action"
+    default: Action
     default_location: Location
     examples: tuple[Example, ...]
     index: HostIndex = dataclasses.field(compare=False, repr=False)
@@ -267,6 +270,8 @@ class PolicySet:
     policies: Mapping[str, Policy]
     version: str
     loaded_at: float
+    # each mitmproxy mode spec's listeners, one per app sharing it; set by __post_init__
+    _by_spec: Mapping[str, tuple[Listener, ...]] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "policies", types.MappingProxyType(dict(self.policies)))
@@ -279,7 +284,7 @@ class PolicySet:
     @property
     def listeners(self) -> tuple[Listener, ...]:
         """Every (app, address) pair; a shared address appears once per app."""
-        return tuple(l for group in self._by_spec.values() for l in group)
+        return tuple(listener for group in self._by_spec.values() for listener in group)
 
     @property
     def specs(self) -> list[str]:

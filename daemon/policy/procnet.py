@@ -15,12 +15,12 @@ loop, once per connection.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import os
 import socket
 import struct
-
 
 DELETED = " (deleted)"  # what the kernel appends to /proc/PID/exe when the file was replaced or removed
 
@@ -91,7 +91,7 @@ def sock_diag(local: tuple, remote: tuple) -> tuple[int, int] | None:
         nl.settimeout(1.0)
         nl.sendto(header + req, (0, 0))
         data = nl.recv(65536)
-    length, kind = struct.unpack_from("=IH", data)
+    _length, kind = struct.unpack_from("=IH", data)  # nlmsghdr: length, type
     if kind == NLMSG_ERROR:
         return None  # no such socket (it closed, or is in another namespace)
     # inet_diag_msg: family, state, timer, retrans (4 B), sockid (48 B), expires, rqueue, wqueue, uid, inode
@@ -153,15 +153,10 @@ def pid_of_inode(inode: int, proc: str = "/proc") -> int | None:
 
 def process(pid: int, proc: str = "/proc") -> Process:
     name = exe = None
-    try:
-        with open(f"{proc}/{pid}/comm") as f:
-            name = f.read().strip()
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError), open(f"{proc}/{pid}/comm") as f:
+        name = f.read().strip()
+    with contextlib.suppress(OSError):
         exe = os.readlink(f"{proc}/{pid}/exe")  # the kernel's path of the file it runs, links resolved
-    except OSError:
-        pass
     return Process(pid, name, exe)
 
 
