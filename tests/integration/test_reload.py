@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from .harness import free_port
+from .harness import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,16 +44,24 @@ class Traffic(threading.Thread):
                 self.results.append((time.monotonic(), e.code))
             except Exception as e:  # a failure the reload caused
                 self.results.append((time.monotonic(), repr(e)))
-            time.sleep(0.01)
+            self.stop.wait(0.01)  # a pace, not a synchronisation
+
+    def wait_more(self, n: int, code: int | None = None) -> int:
+        """Wait until ``n`` more requests (answered ``code``, if given) are done; how many are done then."""
+        def outcomes():
+            return [c for _, c in self.results if code is None or c == code]
+        before = len(outcomes())
+        wait_for(lambda: len(outcomes()) >= before + n, message=f"{n} more requests answered {code or ''}")
+        return len(self.results)
 
 
 def wait_log(h, text, after=0, timeout=15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if h.log.count(text) > after:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no {text!r} in log:\n{h.log}")
+    wait_for(lambda: h.log.count(text) > after, timeout, message=f"{text!r} in the log")
+
+
+def accepts(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_reload_under_traffic(hush, origin):
@@ -62,16 +70,15 @@ def test_reload_under_traffic(hush, origin):
     policy = h.policies / "a.yaml"
     traffic = Traffic(port, origin.url("/a"))
     traffic.start()
-    time.sleep(0.5)
+    traffic.wait_more(10)
 
     write_atomically(policy, BAD.format(port=port))  # the watcher sees it
     wait_log(h, "refused, keeping policy set")
-    time.sleep(0.5)
-    n_after_bad = len(traffic.results)
+    n_after_bad = traffic.wait_more(10)  # requests decided after the refusal
 
     write_atomically(policy, V2.format(port=port))
     wait_log(h, "reloaded (policy files changed)")
-    time.sleep(0.5)
+    traffic.wait_more(10, code=451)  # the new set decides
     traffic.stop.set()
     traffic.join()
 
@@ -98,28 +105,14 @@ def test_sighup_reload_and_new_listener(hush, origin):
     wait_log(h, "reloaded")  # the watcher may get there first; SIGHUP must work too
     h.proc.send_signal(signal.SIGHUP)
     wait_log(h, "reloaded (SIGHUP)")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", p2)) == 0:
-                break
-        time.sleep(0.1)
-    else:
-        raise AssertionError(f"listener {p2} never came up:\n{h.log}")
+    wait_for(lambda: accepts(p2), message=f"listener {p2} up")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{p2}"}))
     with pytest.raises(urllib.error.HTTPError) as e:
         opener.open(origin.url("/x"), timeout=10)
     assert e.value.code == 403
     (h.policies / "b.yaml").unlink()
     wait_log(h, "reloaded", after=h.log.count("reloaded"))
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", p2)) != 0:
-                break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("removed listener still accepts")
+    wait_for(lambda: not accepts(p2), message=f"removed listener {p2} gone")
     assert h.stop() == 0
 
 
