@@ -19,7 +19,8 @@ def test_invalid_policy_refuses_to_start_and_prints_every_error(hush):
     log = h.log
     a, b = h.policies / "a.yaml", h.policies / "b.yaml"
     assert "have 4 error(s)" in log
-    assert f"{a}:3:10: unknown action 'drop' (expected one of: allow, block, debounce, delay, passthrough, strip, tor)" in log
+    actions = "allow, block, debounce, delay, passthrough, strip, tor"
+    assert f"{a}:3:10: unknown action 'drop' (expected one of: {actions})" in log
     assert f"{a}:5:22: method 'get' must be an upper-case HTTP method such as GET" in log
     assert f"{b}:2:9: listen host 0.0.0.0 is not a loopback address: hush listens on loopback only" in log
     assert f"{b}:4:1: unknown key 'colour'" in log
@@ -54,13 +55,11 @@ def test_malformed_requests_do_not_kill_the_daemon(hush, origin, garbage, mode):
             s.recv(65536)
         except OSError:
             pass
-    time.sleep(0.2)
-    assert h.proc.poll() is None
     proxy = ["-x", f"http://127.0.0.1:{port}"] if mode == "http" else ["--socks5-hostname", f"127.0.0.1:{port}"]
     res = curl(*proxy, origin.url("/after"))
     assert res.returncode == 0, res.stderr
     assert [r.path for r in origin.requests] == ["/after"]
-    assert h.stop() == 0
+    assert h.proc.poll() is None and h.stop() == 0  # it served on, and stops cleanly
 
 
 def test_slow_clients_do_not_hold_up_others(hush, origin):
@@ -70,23 +69,27 @@ def test_slow_clients_do_not_hold_up_others(hush, origin):
     port = free_port()
     h = hush({"a": f"app: a\nlisten: {port}\ndefault: allow\n"})
     stop = threading.Event()
+    dribbling = threading.Semaphore(0)  # released once per connection that has sent its first byte
     request = f"GET {origin.url('/slow')} HTTP/1.1\r\nHost: x\r\n".encode() + b"X-Pad: " + b"a" * 1000
 
     def dribble():
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                for byte in request:
+                for i, byte in enumerate(request):
                     if stop.is_set():
                         return
                     s.send(bytes([byte]))
-                    time.sleep(0.05)
+                    if i == 0:
+                        dribbling.release()
+                    stop.wait(0.05)  # one byte every 50 ms: the attack's pace
         except OSError:
             pass
 
     threads = [threading.Thread(target=dribble, daemon=True) for _ in range(100)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    for _ in threads:  # every slow client is connected and dribbling
+        assert dribbling.acquire(timeout=30), "a slow client could not connect"
     start = time.monotonic()
     res = curl("-x", f"http://127.0.0.1:{port}", origin.url("/fast"))
     elapsed = time.monotonic() - start
