@@ -19,6 +19,7 @@ again, with a backoff that doubles up to a minute; while it is down
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -26,8 +27,12 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stem.control import Controller
 
 log = logging.getLogger("hush.tor")
 
@@ -41,6 +46,42 @@ class TorConfig:
     password: str | None = None  # attach: control password (else cookie/none)
     torrc: tuple[str, ...] = ()  # launch: extra torrc lines ("Key value")
     binary: str = "tor"
+
+    @property
+    def attach_to(self) -> str:
+        """The control port an attached tor is reached on (tor's default if none is configured)."""
+        return self.control or "127.0.0.1:9051"
+
+
+def control_port_file(state_dir: Path) -> Path:
+    """Where the tor hush launched writes its control port, as ``PORT=127.0.0.1:9051``."""
+    return Path(state_dir) / "tor" / "control-port"
+
+
+def read_control_port(port_file: Path) -> str:
+    """The ``HOST:PORT`` of a control port file."""
+    return port_file.read_text().strip().split("=", 1)[-1]
+
+
+def open_controller(target: str, password: str | None = None) -> Controller:
+    """An authenticated stem Controller: how the daemon and ``hush tor`` both reach tor.
+
+    :param target: ``HOST:PORT`` (no host: 127.0.0.1) or a unix socket's path
+    :param password: the control password; without one, cookie or no authentication
+    :raises stem.SocketError: if nothing answers at ``target``
+    """
+    from stem.control import Controller
+
+    if target.startswith("/"):
+        controller = Controller.from_socket_file(target)
+    else:
+        host, _, port = target.rpartition(":")
+        controller = Controller.from_port(address=host or "127.0.0.1", port=int(port))
+    if password:
+        controller.authenticate(password=password)
+    else:
+        controller.authenticate()
+    return controller
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,10 +215,8 @@ class TorManager:
         self._stopping = True
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
         await asyncio.to_thread(self._teardown)
         self._set("off", "stopped")
 
@@ -206,8 +245,6 @@ class TorManager:
 
     def _lose(self, reason: str) -> None:
         """From any thread: tor or its control connection is gone."""
-        if self._loop is None:
-            return
 
         def lost():
             if self.state != "off":
@@ -215,17 +252,19 @@ class TorManager:
             if self._lost is not None:
                 self._lost.set()
 
-        self._loop.call_soon_threadsafe(lost)
+        self._to_loop(lost)
+
+    def _to_loop(self, callback: Callable[..., None], *args) -> None:
+        """From any thread: ``callback(*args)`` on the event loop (dropped before ``start``)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(callback, *args)
 
     # -- in a thread: stem ---------------------------------------------------------------
 
     def _connect(self) -> None:
         from stem.control import EventType
 
-        if self.config.mode == "launch":
-            controller = self._launch()
-        else:
-            controller = self._attach()
+        controller = self._launch() if self.config.mode == "launch" else self._attach()
         self._controller = controller
         controller.add_status_listener(self._on_control_state)
         controller.add_event_listener(self._on_status_client, EventType.STATUS_CLIENT)
@@ -239,15 +278,14 @@ class TorManager:
             self._circuits[circ.id] = Circuit(circ.id, tuple(circ.path))
         self._refresh(controller)
 
-    def _launch(self):
+    def _launch(self) -> Controller:
         import stem.process
-        from stem.control import Controller
 
         binary = shutil.which(self.config.binary) or self.config.binary
-        data = self.state_dir / "tor"
+        port_file = control_port_file(self.state_dir)
+        data = port_file.parent
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(data, 0o700)
-        port_file = data / "control-port"
         port_file.unlink(missing_ok=True)
         # A stream tor cannot attach (e.g. the exit died while the client still has its
         # circuits) waits SocksTimeout, 120 s by default: previews should fail sooner.
@@ -272,24 +310,14 @@ class TorManager:
             if port_file.exists() and port_file.read_text().strip():
                 break
             time.sleep(0.05)
-        address = port_file.read_text().strip().split("=", 1)[-1]  # "PORT=127.0.0.1:9051"
-        host, _, port = address.rpartition(":")
-        self.control_address = address
-        controller = Controller.from_port(address=host, port=int(port))
-        controller.authenticate()
+        self.control_address = read_control_port(port_file)
+        controller = open_controller(self.control_address)
         self._set("bootstrapping", f"tor {self.pid} started")
         return controller
 
-    def _attach(self):
-        from stem.control import Controller
-
-        target = self.config.control or "127.0.0.1:9051"
-        if target.startswith("/"):
-            controller = Controller.from_socket_file(target)
-        else:
-            host, _, port = target.rpartition(":")
-            controller = Controller.from_port(address=host or "127.0.0.1", port=int(port))
-        controller.authenticate(password=self.config.password) if self.config.password else controller.authenticate()
+    def _attach(self) -> Controller:
+        target = self.config.attach_to
+        controller = open_controller(target, self.config.password)
         self.control_address = target
         self.pid = int(controller.get_info("process/pid", "0")) or None
         self._set("bootstrapping", f"attached to {target}")
@@ -306,10 +334,8 @@ class TorManager:
         self.tunnel_address = self.socks_address = None
         self.circuit_established = False
         if controller is not None:
-            try:
+            with contextlib.suppress(Exception):
                 controller.close()
-            except Exception:
-                pass
         if process is not None and process.poll() is None:
             process.terminate()
             try:
@@ -320,7 +346,7 @@ class TorManager:
     def _refresh(self, controller) -> None:
         phase = controller.get_info("status/bootstrap-phase", "")
         established = controller.get_info("status/circuit-established", "0") == "1"
-        self._loop.call_soon_threadsafe(self._update, parse_bootstrap(phase), established)
+        self._to_loop(self._update, parse_bootstrap(phase), established)
 
     # -- stem callbacks (stem's threads) → the loop -------------------------------------
 
@@ -335,15 +361,15 @@ class TorManager:
         if action == "BOOTSTRAP":
             args = event.keyword_args
             phase = Bootstrap(int(args.get("PROGRESS", 0)), args.get("TAG", ""), args.get("SUMMARY", ""))
-            self._loop.call_soon_threadsafe(self._update, phase, None)
+            self._to_loop(self._update, phase, None)
         elif action in ("CIRCUIT_ESTABLISHED", "CIRCUIT_NOT_ESTABLISHED"):
-            self._loop.call_soon_threadsafe(self._update, None, action == "CIRCUIT_ESTABLISHED")
+            self._to_loop(self._update, None, action == "CIRCUIT_ESTABLISHED")
 
     def _on_circ(self, event) -> None:
-        self._loop.call_soon_threadsafe(self.circ_event, str(event.id), str(event.status), tuple(event.path))
+        self._to_loop(self.circ_event, str(event.id), str(event.status), tuple(event.path))
 
     def _on_stream(self, event) -> None:
-        self._loop.call_soon_threadsafe(
+        self._to_loop(
             self.stream_event, str(event.id), str(event.status), event.circ_id, event.source_port)
 
     # -- on the loop -------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Reading the audit: tail, summary, show.  Read-only; safe while hush runs."""
+"""The audit's queries: tail, summary, show, export and the report's read it (safe while hush runs);
+purge deletes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -66,6 +68,24 @@ def show(conn: sqlite3.Connection, record_id: int) -> dict | None:
     return as_dict(row) if row else None
 
 
+def records(conn: sqlite3.Connection, since: float = 0) -> Iterator[sqlite3.Row]:
+    """Every record from ``since`` on, oldest first, as the database returns them (for an export)."""
+    return conn.execute("SELECT * FROM records WHERE ts >= ? ORDER BY id", (since,))
+
+
+def purge(path: Path, before: float | None) -> int:
+    """Delete the records older than ``before`` (``inf``: every one) and give their space back.
+
+    :returns: how many were deleted
+    """
+    conn = connect(path)
+    with conn:
+        deleted = conn.execute("DELETE FROM records WHERE ts < ?", (before,)).rowcount
+    conn.execute("VACUUM")
+    conn.close()
+    return deleted
+
+
 # A leak is *prevented* when the app's request carried it, the site did not get
 # it, and it was the decision that kept it away: ``egress`` is what the decision
 # lets leave (``direct``, ``tor``, ``none``).  An ``allow`` whose upstream failed
@@ -96,7 +116,8 @@ _TIMING = {
 
 def summary(conn: sqlite3.Connection, since: float | None = None, app: str | None = None) -> dict:
     """Per app: requests, by decision, sites, and leaks prevented."""
-    where, args = ["1=1"], []
+    where: list[str] = ["1=1"]
+    args: list[float | str] = []
     if since is not None:
         where.append("ts >= ?")
         args.append(since)
@@ -105,8 +126,8 @@ def summary(conn: sqlite3.Connection, since: float | None = None, app: str | Non
         args.append(app)
     cond = " AND ".join(where)
     apps: dict[str, dict] = {}
-    prevented_cols = ", ".join(f"SUM(CASE WHEN {expr} THEN 1 ELSE 0 END) AS {name}" for name, expr in _PREVENTED.items())
-    timing_cols = ", ".join(f"SUM(CASE WHEN {expr} THEN 1 ELSE 0 END) AS {name}" for name, expr in _TIMING.items())
+    prevented_cols = ", ".join(f"SUM(CASE WHEN {e} THEN 1 ELSE 0 END) AS {name}" for name, e in _PREVENTED.items())
+    timing_cols = ", ".join(f"SUM(CASE WHEN {e} THEN 1 ELSE 0 END) AS {name}" for name, e in _TIMING.items())
     for row in conn.execute(
         f"SELECT COALESCE(app, '?') AS app, COUNT(*) AS requests, COUNT(DISTINCT site) AS sites, "
         f"SUM(ip_exposed) AS ip_exposed, {prevented_cols}, {timing_cols} FROM records WHERE {cond} "
@@ -136,3 +157,26 @@ def summary(conn: sqlite3.Connection, since: float | None = None, app: str | Non
     ):
         apps[row["app"]]["top_sites"].append({"site": row["site"], "requests": row["n"]})
     return {"since": since, "apps": apps}
+
+
+# -- for the HTML report ----------------------------------------------------------------
+
+
+def timeline(conn: sqlite3.Connection, since: float | None) -> tuple[int, list[tuple[float, str, int]]]:
+    """(bucket seconds, [(bucket start, decision, count)])."""
+    first, last = conn.execute("SELECT MIN(ts), MAX(ts) FROM records WHERE ts >= ?", (since or 0,)).fetchone()
+    if first is None:
+        return 3600, []
+    span = max(last - first, 1)
+    bucket = next(b for b in (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400) if span / b <= 60)
+    rows = conn.execute(
+        "SELECT CAST(ts / ? AS INTEGER) * ? AS t, decision, COUNT(*) FROM records WHERE ts >= ? "
+        "GROUP BY 1, 2 ORDER BY 1", (bucket, bucket, since or 0)).fetchall()
+    return bucket, [(t, d, n) for t, d, n in rows]
+
+
+def by_rule(conn: sqlite3.Connection, since: float | None) -> list[tuple]:
+    """The 50 commonest (app, rule or note, decision, count)."""
+    return conn.execute(
+        "SELECT COALESCE(app, '?'), COALESCE(rule, note, '-'), decision, COUNT(*) FROM records WHERE ts >= ? "
+        "GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 50", (since or 0,)).fetchall()

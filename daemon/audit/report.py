@@ -2,8 +2,9 @@
 
 No scripts, no fonts, no images fetched from anywhere: inline CSS and SVG.
 Its numbers come from :func:`hush.daemon.audit.queries.summary`, the same as
-``hush audit summary --json``; every number cell carries ``data-app`` and
-``data-metric`` so a test (or a script) can read them back.
+``hush audit summary --json`` (the timeline and the per-rule table from the same
+module); every number cell carries ``data-app`` and ``data-metric`` so a test (or
+a script) can read them back.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sqlite3
 import time
 from datetime import datetime
 
-from hush.daemon.audit.queries import summary
+from hush.daemon.audit.queries import by_rule, summary, timeline
 
 COLORS = {
     "allow": "#6b7280", "passthrough": "#9ca3af", "strip": "#d97706", "block": "#059669",
@@ -23,25 +24,6 @@ PREVENTED_LABELS = {
     "ip": "IP address kept from the site", "user_agent": "User-Agent withheld or replaced",
     "cookies": "cookies withheld", "referer": "Referer withheld", "accept_language": "Accept-Language withheld",
 }
-
-
-def timeline(conn: sqlite3.Connection, since: float | None) -> tuple[int, list[tuple[float, str, int]]]:
-    """(bucket seconds, [(bucket start, decision, count)])."""
-    first, last = conn.execute("SELECT MIN(ts), MAX(ts) FROM records WHERE ts >= ?", (since or 0,)).fetchone()
-    if first is None:
-        return 3600, []
-    span = max(last - first, 1)
-    bucket = next(b for b in (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400) if span / b <= 60)
-    rows = conn.execute(
-        "SELECT CAST(ts / ? AS INTEGER) * ? AS t, decision, COUNT(*) FROM records WHERE ts >= ? "
-        "GROUP BY 1, 2 ORDER BY 1", (bucket, bucket, since or 0)).fetchall()
-    return bucket, [(t, d, n) for t, d, n in rows]
-
-
-def by_rule(conn: sqlite3.Connection, since: float | None) -> list[tuple]:
-    return conn.execute(
-        "SELECT COALESCE(app, '?'), COALESCE(rule, note, '-'), decision, COUNT(*) FROM records WHERE ts >= ? "
-        "GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 50", (since or 0,)).fetchall()
 
 
 def _svg_timeline(bucket: int, points: list[tuple[float, str, int]]) -> str:
@@ -118,7 +100,8 @@ def render(conn: sqlite3.Connection, since: float | None = None, now: float | No
     out.append("<h2>Top sites</h2><table><tr><th>app</th><th>site</th><th>requests</th></tr>")
     for app, s in data["apps"].items():
         for top in s["top_sites"]:
-            out.append(f"<tr><td>{esc(app)}</td><td>{esc(top['site'] or '-')}</td><td class='n'>{top['requests']}</td></tr>")
+            out.append(f"<tr><td>{esc(app)}</td><td>{esc(top['site'] or '-')}</td>"
+                       f"<td class='n'>{top['requests']}</td></tr>")
     out.append("</table><h2>Decisions by rule</h2><table><tr><th>app</th><th>rule</th><th>decision</th>"
                "<th>requests</th></tr>")
     for app, rule, decision, n in by_rule(conn, since):

@@ -23,9 +23,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 from hush.daemon import paths
 from hush.daemon.config import Config, load_config
@@ -172,33 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitStatus.OK
 
 
-def _dispatch(args) -> int:
+def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(paths.config_file(getattr(args, "config", None)))
-    if args.command == "run":
-        return cmd_run(args, config)
-    if args.command == "status":
-        return cmd_status(args, config)
-    if args.command == "policy":
-        return cmd_policy_check(args, config) if args.policy_command == "check" else cmd_explain(args, config)
-    if args.command == "audit":
-        return {"tail": cmd_audit_tail, "summary": cmd_audit_summary, "show": cmd_audit_show,
-                "export": cmd_audit_export, "purge": cmd_audit_purge, "report": cmd_audit_report,
-                }[args.audit_command](args, config)
-    if args.command == "launch":
-        return cmd_launch(args, config)
-    if args.command == "doctor":
-        return cmd_doctor(args)
-    if args.command == "demo":
-        from hush.daemon.cli import demo
+    return COMMANDS[_command_of(args)](args, config)
 
-        return demo.run()
-    if args.command == "install-unit":
-        return cmd_install_unit(args)
-    if args.command == "ca":
-        return cmd_ca_path(args, config)
-    if args.command == "tor":
-        return cmd_tor(args, config)
-    raise UsageError(f"unknown command {args.command}")  # pragma: no cover
+
+def _command_of(args: argparse.Namespace) -> tuple[str, ...]:
+    """``("audit", "tail")`` for ``hush audit tail``: a group's subcommand is in ``<group>_command``."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return (args.command, sub) if sub else (args.command,)
 
 
 # -- run ------------------------------------------------------------------------
@@ -254,8 +236,9 @@ def cmd_status(args, config: Config) -> int:
         r = st["last_reload"]
         print(f"last reload: {'ok' if r['ok'] else 'REFUSED'} at {_when(r['at'])}"
               + "".join(f"\n  {e}" for e in r["errors"]))
-    for l in st["listeners"]:
-        print(f"  {l['app']:<10} {l['address']:<22} {l['mode']:<6} {'' if l['bound'] else 'NOT BOUND'}")
+    for listener in st["listeners"]:
+        bound = "" if listener["bound"] else "NOT BOUND"
+        print(f"  {listener['app']:<10} {listener['address']:<22} {listener['mode']:<6} {bound}")
     if tor["state"] == "off":
         print("tor: not used")
     else:
@@ -264,7 +247,8 @@ def cmd_status(args, config: Config) -> int:
     decisions = ", ".join(f"{k} {v}" for k, v in sorted(st["decisions"].items())) or "none yet"
     print(f"decisions since start: {decisions}")
     loop = st["loop"]
-    print(f"launches: {len(st.get('launches', []))}" + (" (hush launch --app APP -- CMD)" if not st.get("launches") else ""))
+    hint = "" if st.get("launches") else " (hush launch --app APP -- CMD)"
+    print(f"launches: {len(st.get('launches', []))}{hint}")
     for launch in st.get("launches", []):
         print(f"  launch {launch['id']:<3} {launch['app']:<10} pid {launch['pid']:<8} since {_when(launch['since'])}, "
               f"{launch['connections']} connection(s), {launch['open']} open: {' '.join(launch['argv'])[:60]}")
@@ -345,7 +329,7 @@ def cmd_explain(args, config: Config) -> int:
     try:
         probe = RequestInfo.from_url(args.url, args.method, headers)
     except ValueError as e:
-        raise UsageError(str(e))
+        raise UsageError(str(e)) from None
     req = RequestInfo.from_url(args.url, args.method, headers,
                                kind_of(lower.get("user-agent"), lower.get("accept"), probe.path))
     decision = policyset.decide(args.app, req)
@@ -391,7 +375,8 @@ def _line(r: dict) -> str:
     what = r["url"] or f"{r['host']}:{r['port']}"
     rule = r["rule"] or r["note"] or ""
     ip = "ip→site" if r["ip_exposed"] else "ip hidden"
-    return f"{r['id']:>6} {_when(r['ts'])} {r['app'] or '?':<10} {r['decision']:<11} {r['method'] or '':<7} {what}  [{ip}] {rule}"
+    return (f"{r['id']:>6} {_when(r['ts'])} {r['app'] or '?':<10} {r['decision']:<11} {r['method'] or '':<7} "
+            f"{what}  [{ip}] {rule}")
 
 
 def cmd_audit_tail(args, config: Config) -> int:
@@ -420,7 +405,7 @@ def cmd_audit_summary(args, config: Config) -> int:
     try:
         since = auditview.parse_since(args.since) if args.since else None
     except ValueError as e:
-        raise UsageError(str(e))
+        raise UsageError(str(e)) from None
     result = auditview.summary(auditview.open_db(_state(args, config)), since, args.app)
     if _fmt(args) == "json":
         print(json.dumps(result, indent=2))
@@ -461,7 +446,7 @@ def _since(args) -> float | None:
     try:
         return auditview.parse_since(args.since) if getattr(args, "since", None) else None
     except ValueError as e:
-        raise UsageError(str(e))
+        raise UsageError(str(e)) from None
 
 
 def cmd_audit_export(args, config: Config) -> int:
@@ -470,9 +455,7 @@ def cmd_audit_export(args, config: Config) -> int:
     from hush.daemon.audit import queries as auditview
     from hush.daemon.audit.store import COLUMNS
 
-    conn = auditview.open_db(_state(args, config))
-    since = _since(args) or 0
-    rows = conn.execute("SELECT * FROM records WHERE ts >= ? ORDER BY id", (since,))
+    rows = auditview.records(auditview.open_db(_state(args, config)), since=_since(args) or 0)
     if args.format == "csv":
         out = csv.writer(sys.stdout)
         out.writerow(["id", *COLUMNS])
@@ -486,18 +469,12 @@ def cmd_audit_export(args, config: Config) -> int:
 
 def cmd_audit_purge(args, config: Config) -> int:
     from hush.daemon.audit import queries as auditview
-    from hush.daemon.audit.store import connect
 
     path = _state(args, config) / "audit.db"
     if not path.exists():
         raise FileNotFoundError(f"no audit database at {path}")
     cutoff = float("inf") if args.all else auditview.parse_since(args.before) if args.before else None
-    conn = connect(path)
-    with conn:
-        n = conn.execute("DELETE FROM records WHERE ts < ?", (cutoff,)).rowcount
-    conn.execute("VACUUM")
-    conn.close()
-    print(f"deleted {n} records")
+    print(f"deleted {auditview.purge(path, cutoff)} records")
     return ExitStatus.OK
 
 
@@ -514,13 +491,12 @@ def cmd_audit_report(args, config: Config) -> int:
 # -- doctor, install-unit ------------------------------------------------------------
 
 
-def cmd_doctor(args) -> int:
+def cmd_doctor(args, config: Config) -> int:
     from hush.daemon import control
     from hush.daemon.cli import doctor
 
-    config_for_state = load_config(paths.config_file(args.config)) if args.config or paths.config_file(None) else Config()
     try:
-        control.request(paths.state_dir(args.state_dir, config_for_state.state_dir), timeout=2)
+        control.request(_state(args, config), timeout=2)
         running = True
     except (ConnectionError, OSError, ValueError):
         running = False
@@ -536,7 +512,7 @@ def cmd_doctor(args) -> int:
     return ExitStatus.ERROR if any(f.level == "fail" for f in findings) else ExitStatus.OK
 
 
-def cmd_install_unit(args) -> int:
+def cmd_install_unit(args, config: Config) -> int:
     import shutil
 
     import hush.systemd
@@ -565,39 +541,37 @@ def _tor_controller(args, config: Config):
     """A stem Controller for hush's tor: the one it launched (its control port
     file in the state dir) or the one the config attaches to."""
     from stem import SocketError
-    from stem.control import Controller
+
+    from hush.daemon.tor import control_port_file, open_controller, read_control_port
 
     if config.tor.mode == "attach":
-        target = config.tor.control
+        target = config.tor.attach_to
     else:
-        port_file = _state(args, config) / "tor" / "control-port"
+        port_file = control_port_file(_state(args, config))
         if not port_file.exists():
             raise FileNotFoundError(f"hush's tor is not running (no {port_file})")
-        target = port_file.read_text().strip().split("=", 1)[-1]
+        target = read_control_port(port_file)
     try:
-        if target.startswith("/"):
-            controller = Controller.from_socket_file(target)
-        else:
-            host, _, port = target.rpartition(":")
-            controller = Controller.from_port(address=host, port=int(port))
+        return open_controller(target, config.tor.password)
     except SocketError as e:
         raise FileNotFoundError(f"cannot reach tor's control port {target}: {e}") from None
-    controller.authenticate(password=config.tor.password) if config.tor.password else controller.authenticate()
-    return controller
 
 
-def cmd_tor(args, config: Config) -> int:
+def cmd_tor_newnym(args, config: Config) -> int:
     from stem import Signal
 
+    with _tor_controller(args, config) as controller:
+        wait = controller.get_newnym_wait()
+        controller.signal(Signal.NEWNYM)
+    print("NEWNYM sent: new streams get new circuits" +
+          (f" (tor accepts the next one in {wait:.0f}s)" if wait > 0 else ""))
+    return ExitStatus.OK
+
+
+def cmd_tor_status(args, config: Config) -> int:
     from hush.daemon.tor import parse_bootstrap
 
     with _tor_controller(args, config) as controller:
-        if args.tor_command == "newnym":
-            wait = controller.get_newnym_wait()
-            controller.signal(Signal.NEWNYM)
-            print("NEWNYM sent: new streams get new circuits" +
-                  (f" (tor accepts the next one in {wait:.0f}s)" if wait > 0 else ""))
-            return ExitStatus.OK
         phase = parse_bootstrap(controller.get_info("status/bootstrap-phase", ""))
         status = {
             "pid": int(controller.get_info("process/pid", "0")) or None,
@@ -616,7 +590,8 @@ def cmd_tor(args, config: Config) -> int:
         print(f"tor {status['version']} (pid {status['pid']}): {'ready' if ok else 'not ready'}")
         print(f"  bootstrapped {status['bootstrap']}% ({status['bootstrap_summary']}); "
               f"{status['circuits']} circuits; circuit established: {status['circuit_established']}")
-        print(f"  HTTPTunnelPort {', '.join(status['http_tunnel']) or '-'}; SocksPort {', '.join(status['socks']) or '-'}")
+        print(f"  HTTPTunnelPort {', '.join(status['http_tunnel']) or '-'}; "
+              f"SocksPort {', '.join(status['socks']) or '-'}")
     return ExitStatus.OK
 
 
@@ -634,6 +609,37 @@ def cmd_ca_path(args, config: Config) -> int:
     certs.CertStore.from_store(paths.ca_dir(state), "mitmproxy", 2048)
     print(paths.ca_cert(state))
     return ExitStatus.OK
+
+
+# -- demo -------------------------------------------------------------------------
+
+
+def cmd_demo(args, config: Config) -> int:
+    from hush.daemon.cli import demo
+
+    return demo.run()
+
+
+# Each command (a group's with its subcommand) and the function that runs it.
+COMMANDS: dict[tuple[str, ...], Callable[[argparse.Namespace, Config], int]] = {
+    ("run",): cmd_run,
+    ("status",): cmd_status,
+    ("policy", "check"): cmd_policy_check,
+    ("policy", "explain"): cmd_explain,
+    ("audit", "tail"): cmd_audit_tail,
+    ("audit", "summary"): cmd_audit_summary,
+    ("audit", "show"): cmd_audit_show,
+    ("audit", "export"): cmd_audit_export,
+    ("audit", "purge"): cmd_audit_purge,
+    ("audit", "report"): cmd_audit_report,
+    ("launch",): cmd_launch,
+    ("demo",): cmd_demo,
+    ("doctor",): cmd_doctor,
+    ("install-unit",): cmd_install_unit,
+    ("tor", "status"): cmd_tor_status,
+    ("tor", "newnym"): cmd_tor_newnym,
+    ("ca", "path"): cmd_ca_path,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover
