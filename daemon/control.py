@@ -14,8 +14,8 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger("hush")
 
@@ -60,7 +60,7 @@ class ControlServer:
             reply = command() if command else {"error": f"unknown command; try: {', '.join(self.commands)}"}
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
         except Exception:
             log.exception("control socket request failed")

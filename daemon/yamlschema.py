@@ -16,7 +16,8 @@ reported as ``file:line:col: message`` and all problems are reported at once::
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import yaml
 

@@ -289,7 +289,7 @@ class LaunchServer:
             log.info("launch %d: app=%s pid=%d %s", launch.id, launch.app, launch.pid, " ".join(launch.argv)[:200])
             while await loop.sock_recv(conn, 4096):
                 pass  # nothing more is said; the end of the connection is the end of the launch
-        except (ConnectionError, asyncio.TimeoutError, ValueError) as e:
+        except (TimeoutError, ConnectionError, ValueError) as e:
             log.warning("launch connection dropped: %s", e)
         except asyncio.CancelledError:
             pass
@@ -382,7 +382,7 @@ class LaunchServer:
                     break
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             launch._dns_tcp -= 1
