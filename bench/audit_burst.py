@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import sys
 
 from hush.daemon.audit.store import AuditWriter, _row
 from hush.daemon.run import SWITCH_INTERVAL

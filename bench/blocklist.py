@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (free_port, latencies, pct, rss_mb, start_hush, start_origin, start_privoxy,  # noqa: E402
-                    wait_port)
-from policy_lookup import domains  # noqa: E402
+from common import free_port, latencies, pct, rss_mb, start_hush, start_origin, start_privoxy, wait_port
+from policy_lookup import domains
 
 
 async def blocked_latency(port: int, hosts: list[str], n: int) -> list[float]:

@@ -59,13 +59,16 @@ def rss_mb(pid: int) -> float:
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 class Proc:
     def __init__(self, cmd: list[str], port: int | None = None, log: Path | None = None):
-        self.log = open(log, "wb") if log else subprocess.DEVNULL
-        self.p = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        if log:
+            with open(log, "wb") as out:  # the child writes to its own copy of the descriptor
+                self.p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        else:
+            self.p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         if port:
             wait_port(port)
 

@@ -41,8 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (Proc, free_port, latencies, pct, rss_mb, start_hush, start_mitmdump,  # noqa: E402
-                    start_origin)
+from common import Proc, free_port, latencies, pct, rss_mb, start_hush, start_mitmdump, start_origin
 
 INTERCEPT = """
 def request(flow):
@@ -85,7 +84,8 @@ def start_held_hush(tmp: Path) -> tuple[Proc, int, Path]:
     port = free_port()
     (tmp / "policies").mkdir()
     (tmp / "policies" / "b.yaml").write_text(
-        f"app: b\nlisten: {port}\ndefault: allow\nrules:\n  - {{match: {{path: '/hold*'}}, action: delay, delay: 600s}}\n")
+        f"app: b\nlisten: {port}\ndefault: allow\n"
+        "rules:\n  - {match: {path: '/hold*'}, action: delay, delay: 600s}\n")
     proc = start_hush(tmp, tmp / "policies", port, config="log_level: warning\ntiming:\n  max_held_per_app: 20000\n"
                                                          "  max_held_total: 20000\n")
     return proc, port, tmp / "state"
@@ -143,7 +143,8 @@ async def main_async(args) -> None:
                 mitm.stop()
     finally:
         origin.stop()
-    print(f"held requests: {'HTTPS, intercepted' if args.tls else 'plain HTTP'}; median of {args.rounds} rounds of {args.samples} requests per row")
+    print(f"held requests: {'HTTPS, intercepted' if args.tls else 'plain HTTP'}; "
+          f"median of {args.rounds} rounds of {args.samples} requests per row")
     print(f"{'proxy':<10} {'held':>6} {'RSS MB':>8} {'KB/held':>8} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'p50÷base':>9} {'p99÷base':>9}  event loop (hush status)")
     base: dict[str, tuple] = {}
@@ -165,7 +166,7 @@ def main() -> None:
     parser.add_argument("--tls", action="store_true", help="held requests are intercepted HTTPS")
     parser.add_argument("--only", choices=("hush", "mitmproxy"))
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10k held sockets, both ends
     start = time.monotonic()
     asyncio.run(main_async(args))

@@ -34,16 +34,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
-from common import median, pct  # noqa: E402
+from common import median, pct
 
-from tests.launch.world import ALLOWED_IP, PYTHON, World, WorldHush, until  # noqa: E402
+from tests.launch.world import ALLOWED_IP, PYTHON, World, WorldHush, until
 
 ORIGIN = r'''
 import asyncio, sys
@@ -220,10 +219,11 @@ def main() -> None:
             print(f"{path + ' (' + v + ')':<14} {m['setup50']:>10.3f} {m['setup90']:>10.3f} {m['req50']:>12.3f} "
                   f"{m['req90']:>12.3f}")
     for v, _ in variants:
-        s, l = med[("socks5", v)], med[("launch", v)]
-        print(f"launch − socks5 ({v}): request p50 {l['req50'] - s['req50']:+.3f} ms (× {l['req50'] / s['req50']:.2f}),"
-              f" p90 {l['req90'] - s['req90']:+.3f} ms (× {l['req90'] / s['req90']:.2f}); "
-              f"setup p50 {l['setup50'] - s['setup50']:+.3f} ms")
+        s, la = med[("socks5", v)], med[("launch", v)]
+        print(f"launch − socks5 ({v}): request p50 {la['req50'] - s['req50']:+.3f} ms "
+              f"(× {la['req50'] / s['req50']:.2f}), p90 {la['req90'] - s['req90']:+.3f} ms "
+              f"(× {la['req90'] / s['req90']:.2f}); "
+              f"setup p50 {la['setup50'] - s['setup50']:+.3f} ms")
     print(f"(medians over {args.rounds} alternating rounds of {args.requests} sequential requests, "
           f"a fresh connection each, after {args.warmup} warm-up requests; target: launch ≤ socks5 + 1 ms p50)")
     print(f"namespace set-up, start → the command's first instruction (median / min of {args.startups}):")

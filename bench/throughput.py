@@ -26,11 +26,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (latencies, median, pct, start_hush, start_mitmdump, start_origin,  # noqa: E402
-                    start_privoxy, throughput)
+from common import latencies, median, pct, start_hush, start_mitmdump, start_origin, start_privoxy, throughput
 
-from hush.daemon import paths  # noqa: E402
-from hush.daemon.cli.demo import rewrite_ports  # noqa: E402
+from hush.daemon import paths
+from hush.daemon.cli.demo import rewrite_ports
 
 
 async def run(args) -> None:
@@ -47,7 +46,7 @@ async def run(args) -> None:
                   ("hush", ports["element"], True), ("privoxy", privoxy_port, True)]
     results = {name: {"rps": [], "p50": [], "p99": []} for name, _, _ in contenders}
     try:
-        for name, port, proxied in contenders:  # warm up
+        for _name, port, proxied in contenders:  # warm up
             await latencies(port, url, proxied, 50)
         for _ in range(args.rounds):
             for name, port, proxied in contenders:

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from common import free_port, pct, start_hush, start_origin  # noqa: E402
+
 from tests.torlab import TorLab  # noqa: E402
 from tests.torlab.dns import ExitDNS  # noqa: E402
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -168,7 +169,7 @@ def _loopback(reader: Reader, node, allow_non_loopback: bool) -> str | None:
 
 def _tor(reader: Reader, node) -> TorConfig:
     fields = reader.mapping(node, allowed={"mode", "control", "password", "binary", "torrc"}, what="tor")
-    values = {}
+    values: dict[str, Any] = {}  # TorConfig's keyword arguments
     if "mode" in fields:
         values["mode"] = reader.choice(fields["mode"].value, "tor mode", ("launch", "attach"))
     for key in ("control", "password", "binary"):

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 from hush.daemon.mitmaddons import mitmproxy_addons  # first: before anything imports mitmproxy.addons
+
+# isort: split
 from mitmproxy import ctx, options
 from mitmproxy.master import Master
 
@@ -33,8 +35,8 @@ from hush.addons import Pipeline, chain
 from hush.daemon import paths
 from hush.daemon.config import Config
 from hush.daemon.control import ControlServer
-from hush.daemon.exitstatus import ExitStatus
 from hush.daemon.control import socket_path as control_socket
+from hush.daemon.exitstatus import ExitStatus
 from hush.daemon.launch.server import LaunchServer
 from hush.daemon.loopwatch import LoopWatch
 from hush.daemon.notify import notify
@@ -101,7 +103,7 @@ def policy_signature(directory: Path) -> tuple:
 
 def _explain_bind_error(exc) -> str:
     text = str(exc)
-    if isinstance(exc, OSError) and exc.errno == 98 or "in use" in text:
+    if (isinstance(exc, OSError) and exc.errno == 98) or "in use" in text:
         return f"{text} (another program, or another hush, is using this port; change 'listen' in the policy)"
     return text
 
@@ -124,22 +126,30 @@ class Daemon:
         self.started = time.time()
         self.reloads: list[Reload] = []
         self.control = ControlServer(control_socket(state_dir), {"status": self.status})
-        self.launches = LaunchServer(state_dir, lambda: self.holder.current.policies, policies=policies,
+        self.launches = LaunchServer(state_dir, lambda: self.policyset.policies, policies=policies,
                                      record=self._record_tunnel)
         self._reloading = asyncio.Lock()
         self.loopwatch = LoopWatch()
+
+    @property
+    def policyset(self) -> PolicySet:
+        """The active set: the daemon starts with one, and a reload only swaps another in."""
+        current = self.holder.current
+        if current is None:  # pragma: no cover - the holder is made with a set, never emptied
+            raise RuntimeError("the daemon has no policy set")
+        return current
 
     # -- mitmproxy hooks (this object is also an addon) ------------------------------
 
     def running(self):
         proxyserver = ctx.master.addons.get("proxyserver")
         by_spec: dict[str, list] = {}
-        for listener in self.holder.current.listeners:
+        for listener in self.policyset.listeners:
             by_spec.setdefault(listener.spec, []).append(listener)
         failed = False
         for instance in proxyserver.servers:
             group = by_spec.get(instance.mode.full_spec, [])
-            apps = ",".join(l.app for l in group) or "?"
+            apps = ",".join(listener.app for listener in group) or "?"
             address, mode = (group[0].address, group[0].mode) if group else (instance.mode.full_spec, "?")
             if instance.is_running:
                 log.info("listening: app=%s address=%s mode=%s%s", apps, address, mode,
@@ -156,13 +166,13 @@ class Daemon:
         # the daemon: move it out of the collector's way, so that a full collection does not
         # stall the event loop for tens of ms walking it (bench/audit_burst.py measured 56 ms).
         gc.freeze()
-        log.info("hush is running: %d listener(s), policy set %s", len(by_spec), self.holder.current.version)
+        log.info("hush is running: %d listener(s), policy set %s", len(by_spec), self.policyset.version)
         notify("READY=1", f"STATUS={self._summary()}", f"MAINPID={os.getpid()}")
 
     # -- life --------------------------------------------------------------------------
 
     async def run(self) -> ExitStatus:
-        if uses_tor(self.holder.current):
+        if uses_tor(self.policyset):
             await self.tor.start()  # returns at once: non-Tor flows are served while tor bootstraps
         await self.control.start()
         await self.launches.start()
@@ -220,11 +230,11 @@ class Daemon:
                 new = await asyncio.to_thread(load, [self.policies], self.config.parse_context)
             except LoadError as e:
                 log.error("reload (%s) refused, keeping policy set %s; %d error(s):\n%s",
-                          trigger, self.holder.current.version, len(e.errors), e)
+                          trigger, self.policyset.version, len(e.errors), e)
                 return self._refused(trigger, [str(x) for x in e.errors])
             except Exception as e:  # a bug in the loader: keep deciding with the set that works
                 log.exception("reload (%s) refused, keeping policy set %s: hush failed to read the policies",
-                              trigger, self.holder.current.version)
+                              trigger, self.policyset.version)
                 return self._refused(trigger, [f"internal error while loading: {e!r}"])
             if self.tor.state == "off" and uses_tor(new):
                 await self.tor.start()
@@ -233,7 +243,7 @@ class Daemon:
             modes = new.specs
             if modes != list(self.master.options.mode):
                 self.master.options.update(mode=modes)
-                log.info("listeners now: %s", ", ".join(f"{l.app}={l.address}/{l.mode}" for l in new.listeners))
+                log.info("listeners now: %s", ", ".join(f"{x.app}={x.address}/{x.mode}" for x in new.listeners))
             log.info("reloaded (%s): policy set %s replaces %s", trigger, new.version, old.version if old else None)
             self.reloads.append(Reload(True, time.time(), new.version, [], trigger))
             notify("READY=1", f"STATUS={self._summary()}")
@@ -247,7 +257,7 @@ class Daemon:
     # -- reporting --------------------------------------------------------------------
 
     def _summary(self) -> str:
-        current = self.holder.current
+        current = self.policyset
         text = f"{len(current.specs)} listeners, policy set {current.version}"
         if self.tor.state != "off":
             text += f"; tor {self.tor.state}, bootstrapped {self.tor.bootstrap.progress}%"
@@ -258,7 +268,7 @@ class Daemon:
 
     def status(self) -> dict:
         """What ``hush status`` shows (built on the event loop; no I/O)."""
-        current = self.holder.current
+        current = self.policyset
         proxyserver = self.master.addons.get("proxyserver")
         bound = {i.mode.full_spec for i in proxyserver.servers if i.is_running} if proxyserver else set()
         audit = self.master.addons.get("audit")
@@ -274,8 +284,8 @@ class Daemon:
                          "apps": sorted(current.policies)},
             "last_reload": dataclasses.asdict(last) if last else None,
             "reloads": len(self.reloads),
-            "listeners": [{"app": l.app, "address": l.address, "mode": l.mode, "bound": l.spec in bound}
-                          for l in current.listeners],
+            "listeners": [{"app": x.app, "address": x.address, "mode": x.mode, "bound": x.spec in bound}
+                          for x in current.listeners],
             "tor": self.tor.status(),
             "decisions": dict(audit.counts) if audit else {},
             "held": timing.held() if timing else 0,

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import yaml
 
+_Loader: type[yaml.CSafeLoader] | type[yaml.SafeLoader]
 try:  # libyaml's composer is ~10x faster on 100k-entry block lists
     _Loader = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml

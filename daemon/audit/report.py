@@ -42,7 +42,7 @@ def _svg_timeline(bucket: int, points: list[tuple[float, str, int]]) -> str:
     parts.append(f'<text x="0" y="12" font-size="11">{peak}</text><text x="0" y="{height}" font-size="11">0</text>')
     for i, t in enumerate(times):
         x = pad + i * (bar + 2)
-        y = height
+        y = float(height)
         for decision, n in sorted(stacks[t]):
             h = n / peak * (height - 10)
             y -= h

@@ -49,7 +49,7 @@ def rewrite_ports(src: Path, dst: Path) -> dict[str, int]:
     for policy in sorted(src.glob("*.yaml")):
         text = policy.read_text()
         port = free_port()
-        text, n = re.subn(r"^(listen: (?:\{port: )?)\d+", lambda m: f"{m.group(1)}{port}", text, flags=re.M)
+        text, n = re.subn(r"^(listen: (?:\{port: )?)\d+", rf"\g<1>{port}", text, flags=re.M)
         if n != 1:
             raise RuntimeError(f"{policy}: expected one 'listen:' line to rewrite")
         (dst / policy.name).write_text(text)
@@ -182,26 +182,25 @@ def run(say=print) -> int:
         f"tor:\n  mode: attach\n  control: 127.0.0.1:{free_port()}\n"  # no tor: Tor flows fail closed
         "audit:\n  redaction: no-query\n")
     site = Site()
-    log = open(root / "hush.log", "wb")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "hush.daemon.cli", "run", "--policies", str(root / "policies"),
-         "--state-dir", str(root / "state"), "--config", str(root / "config.yaml")],
-        stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while b"hush is running" not in (root / "hush.log").read_bytes():
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                say((root / "hush.log").read_text())
-                return 1
-            time.sleep(0.05)
-        say(f"hush is running with the shipped policies (state in {root / 'state'}); the site is {site.url('/')}")
-        say("no tor runs here, so flows the policies send through Tor are refused, never sent directly\n")
-        replay(ports, site, say)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
-        log.close()
-        site.server.shutdown()
+    with open(root / "hush.log", "wb") as log:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "hush.daemon.cli", "run", "--policies", str(root / "policies"),
+             "--state-dir", str(root / "state"), "--config", str(root / "config.yaml")],
+            stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while b"hush is running" not in (root / "hush.log").read_bytes():
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    say((root / "hush.log").read_text())
+                    return 1
+                time.sleep(0.05)
+            say(f"hush is running with the shipped policies (state in {root / 'state'}); the site is {site.url('/')}")
+            say("no tor runs here, so flows the policies send through Tor are refused, never sent directly\n")
+            replay(ports, site, say)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(30)
+            site.server.shutdown()
     summary = auditview.summary(auditview.open_db(root / "state"))
     print_summary(summary, site, say)
     say(f"\nsee each record: hush audit tail --state-dir {root / 'state'} -n 50 --table")

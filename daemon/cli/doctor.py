@@ -92,7 +92,8 @@ def check_ports(policyset, running: bool) -> list[Finding]:
                 s.bind((listener.host, listener.port))
             except OSError as e:
                 if e.errno == errno.EADDRINUSE:
-                    out.append(Finding("fail", "ports", f"{listener.address} ({listener.app}) is taken by another program",
+                    out.append(Finding("fail", "ports",
+                                       f"{listener.address} ({listener.app}) is taken by another program",
                                        f"find it with `ss -ltnp 'sport = :{listener.port}'`, or change 'listen' in "
                                        f"{listener.location.file}"))
                     continue
@@ -135,7 +136,8 @@ def check_state(state: Path) -> list[Finding]:
 def check_proxy_env(policyset, env=os.environ) -> list[Finding]:
     if policyset is None:
         return []
-    ours = {l.address for l in policyset.listeners} | {f"localhost:{l.port}" for l in policyset.listeners}
+    listeners = policyset.listeners
+    ours = {listener.address for listener in listeners} | {f"localhost:{listener.port}" for listener in listeners}
     out = []
     for var in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"):
         value = env.get(var)
@@ -146,7 +148,8 @@ def check_proxy_env(policyset, env=os.environ) -> list[Finding]:
             out.append(Finding("ok", "proxy-env", f"{var}={value} points at a hush listener"))
         else:
             out.append(Finding("warn", "proxy-env", f"{var}={value} is not a hush listener: apps started from "
-                               "this environment bypass hush", f"unset {var}, or point it at one of: {', '.join(sorted(ours))}"))
+                               "this environment bypass hush",
+                               f"unset {var}, or point it at one of: {', '.join(sorted(ours))}"))
     if not out:
         out.append(Finding("ok", "proxy-env", "no *_PROXY variables here; point each app at its own "
                            "listener (the comment at the top of its policy says how)"))

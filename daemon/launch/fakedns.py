@@ -24,7 +24,7 @@ from collections import OrderedDict
 from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord
 
 # RFC 2544: 198.18.0.0/15 is for benchmarking, never on the internet.
-FAKE_NET = ipaddress.ip_network("198.18.0.0/15")
+FAKE_NET = ipaddress.IPv4Network("198.18.0.0/15")
 TTL = 60  # seconds; short, so a long-running app re-asks after a restart of the launch
 MAX_NAME = 253
 
@@ -59,7 +59,7 @@ class FakeAddresses:
             number = self._first + self._next
             self._next += 1
         else:  # full: the least recently asked name gives its address back
-            old, number = self._by_name.popitem(last=False)
+            _, number = self._by_name.popitem(last=False)
             del self._by_address[number]
         self._by_name[name] = number
         self._by_address[number] = name

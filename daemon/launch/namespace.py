@@ -28,6 +28,7 @@ What happens, in order (``docs/launch.md`` says it for users):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -174,10 +175,9 @@ def _mount(libc, source: str | None, target: str, fstype: str | None, flags: int
 
 def _bind_file(libc, source: str, target: str) -> None:
     _mount(libc, source, target, None, MS_BIND)
-    try:  # read-only, so the app cannot rewrite them (best effort: locked flags may forbid it)
+    # read-only, so the app cannot rewrite them (best effort: locked flags may forbid it)
+    with contextlib.suppress(LaunchError):
         _mount(libc, None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    except LaunchError:
-        pass
 
 
 def protect_hush(libc, guard: dict) -> None:
@@ -450,10 +450,8 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
 def _wait(pid: int, daemon: socket.socket) -> int:
     """Wait for the command; pass on the signals meant for it; its status is ours."""
     def forward(signum, _frame):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
     for sig in FORWARDED:
         signal.signal(sig, forward)

@@ -24,6 +24,7 @@ and pinned with mitmproxy's minor version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -82,14 +83,20 @@ def _local(host: str) -> bool:
     return address.is_loopback or address.is_unspecified
 
 
-def _expect(sock: socket.socket, family: int, kind: int, listening: bool) -> None:
+def _expect(sock: socket.socket, family: socket.AddressFamily, kind: socket.SocketKind, listening: bool) -> None:
     if sock.family != family or sock.type != kind:
-        raise ValueError(f"socket {sock.fileno()} is {sock.family.name}/{sock.type.name}, not {family.name}/{kind.name}")
+        raise ValueError(f"socket {sock.fileno()} is {sock.family.name}/{sock.type.name}, "
+                         f"not {family.name}/{kind.name}")
     if listening and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         raise ValueError(f"socket {sock.fileno()} is not listening")
     host = sock.getsockname()[0]
     if host not in ("127.0.0.1", "::1"):
         raise ValueError(f"socket {sock.fileno()} is bound to {host}, not the namespace's loopback")
+
+
+def _wake(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 EXPECTED = {
@@ -215,7 +222,7 @@ class LaunchServer:
         sock.listen(64)
         sock.setblocking(False)
         self._sock = sock
-        self._task = asyncio.ensure_future(self._accept())
+        self._task = asyncio.ensure_future(self._accept(sock))
         return True
 
     async def stop(self) -> None:
@@ -233,10 +240,10 @@ class LaunchServer:
     def status(self) -> list[dict]:
         return [launch.status() for launch in self.launches.values()]
 
-    async def _accept(self) -> None:
+    async def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(self._sock)
+            conn, _ = await loop.sock_accept(sock)
             task = asyncio.ensure_future(self._session(conn))
             self._clients.add(task)
             task.add_done_callback(self._clients.discard)
@@ -252,7 +259,7 @@ class LaunchServer:
                 chunk, more, _, _ = socket.recv_fds(conn, 4096, len(SOCKETS))
             except BlockingIOError:
                 ready = loop.create_future()
-                loop.add_reader(conn.fileno(), lambda: ready.done() or ready.set_result(None))
+                loop.add_reader(conn.fileno(), _wake, ready)
                 try:
                     await asyncio.wait_for(ready, 10)
                 finally:
@@ -308,7 +315,7 @@ class LaunchServer:
         if len(fds) != len(SOCKETS) or hello.get("sockets") != list(SOCKETS):
             raise ValueError(f"expected {len(SOCKETS)} sockets ({', '.join(SOCKETS)}), got {len(fds)}")
         socks = {}
-        for name, fd in zip(SOCKETS, fds):
+        for name, fd in zip(SOCKETS, fds, strict=True):
             sock = socket.socket(fileno=os.dup(fd))
             socks[name] = sock
         try:
@@ -325,10 +332,10 @@ class LaunchServer:
         loop = asyncio.get_running_loop()
         for name in ("tcp4", "tcp6"):
             socks[name].setblocking(False)
-            launch.servers.append(_Server(loop, socks[name], lambda r, w, l=launch: self._connection(l, r, w)))
+            launch.servers.append(_Server(loop, socks[name], lambda r, w: self._connection(launch, r, w)))
         for name in ("dns_tcp4", "dns_tcp6"):
             socks[name].setblocking(False)
-            launch.servers.append(_Server(loop, socks[name], lambda r, w, l=launch: self._dns_tcp(l, r, w)))
+            launch.servers.append(_Server(loop, socks[name], lambda r, w: self._dns_tcp(launch, r, w)))
         for name in ("dns_udp4", "dns_udp6"):
             socks[name].setblocking(False)
             launch.transports.append(_DnsStub(loop, socks[name], launch))
@@ -340,7 +347,8 @@ class LaunchServer:
         try:
             host, port = original_destination(sock)
         except OSError:  # no conntrack entry at all
-            self._refuse(launch, writer, *writer.get_extra_info("sockname")[:2], "no original destination")
+            host, port = writer.get_extra_info("sockname")[:2]
+            self._refuse(launch, writer, host, port, "no original destination")
             return
         if _local(host):  # never redirected there: a connection made straight to this socket
             self._refuse(launch, writer, host, port, "a connection made straight to hush's socket")
@@ -432,14 +440,10 @@ class _DnsStub:
             reply, _ = fakedns.answer(data, self.launch.names)
             self.launch.dns_queries += 1
             if reply is not None:
-                try:
+                with contextlib.suppress(OSError):
                     self.sock.sendto(reply, addr)
-                except OSError:
-                    pass
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.sock.fileno())
-        except (ValueError, OSError):
-            pass
         self.sock.close()

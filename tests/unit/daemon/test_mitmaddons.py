@@ -22,6 +22,7 @@ def test_the_daemon_imports_only_the_mitmproxy_addons_it_runs():
 
 
 def test_an_already_imported_package_is_left_alone():
-    probe = "import mitmproxy.addons, sys\nimport hush.daemon.mitmaddons\nprint(hasattr(mitmproxy.addons, 'default_addons'))"
+    probe = ("import mitmproxy.addons, sys\nimport hush.daemon.mitmaddons\n"
+             "print(hasattr(mitmproxy.addons, 'default_addons'))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"

@@ -1,5 +1,5 @@
-from hush.daemon.policy import build
 from hush.daemon.mitmaddons import mitmproxy_addons
+from hush.daemon.policy import build
 from hush.daemon.run import uses_tor
 
 

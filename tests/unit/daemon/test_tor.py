@@ -7,7 +7,6 @@ from stem.response import ControlMessage
 
 from hush.daemon.tor import Bootstrap, TorConfig, TorManager, parse_bootstrap, torrc_dict
 
-
 G, M, X = "A" * 40, "B" * 40, "C" * 40  # relay fingerprints
 
 

@@ -21,7 +21,7 @@ def fill(state, n_block=3, n_allow=2):
 def test_export_jsonl_and_csv(tmp_path, capsys):
     fill(tmp_path)
     assert main(["audit", "export", "--state-dir", str(tmp_path)]) == 0
-    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 5 and lines[0]["carried"]["user_agent"] == "WhatsApp/2"
     assert main(["audit", "export", "--format", "csv", "--state-dir", str(tmp_path)]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))

@@ -123,7 +123,8 @@ def test_an_older_database_is_migrated(tmp_path):
     old.executescript(OLD_SCHEMA)
     for decision, tor in [("allow", None), ("block", None), ("tor", "hush/x"), ("delay", "hush/x"),
                           ("superseded", None), ("tor-unavailable", None), ("strip", None)]:
-        old.execute("INSERT INTO records (ts, decision, ip_exposed, tor_isolation) VALUES (1, ?, 0, ?)", (decision, tor))
+        old.execute("INSERT INTO records (ts, decision, ip_exposed, tor_isolation) VALUES (1, ?, 0, ?)",
+                    (decision, tor))
     old.commit()
     old.close()
     writer = AuditWriter(path)

@@ -61,7 +61,7 @@ def test_doctor_reports_policy_errors(tmp_path, capsys):
 def test_install_unit(tmp_path, capsys):
     assert main(["install-unit", "--dir", str(tmp_path)]) == 0
     unit = (tmp_path / "hush.service").read_text()
-    exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     binary = exec_start.split("=", 1)[1].split()[0]
     assert os.access(binary, os.X_OK) and binary.endswith("/hush")
     assert "%h/.local/bin" not in unit
@@ -72,7 +72,7 @@ def test_launch_checks_tools_and_namespaces(monkeypatch, tmp_path):
     from hush.daemon.cli import doctor
 
     ok = doctor.check_launch(tool=lambda name: f"/usr/sbin/{name}", try_namespaces=lambda: None)
-    assert [f.level for f in ok][0] == "ok" and len(ok) == 2
+    assert ok[0].level == "ok" and len(ok) == 2
     scope = tmp_path / "ptrace_scope"
     assert doctor.check_ptrace(scope).level == "warn"  # no Yama at all
     scope.write_text("0\n")

@@ -1,6 +1,5 @@
 """daemon/launch/namespace.py: what `hush launch` does on the host, and the rules it installs."""
 
-import os
 import signal
 import subprocess
 import sys

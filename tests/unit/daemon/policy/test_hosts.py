@@ -2,8 +2,17 @@ import os
 
 import pytest
 
-from hush.daemon.policy.hosts import (HostIndex, in_networks, normalize, parents, parse_authority, parse_host_pattern,
-                                      parse_network, refusal, site_of)
+from hush.daemon.policy.hosts import (
+    HostIndex,
+    in_networks,
+    normalize,
+    parents,
+    parse_authority,
+    parse_host_pattern,
+    parse_network,
+    refusal,
+    site_of,
+)
 
 
 @pytest.mark.parametrize("host, site", [

@@ -33,8 +33,10 @@ def rules(body: str) -> str:
     ("app: x\nlisten: 8101\n", f"{F}:1:1: missing required key 'default' in a policy"),
     (BASE + "app: y\n", f"{F}:4:1: duplicate key 'app' (first at line 1)"),
     (BASE + "colour: red\n",
-     f"{F}:4:1: unknown key 'colour' (expected one of: app, default, description, examples, identify, listen, rules)"),
-    ("app: Big\nlisten: 1\ndefault: allow\n", f"{F}:1:6: app name 'Big' must be lower-case letters, digits, '-' or '_'"),
+     f"{F}:4:1: unknown key 'colour' "
+     "(expected one of: app, default, description, examples, identify, listen, rules)"),
+    ("app: Big\nlisten: 1\ndefault: allow\n",
+     f"{F}:1:6: app name 'Big' must be lower-case letters, digits, '-' or '_'"),
     ("app: no\nlisten: 1\ndefault: allow\n",
      f"{F}:1:6: app: 'no' is read by YAML 1.1 as a boolean; quote it (\"no\") if you mean the string"),
     # listeners
@@ -64,7 +66,8 @@ def rules(body: str) -> str:
      f"{F}:6:17: user_agent: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
     (rules("- match: {host: a.com}\n"), f"{F}:5:5: missing required key 'action' in a rule"),
     (rules("- action: block\n  stauts: 403\n"),
-     f"{F}:6:5: unknown key 'stauts' (expected one of: action, delay, headers, isolation, match, max_bytes, name, quiet, status, then, user_agent)"),
+     f"{F}:6:5: unknown key 'stauts' (expected one of: "
+     "action, delay, headers, isolation, match, max_bytes, name, quiet, status, then, user_agent)"),
     (rules("- action: block\n  headers: [cookie]\n"),
      f"{F}:6:5: action 'block' does not take 'headers' (it takes: status)"),
     (rules("- action: block\n  action: allow\n"), f"{F}:6:5: duplicate key 'action' (first at line 5)"),
@@ -95,7 +98,8 @@ def rules(body: str) -> str:
     (rules("- match: {header: {User-Agent: a, user-agent: b}}\n  action: block\n"),
      f"{F}:5:21: a header is named twice (header names are case-insensitive)"),
     (rules("- match: {hots: a.com}\n  action: block\n"),
-     f"{F}:5:13: unknown key 'hots' (expected one of: header, host, hosts_from, kind, method, net, path, port, scheme, site)"),
+     f"{F}:5:13: unknown key 'hots' "
+     "(expected one of: header, host, hosts_from, kind, method, net, path, port, scheme, site)"),
     (rules("- match: {net: 10.0.0.1/8}\n  action: block\n"),
      f"{F}:5:18: '10.0.0.1/8' has bits set past its prefix (did you mean '10.0.0.0/8'?)"),
     (rules("- match: {net: [192.0.2.0/24, telegram.org]}\n  action: block\n"),
@@ -142,7 +146,8 @@ def test_errors_from_several_files_together():
     assert [str(x) for x in e.value.errors] == [
         "policies/b.yaml:2:9: listener 127.0.0.1:8101 is already used by app 'a' (policies/a.yaml:2:9); "
         "to share it, give both policies 'identify: {process: [...]}'",
-        "policies/c.yaml:3:10: unknown action 'nope' (expected one of: allow, block, debounce, delay, passthrough, strip, tor)",
+        "policies/c.yaml:3:10: unknown action 'nope' "
+        "(expected one of: allow, block, debounce, delay, passthrough, strip, tor)",
     ]
 
 
@@ -178,7 +183,7 @@ def test_valid_policy_builds_everything():
             expect: strip
     """))])
     policy = ps.policies["x"]
-    assert [l.spec for l in policy.listeners] == ["regular@127.0.0.1:8101", "socks5@[::1]:8102"]
+    assert [listener.spec for listener in policy.listeners] == ["regular@127.0.0.1:8101", "socks5@[::1]:8102"]
     assert policy.default.status is None
     assert policy.rules[0].name == "backend" and policy.rules[0].location.line == 8
     strip = policy.rules[1].action
