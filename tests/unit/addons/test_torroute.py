@@ -1,12 +1,25 @@
 """torroute: a Tor route belongs to one flow, never to the client connection's shared server object."""
 
+import asyncio
+import dataclasses
+import inspect
+import logging
+
+import pytest
 from mitmproxy import connection
 from mitmproxy.net.server_spec import ServerSpec
-from mitmproxy.test import taddons
+from mitmproxy.proxy import commands, context, events, layer, layers, server_hooks
+from mitmproxy.proxy.layers.http import HttpConnectHook, HTTPMode
+from mitmproxy.proxy.layers.http import HttpRequestHeadersHook as RequestHeadersHook
+from mitmproxy.proxy.layers.http._hooks import HttpConnectUpstreamHook
+from mitmproxy.proxy.layers.http._upstream_proxy import HttpUpstreamProxy
+from mitmproxy.test import taddons, tflow
 
-from hush.addons.torroute import TorRoute, _StaticTor
+from hush.addons.audit import flow_record
+from hush.addons.torroute import TorRoute, _StaticTor, isolation_key
 
-from .helpers import http_flow
+from .drive import FakeTor, running
+from .helpers import connect_flow, http_flow
 
 TOR = ("127.0.0.1", 9050)
 
@@ -61,3 +74,240 @@ def test_a_tunnel_is_relayed_into_tor_only_once_decide_has_read_its_clienthello(
             else:
                 assert nl.context.server.via == ServerSpec(("http", TOR))
             router.client_disconnected(client)
+
+
+# -- through the whole chain: what a Tor-routed flow or tunnel does on the wire ----------------
+
+TOR_POLICY = """\
+app: x
+listen: 8101
+default: allow
+rules:
+  - match: {host: onion.org}
+    action: tor
+    isolation: site
+  - match: {host: "*.flow.org"}
+    action: tor
+    isolation: flow
+  - match: {host: app.org}
+    action: tor
+"""
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def tunnel_into_tor(hush, host="onion.org", port=443):
+    """A CONNECT decided `tor`, its connection's layer chosen, started: (flow, top layer, the open command)."""
+    f = connect_flow(host, port)
+    await hush.hook(HttpConnectHook(f))
+    top = await hush.next_layer(hush.context(f.client_conn, (host, port)), layers.TCPLayer)
+    [opened] = await hush.events(top, events.Start())
+    return f, top, opened
+
+
+def test_contract_the_mitmproxy_layer_api_torroute_and_counted_rely_on():
+    """mitmproxy's proxy layers are a private API (pyproject pins mitmproxy): this fails on an upgrade
+    that changes the classes, signatures, attributes or hooks hush uses."""
+    from mitmproxy.proxy import tunnel
+
+    # the upstream-proxy layer that sends CONNECT to tor; its make() reads server.via as (scheme, address)
+    assert issubclass(HttpUpstreamProxy, tunnel.TunnelLayer)
+    assert list(inspect.signature(HttpUpstreamProxy.make).parameters) == ["ctx", "send_connect"]
+    server = connection.Server(address=("onion.org", 443), via=ServerSpec(("http", TOR)))
+    assert tuple(server.via) == ("http", TOR)
+    assert {"via", "sockname", "timestamp_start", "address"} <= set(vars(server)) | set(dir(server))
+    # a relay that reads nothing; the HTTP layer (left alone for plain HTTP in a tunnel)
+    assert "ignore" in inspect.signature(layers.TCPLayer).parameters
+    assert isinstance(layers.HttpLayer, type)
+    # the hooks and the data they carry
+    assert layer.NextLayerHook.name == "next_layer"
+    assert [f.name for f in dataclasses.fields(layer.NextLayerHook)] == ["data"]
+    nl = layer.NextLayer(context.Context(connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2)),
+                                         None))
+    assert nl.layer is None and nl.context.client is not None and hasattr(nl.context, "server")
+    assert HttpConnectUpstreamHook.name == "http_connect_upstream"
+    assert [f.name for f in dataclasses.fields(HttpConnectUpstreamHook)] == ["flow"]
+    # a layer's construction registers it in context.layers (Counted and NextLayer take themselves out);
+    # commands carry the connection and the data
+    ctx = context.Context(connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2)), None)
+    tcp = layers.TCPLayer(ctx, ignore=True)
+    assert ctx.layers == [tcp]
+    assert list(inspect.signature(commands.SendData).parameters) == ["connection", "data"]
+    assert issubclass(commands.StartHook, commands.Command) and events.HookCompleted
+
+
+def test_a_tunnel_decided_tor_sends_connect_with_its_isolation_key_to_tor_then_relays_untouched():
+    async def scenario():
+        tor = FakeTor()
+        async with running(TOR_POLICY, tor=tor) as hush:
+            f, top, opened = await tunnel_into_tor(hush)
+            assert isinstance(opened, commands.OpenConnection) and opened.connection.address == TOR  # tor, not the site
+            opened.connection.sockname = ("127.0.0.1", 40001)
+            opened.connection.state = connection.ConnectionState.OPEN
+            sent = await hush.events(top, events.OpenConnectionCompleted(opened, None))
+            [connect] = [c.data for c in sent if isinstance(c, commands.SendData)]
+            assert connect.startswith(b"CONNECT onion.org:443 HTTP/1.1\r\n")  # the name, never an address
+            assert b"\r\nX-Tor-Stream-Isolation: hush/x/site/onion.org\r\n" in connect
+            assert await hush.events(top, events.DataReceived(opened.connection, b"HTTP/1.1 200 OK\r\n\r\n")) == []
+            hello = b"\x16\x03\x01\x00\x05hello"
+            up = await hush.events(top, events.DataReceived(f.client_conn, hello))
+            assert [(c.connection is opened.connection, c.data) for c in up] == [(True, hello)]
+            down = await hush.events(top, events.DataReceived(opened.connection, b"\x16\x03\x03 server"))
+            assert [(c.connection is f.client_conn, c.data) for c in down] == [(True, b"\x16\x03\x03 server")]
+            # tor's STREAM event for that connection names the circuit and exit the tunnel went through
+            tor.stream(40002, "99", ("F" * 40, "other"))  # another connection's: ignored
+            tor.stream(40001, "17", ("E" * 40, "exit0"))
+            [tunnel] = hush.tunnels.announced
+            assert (tunnel.route.circuit, tunnel.route.exit) == ("17", ("E" * 40, "exit0"))
+            assert tunnel.route.isolation == "hush/x/site/onion.org" and tunnel.route.address == TOR
+
+    run(scenario())
+
+
+def test_tor_refusing_the_connect_closes_the_tunnel_with_its_answer():
+    async def scenario():
+        async with running(TOR_POLICY, tor=FakeTor()) as hush:
+            _, top, opened = await tunnel_into_tor(hush)
+            opened.connection.state = connection.ConnectionState.OPEN
+            await hush.events(top, events.OpenConnectionCompleted(opened, None))
+            out = await hush.events(top, events.DataReceived(opened.connection, b"HTTP/1.0 404 Not found\r\n\r\n"))
+            assert any(isinstance(c, commands.CloseConnection) for c in out)
+            assert not any(isinstance(c, commands.SendData) and c.connection.address == ("onion.org", 443)
+                           for c in out)
+
+    run(scenario())
+
+
+def test_a_tunnel_is_routed_only_for_the_decided_target():
+    async def scenario():
+        async with running(TOR_POLICY, tor=FakeTor()) as hush:
+            f = connect_flow("onion.org", 443)
+            await hush.hook(HttpConnectHook(f))
+            ctx = hush.context(f.client_conn, ("elsewhere.org", 443))  # not what was decided
+            top = await hush.next_layer(ctx, layers.TCPLayer)
+            assert ctx.server.via is None and "HttpUpstreamProxy" not in repr(top)
+
+    run(scenario())
+
+
+def test_plain_http_in_a_tor_routed_tunnel_is_left_to_the_http_layer():
+    async def scenario():
+        async with running(TOR_POLICY, tor=FakeTor()) as hush:
+            f = connect_flow("onion.org", 80)
+            await hush.hook(HttpConnectHook(f))
+            ctx = hush.context(f.client_conn, ("onion.org", 80))
+            top = await hush.next_layer(ctx, lambda c: layers.HttpLayer(c, HTTPMode.transparent))
+            assert ctx.server.via is None  # each request is decided, and routed if decided tor, on its own
+            assert "HttpLayer" in repr(top) and "HttpUpstreamProxy" not in repr(top)
+
+    run(scenario())
+
+
+def test_tor_not_ready_nothing_is_routed_and_the_connect_is_refused():
+    async def scenario():
+        async with running(TOR_POLICY, tor=FakeTor(ready=False, reason="bootstrapping 40%")) as hush:
+            f = connect_flow("onion.org", 443)
+            await hush.hook(HttpConnectHook(f))
+            assert f.response is not None and f.response.status_code == 503
+            assert b"bootstrapping 40%" in f.response.content
+            [tunnel] = hush.tunnels.announced
+            assert tunnel.route is None and tunnel.outcome == "tor-unavailable"
+
+    run(scenario())
+
+
+def test_why_nothing_can_go_through_tor():
+    assert TorRoute().unavailable() == "no tor is configured"
+    assert TorRoute(FakeTor(ready=False, reason="bootstrapping 40%")).unavailable() == \
+        "tor is not ready: bootstrapping 40%"
+    assert TorRoute(FakeTor()).unavailable() is None
+
+
+def test_inspected_requests_dial_tor_and_their_connect_names_their_isolation():
+    async def scenario():
+        tor = FakeTor()
+        async with running(TOR_POLICY, tor=tor) as hush:
+            flows = {}
+            for url in ("http://onion.org/a", "http://app.org/b", "http://a.flow.org/c", "http://b.flow.org/c",
+                        "http://direct.org/d"):
+                f = http_flow(url)
+                await hush.hook(RequestHeadersHook(f))
+                flows[url] = f
+            assert {u: f.server_conn.via for u, f in flows.items()} == {
+                **{u: ServerSpec(("http", TOR)) for u in list(flows)[:4]}, "http://direct.org/d": None}
+            keys = []
+            for port, f in enumerate(list(flows.values())[:4], start=41000):
+                upstream = tflow.tflow()  # the CONNECT mitmproxy sends to tor for this flow's connection
+                upstream.client_conn = f.client_conn
+                upstream.request.method, upstream.request.host, upstream.request.port = "CONNECT", f.request.host, 80
+                upstream.server_conn.sockname = ("127.0.0.1", port)
+                await hush.hook(HttpConnectUpstreamHook(upstream))
+                keys.append(upstream.request.headers["X-Tor-Stream-Isolation"])
+            assert keys[:2] == ["hush/x/site/onion.org", "hush/x"]
+            assert keys[2].startswith("hush/x/flow/") and keys[3].startswith("hush/x/flow/") and keys[2] != keys[3]
+            tor.stream(41000, "5", ("A" * 40, "exit0"))
+            record = flow_record(flows["http://onion.org/a"], "full")
+            assert (record["tor_isolation"], record["tor_circuit"]) == ("hush/x/site/onion.org", "5")
+            assert record["tor_exit"].endswith("~exit0")
+
+    run(scenario())
+
+
+def test_a_connect_to_tor_hush_did_not_route_still_gets_a_key_of_its_own(caplog):
+    async def scenario():
+        async with running(TOR_POLICY, tor=FakeTor()) as hush:
+            keys = set()
+            for _ in range(2):
+                upstream = tflow.tflow()
+                upstream.request.method, upstream.request.host, upstream.request.port = "CONNECT", "x.org", 443
+                await hush.hook(HttpConnectUpstreamHook(upstream))
+                keys.add(upstream.request.headers["X-Tor-Stream-Isolation"])
+            assert len(keys) == 2 and all(k.startswith("hush/unrouted/") for k in keys)  # never a shared circuit
+
+    with caplog.at_level(logging.WARNING, logger="hush.tor"):
+        run(scenario())
+    assert "CONNECT to tor for x.org:443 without a route" in caplog.text
+
+
+def test_a_closed_connection_leaves_no_route_behind():
+    async def scenario():
+        tor = FakeTor()
+        async with running(TOR_POLICY, tor=tor) as hush:
+            f = http_flow("http://onion.org/a")
+            await hush.hook(RequestHeadersHook(f))
+            await hush.hook(server_hooks.ClientDisconnectedHook(f.client_conn))
+            upstream = tflow.tflow()
+            upstream.client_conn = f.client_conn
+            upstream.request.method, upstream.request.host, upstream.request.port = "CONNECT", "onion.org", 80
+            upstream.server_conn.sockname = ("127.0.0.1", 42000)
+            await hush.hook(HttpConnectUpstreamHook(upstream))
+            assert upstream.request.headers["X-Tor-Stream-Isolation"].startswith("hush/unrouted/")
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("isolation", "host", "key"), [
+    ("app", "a.example.co.uk", "hush/wa"), ("site", "a.b.example.co.uk", "hush/wa/site/example.co.uk"),
+    ("site", "onion.org", "hush/wa/site/onion.org")])
+def test_isolation_keys(isolation, host, key):
+    assert isolation_key(isolation, "wa", host) == key
+
+
+def test_flow_isolation_is_a_new_key_every_time():
+    keys = {isolation_key("flow", "wa", "a.org") for _ in range(100)}
+    assert len(keys) == 100 and all(k.startswith("hush/wa/flow/") for k in keys)
+
+
+def test_mitmdump_names_a_running_tors_tunnel_port():
+    router = TorRoute()
+    with taddons.context(router) as tctx:
+        tctx.configure(router, hush_tor_tunnel="127.0.0.1:9999")
+        assert router.unavailable() is None
+        f = http_flow("http://onion.org/a")
+        assert router.route_request(f, "app") is None and f.server_conn.via == ServerSpec(("http", ("127.0.0.1", 9999)))
+        tctx.configure(router, hush_tor_tunnel=":9150")  # no host: loopback
+        g = http_flow("http://onion.org/b")
+        router.route_request(g, "app")
+        assert g.server_conn.via == ServerSpec(("http", ("127.0.0.1", 9150)))
