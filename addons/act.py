@@ -1,6 +1,6 @@
 """Act: carry out the decision, and let nothing else leave.
 
-Applies ``hush.decision`` to each request (``requestheaders``) and each
+Applies the decision noted on each request (``requestheaders``) and each
 connection-level decision (``hush_tunnel``).  Only after an action that sends
 directly has been applied without error does this addon *permit* a direct
 connection to that exact host and port for that client connection.
@@ -10,20 +10,35 @@ connection it dials, and any connection without a permit is refused.  A flow
 sent through tor permits only tor's HTTPTunnelPort.  That
 covers a decide step that raised, a hook that never ran, a Host that differs
 from the address decided, or an action that failed half-way: fail closed.
+
+Permits are the connection's own state (``conn_notes``): they end with it.
+``chain()`` hands act what applying an action may use (``Services``: timing
+for held flows, torroute for tor), identify (which app a connection is under a
+new policy set) and timing (its held flows, on a reload).
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
+from typing import TYPE_CHECKING
 
 from mitmproxy import connection, ctx, http
 from mitmproxy.proxy import server_hooks
 
-from hush.addons.actions.base import local_response
+from hush.addons.actions.base import Holding, Services, local_response
 from hush.addons.flowinfo import fail_closed
+from hush.addons.notes import conn_notes, notes
 from hush.addons.tunnel import Tunnel
 from hush.daemon.policy.hosts import normalize
 from hush.daemon.policy.model import Decision, PolicySet, stricter
+
+if TYPE_CHECKING:
+    from mitmproxy.proxy.server import ConnectionHandler
+
+    from hush.addons.identify import Identify
+    from hush.addons.timing import Timing
+    from hush.addons.torroute import Route, TorRoute
 
 log = logging.getLogger("hush.act")
 
@@ -51,72 +66,75 @@ def more_strictly(old: Decision, new: Decision | None) -> bool:
 
 
 class Act:
-    def __init__(self):
-        self._permits: dict[str, set[tuple[str, int]]] = {}
-        self._tunnels: dict[str, Tunnel] = {}  # client id → the tunnel it relays (decided at connection level)
+    def __init__(self, identify: Identify | None = None, timing: Timing | None = None,
+                 router: TorRoute | None = None):
+        self.identify = identify
+        self.timing = timing
+        self.services = Services(timing, router)
+        # the tunnels relayed on a connection-level decision, while their connection lives (a reload re-decides them)
+        self._tunnels: weakref.WeakSet[Tunnel] = weakref.WeakSet()
 
-    def _permit(self, client_id: str, host: str, port: int) -> None:
-        self._permits.setdefault(client_id, set()).add((normalize(host), port))
-
-    def revoke(self, client_id: str) -> None:
+    @staticmethod
+    def revoke(client: connection.Client) -> None:
         """Withdraw every connection permitted to this client (decide found the tunnel must not open)."""
-        self._permits.pop(client_id, None)
+        conn_notes(client).permits.clear()
 
-    def _egress(self, client_id: str, egress: str, host: str, port: int, route) -> None:
+    @staticmethod
+    def _egress(client: connection.Client, egress: str, host: str, port: int, route: Route | None) -> None:
         """Permit what the applied action sends: the site itself, or tor."""
+        permits = conn_notes(client).permits
         if egress == "direct":
-            self._permit(client_id, host, port)
+            permits.add((normalize(host), port))
         elif egress == "tor" and route is not None and route.address is not None:
-            self._permit(client_id, *route.address)
+            permits.add((normalize(route.address[0]), route.address[1]))
 
     def hush_tunnel(self, tunnel: Tunnel) -> None:
         decision = tunnel.decision
+        if decision is None:
+            return  # inspected: nothing decided at connection level
         try:
-            decision.action.on_tunnel(tunnel)
-            if tunnel.outcome is None and not (tunnel.flow and tunnel.flow.response):
-                self._egress(tunnel.client_id, decision.action.egress, *(tunnel.address or (tunnel.host, tunnel.port)),
+            decision.action.on_tunnel(tunnel, decision, self.services)
+            if tunnel.outcome is None and not (tunnel.flow and tunnel.flow.response) and tunnel.client is not None:
+                self._egress(tunnel.client, decision.action.egress, *(tunnel.address or (tunnel.host, tunnel.port)),
                              tunnel.route)
                 if decision.action.egress != "none":
-                    self._tunnels[tunnel.client_id] = tunnel
+                    self._relay(tunnel.client, tunnel)
         except Exception as e:
             log.exception("applying %s to CONNECT %s:%s failed", decision.action.name, tunnel.host, tunnel.port)
             tunnel.error = f"hush failed to apply {decision.action.name}: {e!r}"
             tunnel.decision = fail_closed(tunnel.app, tunnel.error, decision.policy_version, "connect")
             if tunnel.flow is not None:
-                tunnel.flow.metadata["hush.decision"] = tunnel.decision
+                notes(tunnel.flow).decision = tunnel.decision
                 tunnel.flow.response = local_response(502, tunnel.error, tunnel.decision)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
-        decision = flow.metadata.get("hush.decision")
+        n = notes(flow)
+        decision = n.decision
         if decision is None:
-            decision = fail_closed(flow.metadata.get("hush.app"), "no decision was made")
-            flow.metadata["hush.decision"] = decision
+            decision = n.decision = fail_closed(n.app, "no decision was made")
         action = decision.action
         try:
-            hold = getattr(action, "hold", None)
-            if hold is not None:  # delay / debounce: await, never sleep
-                outcome = await hold(flow, decision)
+            if isinstance(action, Holding):  # delay / debounce: await, never sleep
+                outcome = await action.hold(flow, decision, self.services)
                 if outcome is not None:
-                    flow.metadata["hush.outcome"] = outcome
+                    n.outcome = outcome
                     if flow.response is None:
                         flow.response = local_response(503, f"Not sent ({outcome}): {decision.describe()}", decision)
                     return
                 if flow.response is not None or flow.error is not None:
                     return  # answered, or the client left, while held
                 action = action.then
-            action.on_request(flow, decision)
+            action.on_request(flow, decision, self.services)
         except Exception as e:
             log.exception("applying %s to %s failed", decision.action.name, flow.request.pretty_url)
-            decision = fail_closed(decision.app, f"failed to apply {decision.action.name}: {e!r}",
-                                   decision.policy_version)
-            flow.metadata["hush.decision"] = decision
+            decision = n.decision = fail_closed(decision.app, f"failed to apply {decision.action.name}: {e!r}",
+                                                decision.policy_version)
             flow.response = local_response(502, decision.describe(), decision)
             return
         if flow.response is None and flow.error is None:
-            self._egress(flow.client_conn.id, action.egress, flow.request.host, flow.request.port,
-                         flow.metadata.get("hush.tor"))
+            self._egress(flow.client_conn, action.egress, flow.request.host, flow.request.port, n.tor)
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         try:
@@ -124,7 +142,7 @@ class Act:
             # (via only works through an upstream-proxy layer, whose own
             # connection to tor is what arrives here): check what is dialled.
             address = data.server.address
-            permitted = self._permits.get(data.client.id, ())
+            permitted = conn_notes(data.client).permits
             if address is not None and (normalize(address[0]), address[1]) in permitted:
                 return
             where = f"{address[0]}:{address[1]}" if address else "an unknown address"
@@ -133,9 +151,24 @@ class Act:
         except Exception as e:  # the guard itself failing must not open anything
             data.server.error = f"hush: egress check failed: {e!r}"
 
+    def _relay(self, client: connection.Client, tunnel: Tunnel) -> None:
+        state = conn_notes(client)
+        if state.relayed is not None:
+            self._tunnels.discard(state.relayed)
+        state.relayed = tunnel
+        self._tunnels.add(tunnel)
+
+    def _unrelay(self, client: connection.Client | None) -> None:
+        if client is None:
+            return
+        state = conn_notes(client)
+        if state.relayed is not None:
+            self._tunnels.discard(state.relayed)
+            state.relayed = None
+
     def client_disconnected(self, client: connection.Client) -> None:
-        self._permits.pop(client.id, None)
-        self._tunnels.pop(client.id, None)
+        self.revoke(client)
+        self._unrelay(client)
 
     # -- a reload -------------------------------------------------------------------------
 
@@ -145,7 +178,7 @@ class Act:
         treats more strictly is closed, never sent on, and audited
         ``revoked``; the others keep going.  Returns how many were revoked."""
         revoked = 0
-        for tunnel in list(self._tunnels.values()):
+        for tunnel in list(self._tunnels):
             if tunnel.error is not None or tunnel.outcome is not None:
                 continue  # refused since it was permitted (its TLS named a stricter host): closing already
             try:
@@ -156,10 +189,8 @@ class Act:
                 self._close(tunnel, f"revoked on reload: hush could not decide it under policy set {new.version}: "
                                     f"{e!r}")
                 revoked += 1
-        master = getattr(ctx, "master", None)
-        timing = master.addons.get("timing") if master else None
-        if timing is not None:
-            revoked += timing.policy_changed(old, new)
+        if self.timing is not None:
+            revoked += self.timing.policy_changed(old, new)
         if revoked:
             log.warning("policy set %s: closed %d tunnel(s) and held flow(s) it treats more strictly",
                         new.version, revoked)
@@ -167,13 +198,12 @@ class Act:
 
     def _revoke_tunnel(self, tunnel: Tunnel, new: PolicySet) -> bool:
         app = tunnel.app
-        master = getattr(ctx, "master", None)
-        identify = master.addons.get("identify") if master else None
         handler = self._handler(tunnel.client_id)
-        if identify is not None and handler is not None:
-            app = identify.app_for(handler.client, new)[0]  # a shared listener's policies may name it otherwise now
+        if self.identify is not None and handler is not None:
+            # a shared listener's policies may name it otherwise now
+            app = self.identify.app_for(handler.client, new)[0]
         decision = tunnel_decision(new, tunnel, app) if app == tunnel.app else None
-        if not more_strictly(tunnel.decision, decision):
+        if tunnel.decision is None or not more_strictly(tunnel.decision, decision):
             return False
         if decision is None:
             why = f"app {app or 'none'}, not {tunnel.app}" if app != tunnel.app else "decided only per request"
@@ -184,8 +214,10 @@ class Act:
         return True
 
     def _close(self, tunnel: Tunnel, why: str) -> None:
-        self.revoke(tunnel.client_id)  # nothing new leaves, whatever the close below does
-        self._tunnels.pop(tunnel.client_id, None)
+        if tunnel.client is not None:
+            self.revoke(tunnel.client)  # nothing new leaves, whatever the close below does
+        self._unrelay(tunnel.client)
+        self._tunnels.discard(tunnel)
         tunnel.outcome, tunnel.error = REVOKED, why
         log.warning("%s", why)
         handler = self._handler(tunnel.client_id)
@@ -193,7 +225,8 @@ class Act:
             handler.close_connection(handler.client)  # its end: client_disconnected, hush_tunnel_end, the audit
 
     @staticmethod
-    def _handler(client_id: str):
+    def _handler(client_id: str) -> ConnectionHandler | None:
+        """mitmproxy's handler of a client connection (its proxyserver addon's, the one lookup kept)."""
         master = getattr(ctx, "master", None)
         proxyserver = master.addons.get("proxyserver") if master else None
         return getattr(proxyserver, "connections", {}).get(client_id) if proxyserver is not None else None

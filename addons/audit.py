@@ -1,7 +1,7 @@
 """Audit: one record per decided flow, handed to the writer thread.
 
 A record says what the request *carried* that identifies the user (as the app
-sent it: ``hush.carried``) and what was actually *sent* to the site (after
+sent it: classify's ``carried`` note) and what was actually *sent* to the site (after
 the action, and only if a connection to the site was really made), whether
 the user's IP reached the site, the decision and the rule, bytes and duration.
 Two columns keep apart what was decided and what happened: ``egress`` is what
@@ -24,17 +24,25 @@ import collections
 import dataclasses
 import logging
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from mitmproxy import ctx, exceptions, http
-
-from mitmproxy import connection, flow as mflow
+from mitmproxy import addonmanager, connection, ctx, exceptions, http
+from mitmproxy import flow as mflow
 from mitmproxy.proxy import server_hooks
 
-from hush.addons.flowinfo import fail_closed, identifiers
+from hush.addons.flowinfo import Identifiers, fail_closed, identifiers
+from hush.addons.notes import conn_notes, notes
 from hush.addons.tunnel import Counted, Tally, Tunnel
 from hush.daemon.audit.store import DEFAULT_REDACTION, REDACTIONS, AuditWriter, redact
 from hush.daemon.policy.hosts import normalize, site_of
+from hush.daemon.policy.model import Decision
+
+if TYPE_CHECKING:
+    from mitmproxy.proxy.layers.modes import NextLayer
+
+    from hush.addons.torroute import Route, TorRoute
+
+Record = dict[str, Any]  # one row of the audit table
 
 log = logging.getLogger("hush.audit")
 
@@ -46,7 +54,7 @@ KEPT_BACK = frozenset({"tor-unavailable", "superseded", "overflow", "shutdown", 
 REFUSED = "refused"
 
 
-def _egress(decision, outcome: str | None) -> str:
+def _egress(decision: Decision, outcome: str | None) -> str:
     """What the decision lets leave: ``direct``, ``tor`` or ``none``."""
     return "none" if outcome in KEPT_BACK else decision.action.egress
 
@@ -54,14 +62,7 @@ def _egress(decision, outcome: str | None) -> str:
 NO_OWNER = "fail-closed: no policy owns this listener"
 
 
-def unidentified(client_id: str | None) -> str | None:
-    """Why identify found no app for a connection to a shared listener, if it did not."""
-    master = getattr(ctx, "master", None)
-    identify = master.addons.get("identify") if master and client_id is not None else None
-    return identify.unidentified(client_id) if identify is not None and hasattr(identify, "unidentified") else None
-
-
-def _decision_fields(decision, outcome: str | None = None, unidentified: str | None = None) -> dict:
+def _decision_fields(decision: Decision, outcome: str | None = None, unidentified: str | None = None) -> Record:
     """``unidentified``: on a shared listener, why no app was identified
     (decide only knows that there is none)."""
     return {
@@ -78,27 +79,27 @@ def _refused_by_hush(error: str | None) -> bool:
     """The flow's connection was refused by hush itself, not by the network:
     the egress guard (``hush: …``), or mitmproxy killing what it does not
     carry (an h2c preface)."""
-    return bool(error) and (error.startswith("hush:") or "hush: no decision permits" in error
+    return error is not None and (error.startswith("hush:") or "hush: no decision permits" in error
                             or "hush: egress check failed" in error or error == mflow.Error.KILLED_MESSAGE)
 
 
-def _tor_fields(route) -> dict:
+def _tor_fields(route: Route | None) -> Record:
     if route is None:
         return {}
     exit_ = f"{route.exit[0]}~{route.exit[1]}" if route.exit else None
     return {"tor_isolation": route.isolation, "tor_circuit": route.circuit, "tor_exit": exit_}
 
 
-def _redacted_identifiers(values: dict | None, mode: str) -> dict | None:
+def _redacted_identifiers(values: Identifiers | None, mode: str) -> Identifiers | None:
     if values is None:
         return None
-    out = dict(values)
-    if out.get("referer"):
+    out = values.copy()
+    if out["referer"]:
         out["referer"] = redact(out["referer"], mode)
     return out
 
 
-def _dest(address) -> str | None:
+def _dest(address: tuple[str, int] | None) -> str | None:
     """``host:port`` (``[v6]:port``) of where a connection goes (or was asked to go)."""
     if not address:
         return None
@@ -115,10 +116,11 @@ def _route(server: connection.Server) -> str:
 
 
 def _outcome(flow: http.HTTPFlow, route: str) -> str | None:
-    outcome = flow.metadata.get("hush.outcome")
-    if outcome is None and flow.metadata.get("hush.tor") is not None and flow.error and not flow.response:
+    n = notes(flow)
+    outcome = n.outcome
+    if outcome is None and n.tor is not None and flow.error and not flow.response:
         outcome = "tor-unavailable"  # routed into tor, which failed (or died) while carrying it
-    decision = flow.metadata.get("hush.decision")
+    decision = n.decision
     if (outcome is None and route == "none" and flow.error and not flow.response and decision is not None
             and decision.action.egress != "none" and _refused_by_hush(flow.error.msg)):
         outcome = REFUSED  # decided to go, stopped by hush: not what the decision did
@@ -126,15 +128,16 @@ def _outcome(flow: http.HTTPFlow, route: str) -> str | None:
 
 
 def _revoked(flow: http.HTTPFlow) -> str | None:
-    now = flow.metadata.get("hush.revoked_by")
+    now = notes(flow).revoked_by
     if now is None:
         return None
     return f"revoked on reload: policy set {now.policy_version} decides it {now.action.name} by {now.describe()}"
 
 
-def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
+def flow_record(flow: http.HTTPFlow, redaction: str) -> Record:
     req = flow.request
-    decision = flow.metadata.get("hush.decision") or fail_closed(flow.metadata.get("hush.app"), "not decided")
+    n = notes(flow)
+    decision = n.decision or fail_closed(n.app, "not decided")
     host = getattr(decision, "host", None) or normalize(req.host)  # a Host/target that decided more strictly
     site = site_of(host)
     route = _route(flow.server_conn)
@@ -142,34 +145,34 @@ def flow_record(flow: http.HTTPFlow, redaction: str) -> dict:
     end = (flow.response.timestamp_end if flow.response and flow.response.timestamp_end else None) or time.time()
     return {
         "ts": req.timestamp_start,
-        "app": flow.metadata.get("hush.app"),
-        "listener": flow.metadata.get("hush.listener"),
+        "app": n.app,
+        "listener": n.listener,
         "method": req.method,
         "scheme": req.scheme,
         "host": host,
         "port": req.port,
         "site": site,
         "url": redact(req.pretty_url if req.method != "CONNECT" else None, redaction, site),
-        "kind": flow.metadata.get("hush.kind"),
-        **_decision_fields(decision, _outcome(flow, route), unidentified(flow.client_conn.id)),
+        "kind": n.kind,
+        **_decision_fields(decision, _outcome(flow, route), conn_notes(flow.client_conn).unidentified),
         "status": flow.response.status_code if flow.response else None,
         "ip_exposed": route == "direct",
         "route": route,
         "dest": _dest(flow.server_conn.address) if route != "none" else None,
         "ended": end,
-        "carried": _redacted_identifiers(flow.metadata.get("hush.carried"), redaction),
+        "carried": _redacted_identifiers(n.carried, redaction),
         "sent": _redacted_identifiers(sent, redaction),
         "bytes_up": len(req.raw_content or b""),
-        "bytes_down": flow.metadata.get("hush.bytes_down",
-                                        len(flow.response.raw_content or b"") if flow.response else 0),
+        "bytes_down": n.bytes_down if n.bytes_down is not None else
+        len(flow.response.raw_content or b"") if flow.response else 0,
         "duration_ms": round((end - req.timestamp_start) * 1000, 3),
         "error": flow.error.msg if flow.error else _revoked(flow),
-        **_tor_fields(flow.metadata.get("hush.tor")),
-        "held_ms": flow.metadata.get("hush.held_ms"),
-        "superseded_by": redact(flow.metadata.get("hush.superseded_by"), redaction),
-        "truncated": 1 if flow.metadata.get("hush.truncated") else None,
-        "process": flow.metadata.get("hush.process"),
-        "exe": flow.metadata.get("hush.exe"),
+        **_tor_fields(n.tor),
+        "held_ms": n.held_ms,
+        "superseded_by": redact(n.superseded_by, redaction),
+        "truncated": 1 if n.truncated else None,
+        "process": n.process,
+        "exe": n.exe,
     }
 
 
@@ -179,17 +182,19 @@ class Wire:
     hooks saw it (a SOCKS5 tunnel has no flow to carry it)."""
 
     tally: Tally | None = None  # bytes, when its contents were counted
-    routes: set = dataclasses.field(default_factory=set)  # "direct", "tor": connections made
+    routes: set[str] = dataclasses.field(default_factory=set)  # "direct", "tor": connections made
     refused: str | None = None  # the egress guard's refusal
-    tunnels: list = dataclasses.field(default_factory=list)  # its tunnels whose rows are not complete
+    tunnels: list[Tunnel] = dataclasses.field(default_factory=list)  # its tunnels whose rows are not complete
     process: str | None = None
     exe: str | None = None
     unidentified: str | None = None  # why no app was identified (shared listeners)
 
 
-def tunnel_record(tunnel: Tunnel, redaction: str, wire: Wire | None = None) -> dict:
+def tunnel_record(tunnel: Tunnel, redaction: str, wire: Wire | None = None) -> Record:
     """The tunnel's row as it stands: open (``ended`` null) or closed."""
     decision = tunnel.decision
+    if decision is None:
+        raise ValueError("an undecided tunnel has no row")
     wire = wire or Wire()
     route = "direct" if "direct" in wire.routes else "tor" if "tor" in wire.routes else "none"
     outcome, error = tunnel.outcome, tunnel.error
@@ -232,13 +237,13 @@ def tunnel_record(tunnel: Tunnel, redaction: str, wire: Wire | None = None) -> d
 
 
 class Audit:
-    def __init__(self):
+    def __init__(self, router: TorRoute | None = None):
+        self.router = router  # to tell a connection to tor from one to the site (wired in chain())
         self.writer: AuditWriter | None = None
         self.counts: collections.Counter[str] = collections.Counter()  # decisions since start
         self._open: dict[str, Tunnel] = {}  # tunnels whose row is not complete, by key
-        self._wires: dict[str, Wire] = {}  # client id → what its connection did
 
-    def load(self, loader):
+    def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option(
             "hush_state_dir", Optional[str], None,
             "Where hush keeps audit.db. The daemon sets it; set it yourself under mitmdump -s.",
@@ -254,7 +259,7 @@ class Audit:
             "Delete audit records older than this many days (0: keep them all).",
         )
 
-    def configure(self, updated):
+    def configure(self, updated: set[str]) -> None:
         if "hush_audit_keep_days" in updated and self.writer is not None:
             self.writer.keep_days = ctx.options.hush_audit_keep_days
         if "hush_state_dir" in updated and ctx.options.hush_state_dir:
@@ -266,9 +271,10 @@ class Audit:
                 self.writer = AuditWriter(Path(ctx.options.hush_state_dir) / "audit.db",
                                           keep_days=ctx.options.hush_audit_keep_days)
             except Exception as e:
-                raise exceptions.OptionsError(f"Cannot open the audit database in {ctx.options.hush_state_dir}: {e}")
+                raise exceptions.OptionsError(
+                    f"Cannot open the audit database in {ctx.options.hush_state_dir}: {e}") from e
 
-    def _emit(self, record: dict) -> None:
+    def _emit(self, record: Record) -> None:
         if record.get("conn") is None:
             self.counts[record["decision"]] += 1  # tunnels are counted in hush_tunnel
         if self.writer is not None:
@@ -288,71 +294,81 @@ class Audit:
         self._flow(flow)
 
     def _flow(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get("hush.audited") or flow.request.method == "CONNECT":
+        n = notes(flow)
+        if n.audited or flow.request.method == "CONNECT":
             return
-        flow.metadata["hush.audited"] = True
+        n.audited = True
         try:
             self._emit(flow_record(flow, ctx.options.hush_audit_redaction))
         except Exception:
             log.exception("audit: could not record %s", flow.request.pretty_url)
 
     # tunnels: what their connections do on the wire
-    def _wire(self, client_id: str) -> Wire:
-        wire = self._wires.get(client_id)
-        if wire is None:
-            wire = self._wires[client_id] = Wire()
-        return wire
+    @staticmethod
+    def _wire(client: connection.Client | None) -> Wire:
+        """What the connection did (its own state: ``conn_notes``); a fresh one for no connection."""
+        if client is None:
+            return Wire()
+        state = conn_notes(client)
+        if state.wire is None:
+            state.wire = Wire()
+        return state.wire
 
     def _tunnel(self, tunnel: Tunnel) -> None:
+        wire = conn_notes(tunnel.client).wire if tunnel.client is not None else None
         try:
-            self._emit(tunnel_record(tunnel, ctx.options.hush_audit_redaction, self._wires.get(tunnel.client_id)))
+            self._emit(tunnel_record(tunnel, ctx.options.hush_audit_redaction, wire))
         except Exception:
             log.exception("audit: could not record the tunnel to %s:%s", tunnel.host, tunnel.port)
 
-    def next_layer(self, nextlayer) -> None:
+    def next_layer(self, nextlayer: NextLayer) -> None:
         """Count the bytes of a tunnel's contents (the first layer chosen for a
         connection whose destination is known: a CONNECT's tunnel, a SOCKS5
         connection), in front of whatever layer was chosen."""
         context = nextlayer.context
         if nextlayer.layer is None or context.server.address is None:
             return
-        wire = self._wire(context.client.id)
+        wire = self._wire(context.client)
         if wire.tally is None:
             wire.tally = Tally()
             nextlayer.layer = Counted(context, nextlayer.layer, wire.tally)
 
     def hush_tunnel(self, tunnel: Tunnel) -> None:
-        wire = self._wire(tunnel.client_id)
-        identify = ctx.master.addons.get("identify")
-        owner = identify.owner(tunnel.client_id) if identify is not None and hasattr(identify, "owner") else None
+        decision = tunnel.decision
+        if decision is None:
+            return  # inspected: its requests are recorded
+        wire = self._wire(tunnel.client)
+        state = conn_notes(tunnel.client) if tunnel.client is not None else None
+        owner = state.owner if state is not None else None  # what identify found, on a shared listener
         if owner is not None:
             wire.process = ", ".join(sorted(owner.names)) or owner.name
             wire.exe = ", ".join(sorted({h.exe for h in owner.holders if h.exe})) or owner.exe
-        wire.unidentified = unidentified(tunnel.client_id)
-        if tunnel.decision.action.egress != "none" and tunnel.error is None and tunnel.outcome is None:
+        wire.unidentified = state.unidentified if state is not None else None
+        if decision.action.egress != "none" and tunnel.error is None and tunnel.outcome is None:
             self._open[tunnel.key] = tunnel  # written now, completed when it connects and when it closes
             wire.tunnels.append(tunnel)
-        self.counts[tunnel.outcome or tunnel.decision.action.name] += 1  # once: the row is written up to 3 times
+        self.counts[tunnel.outcome or decision.action.name] += 1  # once: the row is written up to 3 times
         self._tunnel(tunnel)
 
     def record_tunnel(self, tunnel: Tunnel) -> None:
         """One complete row for a connection hush refused before mitmproxy saw
         it (a launch's connection to a destination hush cannot name)."""
-        self.counts[tunnel.outcome or tunnel.decision.action.name] += 1
-        self._tunnel(tunnel)
+        if tunnel.decision is not None:
+            self.counts[tunnel.outcome or tunnel.decision.action.name] += 1
+            self._tunnel(tunnel)
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """After act's egress guard: remember a refusal, for the tunnel's row."""
         error = data.server.error
         if error and error.startswith("hush:"):
-            self._wire(data.client.id).refused = error
+            self._wire(data.client).refused = error
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        wire = self._wires.get(data.client.id)
+        wire = conn_notes(data.client).wire
         if wire is None:
             return
-        router = ctx.master.addons.get("torroute")
-        tor = getattr(getattr(router, "manager", None), "tunnel_address", None)
+        manager = self.router.manager if self.router is not None else None
+        tor = manager.tunnel_address if manager is not None else None
         address = data.server.address
         wire.routes.add("tor" if tor is not None and address is not None and tuple(address) == tuple(tor)
                         else "direct")
@@ -361,13 +377,13 @@ class Audit:
 
     def hush_tunnel_end(self, tunnel: Tunnel) -> None:
         if self._open.pop(tunnel.key, None) is not None:
-            wire = self._wires.get(tunnel.client_id)
+            wire = conn_notes(tunnel.client).wire if tunnel.client is not None else None
             if wire is not None and tunnel in wire.tunnels:
                 wire.tunnels.remove(tunnel)
             self._tunnel(tunnel)
 
     def client_disconnected(self, client: connection.Client) -> None:
-        self._wires.pop(client.id, None)
+        conn_notes(client).wire = None  # a row written after the connection ended says nothing of its wire
 
     def done(self) -> None:
         for tunnel in list(self._open.values()):

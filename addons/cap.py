@@ -11,15 +11,18 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+from hush.addons.notes import notes
+
 
 class Cap:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        decision = flow.metadata.get("hush.decision")
-        cap = getattr(decision.rule, "max_bytes", None) if decision is not None and decision.rule else None
-        if cap is None:
+        n = notes(flow)
+        decision = n.decision
+        cap = decision.rule.max_bytes if decision is not None and decision.rule else None
+        if cap is None or flow.response is None:
             return
         seen = 0
-        flow.metadata["hush.bytes_down"] = 0
+        n.bytes_down = 0
 
         def stream(chunk: bytes) -> bytes:
             nonlocal seen
@@ -27,9 +30,9 @@ class Cap:
                 return chunk
             room = max(cap - seen, 0)
             seen += len(chunk)
-            flow.metadata["hush.bytes_down"] = min(seen, cap)
-            if seen > cap and not flow.metadata.get("hush.truncated"):
-                flow.metadata["hush.truncated"] = True
+            n.bytes_down = min(seen, cap)
+            if seen > cap and not n.truncated:
+                n.truncated = True
                 if flow.killable:
                     flow.kill()  # stop reading from the site: close the connection
             return chunk[:room]

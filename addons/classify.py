@@ -1,9 +1,9 @@
 """Classify: what kind of request this is, and what it carries of the user.
 
-Sets ``hush.kind``: ``preview`` when the User-Agent is a known link-preview
+Notes the ``kind`` of each request: ``preview`` when the User-Agent is a known link-preview
 fetcher, ``media`` for image/video/audio fetches, else ``other``.  A
 User-Agent labels the *kind* of request, never the app (Signal Desktop sends
-``WhatsApp/2``).  Sets ``hush.carried``: the identifying headers as the app
+``WhatsApp/2``).  Notes what it ``carried``: the identifying headers as the app
 sent them, before any action changes them.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from hush.addons.flowinfo import identifiers
+from hush.addons.notes import notes
 from hush.daemon.policy.glob import Glob
 
 PREVIEW_AGENTS = tuple(
@@ -51,12 +52,14 @@ class Classify:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         headers = flow.request.headers
         carried = identifiers(headers)
-        flow.metadata["hush.kind"] = kind_of(carried["user_agent"], headers.get("accept"), flow.request.path)
-        flow.metadata["hush.carried"] = carried
+        n = notes(flow)
+        n.kind = kind_of(carried["user_agent"], headers.get("accept"), flow.request.path)
+        n.carried = carried
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        flow.metadata["hush.kind"] = "other"
-        flow.metadata["hush.carried"] = identifiers(flow.request.headers)
+        n = notes(flow)
+        n.kind = "other"
+        n.carried = identifiers(flow.request.headers)
 
 
 addons = [Classify()]

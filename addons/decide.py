@@ -4,8 +4,10 @@ A CONNECT (HTTP listener) or a new connection (SOCKS5 listener) is decided at
 *connection level* when every rule that can match its host needs only host and
 port: the TLS inside is then relayed untouched, or refused, and no CA is
 involved.  Otherwise the connection is intercepted and each request is decided
-on its own (``requestheaders``).  The decision goes to ``hush.decision``;
-connection-level ones are also announced with the ``hush_tunnel`` hook.
+on its own (``requestheaders``).  The decision is noted on the flow
+(``notes(flow).decision``); connection-level ones are also announced with the
+``hush_tunnel`` hook.  ``chain()`` hands it identify (the app of a connection
+with no CONNECT) and act (whose permits it withdraws from a tunnel it refuses).
 
 Whatever goes wrong here (no app for the listener, no policy loaded, an
 exception) becomes a fail-closed decision: nothing leaves.  This addon also
@@ -18,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import weakref
+from typing import TYPE_CHECKING
 
 from mitmproxy import connection, ctx, http, tcp, tls
 from mitmproxy.net.tls import starts_like_tls_record
@@ -25,9 +29,16 @@ from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from hush.addons.flowinfo import drop_proxy_headers, fail_closed, request_info
+from hush.addons.notes import conn_notes, notes
 from hush.addons.tunnel import HushTunnelEndHook, HushTunnelHook, Tunnel
 from hush.daemon.policy.hosts import normalize
-from hush.daemon.policy.model import Decision, PolicySet, stricter
+from hush.daemon.policy.model import Decision, PolicySet, RequestInfo, stricter
+
+if TYPE_CHECKING:
+    from mitmproxy.proxy.layers.modes import NextLayer
+
+    from hush.addons.act import Act
+    from hush.addons.identify import Identify
 
 log = logging.getLogger("hush.decide")
 
@@ -66,13 +77,14 @@ def connect_decision(policyset: PolicySet | None, app: str | None, host: str, po
 
 
 class Decide:
-    def __init__(self):
-        self._tunnels: dict[str, Tunnel] = {}
-        self._socks_seen: set[str] = set()  # SOCKS5 connections next_layer has looked at
-        self._sni: dict[str, str] = {}  # inspected tunnels: the name their ClientHello asked for
-        self._hello_read: set[str] = set()  # Tor-routed tunnels whose ClientHello was checked
+    def __init__(self, identify: Identify | None = None, act: Act | None = None):
+        self.identify = identify
+        self.act = act
+        # every connection's tunnel is its own state (conn_notes); these are the
+        # ones still open, ended here if hush stops first
+        self._tunnels: weakref.WeakSet[Tunnel] = weakref.WeakSet()
 
-    def configure(self, updated):
+    def configure(self, updated: set[str]) -> None:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
             log.warning("hush requires connection_strategy=lazy (eager contacts sites before any policy runs); "
                         "setting it back to lazy")
@@ -82,36 +94,48 @@ class Decide:
 
     def _open(self, tunnel: Tunnel, policyset: PolicySet | None, decision: Decision | None = None) -> None:
         tunnel.decision = decision or connect_decision(policyset, tunnel.app, tunnel.host, tunnel.port)
-        self._tunnels[tunnel.client_id] = tunnel
+        self._keep(tunnel)
         if tunnel.decision is not None:
             ctx.master.addons.trigger(HushTunnelHook(tunnel))
+
+    def _keep(self, tunnel: Tunnel) -> None:
+        """The tunnel of its connection, until the connection ends."""
+        if tunnel.client is not None:
+            state = conn_notes(tunnel.client)
+            if state.tunnel is not None:
+                self._tunnels.discard(state.tunnel)
+            state.tunnel = tunnel
+        self._tunnels.add(tunnel)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
-        policyset = flow.metadata.get("hush.policy")
+        n = notes(flow)
+        policyset = n.policy
         tunnel = Tunnel(
             client_id=flow.client_conn.id,
-            app=flow.metadata.get("hush.app"),
-            listener=flow.metadata.get("hush.listener", flow.client_conn.proxy_mode.full_spec),
+            app=n.app,
+            listener=n.listener if n.listener is not None else flow.client_conn.proxy_mode.full_spec,
             host=normalize(flow.request.host),
             port=flow.request.port,
             policyset=policyset,
             flow=flow,
             user_agent=flow.request.headers.get("user-agent"),
+            client=flow.client_conn,
         )
-        flow.metadata["hush.tunnel"] = tunnel
         self._open(tunnel, policyset)
         if tunnel.decision is not None:
-            flow.metadata["hush.decision"] = tunnel.decision
+            n.decision = tunnel.decision
 
-    def _flowless(self, client: connection.Client, server: connection.Server, name: str | None):
+    def _flowless(self, client: connection.Client, server: connection.Server,
+                  name: str | None) -> tuple[Tunnel, PolicySet | None]:
         """A tunnel for a connection with no CONNECT before it (SOCKS5)."""
-        identify = ctx.master.addons.get("identify")
+        identify = self.identify
         policyset = identify.holder.current if identify else None
         app, listener = identify.app_for(client, policyset) if identify else (None, client.proxy_mode.full_spec)
         host, port = server.address if server.address else ("", 0)
-        return Tunnel(client.id, app, listener, normalize(name or host), port, policyset), policyset
+        tunnel = Tunnel(client.id, app, listener, normalize(name or host), port, policyset, client=client)
+        return tunnel, policyset
 
     def _flowless_tunnel(self, client: connection.Client, server: connection.Server, name: str | None) -> Tunnel:
         tunnel, policyset = self._flowless(client, server, name)
@@ -138,25 +162,26 @@ class Decide:
             # a rule needs the requests: they are inspected, each decided on the
             # address, its Host and the SNI's name (requestheaders), the stricter applying
             tunnel.decision = None
-            self._tunnels[tunnel.client_id] = tunnel
+            self._keep(tunnel)
             return tunnel
         self._open(tunnel, policyset, stricter(*decided) if len(decided) == 2 else decided[0])
         return tunnel
 
-    def next_layer(self, nextlayer) -> None:
+    def next_layer(self, nextlayer: NextLayer) -> None:
         """A SOCKS5 connection the policy sends through Tor is decided as soon
         as its destination is known, before any byte is read: the relay into
         tor must be in place before data flows.  Other SOCKS5 connections are
         decided later, with the TLS SNI or the HTTP request in hand."""
         context = nextlayer.context
         client = context.client
-        tunnel = self._tunnels.get(client.id)
-        if tunnel is not None and tunnel.route is not None and client.id not in self._hello_read:
+        state = conn_notes(client)
+        tunnel = state.tunnel
+        if tunnel is not None and tunnel.route is not None and not state.hello_read:
             self._tor_hello(nextlayer, tunnel)  # a CONNECT routed into tor
             return
         # SOCKS5, and `hush launch` (transparent: the destination came from nftables): both
         # know where the connection goes before its first byte
-        if client.proxy_mode.type_name not in ("socks5", "transparent") or client.id in self._socks_seen:
+        if client.proxy_mode.type_name not in ("socks5", "transparent") or state.socks_seen:
             return  # next_layer runs again for every layer of a connection: decide once
         if context.server.address is None:
             return
@@ -166,14 +191,14 @@ class Decide:
             if client_hello_sni(nextlayer.data_client()) is None:
                 nextlayer.layer = None  # wait for the whole ClientHello, then decide
                 return
-            self._socks_seen.add(client.id)
+            state.socks_seen = True
             self._open(tunnel, policyset, decision)
             if tunnel.route is not None:
                 self._tor_hello(nextlayer, tunnel)
             return
-        self._socks_seen.add(client.id)
+        state.socks_seen = True
 
-    def _tor_hello(self, nextlayer, tunnel: Tunnel) -> None:
+    def _tor_hello(self, nextlayer: NextLayer, tunnel: Tunnel) -> None:
         """A tunnel routed into tor is relayed from its first byte, so its TLS
         never reaches ``tls_clienthello``: its ClientHello is read here, and
         nothing is relayed before the whole of it is in hand.  A name the
@@ -184,9 +209,9 @@ class Decide:
         if hello is None:
             nextlayer.layer = None  # NextLayer asks again when more arrives; torroute waits too
             return
-        self._hello_read.add(tunnel.client_id)
+        conn_notes(nextlayer.context.client).hello_read = True
         if hello is UNREADABLE:
-            self._revoke(tunnel.client_id)
+            self._revoke(tunnel.client)
             tunnel.error = "refused: the tunnel's TLS ClientHello cannot be read"
             log.warning("refused a tunnel to %s:%s into tor: its ClientHello cannot be read", tunnel.host, tunnel.port)
         elif hello[0]:
@@ -194,7 +219,7 @@ class Decide:
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         client = data.context.client
-        tunnel = self._tunnels.get(client.id)
+        tunnel = conn_notes(client).tunnel
         if tunnel is None:
             tunnel = self._flowless_tls_tunnel(client, data.context.server, data.client_hello.sni)
         elif tunnel.decision is not None and data.client_hello.sni:
@@ -203,7 +228,7 @@ class Decide:
             self._inspected_sni(tunnel, normalize(data.client_hello.sni))
         if tunnel.decision is None and data.client_hello.sni:
             # hush's own TLS to the site will ask for this name: each request is decided on it too
-            self._sni[client.id] = normalize(data.client_hello.sni)
+            conn_notes(client).sni = normalize(data.client_hello.sni)
         if tunnel.decision is not None:
             # Decided without the request: relay the TLS untouched (and, if
             # the decision sends nothing, act grants no egress).
@@ -222,9 +247,7 @@ class Decide:
         if by_name is not None and (stricter(decided, by_name) is decided
                                     or by_name.action.egress == decided.action.egress):
             return
-        act = ctx.master.addons.get("act")
-        if act is not None:
-            act.revoke(tunnel.client_id)
+        self._revoke(tunnel.client)
         why = f"{by_name.action.name} by {by_name.describe()}" if by_name else "decided only per request"
         tunnel.error = f"refused: the TLS names {name} ({why}), not {tunnel.host}"
         if by_name is not None:
@@ -243,18 +266,20 @@ class Decide:
         by_name = connect_decision(tunnel.policyset, tunnel.app, name, tunnel.port)
         if by_name is None or by_name.action.egress != "none":
             return
-        self._revoke(tunnel.client_id)
+        self._revoke(tunnel.client)
         tunnel.decision = by_name
         tunnel.error = f"refused: the TLS names {name} (block by {by_name.describe()}), not {tunnel.host}"
         log.warning("refused a tunnel to %s:%s whose TLS names %s (blocked)", tunnel.host, tunnel.port, name)
         ctx.master.addons.trigger(HushTunnelHook(tunnel))
 
-    def sni_decision(self, flow: http.HTTPFlow, policyset: PolicySet, app: str, req, decision: Decision) -> Decision:
+    @staticmethod
+    def sni_decision(flow: http.HTTPFlow, policyset: PolicySet, app: str, req: RequestInfo,
+                     decision: Decision) -> Decision:
         """A request inside an inspected TLS tunnel is sent over hush's own TLS
         to the site, whose SNI is the name the app's ClientHello asked for:
         that name is decided too (like a ``Host`` header naming another
         host), and the stricter decision applies."""
-        name = self._sni.get(flow.client_conn.id)
+        name = conn_notes(flow.client_conn).sni
         if not name or name == normalize(req.host) or decision.action.egress == "none":
             return decision
         other = policyset.decide(app, dataclasses.replace(req, host=name, authority=""))
@@ -268,8 +293,9 @@ class Decide:
         if not sni or address is None:
             return
         name = normalize(sni)
-        tunnel = self._tunnels.get(data.client.id)
-        if name in (normalize(address[0]), self._sni.get(data.client.id), tunnel.host if tunnel else None):
+        state = conn_notes(data.client)
+        tunnel = state.tunnel
+        if name in (normalize(address[0]), state.sni, tunnel.host if tunnel else None):
             return
         log.warning("refused a connection to %s:%s whose TLS would name %s (not decided)", address[0], address[1], name)
         data.server.error = f"hush: the TLS name {name} was not decided"
@@ -286,27 +312,25 @@ class Decide:
         (an earlier request's, on a keep-alive connection) is withdrawn."""
         if flow.server_conn.timestamp_start is not None:
             return  # a protocol switch (101) on a connection a decided request opened: its decision covers it
-        tunnel = self._tunnels.get(flow.client_conn.id)
+        tunnel = conn_notes(flow.client_conn).tunnel
         if tunnel is None:
             tunnel = self._flowless_tunnel(flow.client_conn, flow.server_conn, None)
         if tunnel.decision is None:
             self._not_readable(tunnel, "rules need HTTP but the connection is not HTTP")
         decision = tunnel.decision
         assert decision is not None  # _not_readable decided it
-        flow.metadata["hush.tunnel"] = tunnel
-        flow.metadata["hush.decision"] = decision
+        notes(flow).decision = decision
         if decision.action.egress == "none":
-            self._revoke(tunnel.client_id)
+            self._revoke(tunnel.client)
             flow.kill()
 
-    def _revoke(self, client_id: str) -> None:
-        act = ctx.master.addons.get("act")
-        if act is not None:
-            act.revoke(client_id)
+    def _revoke(self, client: connection.Client | None) -> None:
+        if self.act is not None and client is not None:
+            self.act.revoke(client)
 
     def _not_readable(self, tunnel: Tunnel, reason: str) -> None:
         """Close an inspected tunnel whose contents hush cannot read: audited, nothing sent."""
-        self._revoke(tunnel.client_id)
+        self._revoke(tunnel.client)
         tunnel.decision = fail_closed(tunnel.app, reason, getattr(tunnel.policyset, "version", ""), "connect")
         log.warning("closed a tunnel to %s:%s: %s", tunnel.host, tunnel.port, reason)
         ctx.master.addons.trigger(HushTunnelHook(tunnel))
@@ -321,10 +345,10 @@ class Decide:
         if data.conn is not client or "disconnected" in error or "trust" in error:
             return
         reason = f"the tunnel's TLS cannot be read: {error[:200]}"
-        tunnel = self._tunnels.get(client.id)
+        tunnel = conn_notes(client).tunnel
         if tunnel is None:  # SOCKS5: no ClientHello, so never decided; nothing was relayed
             tunnel, _ = self._flowless(client, data.context.server, None)
-            self._tunnels[client.id] = tunnel
+            self._keep(tunnel)
         if tunnel.decision is None:
             self._not_readable(tunnel, reason)
         elif tunnel.error is None and tunnel.outcome is None:
@@ -336,15 +360,15 @@ class Decide:
             ctx.master.addons.trigger(HushTunnelEndHook(tunnel))
 
     def client_disconnected(self, client: connection.Client) -> None:
-        self._socks_seen.discard(client.id)
-        self._sni.pop(client.id, None)
-        self._hello_read.discard(client.id)
-        tunnel = self._tunnels.pop(client.id, None)
+        state = conn_notes(client)
+        state.socks_seen, state.sni, state.hello_read = False, None, False
+        tunnel, state.tunnel = state.tunnel, None
         if tunnel is not None:
+            self._tunnels.discard(tunnel)
             self._end(tunnel)
 
     def done(self) -> None:
-        for tunnel in list(self._tunnels.values()):
+        for tunnel in list(self._tunnels):
             self._end(tunnel)
         self._tunnels.clear()
 
@@ -353,21 +377,21 @@ class Decide:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
-        policyset: PolicySet | None = flow.metadata.get("hush.policy")
-        app = flow.metadata.get("hush.app")
+        n = notes(flow)
+        policyset, app = n.policy, n.app
         if policyset is None:
             decision = fail_closed(app, "no policy loaded")
         elif app is None:
             decision = fail_closed(app, "no policy owns this listener", policyset.version)
         else:
             try:
-                req = request_info(flow, flow.metadata.get("hush.kind", "other"))
+                req = request_info(flow, n.kind or "other")
                 decision = policyset.decide(app, req)  # the Host header's host too, if it names another
                 decision = self.sni_decision(flow, policyset, app, req, decision)  # and the TLS SNI's
             except Exception as e:
                 log.exception("deciding %s for %s failed", flow.request.pretty_url, app)
                 decision = fail_closed(app, f"error while deciding: {e!r}", policyset.version)
-        flow.metadata["hush.decision"] = decision
+        n.decision = decision
         # Decided on the request as the app sent it; what is sent on (by
         # any action) carries no proxy header: they tell the site a proxy is
         # in use, or hand it the app's proxy credentials.

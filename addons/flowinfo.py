@@ -9,16 +9,16 @@ identifies the user.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypedDict
 
 from mitmproxy import http
 
 from hush.addons.actions.block import Block
 from hush.daemon.policy.hosts import normalize
-from hush.daemon.policy.model import Decision, RequestInfo, canonical_path
+from hush.daemon.policy.model import Decision, Level, RequestInfo, canonical_path
 from hush.daemon.yamlschema import Location
 
 FAIL_CLOSED = Location("<hush>", 0, 0)
-META = "hush."  # every metadata key hush sets starts with this
 
 
 def joined_headers(headers: http.Headers) -> dict[str, str]:
@@ -63,19 +63,30 @@ _IDENTIFYING = {b"user-agent": "user_agent", b"cookie": "cookie", b"referer": "r
                 b"accept-language": "accept_language", b"range": "range", b"authorization": "authorization"}
 
 
-def identifiers(headers: Mapping[str, str] | http.Headers) -> dict:
+class Identifiers(TypedDict):
+    """What of the user a request's headers reveal."""
+
+    user_agent: str | None
+    cookies: int  # how many cookies
+    referer: str | None
+    accept_language: str | None
+    range: str | None
+    authorization: bool  # whether it carries credentials
+
+
+def identifiers(headers: Mapping[str, str] | http.Headers) -> Identifiers:
     """What of the user a request's headers reveal (values the audit may keep).
 
     One pass over mitmproxy's raw header fields: its case-insensitive lookups
     cost more than the whole pass when called six times per flow."""
     found: dict[str, str] = {}
     if isinstance(headers, http.Headers):
-        for name, value in headers.fields:
-            key = _IDENTIFYING.get(name.lower())
+        for raw_name, raw_value in headers.fields:
+            key = _IDENTIFYING.get(raw_name.lower())
             if key is not None and key not in found:
-                found[key] = value.decode("utf-8", "surrogateescape")
+                found[key] = raw_value.decode("utf-8", "surrogateescape")
             elif key == "cookie":
-                found[key] += "; " + value.decode("utf-8", "surrogateescape")
+                found[key] += "; " + raw_value.decode("utf-8", "surrogateescape")
     else:
         for name, value in headers.items():
             key = _IDENTIFYING.get(name.lower().encode())
@@ -136,6 +147,6 @@ def drop_proxy_headers(headers: http.Headers) -> list[str]:
     return removed
 
 
-def fail_closed(app: str | None, reason: str, version: str = "", level="request") -> Decision:
+def fail_closed(app: str | None, reason: str, version: str = "", level: Level = "request") -> Decision:
     """A decision hush makes on its own when it cannot decide: nothing leaves."""
     return Decision(app or "?", Block(502), None, FAIL_CLOSED, level, version, note=f"fail-closed: {reason}")

@@ -1,7 +1,7 @@
 """Identify: which app a flow belongs to, and which policy set decides it.
 
-Sets ``hush.policy`` (the PolicySet snapshot that will decide this flow, taken
-once), ``hush.app`` and ``hush.listener``.  The app is the one whose policy
+Notes on each flow (``notes(flow)``) the PolicySet snapshot that will decide
+it (``policy``, taken once), its ``app`` and ``listener``.  The app is the one whose policy
 owns the listener the client connected to (``proxy_mode.full_spec``); on a
 listener several policies share, the one whose ``identify.process`` names the
 executable of the client's process (``/proc/PID/exe``, found once per
@@ -18,13 +18,14 @@ import asyncio
 import ipaddress
 import logging
 import os
+from collections.abc import Callable
 from typing import Optional
 
-from mitmproxy import connection, ctx, exceptions, http, tcp
+from mitmproxy import addonmanager, connection, ctx, exceptions, http, tcp
 
-from hush.daemon.policy import procnet
+from hush.addons.notes import conn_notes, notes
 from hush.daemon.launch.server import app_of_spec
-from hush.daemon.policy import load
+from hush.daemon.policy import load, procnet
 from hush.daemon.policy.holder import PolicyHolder
 from hush.daemon.policy.model import PolicySet
 from hush.daemon.yamlschema import LoadError
@@ -33,7 +34,7 @@ log = logging.getLogger("hush.identify")
 
 
 def identify_connection(client: connection.Client, policyset: PolicySet | None, fallback: str | None = None,
-                        processes: set[str] | None = None):
+                        processes: set[str] | None = None) -> tuple[str | None, str]:
     """(app or None, listener spec) for a client connection."""
     spec = client.proxy_mode.full_spec
     launched = app_of_spec(spec)
@@ -55,17 +56,18 @@ def identified_names(policyset: PolicySet | None, spec: str, owner: procnet.Owne
     process two apps claim)."""
     if owner is None or not owner.holders:
         return set(), "its process is unknown"
-    apps = [l.app for l in policyset.listeners if l.spec == spec] if policyset else []
-    claims: set[frozenset] = set()
+    policies = policyset.policies if policyset else {}
+    apps = [listener.app for listener in policyset.listeners if listener.spec == spec] if policyset else []
+    claims: set[frozenset[str]] = set()
     for holder in owner.holders:
         name = holder.exe_name
-        claims.add(frozenset(app for app in apps if name and name in policyset.policies[app].processes))
+        claims.add(frozenset(app for app in apps if name and name in policies[app].processes))
     exes = ", ".join(sorted({h.exe or f"pid {h.pid}: executable unreadable" for h in owner.holders}))
     if len(claims) == 1:
         [claim] = claims
         if len(claim) == 1:
             [app] = claim
-            return {n for n in owner.names if n in policyset.policies[app].processes}, exes
+            return {n for n in owner.names if n in policies[app].processes}, exes
         if len(claim) > 1:
             return set(), f"{exes} is claimed by {', '.join(sorted(claim))}"
         return set(), f"{exes} is named by no policy"
@@ -75,8 +77,8 @@ def identified_names(policyset: PolicySet | None, spec: str, owner: procnet.Owne
 class Identify:
     def __init__(self, holder: PolicyHolder | None = None):
         self.holder = holder or PolicyHolder()
-        self._owners: dict[str, procnet.Owner | None] = {}  # client id → its process, on shared listeners
-        self._unidentified: dict[str, str] = {}  # client id → why no app was identified
+        # under mitmdump, hush_policies loaded anew: act's policy_changed (wired in chain())
+        self.on_reload: Callable[[PolicySet | None, PolicySet], object] | None = None
 
     async def client_connected(self, client: connection.Client) -> None:
         """On a shared listener, find the client's process; refuse other local
@@ -92,12 +94,13 @@ class Identify:
         uid = None
         if shared:
             owner = await asyncio.to_thread(procnet.owner, client.peername, client.sockname)
-            self._owners[client.id] = owner
+            state = conn_notes(client)
+            state.owner, state.shared = owner, True
             uid = owner.uid if owner else None
             names, found = identified_names(policyset, client.proxy_mode.full_spec, owner)
             if not names:
                 log.warning("connection to shared listener %s fails closed: %s", client.proxy_mode.full_spec, found)
-                self._unidentified[client.id] = f"no policy identifies the process on this shared listener: {found}"
+                state.unidentified = f"no policy identifies the process on this shared listener: {found}"
         elif check_uid:
             entry = await asyncio.to_thread(procnet.uid_inode, client.peername, client.sockname)
             uid = entry[0] if entry else None
@@ -107,27 +110,25 @@ class Identify:
                         client.proxy_mode.full_spec, who, os.getuid())
             client.error = f"hush: connection from {who} refused"
 
-    def client_disconnected(self, client: connection.Client) -> None:
-        self._owners.pop(client.id, None)
-        self._unidentified.pop(client.id, None)
-
-    def unidentified(self, client_id: str) -> str | None:
+    @staticmethod
+    def unidentified(client: connection.Client) -> str | None:
         """Why a connection to a shared listener has no app (for the audit), if it has none."""
-        return self._unidentified.get(client_id)
+        return conn_notes(client).unidentified
 
-    def owner(self, client_id: str) -> procnet.Owner | None:
+    @staticmethod
+    def owner(client: connection.Client) -> procnet.Owner | None:
         """The process found for a client connection (on a shared listener)."""
-        return self._owners.get(client_id)
+        return conn_notes(client).owner
 
-    def app_for(self, client: connection.Client, policyset: PolicySet | None):
+    def app_for(self, client: connection.Client, policyset: PolicySet | None) -> tuple[str | None, str]:
         """(app or None, listener spec): by listener, and by executable where shared."""
-        owner = self._owners.get(client.id)
+        state = conn_notes(client)
         names = None
-        if client.id in self._owners:  # a shared listener: by the executables holding the socket
-            names, _ = identified_names(policyset, client.proxy_mode.full_spec, owner)
+        if state.shared:  # a shared listener: by the executables holding the socket
+            names, _ = identified_names(policyset, client.proxy_mode.full_spec, state.owner)
         return identify_connection(client, policyset, ctx.options.hush_app, names)
 
-    def load(self, loader):
+    def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option(
             "hush_policies", Optional[str], None,
             "A directory (or file) of hush policies. The hush daemon sets the policy set itself; "
@@ -142,29 +143,28 @@ class Identify:
             "The app for flows on listeners that no policy owns (mitmdump -s users).",
         )
 
-    def configure(self, updated):
+    def configure(self, updated: set[str]) -> None:
         if "hush_policies" in updated and ctx.options.hush_policies:
             try:
                 new = load([ctx.options.hush_policies])
             except LoadError as e:
-                raise exceptions.OptionsError(f"Cannot load hush policies {ctx.options.hush_policies}:\n{e}")
+                raise exceptions.OptionsError(f"Cannot load hush policies {ctx.options.hush_policies}:\n{e}") from e
             old = self.holder.swap(new)
-            act = ctx.master.addons.get("act") if old is not None else None
-            if act is not None:
-                act.policy_changed(old, new)  # as the daemon's reload: close what the new set treats more strictly
+            if old is not None and self.on_reload is not None:
+                self.on_reload(old, new)  # as the daemon's reload: close what the new set treats more strictly
 
     def stamp(self, flow: http.HTTPFlow | tcp.TCPFlow) -> None:
-        if "hush.policy" in flow.metadata:
+        n = notes(flow)
+        if n.identified:
             return
         policyset = self.holder.current
         app, listener = self.app_for(flow.client_conn, policyset)
-        flow.metadata["hush.policy"] = policyset
-        flow.metadata["hush.app"] = app
-        flow.metadata["hush.listener"] = listener
-        owner = self._owners.get(flow.client_conn.id)
+        n.identified = True
+        n.policy, n.app, n.listener = policyset, app, listener
+        owner = conn_notes(flow.client_conn).owner
         if owner is not None:
-            flow.metadata["hush.process"] = ", ".join(sorted(owner.names)) or owner.name
-            flow.metadata["hush.exe"] = ", ".join(sorted({h.exe for h in owner.holders if h.exe})) or None
+            n.process = ", ".join(sorted(owner.names)) or owner.name
+            n.exe = ", ".join(sorted({h.exe for h in owner.holders if h.exe})) or None
         if app is None:
             log.warning("no policy owns listener %s: its flows are blocked", listener)
 

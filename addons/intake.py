@@ -31,15 +31,27 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from mitmproxy import connection, ctx, http
+from mitmproxy import addonmanager, connection, ctx, http
 from mitmproxy import flow as mflow
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers import HttpLayer
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 
 from hush.addons.flowinfo import fail_closed
+from hush.addons.notes import conn_notes, notes
 from hush.addons.tunnel import HushTunnelHook, Tunnel
+from hush.daemon.policy.model import PolicySet
+
+if TYPE_CHECKING:
+    from mitmproxy.proxy.context import Context
+    from mitmproxy.proxy.layers.modes import NextLayer
+    from mitmproxy.proxy.server import ConnectionHandler
+
+    from hush.addons.audit import Audit
+    from hush.addons.identify import Identify
 
 log = logging.getLogger("hush.intake")
 
@@ -209,20 +221,19 @@ def _peer(client: connection.Client) -> str:
 
 
 class Intake:
-    def __init__(self):
+    def __init__(self, identify: Identify | None = None, audit: Audit | None = None):
+        self.identify = identify  # the app of a connection refused before any flow
+        self.audit = audit  # records what mitmproxy refused
         self.max_headers = DEFAULT_MAX_HEADERS
         self.max_header_bytes = DEFAULT_MAX_HEADER_BYTES
-        self._watches: dict[str, Watch] = {}
-        self._decided: set[str] = set()  # clients hush decided something on
-        self._in_flight: dict[str, http.HTTPFlow] = {}
 
-    def load(self, loader):
+    def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("hush_max_headers", int, DEFAULT_MAX_HEADERS,
                           "Most header fields a request may have; more is answered 431.")
         loader.add_option("hush_max_header_bytes", int, DEFAULT_MAX_HEADER_BYTES,
                           "Largest request head (request line and headers) in bytes; larger is answered 431.")
 
-    def configure(self, updated):
+    def configure(self, updated: set[str]) -> None:
         if "hush_max_headers" in updated:
             self.max_headers = ctx.options.hush_max_headers
         if "hush_max_header_bytes" in updated:
@@ -237,9 +248,9 @@ class Intake:
             return
         watch = Watch(handler.layer, handler, self)
         handler.layer = watch
-        self._watches[client.id] = watch
+        conn_notes(client).watch = watch
 
-    def next_layer(self, nextlayer) -> None:
+    def next_layer(self, nextlayer: NextLayer) -> None:
         layer = nextlayer.layer
         if isinstance(layer, HttpLayer):
             nextlayer.layer = HeadBound(layer, self)
@@ -249,37 +260,38 @@ class Intake:
     # -- what hush decided ------------------------------------------------------------
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        self._decided.add(flow.client_conn.id)
+        conn_notes(flow.client_conn).decided = True
 
     def hush_tunnel(self, tunnel: Tunnel) -> None:
-        self._decided.add(tunnel.client_id)
+        if tunnel.client is not None:
+            conn_notes(tunnel.client).decided = True
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        client_id = flow.client_conn.id
-        self._decided.add(client_id)
-        self._in_flight[client_id] = flow
+        state = conn_notes(flow.client_conn)
+        state.decided = True
+        state.in_flight = flow
         if flow.response or flow.error:
             return
         fields = flow.request.headers.fields
         size = len(flow.request.method) + len(flow.request.path) + sum(len(n) + len(v) + 4 for n, v in fields)
         why = limit_text(len(fields), size, self.max_headers, self.max_header_bytes)
         if why is not None:
-            flow.metadata["hush.decision"] = fail_closed(flow.metadata.get("hush.app"), f"request headers over the "
-                                                         f"limit: {why}", _version(flow.metadata.get("hush.policy")))
+            n = notes(flow)
+            n.decision = fail_closed(n.app, f"request headers over the limit: {why}", _version(n.policy))
             flow.response = response_431(why)
             log.warning("answered 431 to %s on %s: %s", _peer(flow.client_conn), flow.client_conn.proxy_mode.full_spec,
                         why)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._in_flight.pop(flow.client_conn.id, None)
+        conn_notes(flow.client_conn).in_flight = None
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._in_flight.pop(flow.client_conn.id, None)
+        conn_notes(flow.client_conn).in_flight = None
 
     # -- refusing ---------------------------------------------------------------------
 
-    def _app(self, client: connection.Client):
-        identify = ctx.master.addons.get("identify")
+    def _app(self, client: connection.Client) -> tuple[str | None, str, PolicySet | None]:
+        identify = self.identify
         policyset = identify.holder.current if identify else None
         if identify is None:
             return None, client.proxy_mode.full_spec, policyset
@@ -292,7 +304,7 @@ class Intake:
         response = response_431(why)
         yield commands.SendData(client, http1_bytes(response))
         yield commands.CloseConnection(client)
-        self._decided.add(client.id)
+        conn_notes(client).decided = True
         log.warning("answered 431 to %s on %s: %s", _peer(client), client.proxy_mode.full_spec, why)
         try:
             self._record_head(context, head, why, response)
@@ -321,28 +333,24 @@ class Intake:
         flow = http.HTTPFlow(client, connection.Server(address=context.server.address))
         flow.request = request
         flow.response = response
-        flow.metadata.update({
-            "hush.app": app, "hush.listener": listener, "hush.policy": policyset, "hush.kind": "other",
-            "hush.decision": fail_closed(app, f"request headers over the limit: {why}", _version(policyset)),
-        })
-        audit = ctx.master.addons.get("audit")
-        if audit is not None:
-            audit.record(flow)
+        n = notes(flow)
+        n.app, n.listener, n.policy, n.kind = app, listener, policyset, "other"
+        n.decision = fail_closed(app, f"request headers over the limit: {why}", _version(policyset))
+        if self.audit is not None:
+            self.audit.record(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
-        watch = self._watches.pop(client.id, None)
-        decided = client.id in self._decided
-        self._decided.discard(client.id)
-        in_flight = self._in_flight.pop(client.id, None)
+        state = conn_notes(client)
+        watch, decided, in_flight = state.watch, state.decided, state.in_flight
+        state.watch, state.decided, state.in_flight = None, False, None
         if watch is None or (watch.crashed is None and (decided or watch.reason is None)):
             return
         reason = watch.crashed or watch.reason
         try:
-            if in_flight is not None and in_flight.response is None and not in_flight.metadata.get("hush.audited"):
+            if in_flight is not None and in_flight.response is None and not notes(in_flight).audited:
                 in_flight.error = mflow.Error(f"mitmproxy could not handle the request: {reason}")
-                audit = ctx.master.addons.get("audit")
-                if audit is not None:
-                    audit.record(in_flight)
+                if self.audit is not None:
+                    self.audit.record(in_flight)
                 return
             if decided:
                 return
@@ -350,7 +358,7 @@ class Intake:
                 log.warning("mitmproxy refused a connection from %s on %s: %s", _peer(client),
                             client.proxy_mode.full_spec, reason)
             app, listener, policyset = self._app(client)
-            tunnel = Tunnel(client.id, app, listener, "", 0, policyset)
+            tunnel = Tunnel(client.id, app, listener, "", 0, policyset, client=client)
             tunnel.decision = fail_closed(app, f"refused by mitmproxy: {reason}", _version(policyset), "connect")
             tunnel.error = reason
             tunnel.ended = time.time()

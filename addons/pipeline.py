@@ -10,4 +10,4 @@ docs/architecture.md.
 
 from hush.addons import chain
 
-addons = chain()
+addons = list(chain())

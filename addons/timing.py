@@ -18,9 +18,10 @@ never a sleep: other flows keep moving.  Each held flow ends one way:
   is pending, so the client connection's state is checked).  HTTP/1 only:
   an HTTP/2 stream reset by the app stays held until its timer.
 
-The act addon awaits :meth:`Timing.delay` / :meth:`Timing.debounce`; on
-``done`` every flow still held is answered and audited here, before the audit
-writer closes.
+The act addon awaits :meth:`Timing.delay` / :meth:`Timing.debounce` (through
+the holding actions); on ``done`` every flow still held is answered and
+audited here, before the audit writer closes.  ``chain()`` hands it identify
+(which app a held flow's connection is under a new policy set) and audit.
 """
 
 from __future__ import annotations
@@ -30,9 +31,19 @@ import dataclasses
 import logging
 import time
 import urllib.parse
+from typing import TYPE_CHECKING
 
-from mitmproxy import ctx, http
+from mitmproxy import addonmanager, ctx, http
 from mitmproxy.connection import ConnectionState
+
+from hush.addons.actions.base import local_response
+from hush.addons.flowinfo import fail_closed, request_info
+from hush.addons.notes import notes
+from hush.daemon.policy.model import PolicySet
+
+if TYPE_CHECKING:
+    from hush.addons.audit import Audit
+    from hush.addons.identify import Identify
 
 log = logging.getLogger("hush.timing")
 
@@ -59,18 +70,20 @@ class Held:
     app: str
     kind: str  # "delay" | "debounce"
     key: str
-    future: asyncio.Future
+    future: asyncio.Future[str | None]
     timer: asyncio.TimerHandle | None = None
     since: float = dataclasses.field(default_factory=time.monotonic)
 
 
 class Timing:
-    def __init__(self):
+    def __init__(self, identify: Identify | None = None, audit: Audit | None = None):
+        self.identify = identify
+        self.audit = audit
         self._held: dict[str, list[Held]] = {}
         self.total = 0
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
-    def load(self, loader):
+    def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option("hush_max_held_per_app", int, 500,
                           "At most this many flows held (delay/debounce) per app; more are refused (overflow).")
         loader.add_option("hush_max_held_total", int, 1000,
@@ -105,7 +118,7 @@ class Timing:
         finally:
             self._held[app].remove(held)
             self.total -= 1
-            flow.metadata["hush.held_ms"] = round((time.monotonic() - held.since) * 1000, 1)
+            notes(flow).held_ms = round((time.monotonic() - held.since) * 1000, 1)
 
     async def _sweep(self) -> None:
         """While anything is held: release the flows whose app has closed its connection."""
@@ -122,23 +135,23 @@ class Timing:
         key = url_key(flow.request.pretty_url)
         for held in list(self._held.get(app, ())):
             if held.kind == "debounce" and related(held.key, key):
-                held.flow.metadata["hush.superseded_by"] = flow.request.pretty_url
+                notes(held.flow).superseded_by = flow.request.pretty_url
                 self._release(held, "superseded")
         return await self._hold(flow, app, "debounce", key, quiet)
 
-    def policy_changed(self, old, new) -> int:
+    def policy_changed(self, old: PolicySet | None, new: PolicySet) -> int:
         """A reload: every held flow that ``new`` decides more strictly than the
         decision holding it (by what would reach the site once released:
         nothing, a Tor exit, this machine) is released as ``revoked``.  The
         others keep their timers and their decision."""
         from hush.addons.act import more_strictly
-        from hush.addons.flowinfo import fail_closed, request_info
 
-        identify = ctx.master.addons.get("identify")
+        identify = self.identify
         revoked = 0
         for held in [h for group in self._held.values() for h in group]:
             flow = held.flow
-            decision = flow.metadata.get("hush.decision")
+            n = notes(flow)
+            decision = n.decision
             if decision is None or held.future.done():
                 continue
             try:
@@ -147,12 +160,12 @@ class Timing:
                     now = fail_closed(app, f"the connection is not {held.app}'s under policy set {new.version}",
                                       new.version)
                 else:
-                    now = new.decide(held.app, request_info(flow, flow.metadata.get("hush.kind", "other")))
+                    now = new.decide(held.app, request_info(flow, n.kind or "other"))
             except Exception as e:  # an app the new set does not have, or a bug: fail closed
                 now = fail_closed(held.app, f"cannot decide under policy set {new.version}: {e!r}", new.version)
             if more_strictly(decision, now):
-                flow.metadata["hush.revoked_by"] = now
-                flow.metadata["hush.outcome"] = "revoked"
+                n.revoked_by = now
+                n.outcome = "revoked"
                 log.warning("revoked a held flow to %s: policy set %s decides it %s", flow.request.pretty_host,
                             new.version, now.describe())
                 self._release(held, "revoked")
@@ -161,18 +174,15 @@ class Timing:
 
     def done(self) -> None:
         """Stopping: answer every held flow here and audit it; release none."""
-        from hush.addons.actions.base import local_response
-
-        audit = ctx.master.addons.get("audit")
         for held in [h for group in self._held.values() for h in group]:
             flow = held.flow
-            flow.metadata["hush.outcome"] = "shutdown"
-            decision = flow.metadata.get("hush.decision")
-            if decision is not None and flow.response is None:
-                flow.response = local_response(503, "hush is stopping; this request was never sent", decision)
+            n = notes(flow)
+            n.outcome = "shutdown"
+            if n.decision is not None and flow.response is None:
+                flow.response = local_response(503, "hush is stopping; this request was never sent", n.decision)
             self._release(held, "shutdown")
-            if audit is not None:
-                audit.record(flow)
+            if self.audit is not None:
+                self.audit.record(flow)
         if self._sweeper is not None:
             self._sweeper.cancel()
 

@@ -24,17 +24,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from typing import TYPE_CHECKING, Optional
+import weakref
+from typing import TYPE_CHECKING, Optional, Protocol
 
-from mitmproxy import connection, ctx, http
+from mitmproxy import addonmanager, connection, ctx, http
 from mitmproxy.net.server_spec import ServerSpec
 from mitmproxy.proxy import layers
 from mitmproxy.proxy.layers.http._upstream_proxy import HttpUpstreamProxy
 
+from hush.addons.notes import conn_notes, notes
 from hush.daemon.policy.hosts import normalize, site_of
 
 if TYPE_CHECKING:
+    from mitmproxy.proxy.layers.modes import NextLayer
+
     from hush.addons.tunnel import Tunnel
+    from hush.daemon.tor import Circuit, StreamCallback
 
 log = logging.getLogger("hush.tor")
 
@@ -50,14 +55,27 @@ class Route:
     exit: tuple[str, str] | None = None  # (fingerprint, nickname)
 
 
+class Tor(Protocol):
+    """What torroute needs of a tor (``hush.daemon.tor.TorManager``, or ``_StaticTor``)."""
+
+    @property
+    def tunnel_address(self) -> tuple[str, int] | None: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def stream_callbacks(self) -> list[StreamCallback]: ...
+
+
 class _StaticTor:
     """A tor hush does not manage (mitmdump -s): assumed ready."""
 
     def __init__(self, address: tuple[str, int]):
-        self.tunnel_address = address
+        self.tunnel_address: tuple[str, int] | None = address
         self.ready = True
         self.reason = "configured with hush_tor_tunnel"
-        self.stream_callbacks: list = []
+        self.stream_callbacks: list[StreamCallback] = []
 
 
 def isolation_key(isolation: str, app: str | None, host: str) -> str:
@@ -69,27 +87,27 @@ def isolation_key(isolation: str, app: str | None, host: str) -> str:
 
 
 class TorRoute:
-    def __init__(self, manager=None):
-        self.manager = manager  # hush.daemon.tor.TorManager, set by the daemon
-        self._pending: dict[str, dict[tuple[str, int], Route]] = {}  # client id → target → route
-        self._tunnels: dict[str, tuple[str, int, Route, Tunnel]] = {}
-        self._by_port: dict[int, Route] = {}
-        self._ports: dict[str, list[int]] = {}
-        self._refused: set[str] = set()  # SOCKS5 tunnels tor could not carry: close them
+    def __init__(self, manager: Tor | None = None):
+        # our end of each connection to tor → its route, for tor's STREAM events (the
+        # routes themselves are their connection's state, conn_notes: they end with it)
+        self._by_port: weakref.WeakValueDictionary[int, Route] = weakref.WeakValueDictionary()
+        self.manager: Tor | None = None  # hush.daemon.tor.TorManager, handed over by chain()
+        if manager is not None:
+            self.set_manager(manager)
 
-    def load(self, loader):
+    def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option(
             "hush_tor_tunnel", Optional[str], None,  # noqa: UP045 (mitmproxy reads typing.Optional)
             "HOST:PORT of a running tor's HTTPTunnelPort, for the tor action under mitmdump -s "
             "(the hush daemon runs its own tor).",
         )
 
-    def configure(self, updated):
+    def configure(self, updated: set[str]) -> None:
         if "hush_tor_tunnel" in updated and ctx.options.hush_tor_tunnel:
             host, _, port = ctx.options.hush_tor_tunnel.rpartition(":")
             self.set_manager(_StaticTor((host or "127.0.0.1", int(port))))
 
-    def set_manager(self, manager) -> None:
+    def set_manager(self, manager: Tor) -> None:
         self.manager = manager
         if self._on_stream not in manager.stream_callbacks:
             manager.stream_callbacks.append(self._on_stream)
@@ -104,39 +122,42 @@ class TorRoute:
 
     # -- called by the tor action ------------------------------------------------------
 
-    def _route(self, client_id: str, host: str, port: int, key: str) -> Route:
-        targets = self._pending.setdefault(client_id, {})
+    @staticmethod
+    def _route(client: connection.Client, host: str, port: int, key: str,
+               address: tuple[str, int] | None) -> Route:
+        targets = conn_notes(client).routes
         route = targets.get((host, port))
-        if route is None or route.isolation != key or route.address != self.manager.tunnel_address:
-            route = Route(key, self.manager.tunnel_address)
+        if route is None or route.isolation != key or route.address != address:
+            route = Route(key, address)
             targets[(host, port)] = route
         return route
 
     def route_request(self, flow: http.HTTPFlow, isolation: str) -> str | None:
         """Send ``flow`` through tor; return why not if it cannot be."""
         why = self.unavailable()
-        if why:
+        if why or self.manager is None:
             return why
         host = normalize(flow.request.host)
-        key = isolation_key(isolation, flow.metadata.get("hush.app"), host)
-        route = self._route(flow.client_conn.id, host, flow.request.port, key)
+        n = notes(flow)
+        key = isolation_key(isolation, n.app, host)
+        route = self._route(flow.client_conn, host, flow.request.port, key, self.manager.tunnel_address)
         # This flow's own server object: the one it starts with is shared by every
         # request of the client connection (mitmproxy forks contexts shallowly), and
         # a ``via`` set on it would send the connection's later requests through tor.
         flow.server_conn = connection.Server(address=flow.server_conn.address, via=ServerSpec(("http", route.address)))
-        flow.metadata["hush.tor"] = route
+        n.tor = route
         return None
 
-    def route_tunnel(self, tunnel, isolation: str) -> str | None:
-        why = self.unavailable()
-        if why:
-            if tunnel.flow is None:
-                self._refused.add(tunnel.client_id)
+    def route_tunnel(self, tunnel: Tunnel, isolation: str) -> str | None:
+        client = tunnel.client
+        why = self.unavailable() or (None if client is not None else "the tunnel has no client connection")
+        if why or self.manager is None or client is None:
+            if tunnel.flow is None and client is not None:
+                conn_notes(client).tor_refused = True
             return why
         key = isolation_key(isolation, tunnel.app, tunnel.host)
-        route = self._route(tunnel.client_id, tunnel.host, tunnel.port, key)
-        tunnel.route = route
-        self._tunnels[tunnel.client_id] = (tunnel.host, tunnel.port, route, tunnel)
+        tunnel.route = self._route(client, tunnel.host, tunnel.port, key, self.manager.tunnel_address)
+        conn_notes(client).tor_tunnel = tunnel
         return None
 
     # -- mitmproxy hooks ------------------------------------------------------------------
@@ -144,33 +165,33 @@ class TorRoute:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A flow not routed through tor must not dial tor: drop a ``via`` it
         did not get from ``route_request`` (one left on a shared server object)."""
-        if flow.metadata.get("hush.tor") is None and flow.server_conn.via is not None \
+        if notes(flow).tor is None and flow.server_conn.via is not None \
                 and flow.server_conn.timestamp_start is None:
             flow.server_conn = connection.Server(address=flow.server_conn.address)
 
-    def next_layer(self, nextlayer) -> None:
-        client = nextlayer.context.client
-        if client.id in self._refused:
+    def next_layer(self, nextlayer: NextLayer) -> None:
+        state = conn_notes(nextlayer.context.client)
+        if state.tor_refused:
             # relay nothing: with no permit the guard refuses the dial, the connection closes
-            self._refused.discard(client.id)
+            state.tor_refused = False
             nextlayer.layer = layers.TCPLayer(nextlayer.context, ignore=True)
             return
-        entry = self._tunnels.get(client.id)
-        if entry is None:
+        tunnel = state.tor_tunnel
+        if tunnel is None or tunnel.route is None:
             return
-        host, port, route, tunnel = entry
+        host, port, route = tunnel.host, tunnel.port, tunnel.route
         if nextlayer.layer is None:
             return  # decide is still waiting for the whole ClientHello: nothing is relayed before it is checked
         if tunnel.error is not None:
             # decide refused it (its ClientHello names a host treated more strictly, or does not
             # parse): relay nothing; with its permits withdrawn the guard refuses the dial
-            del self._tunnels[client.id]
+            state.tor_tunnel = None
             nextlayer.layer = layers.TCPLayer(nextlayer.context, ignore=True)
             return
         server = nextlayer.context.server
         if server.address is None or (normalize(server.address[0]), server.address[1]) != (host, port):
             return
-        del self._tunnels[client.id]
+        state.tor_tunnel = None
         if isinstance(getattr(nextlayer.layer, "inner", nextlayer.layer), layers.HttpLayer):
             # Plain HTTP in the tunnel: mitmproxy reads it, so each request is decided on its
             # own (its Host header too) and a request decided `tor` is routed here (`via`).
@@ -183,9 +204,8 @@ class TorRoute:
         nextlayer.layer = stack[0]
 
     def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
-        client_id = flow.client_conn.id
         target = (normalize(flow.request.host), flow.request.port)
-        route = self._pending.get(client_id, {}).get(target)
+        route = conn_notes(flow.client_conn).routes.get(target)
         if route is None:  # not one of ours: still never share a circuit with the apps
             log.warning("CONNECT to tor for %s:%s without a route", *target)
             flow.request.headers["X-Tor-Stream-Isolation"] = f"hush/unrouted/{uuid.uuid4().hex}"
@@ -195,20 +215,20 @@ class TorRoute:
         if sockname:
             route.source_port = sockname[1]
             self._by_port[sockname[1]] = route
-            self._ports.setdefault(client_id, []).append(sockname[1])
 
-    def _on_stream(self, source_port: int, circ_id: str, circuit) -> None:
+    def _on_stream(self, source_port: int, circ_id: str, circuit: Circuit | None) -> None:
         route = self._by_port.pop(source_port, None)
         if route is not None:
             route.circuit = circ_id
             route.exit = circuit.exit if circuit is not None else None
 
     def client_disconnected(self, client: connection.Client) -> None:
-        self._refused.discard(client.id)
-        self._pending.pop(client.id, None)
-        self._tunnels.pop(client.id, None)
-        for port in self._ports.pop(client.id, ()):
-            self._by_port.pop(port, None)
+        state = conn_notes(client)
+        for route in state.routes.values():  # tor's later events for them match nothing
+            for port, routed in list(self._by_port.items()):
+                if routed is route:
+                    del self._by_port[port]
+        state.tor_refused, state.routes, state.tor_tunnel = False, {}, None
 
 
 addons = [TorRoute()]

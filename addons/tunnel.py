@@ -14,10 +14,16 @@ import dataclasses
 import time
 import uuid
 
-from mitmproxy import hooks, http
-from mitmproxy.proxy import commands, events, layer
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from mitmproxy import connection, hooks, http
+from mitmproxy.proxy import commands, context, events, layer
 
 from hush.daemon.policy.model import Decision, PolicySet
+
+if TYPE_CHECKING:
+    from hush.addons.torroute import Route
 
 
 @dataclasses.dataclass(eq=False)
@@ -35,7 +41,7 @@ class Tunnel:
     ended: float | None = None
     error: str | None = None
     outcome: str | None = None  # what happened instead of the decision (e.g. "tor-unavailable")
-    route: object | None = None  # a torroute.Route when the tunnel goes through tor
+    route: Route | None = None  # set when the tunnel goes through tor
     # where a direct connection goes, when that is not (host, port): a SOCKS5
     # client that resolved the name itself gives an address, and the TLS SNI
     # names the host
@@ -43,6 +49,8 @@ class Tunnel:
     # the audit row's key: the row written when the decision is applied is
     # completed in place when the tunnel connects and when it closes
     key: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    # the client connection (None for a connection refused before mitmproxy saw it)
+    client: connection.Client | None = None
 
 
 @dataclasses.dataclass
@@ -76,13 +84,13 @@ class Counted(layer.Layer):
     ``NextLayer`` it is not in ``context.layers``: the layers under it find
     their parents as before."""
 
-    def __init__(self, context, inner: layer.Layer, tally: Tally):
+    def __init__(self, context: context.Context, inner: layer.Layer, tally: Tally):
         super().__init__(context)
         self.context.layers.remove(self)
         self.inner = inner
         self.tally = tally
 
-    def handle_event(self, event: events.Event):
+    def handle_event(self, event: events.Event) -> Iterator[commands.Command]:
         client = self.context.client
         for command in self.inner.handle_event(event):
             if isinstance(command, commands.SendData):
@@ -92,7 +100,7 @@ class Counted(layer.Layer):
                     self.tally.up += len(command.data)
             yield command
 
-    def _handle_event(self, event: events.Event):  # pragma: no cover - handle_event is overridden
+    def _handle_event(self, event: events.Event) -> Iterator[commands.Command]:  # pragma: no cover - handle_event is overridden
         yield from self.handle_event(event)
 
     def __repr__(self):

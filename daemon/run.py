@@ -120,7 +120,8 @@ class Daemon:
         self.tor.state_callbacks.append(self._tor_changed)
         self.master = Master(options.Options())
         self.master.addons.add(*mitmproxy_addons())
-        self.master.addons.add(Pipeline([*chain(self.holder, self.tor), self]))
+        self.hush = chain(self.holder, self.tor)  # hush's addons, wired
+        self.master.addons.add(Pipeline([*self.hush, self]))
         self.master.options.update(**mitmproxy_options(policyset, config, state_dir))
         self.exit_status = ExitStatus.OK
         self.started = time.time()
@@ -195,9 +196,7 @@ class Daemon:
         return self.exit_status
 
     def _record_tunnel(self, tunnel) -> None:
-        audit = self.master.addons.get("audit")
-        if audit is not None:
-            audit.record_tunnel(tunnel)
+        self.hush.audit.record_tunnel(tunnel)
 
     def _stop(self) -> None:
         notify("STOPPING=1")
@@ -239,7 +238,7 @@ class Daemon:
             if self.tor.state == "off" and uses_tor(new):
                 await self.tor.start()
             old = self.holder.swap(new)
-            self.master.addons.get("act").policy_changed(old, new)  # closes what the new set treats more strictly
+            self.hush.act.policy_changed(old, new)  # closes what the new set treats more strictly
             modes = new.specs
             if modes != list(self.master.options.mode):
                 self.master.options.update(mode=modes)
@@ -271,8 +270,8 @@ class Daemon:
         current = self.policyset
         proxyserver = self.master.addons.get("proxyserver")
         bound = {i.mode.full_spec for i in proxyserver.servers if i.is_running} if proxyserver else set()
-        audit = self.master.addons.get("audit")
-        timing = self.master.addons.get("timing")
+        audit = self.hush.audit
+        timing = self.hush.timing
         writer = audit.writer if audit else None
         last = self.reloads[-1] if self.reloads else None
         return {

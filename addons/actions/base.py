@@ -4,31 +4,44 @@ An action is a frozen dataclass: its fields are the parameters read from the
 rule (``status: 451``), so two rules with the same parameters compare equal.
 It says how it is applied at each level:
 
-- ``on_tunnel(tunnel)``: a connection decided without seeing a request (a
-  CONNECT, whose flow is ``tunnel.flow``, or a SOCKS5 connection, which has
-  none); the TLS inside is then relayed untouched, or refused;
-- ``on_request(flow, decision)``: an HTTP request, plain or intercepted.
+- ``on_tunnel(tunnel, services)``: a connection decided without seeing a
+  request (a CONNECT, whose flow is ``tunnel.flow``, or a SOCKS5 connection,
+  which has none); the TLS inside is then relayed untouched, or refused;
+- ``on_request(flow, decision, services)``: an HTTP request, plain or intercepted.
 
-and what leaves the machine because of it (``egress``): ``direct`` opens a
-connection from the user's machine to the site; ``tor`` one to tor, which
-carries it on; ``none`` sends nothing.
+and what leaves the machine because of it (``sends``, a class attribute;
+``egress`` on an action as a rule holds it): ``direct`` opens a connection
+from the user's machine to the site; ``tor`` one to tor, which carries it on;
+``none`` sends nothing.
+
+A :class:`Holding` action (``delay``, ``debounce``) first holds the request
+(``await hold(...)``), then applies its ``then`` action; what leaves is what
+``then`` sends.  ``services`` are the addons an action may use (the timers
+that hold flows, the route into tor), handed over by act as ``chain()`` wired
+them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import TYPE_CHECKING, Callable, ClassVar, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, Literal
 
+import yaml
 from mitmproxy import http
 
 from hush.daemon.yamlschema import Field, Reader
 
 if TYPE_CHECKING:
+    from hush.addons.timing import Timing
+    from hush.addons.torroute import TorRoute
     from hush.addons.tunnel import Tunnel
     from hush.daemon.policy.model import Decision
 
-REGISTRY: dict[str, type["Action"]] = {}
+Egress = Literal["direct", "tor", "none"]
+
+REGISTRY: dict[str, type[Action]] = {}
 
 GENERIC_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 
@@ -41,7 +54,18 @@ class ParseContext:
     listen_host: str = "127.0.0.1"  # for policies whose `listen` gives only a port
     allow_non_loopback: bool = False  # the config's explicit allow_non_loopback_listeners
     # set by the loader: parses a nested action (`then:`) → Action or None
-    parse_action: Callable | None = dataclasses.field(default=None, compare=False)
+    parse_action: Callable[[Reader, yaml.Node, ParseContext], Action | None] | None = dataclasses.field(
+        default=None, compare=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Services:
+    """The addons applying an action may use, wired in ``chain()`` and
+    handed over by act.  None where the chain has no such addon (an addon
+    file loaded alone)."""
+
+    timing: Timing | None = None  # holds flows: delay, debounce
+    router: TorRoute | None = None  # routes flows into tor: the tor action
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +74,16 @@ class Action:
     params: ClassVar[frozenset[str]] = frozenset()
     required: ClassVar[frozenset[str]] = frozenset()  # params that must be given
     needs_http: ClassVar[bool] = False  # must see the HTTP request: forces TLS interception
-    egress: ClassVar[Literal["direct", "tor", "none"]] = "direct"
+    sends: ClassVar[Egress] = "direct"  # what applying the action sends (see the module's docstring)
+
+    @property
+    def egress(self) -> Egress:
+        """What leaves this machine once the action is applied: ``sends``
+        (a holding action: what its ``then`` sends)."""
+        return self.sends
 
     @classmethod
-    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> "Action | None":
+    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> Action | None:
         """Build the action from the rule's parameter fields (only names in
         ``params`` are passed).  Record problems with ``reader.error`` and
         return None if any."""
@@ -64,26 +94,46 @@ class Action:
         values = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
         return f"{self.name} ({values})" if values else self.name
 
-    def on_tunnel(self, tunnel: "Tunnel") -> None:
-        """Apply to a connection decided at connection level."""
+    def on_tunnel(self, tunnel: Tunnel, decision: Decision, services: Services) -> None:
+        """Apply to a connection decided at connection level (``decision``
+        is ``tunnel.decision``)."""
         if tunnel.flow is not None:
-            self.on_connect(tunnel.flow, tunnel.decision)
+            self.on_connect(tunnel.flow, decision)
 
-    def on_connect(self, flow: http.HTTPFlow, decision: "Decision") -> None:
+    def on_connect(self, flow: http.HTTPFlow, decision: Decision) -> None:
         """Apply to a CONNECT decided at connection level (from ``on_tunnel``)."""
 
-    def on_request(self, flow: http.HTTPFlow, decision: "Decision") -> None:
+    def on_request(self, flow: http.HTTPFlow, decision: Decision, services: Services) -> None:
         """Apply to an HTTP request."""
 
 
-def register(cls: type[Action]) -> type[Action]:
+@dataclasses.dataclass(frozen=True)
+class Holding(Action):
+    """An action that holds a request (``hold``, an ``await``: other flows
+    keep moving), then applies ``then`` to it.  Act awaits ``hold``: None
+    releases the flow to ``then``, anything else is the outcome that kept it
+    back (``superseded``, ``overflow``, …), answered locally."""
+
+    needs_http = True
+    sends = "none"  # holding sends nothing; what leaves once released is ``then``'s
+    then: Action = dataclasses.field(default_factory=lambda: REGISTRY["allow"](), kw_only=True)
+
+    @property
+    def egress(self) -> Egress:
+        return self.then.egress
+
+    async def hold(self, flow: http.HTTPFlow, decision: Decision, services: Services) -> str | None:
+        raise NotImplementedError
+
+
+def register[A: type[Action]](cls: A) -> A:
     if cls.name in REGISTRY:
         raise RuntimeError(f"action {cls.name!r} registered twice")
     REGISTRY[cls.name] = cls
     return cls
 
 
-def local_response(status: int, text: str, decision: "Decision") -> http.Response:
+def local_response(status: int, text: str, decision: Decision) -> http.Response:
     """A response made by hush, not by the site."""
     return http.Response.make(
         status,
@@ -95,7 +145,7 @@ def local_response(status: int, text: str, decision: "Decision") -> http.Respons
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m)?$")
 
 
-def parse_duration(reader: Reader, node, what: str, lo: float = 0.0, hi: float = 3600.0) -> float | None:
+def parse_duration(reader: Reader, node: yaml.Node, what: str, lo: float = 0.0, hi: float = 3600.0) -> float | None:
     """``500ms``, ``2s``, ``1.5s``, ``1m`` or a number of seconds → seconds."""
     from hush.daemon.yamlschema import FLOAT, INT
 

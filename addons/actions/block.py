@@ -9,9 +9,15 @@ CONNECTs with 403 and requests with the status given.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-from hush.addons.actions.base import Action, ParseContext, local_response, register
+from mitmproxy import http
+
+from hush.addons.actions.base import Action, ParseContext, Services, local_response, register
 from hush.daemon.yamlschema import INT, Field, Reader
+
+if TYPE_CHECKING:
+    from hush.daemon.policy.model import Decision
 
 
 @register
@@ -19,16 +25,16 @@ from hush.daemon.yamlschema import INT, Field, Reader
 class Block(Action):
     name = "block"
     params = frozenset({"status"})
-    egress = "none"
+    sends = "none"
 
     status: int | None = 403  # None: reset the connection
 
     @classmethod
-    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext):
-        node = fields.get("status")
-        if node is None:
+    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> Block | None:
+        field = fields.get("status")
+        if field is None:
             return cls()
-        node = node.value
+        node = field.value
         if getattr(node, "tag", None) == INT:
             status = reader.integer(node, "status", 100, 599)
             return None if status is None else cls(status)
@@ -39,14 +45,14 @@ class Block(Action):
     def describe(self) -> str:
         return "block (reset the connection)" if self.status is None else f"block (answer {self.status})"
 
-    def on_connect(self, flow, decision):
+    def on_connect(self, flow: http.HTTPFlow, decision: Decision) -> None:
         if self.status is None:
             flow.kill()
             return
         status = self.status if self.status >= 400 else 403
         flow.response = local_response(status, f"Blocked by hush: {decision.describe()}", decision)
 
-    def on_request(self, flow, decision):
+    def on_request(self, flow: http.HTTPFlow, decision: Decision, services: Services) -> None:
         if self.status is None:
             flow.kill()
             return

@@ -12,12 +12,17 @@ audited ``superseded``, naming the URL that replaced them.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-from mitmproxy import ctx
+from mitmproxy import http
 
-from hush.addons.actions.base import ParseContext, local_response, parse_duration, register
-from hush.addons.actions.delay import Holding, parse_then
+from hush.addons.actions.base import Holding, ParseContext, Services, local_response, parse_duration, register
+from hush.addons.actions.delay import parse_then
+from hush.addons.notes import notes
 from hush.daemon.yamlschema import Field, Reader
+
+if TYPE_CHECKING:
+    from hush.daemon.policy.model import Decision
 
 
 @register
@@ -28,26 +33,27 @@ class Debounce(Holding):
 
     quiet: float = 1.5
     status: int = 204
-    then: object = None
 
     @classmethod
     def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext):
         then = parse_then(reader, fields, ctx)
         quiet = parse_duration(reader, fields["quiet"].value, "quiet", 0.01, 60) if "quiet" in fields else 1.5
-        status = 204
+        status: int | None = 204
         if "status" in fields:
             status = reader.integer(fields["status"].value, "status", 200, 599)
-        if then is False or quiet is None or status is None:
+        if then is None or quiet is None or status is None:
             return None
-        return cls(quiet, status, then)
+        return cls(quiet, status, then=then)
 
     def describe(self) -> str:
         return (f"debounce (quiet {self.quiet:g}s; superseded requests get {self.status}), "
                 f"then {self.then.describe()}")
 
-    async def hold(self, flow, decision) -> str | None:
-        outcome = await ctx.master.addons.get("timing").debounce(flow, decision.app, self.quiet)
+    async def hold(self, flow: http.HTTPFlow, decision: Decision, services: Services) -> str | None:
+        if services.timing is None:
+            raise RuntimeError("no timing addon in the chain to hold the flow")
+        outcome = await services.timing.debounce(flow, decision.app, self.quiet)
         if outcome == "superseded":
-            replaced = flow.metadata.get("hush.superseded_by", "a newer request")
+            replaced = notes(flow).superseded_by or "a newer request"
             flow.response = local_response(self.status, f"Superseded by {replaced}", decision)
         return outcome

@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import TYPE_CHECKING
 
 import yaml
-from mitmproxy import ctx
+from mitmproxy import http
 
-from hush.addons.actions.base import Action, ParseContext, parse_duration, register
+from hush.addons.actions.base import Action, Holding, ParseContext, Services, parse_duration, register
 from hush.daemon.yamlschema import Field, Reader
+
+if TYPE_CHECKING:
+    from hush.daemon.policy.model import Decision
 
 THEN = ("allow", "strip", "tor")
 _random = random.SystemRandom()
 
 
-def parse_then(reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> Action | None | bool:
-    """The ``then`` action: an Action, None if absent (allow), False on error."""
+def parse_then(reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> Action | None:
+    """The ``then`` action: ``allow`` if absent; None on error (recorded with ``reader.error``)."""
     from hush.addons.actions import REGISTRY
 
     if "then" not in fields:
@@ -32,23 +36,11 @@ def parse_then(reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> A
     node = fields["then"].value
     action = ctx.parse_action(reader, node, ctx) if ctx.parse_action else None
     if action is None:
-        return False
+        return None
     if action.name not in THEN:
         reader.error(node, f"then must be one of: {', '.join(THEN)} (not {action.name})")
-        return False
+        return None
     return action
-
-
-class Holding(Action):
-    """An action that holds a flow (``async hold``), then hands it to ``then``."""
-
-    needs_http = True
-
-    @property
-    def egress(self) -> str:
-        """What leaves once the flow is released: ``then``'s egress (so a
-        ``debounce`` with ``then: tor`` needs hush's tor)."""
-        return self.then.egress
 
 
 @register
@@ -60,7 +52,6 @@ class Delay(Holding):
 
     min: float = 1.0
     max: float = 1.0
-    then: Action | None = None
 
     @classmethod
     def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext):
@@ -75,9 +66,9 @@ class Delay(Holding):
                 return None
         else:
             lo = hi = parse_duration(reader, node, "delay")
-        if lo is None or hi is None or then is False:
+        if lo is None or hi is None or then is None:
             return None
-        return cls(lo, hi, then)
+        return cls(lo, hi, then=then)
 
     def describe(self) -> str:
         span = f"{self.min:g}s" if self.min == self.max else f"{self.min:g}–{self.max:g}s (random)"
@@ -86,6 +77,8 @@ class Delay(Holding):
     def seconds(self) -> float:
         return self.min if self.min == self.max else _random.uniform(self.min, self.max)
 
-    async def hold(self, flow, decision) -> str | None:
-        return await ctx.master.addons.get("timing").delay(flow, decision.app, self.seconds())
+    async def hold(self, flow: http.HTTPFlow, decision: Decision, services: Services) -> str | None:
+        if services.timing is None:
+            raise RuntimeError("no timing addon in the chain to hold the flow")
+        return await services.timing.delay(flow, decision.app, self.seconds())
 

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import TYPE_CHECKING
 
-from hush.addons.actions.base import Action, ParseContext, register
+from mitmproxy import http
+
+from hush.addons.actions.base import Action, ParseContext, Services, register
 from hush.daemon.yamlschema import Field, Reader
 
-DEFAULT_HEADERS = ("cookie", "referer", "accept-language", "user-agent")
+if TYPE_CHECKING:
+    from hush.daemon.policy.model import Decision
+
+DEFAULT_HEADERS: tuple[str, ...] = ("cookie", "referer", "accept-language", "user-agent")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -30,7 +36,7 @@ class Strip(Action):
     user_agent: str | None = None  # replacement; None: remove it
 
     @classmethod
-    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext):
+    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> Strip | None:
         ok = True
         headers = DEFAULT_HEADERS
         if "headers" in fields:
@@ -60,7 +66,7 @@ class Strip(Action):
         ua = f"; User-Agent → {self.user_agent!r}" if self.user_agent else ""
         return f"strip ({', '.join(self.headers)}{ua})"
 
-    def on_request(self, flow, decision):
+    def on_request(self, flow: http.HTTPFlow, decision: Decision, services: Services) -> None:
         for name in self.headers:
             flow.request.headers.pop(name, None)
         if self.user_agent:

@@ -10,20 +10,23 @@ directly and never left waiting for tor.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-from mitmproxy import ctx
+from mitmproxy import http
 
-from hush.addons.actions.base import Action, ParseContext, local_response, register
+from hush.addons.actions.base import Action, ParseContext, Services, local_response, register
+from hush.addons.notes import notes
 from hush.daemon.yamlschema import Field, Reader
 
+if TYPE_CHECKING:
+    from hush.addons.tunnel import Tunnel
+    from hush.daemon.policy.model import Decision
+
 ISOLATIONS = ("app", "site", "flow")
+NOT_LOADED = "tor routing is not loaded"
 
 
-def _router():
-    return ctx.master.addons.get("torroute")
-
-
-def _refusal(why: str, decision):
+def _refusal(why: str, decision: Decision) -> http.Response:
     return local_response(503, f"Tor is unavailable ({why}); hush does not send this directly.", decision)
 
 
@@ -32,12 +35,12 @@ def _refusal(why: str, decision):
 class Tor(Action):
     name = "tor"
     params = frozenset({"isolation"})
-    egress = "tor"
+    sends = "tor"
 
     isolation: str = "app"
 
     @classmethod
-    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext):
+    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> Tor | None:
         if "isolation" not in fields:
             return cls()
         isolation = reader.choice(fields["isolation"].value, "isolation", ISOLATIONS)
@@ -46,18 +49,18 @@ class Tor(Action):
     def describe(self) -> str:
         return f"tor (circuits isolated per {self.isolation})"
 
-    def on_tunnel(self, tunnel) -> None:
-        router = _router()
-        why = router.route_tunnel(tunnel, self.isolation) if router else "tor routing is not loaded"
+    def on_tunnel(self, tunnel: Tunnel, decision: Decision, services: Services) -> None:
+        router = services.router
+        why = router.route_tunnel(tunnel, self.isolation) if router else NOT_LOADED
         if why:
             tunnel.outcome = "tor-unavailable"
             tunnel.error = why
             if tunnel.flow is not None:
-                tunnel.flow.response = _refusal(why, tunnel.decision)
+                tunnel.flow.response = _refusal(why, decision)
 
-    def on_request(self, flow, decision) -> None:
-        router = _router()
-        why = router.route_request(flow, self.isolation) if router else "tor routing is not loaded"
+    def on_request(self, flow: http.HTTPFlow, decision: Decision, services: Services) -> None:
+        router = services.router
+        why = router.route_request(flow, self.isolation) if router else NOT_LOADED
         if why:
-            flow.metadata["hush.outcome"] = "tor-unavailable"
+            notes(flow).outcome = "tor-unavailable"
             flow.response = _refusal(why, decision)

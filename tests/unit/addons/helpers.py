@@ -63,3 +63,13 @@ class Recorder:
 
     def hush_tunnel_end(self, tunnel):
         self.ended.append(tunnel)
+
+
+def noted(flow, **fields):
+    """Set the flow's notes, as the addons before the one under test would have."""
+    from hush.addons.notes import notes
+
+    n = notes(flow)
+    for name, value in fields.items():
+        setattr(n, name, value)
+    return flow

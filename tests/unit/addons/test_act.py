@@ -8,13 +8,14 @@ from hush.addons.act import Act
 from hush.addons.classify import Classify
 from hush.addons.decide import Decide
 from hush.addons.tunnel import Tunnel
+from hush.addons.notes import conn_notes, notes
 
-from .helpers import connect_flow, http_flow, policyset
+from .helpers import connect_flow, http_flow, noted, policyset
 
 
 def decided(url, **kw):
     f = http_flow(url, **kw)
-    f.metadata.update({"hush.policy": policyset(), "hush.app": "x", "hush.listener": "l"})
+    noted(f, policy=policyset(), app="x", listener="l")
     Classify().requestheaders(f)
     Decide().requestheaders(f)
     return f
@@ -87,7 +88,7 @@ def test_an_action_that_raises_fails_closed(monkeypatch):
         f = decided("http://www.strip.org/")
         _run(act.requestheaders(f))
         assert f.response.status_code == 502
-        assert f.metadata["hush.decision"].note.startswith("fail-closed: failed to apply strip")
+        assert notes(f).decision.note.startswith("fail-closed: failed to apply strip")
         assert connect(act, f) is not None
 
 
@@ -105,13 +106,14 @@ def test_tunnel_decisions():
     act = Act()
     with taddons.context(act):
         f = connect_flow("blocked.org")
-        t = Tunnel(f.client_conn.id, "x", "l", "blocked.org", 443, ps, ps.decide_connect("x", "blocked.org", 443), f)
+        t = Tunnel(f.client_conn.id, "x", "l", "blocked.org", 443, ps, ps.decide_connect("x", "blocked.org", 443), f,
+                   client=f.client_conn)
         act.hush_tunnel(t)
         assert f.response.status_code == 403
         assert connect(act, f) is not None
         g = connect_flow("a.backend.net")
         t = Tunnel(g.client_conn.id, "x", "l", "a.backend.net", 443, ps,
-                   ps.decide_connect("x", "a.backend.net", 443), g)
+                   ps.decide_connect("x", "a.backend.net", 443), g, client=g.client_conn)
         act.hush_tunnel(t)
         assert g.response is None
         assert connect(act, g) is None
@@ -125,7 +127,7 @@ def test_connect_block_below_400_answers_403():
         d = ps.decide("x", __import__("hush.daemon.policy", fromlist=["RequestInfo"]).RequestInfo.from_url(
             "https://www.example.com/p/x"))
         assert d.action.status == 204
-        act.hush_tunnel(Tunnel(f.client_conn.id, "x", "l", "www.example.com", 443, ps, d, f))
+        act.hush_tunnel(Tunnel(f.client_conn.id, "x", "l", "www.example.com", 443, ps, d, f, client=f.client_conn))
         assert f.response.status_code == 403  # a 2xx would open the tunnel
 
 
@@ -134,8 +136,9 @@ def test_guard_failing_itself_refuses():
     with taddons.context(act):
         server = tflow.tserver_conn()
         server.address = ("a.org", 80)
-        act._permits = None  # break it
-        act.server_connect(server_hooks.ServerConnectionHookData(server, tflow.tclient_conn()))
+        client = tflow.tclient_conn()
+        conn_notes(client).permits = None  # break it
+        act.server_connect(server_hooks.ServerConnectionHookData(server, client))
         assert server.error.startswith("hush: egress check failed")
 
 
@@ -159,7 +162,8 @@ rules:
 
 def _tunnel(act, ps, host, address=None):
     f = connect_flow(host)
-    t = Tunnel(f.client_conn.id, "x", "l", host, 443, ps, ps.decide_connect("x", host, 443), address=address)
+    t = Tunnel(f.client_conn.id, "x", "l", host, 443, ps, ps.decide_connect("x", host, 443), address=address,
+               client=f.client_conn)
     act.hush_tunnel(t)
     return t, f
 

@@ -9,14 +9,15 @@ from hush.addons.act import Act
 from hush.addons.audit import Audit, Wire, flow_record, tunnel_record
 from hush.addons.classify import Classify
 from hush.addons.decide import Decide
+from hush.addons.notes import conn_notes
 from hush.addons.tunnel import Tally, Tunnel
 
-from .helpers import connect_flow, http_flow, policyset
+from .helpers import connect_flow, http_flow, noted, policyset
 
 
 def through_chain(url, **kw):
     f = http_flow(url, **kw)
-    f.metadata.update({"hush.policy": policyset(), "hush.app": "x", "hush.listener": "regular@127.0.0.1:8101"})
+    noted(f, policy=policyset(), app="x", listener="regular@127.0.0.1:8101")
     Classify().requestheaders(f)
     Decide().requestheaders(f)
     _run(Act().requestheaders(f))
@@ -127,7 +128,8 @@ def test_a_tunnel_row_is_written_open_then_connected_then_closed(tmp_path):
     with taddons.context(audit) as tctx:
         tctx.configure(audit, hush_state_dir=str(tmp_path))
         g = connect_flow("a.backend.net")
-        t = Tunnel(g.client_conn.id, "x", "l", "a.backend.net", 443, ps, ps.decide_connect("x", "a.backend.net", 443))
+        t = Tunnel(g.client_conn.id, "x", "l", "a.backend.net", 443, ps, ps.decide_connect("x", "a.backend.net", 443),
+                   client=g.client_conn)
         audit.hush_tunnel(t)
         audit.writer.close()  # flush: the open row is on disk before the tunnel closes
         db = sqlite3.connect(tmp_path / "audit.db")
@@ -136,7 +138,7 @@ def test_a_tunnel_row_is_written_open_then_connected_then_closed(tmp_path):
         tctx.configure(audit, hush_state_dir=str(tmp_path))  # a new writer
         audit.server_connected(server_hooks.ServerConnectionHookData(
             connection.Server(address=("a.backend.net", 443)), g.client_conn))
-        audit._wires[g.client_conn.id].tally = Tally(100, 2000)
+        conn_notes(g.client_conn).wire.tally = Tally(100, 2000)
         t.ended = t.started + 1
         audit.hush_tunnel_end(t)
         audit.done()
@@ -153,12 +155,13 @@ def test_a_tunnel_the_guard_refused_is_audited_refused():
     ps = policyset()
     with taddons.context(audit):
         g = connect_flow("a.backend.net")
-        t = Tunnel(g.client_conn.id, "x", "l", "a.backend.net", 443, ps, ps.decide_connect("x", "a.backend.net", 443))
+        t = Tunnel(g.client_conn.id, "x", "l", "a.backend.net", 443, ps, ps.decide_connect("x", "a.backend.net", 443),
+                   client=g.client_conn)
         audit.hush_tunnel(t)
         server = connection.Server(address=("10.1.1.1", 443))
         server.error = "hush: no decision permits a direct connection to 10.1.1.1:443"
         audit.server_connect(server_hooks.ServerConnectionHookData(server, g.client_conn))
-        r = tunnel_record(t, "site", audit._wires[g.client_conn.id])
+        r = tunnel_record(t, "site", conn_notes(g.client_conn).wire)
     assert (r["decision"], r["route"], r["ip_exposed"]) == ("refused", "none", False)
     assert r["error"].startswith("hush: no decision permits")
 

@@ -2,6 +2,7 @@ import pytest
 from mitmproxy.test import taddons
 
 from hush.addons.classify import Classify, kind_of
+from hush.addons.notes import notes
 
 from .helpers import http_flow
 
@@ -26,8 +27,8 @@ def test_carried_is_taken_before_any_action():
         f = http_flow("http://a.org/", headers={"User-Agent": "WhatsApp/2", "Cookie": "a=1; b=2",
                                                 "Referer": "https://chat/x", "Accept-Language": "de"})
         classify.requestheaders(f)
-    assert f.metadata["hush.kind"] == "preview"
-    assert f.metadata["hush.carried"] == {
+    assert notes(f).kind == "preview"
+    assert notes(f).carried == {
         "user_agent": "WhatsApp/2", "cookies": 2, "referer": "https://chat/x",
         "accept_language": "de", "range": None, "authorization": False,
     }

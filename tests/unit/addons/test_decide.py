@@ -6,17 +6,18 @@ from mitmproxy.test import taddons, tflow
 
 from hush.addons.decide import Decide
 from hush.addons.identify import Identify
+from hush.addons.notes import conn_notes, notes
 from hush.daemon.policy.holder import PolicyHolder
 
-from .helpers import Recorder, connect_flow, http_flow, policyset
+from .helpers import connect_flow, http_flow, noted, policyset, Recorder
 
 
 def run(decide, f, ps=None, app="x"):
-    f.metadata["hush.policy"] = ps if ps is not None else policyset()
-    f.metadata["hush.app"] = app
-    f.metadata["hush.listener"] = "regular@127.0.0.1:8101"
+    notes(f).policy = ps if ps is not None else policyset()
+    notes(f).app = app
+    notes(f).listener = "regular@127.0.0.1:8101"
     decide.requestheaders(f)
-    return f.metadata["hush.decision"]
+    return notes(f).decision
 
 
 def test_request_decision():
@@ -30,9 +31,9 @@ def test_fail_closed_without_policy_app_or_on_error(monkeypatch):
     decide = Decide()
     with taddons.context(decide):
         f = http_flow("http://a.org/")
-        f.metadata["hush.app"] = "x"
+        notes(f).app = "x"
         decide.requestheaders(f)
-        assert f.metadata["hush.decision"].note == "fail-closed: no policy loaded"
+        assert notes(f).decision.note == "fail-closed: no policy loaded"
         assert run(decide, http_flow("http://a.org/"), app=None).note == "fail-closed: no policy owns this listener"
         ps = policyset()
         monkeypatch.setattr(type(ps), "decide", lambda *a: 1 / 0)
@@ -45,22 +46,22 @@ def test_connect_decided_at_connection_level_announces_tunnel():
     decide, recorder = Decide(), Recorder()
     with taddons.context(decide, recorder):
         f = connect_flow("blocked.org")
-        f.metadata.update({"hush.policy": policyset(), "hush.app": "x", "hush.listener": "l"})
+        noted(f, policy=policyset(), app="x", listener="l")
         decide.http_connect(f)
-    tunnel = f.metadata["hush.tunnel"]
+    tunnel = conn_notes(f.client_conn).tunnel
     assert recorder.tunnels == [tunnel]
     assert tunnel.decision.level == "connect" and tunnel.decision.action.name == "block"
-    assert f.metadata["hush.decision"] is tunnel.decision
+    assert notes(f).decision is tunnel.decision
 
 
 def test_connect_that_needs_the_request_is_inspected():
     decide, recorder = Decide(), Recorder()
     with taddons.context(decide, recorder):
         f = connect_flow("www.example.com")  # the /p/* rule needs the path
-        f.metadata.update({"hush.policy": policyset(), "hush.app": "x", "hush.listener": "l"})
+        noted(f, policy=policyset(), app="x", listener="l")
         decide.http_connect(f)
-    assert f.metadata["hush.tunnel"].decision is None
-    assert "hush.decision" not in f.metadata and recorder.tunnels == []
+    assert conn_notes(f.client_conn).tunnel.decision is None
+    assert notes(f).decision is None and recorder.tunnels == []
 
 
 
@@ -81,13 +82,13 @@ def test_decided_tunnel_tls_is_not_intercepted():
     decide = Decide()
     with taddons.context(decide, Recorder()):
         allowed = connect_flow("a.backend.net")
-        allowed.metadata.update({"hush.policy": policyset(), "hush.app": "x", "hush.listener": "l"})
+        noted(allowed, policy=policyset(), app="x", listener="l")
         decide.http_connect(allowed)
         data = hello_data(allowed.client_conn, "a.backend.net")
         decide.tls_clienthello(data)
         assert data.ignore_connection is True
         inspected = connect_flow("www.example.com")
-        inspected.metadata.update({"hush.policy": policyset(), "hush.app": "x", "hush.listener": "l"})
+        noted(inspected, policy=policyset(), app="x", listener="l")
         decide.http_connect(inspected)
         data = hello_data(inspected.client_conn, "www.example.com")
         decide.tls_clienthello(data)
@@ -95,8 +96,8 @@ def test_decided_tunnel_tls_is_not_intercepted():
 
 
 def test_socks_connection_is_decided_at_clienthello():
-    identify, decide, recorder = Identify(PolicyHolder(policyset("app: s\nlisten: {port: 1080, mode: socks5}\n"
-                                                                 "default: block\n"))), Decide(), Recorder()
+    identify = Identify(PolicyHolder(policyset("app: s\nlisten: {port: 1080, mode: socks5}\ndefault: block\n")))
+    decide, recorder = Decide(identify), Recorder()
     with taddons.context(identify, decide, recorder):
         client = tflow.tclient_conn()
         client.proxy_mode = ProxyMode.parse("socks5@127.0.0.1:1080")

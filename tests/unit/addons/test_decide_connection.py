@@ -10,8 +10,9 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow
 
 from hush.addons.decide import UNREADABLE, Decide, client_hello_sni
+from hush.addons.notes import conn_notes, notes
 
-from .helpers import Recorder, connect_flow, http_flow, policyset
+from .helpers import connect_flow, http_flow, noted, policyset, Recorder
 
 POLICY = """\
 app: x
@@ -32,13 +33,11 @@ rules:
 class Revocations:
     """Stands in for act: records what decide withdraws."""
 
-    name = "act"
-
     def __init__(self):
         self.revoked = []
 
-    def revoke(self, client_id):
-        self.revoked.append(client_id)
+    def revoke(self, client):
+        self.revoked.append(client.id)
 
 
 def client_hello(name: str | None) -> bytes:
@@ -79,28 +78,30 @@ def clienthello(client, sni, host="127.0.0.1"):
 
 def inspected_connect(decide, host="127.0.0.1"):
     f = connect_flow(host)
-    f.metadata.update({"hush.policy": policyset(POLICY), "hush.app": "x", "hush.listener": "l"})
+    noted(f, policy=policyset(POLICY), app="x", listener="l")
     decide.http_connect(f)
-    assert f.metadata["hush.tunnel"].decision is None  # the /never rule: inspected
+    assert conn_notes(f.client_conn).tunnel.decision is None  # the /never rule: inspected
     return f
 
 
 def test_an_inspected_tunnel_naming_a_blocked_host_is_closed():
-    decide, act, recorder = Decide(), Revocations(), Recorder()
-    with taddons.context(decide, act, recorder):
+    act, recorder = Revocations(), Recorder()
+    decide = Decide(act=act)
+    with taddons.context(decide, recorder):
         f = inspected_connect(decide)
         data = clienthello(f.client_conn, "X.Blocked.org.")
         decide.tls_clienthello(data)
-    tunnel = f.metadata["hush.tunnel"]
+    tunnel = conn_notes(f.client_conn).tunnel
     assert data.ignore_connection is True  # relayed to nowhere: no permit is left for the dial
     assert act.revoked == [f.client_conn.id] and recorder.tunnels == [tunnel]
     assert tunnel.decision.action.name == "block" and tunnel.error.startswith("refused: the TLS names x.blocked.org")
 
 
 def test_an_inspected_tunnel_naming_another_host_decides_each_request_on_it_too():
-    decide, act = Decide(), Revocations()
+    act = Revocations()
+    decide = Decide(act=act)
     ps = policyset(POLICY)
-    with taddons.context(decide, act, Recorder()):
+    with taddons.context(decide, Recorder()):
         f = inspected_connect(decide)
         decide.tls_clienthello(clienthello(f.client_conn, "paths.org"))
         assert act.revoked == []
@@ -108,9 +109,9 @@ def test_an_inspected_tunnel_naming_another_host_decides_each_request_on_it_too(
         def request(path):
             r = http_flow(f"https://127.0.0.1{path}")
             r.client_conn = f.client_conn
-            r.metadata.update({"hush.policy": ps, "hush.app": "x"})
+            noted(r, policy=ps, app="x")
             decide.requestheaders(r)
-            return r.metadata["hush.decision"]
+            return notes(r).decision
 
         private, public = request("/private/x"), request("/public/x")
     assert (private.action.name, private.host) == ("block", "paths.org")
@@ -118,16 +119,16 @@ def test_an_inspected_tunnel_naming_another_host_decides_each_request_on_it_too(
 
 
 def test_a_tor_routed_name_makes_the_request_go_through_tor():
-    decide = Decide()
+    decide = Decide(act=Revocations())
     ps = policyset(POLICY)
-    with taddons.context(decide, Revocations(), Recorder()):
+    with taddons.context(decide, Recorder()):
         f = inspected_connect(decide)
         decide.tls_clienthello(clienthello(f.client_conn, "onion.org"))
         r = http_flow("https://127.0.0.1/x")
         r.client_conn = f.client_conn
-        r.metadata.update({"hush.policy": ps, "hush.app": "x"})
+        noted(r, policy=ps, app="x")
         decide.requestheaders(r)
-    assert r.metadata["hush.decision"].action.name == "tor"
+    assert notes(r).decision.action.name == "tor"
 
 
 def server_hook(client, address, sni):
@@ -137,8 +138,8 @@ def server_hook(client, address, sni):
 
 
 def test_the_sni_hush_sends_must_have_been_decided():
-    decide = Decide()
-    with taddons.context(decide, Revocations(), Recorder()):
+    decide = Decide(act=Revocations())
+    with taddons.context(decide, Recorder()):
         f = inspected_connect(decide)
         undecided = server_hook(f.client_conn, ("127.0.0.1", 443), "elsewhere.org")
         decide.server_connect(undecided)
@@ -160,8 +161,9 @@ def test_socks5_a_block_on_either_the_destination_or_the_sni_closes_it():
     from hush.daemon.policy.holder import PolicyHolder
 
     text = POLICY.replace("listen: 8101", "listen: {port: 1080, mode: socks5}")
-    identify, decide, recorder = Identify(PolicyHolder(policyset(text))), Decide(), Recorder()
-    with taddons.context(identify, decide, recorder, Revocations()):
+    identify, recorder = Identify(PolicyHolder(policyset(text))), Recorder()
+    decide = Decide(identify, Revocations())
+    with taddons.context(identify, decide, recorder):
         client = tflow.tclient_conn()
         client.proxy_mode = ProxyMode.parse("socks5@127.0.0.1:1080")
         data = clienthello(client, "blocked.org", host="127.0.0.1")  # the address alone: inspected
@@ -183,12 +185,13 @@ class FakeNextLayer:
 
 
 def test_a_tor_routed_tunnel_waits_for_its_whole_clienthello_then_checks_it():
-    decide, act = Decide(), Revocations()
-    with taddons.context(decide, act, Recorder()):
+    act = Revocations()
+    decide = Decide(act=act)
+    with taddons.context(decide, Recorder()):
         f = connect_flow("onion.org")
-        f.metadata.update({"hush.policy": policyset(POLICY), "hush.app": "x", "hush.listener": "l"})
+        noted(f, policy=policyset(POLICY), app="x", listener="l")
         decide.http_connect(f)
-        tunnel = f.metadata["hush.tunnel"]
+        tunnel = conn_notes(f.client_conn).tunnel
         tunnel.route = object()  # what torroute sets when act applies the tor action
         hello = client_hello("blocked.org")
         partial = FakeNextLayer(f.client_conn, hello[:30])
@@ -200,12 +203,13 @@ def test_a_tor_routed_tunnel_waits_for_its_whole_clienthello_then_checks_it():
 
 
 def test_a_tor_routed_tunnel_naming_its_own_host_goes_on():
-    decide, act = Decide(), Revocations()
-    with taddons.context(decide, act, Recorder()):
+    act = Revocations()
+    decide = Decide(act=act)
+    with taddons.context(decide, Recorder()):
         f = connect_flow("onion.org")
-        f.metadata.update({"hush.policy": policyset(POLICY), "hush.app": "x", "hush.listener": "l"})
+        noted(f, policy=policyset(POLICY), app="x", listener="l")
         decide.http_connect(f)
-        tunnel = f.metadata["hush.tunnel"]
+        tunnel = conn_notes(f.client_conn).tunnel
         tunnel.route = object()
         nl = FakeNextLayer(f.client_conn, client_hello("onion.org"))
         decide.next_layer(nl)
@@ -215,8 +219,9 @@ def test_a_tor_routed_tunnel_naming_its_own_host_goes_on():
 def test_tcp_in_an_inspected_tunnel_is_closed_and_every_permit_withdrawn():
     from mitmproxy import tcp
 
-    decide, act, recorder = Decide(), Revocations(), Recorder()
-    with taddons.context(decide, act, recorder):
+    act, recorder = Revocations(), Recorder()
+    decide = Decide(act=act)
+    with taddons.context(decide, recorder):
         f = inspected_connect(decide)
         flow = tcp.TCPFlow(f.client_conn, connection.Server(address=("127.0.0.1", 443)), True)
         decide.tcp_start(flow)
@@ -228,8 +233,9 @@ def test_tcp_in_an_inspected_tunnel_is_closed_and_every_permit_withdrawn():
 def test_a_protocol_switch_on_a_decided_connection_is_left_to_its_request():
     from mitmproxy import tcp
 
-    decide, act, recorder = Decide(), Revocations(), Recorder()
-    with taddons.context(decide, act, recorder):
+    act, recorder = Revocations(), Recorder()
+    decide = Decide(act=act)
+    with taddons.context(decide, recorder):
         f = inspected_connect(decide)
         server = connection.Server(address=("127.0.0.1", 443))
         server.timestamp_start = 1.0  # opened by a request decided on its own (a 101 upgrade)

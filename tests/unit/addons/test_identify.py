@@ -3,6 +3,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
 from hush.addons.identify import Identify
+from hush.addons.notes import conn_notes, notes
 from hush.daemon.policy.holder import PolicyHolder
 
 from .helpers import http_flow, policyset
@@ -14,9 +15,9 @@ def test_stamps_app_listener_and_snapshot():
     with taddons.context(identify):
         f = http_flow("http://a.org/")
         identify.requestheaders(f)
-    assert f.metadata["hush.app"] == "x"
-    assert f.metadata["hush.listener"] == "regular@127.0.0.1:8101"
-    assert f.metadata["hush.policy"] is ps
+    assert notes(f).app == "x"
+    assert notes(f).listener == "regular@127.0.0.1:8101"
+    assert notes(f).policy is ps
 
 
 def test_snapshot_taken_once_per_flow():
@@ -25,10 +26,10 @@ def test_snapshot_taken_once_per_flow():
     with taddons.context(identify):
         f = http_flow("http://a.org/")
         identify.requestheaders(f)
-        first = f.metadata["hush.policy"]
+        first = notes(f).policy
         holder.swap(policyset())
         identify.requestheaders(f)
-    assert f.metadata["hush.policy"] is first
+    assert notes(f).policy is first
 
 
 def test_unknown_listener_has_no_app_unless_fallback():
@@ -36,11 +37,11 @@ def test_unknown_listener_has_no_app_unless_fallback():
     with taddons.context(identify) as tctx:
         f = http_flow("http://a.org/", listener="regular@127.0.0.1:9999")
         identify.requestheaders(f)
-        assert f.metadata["hush.app"] is None
+        assert notes(f).app is None
         tctx.configure(identify, hush_app="x")
         g = http_flow("http://a.org/", listener="regular@127.0.0.1:9999")
         identify.requestheaders(g)
-        assert g.metadata["hush.app"] == "x"
+        assert notes(g).app == "x"
 
 
 def test_policies_option_loads_and_rejects(tmp_path):
@@ -156,8 +157,9 @@ def test_flow_records_the_executable():
     identify = Identify(PolicyHolder(build(SHARED)))
     with taddons.context(identify):
         f = http_flow("http://a.org/")
-        identify._owners[f.client_conn.id] = _owner(("laxcli", "/opt/strict/strictcli"))
+        state = conn_notes(f.client_conn)
+        state.owner, state.shared = _owner(("laxcli", "/opt/strict/strictcli")), True
         identify.requestheaders(f)
-    assert f.metadata["hush.app"] == "strict"
-    assert f.metadata["hush.process"] == "strictcli" and f.metadata["hush.exe"] == "/opt/strict/strictcli"
-    assert isinstance(identify.owner(f.client_conn.id), procnet.Owner)
+    assert notes(f).app == "strict"
+    assert notes(f).process == "strictcli" and notes(f).exe == "/opt/strict/strictcli"
+    assert isinstance(identify.owner(f.client_conn), procnet.Owner)

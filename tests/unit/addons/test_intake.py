@@ -8,6 +8,7 @@ from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.test import taddons, tflow
 
 from hush.addons.intake import HeadBound, Intake, Watch, limit_text, plain
+from hush.addons.notes import conn_notes, notes
 
 from .helpers import Recorder, http_flow
 
@@ -93,13 +94,13 @@ def test_a_parsed_request_over_a_bound_is_answered_431():
     intake = Intake()
     with taddons.context(intake):
         f = http_flow("https://example.org/", headers={f"X-H{i}": "v" for i in range(120)})
-        f.metadata["hush.app"] = "x"
+        notes(f).app = "x"
         intake.requestheaders(f)
         assert f.response.status_code == 431
-        assert f.metadata["hush.decision"].note.startswith("fail-closed: request headers over the limit: ")
+        assert notes(f).decision.note.startswith("fail-closed: request headers over the limit: ")
         ok = http_flow("https://example.org/", headers={"X-A": "1"})
         intake.requestheaders(ok)
-        assert ok.response is None and "hush.decision" not in ok.metadata
+        assert ok.response is None and notes(ok).decision is None
 
 
 class Handler:
@@ -128,7 +129,7 @@ def test_a_layer_that_raises_is_closed_not_crashed(caplog):
     with taddons.context(intake, recorder):
         client = tflow.tclient_conn()
         watch = Watch(Raising(), Handler(client), intake)
-        intake._watches[client.id] = watch
+        conn_notes(client).watch = watch
         out = list(watch.handle_event(events.DataReceived(client, b"x")))
         assert any(isinstance(c, commands.CloseConnection) and c.connection is client for c in out)
         assert list(watch.handle_event(events.DataReceived(client, b"y"))) == []  # nothing more reaches it
@@ -146,7 +147,7 @@ def test_a_close_on_the_first_read_waits_for_the_reading_task():
         inner.client = client
         handler = Handler(client, reading=False)
         watch = Watch(inner, handler, intake)
-        intake._watches[client.id] = watch
+        conn_notes(client).watch = watch
         out = list(watch.handle_event(events.DataReceived(client, b"\x04\x01")))
         [wakeup] = [c for c in out if isinstance(c, commands.RequestWakeup)]
         assert not any(isinstance(c, commands.CloseConnection) for c in out)  # deferred
@@ -165,7 +166,7 @@ def test_a_connection_hush_decided_on_is_not_recorded_again():
         inner = Refusing()
         inner.client = client
         watch = Watch(inner, Handler(client), intake)
-        intake._watches[client.id] = watch
+        conn_notes(client).watch = watch
         list(watch.handle_event(events.DataReceived(client, b"x")))
         f = http_flow("http://example.org/")
         f.client_conn = client

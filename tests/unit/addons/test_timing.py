@@ -4,6 +4,7 @@ import pytest
 from mitmproxy.test import taddons
 
 from hush.addons.timing import Timing, related, url_key
+from hush.addons.notes import notes
 
 from .helpers import http_flow
 
@@ -43,7 +44,7 @@ def test_debounce_supersedes_and_releases_the_last():
     with taddons.context(timing):
         outcomes, flows = asyncio.run(go())
     assert outcomes == ["superseded", "superseded", None, None]
-    assert flows[0].metadata["hush.superseded_by"] == "http://example.com/fi"
+    assert notes(flows[0]).superseded_by == "http://example.com/fi"
     assert timing.total == 0
 
 
@@ -124,8 +125,8 @@ def test_a_reload_revokes_held_flows_it_treats_more_strictly(new_rules, outcomes
         flows = [http_flow("http://a.org/x"), http_flow("http://tor.org/y")]
         tasks = []
         for f in flows:
-            f.metadata["hush.app"] = "a"
-            f.metadata["hush.decision"] = old.decide("a", _info(f))
+            notes(f).app = "a"
+            notes(f).decision = old.decide("a", _info(f))
             tasks.append(asyncio.ensure_future(timing.delay(f, "a", 0.3)))
         await asyncio.sleep(0.01)
         revoked = timing.policy_changed(old, new)
@@ -135,7 +136,7 @@ def test_a_reload_revokes_held_flows_it_treats_more_strictly(new_rules, outcomes
         revoked, got, flows = asyncio.run(go())
     assert got == outcomes and revoked == outcomes.count("revoked")
     for f, outcome in zip(flows, outcomes):
-        assert (f.metadata.get("hush.outcome") == "revoked") is (outcome == "revoked")
+        assert (notes(f).outcome == "revoked") is (outcome == "revoked")
 
 
 def test_a_held_flow_of_an_app_the_new_set_lacks_is_revoked():
@@ -147,7 +148,7 @@ def test_a_held_flow_of_an_app_the_new_set_lacks_is_revoked():
 
     async def go():
         f = http_flow("http://a.org/x")
-        f.metadata["hush.decision"] = old.decide("a", _info(f))
+        notes(f).decision = old.decide("a", _info(f))
         task = asyncio.ensure_future(timing.delay(f, "a", 30))
         await asyncio.sleep(0.01)
         assert timing.policy_changed(old, new) == 1
@@ -155,7 +156,7 @@ def test_a_held_flow_of_an_app_the_new_set_lacks_is_revoked():
 
     with taddons.context(timing):
         outcome, f = asyncio.run(go())
-    assert outcome == "revoked" and f.metadata["hush.revoked_by"].note.startswith("fail-closed")
+    assert outcome == "revoked" and notes(f).revoked_by.note.startswith("fail-closed")
 
 
 def _info(flow):
@@ -171,11 +172,12 @@ def test_a_held_flow_whose_listener_is_another_apps_now_is_revoked():
 
     old = build([("a.yaml", HELD)])
     new = build([("b.yaml", "app: b\nlisten: 8101\ndefault: {action: delay, delay: 30s}\n")])  # same listener
-    timing, identify = Timing(), Identify(PolicyHolder(old))
+    identify = Identify(PolicyHolder(old))
+    timing = Timing(identify)
 
     async def go():
         f = http_flow("http://a.org/x")
-        f.metadata["hush.decision"] = old.decide("a", _info(f))
+        notes(f).decision = old.decide("a", _info(f))
         task = asyncio.ensure_future(timing.delay(f, "a", 30))
         await asyncio.sleep(0.01)
         assert timing.policy_changed(old, new) == 1
@@ -183,4 +185,4 @@ def test_a_held_flow_whose_listener_is_another_apps_now_is_revoked():
 
     with taddons.context(identify, timing):
         outcome, f = asyncio.run(go())
-    assert outcome == "revoked" and "not a's" in f.metadata["hush.revoked_by"].note
+    assert outcome == "revoked" and "not a's" in notes(f).revoked_by.note

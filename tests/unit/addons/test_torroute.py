@@ -16,6 +16,7 @@ from mitmproxy.proxy.layers.http._upstream_proxy import HttpUpstreamProxy
 from mitmproxy.test import taddons, tflow
 
 from hush.addons.audit import flow_record
+from hush.addons.notes import notes
 from hush.addons.torroute import TorRoute, _StaticTor, isolation_key
 
 from .drive import FakeTor, running
@@ -29,11 +30,11 @@ def test_a_routed_flow_gets_its_own_server_object():
     with taddons.context(router):
         first = http_flow("http://a.hushtest/x")
         shared = first.server_conn  # mitmproxy hands every request of a connection this one object
-        first.metadata["hush.app"] = "a"
+        notes(first).app = "a"
         assert router.route_request(first, "app") is None
         assert first.server_conn is not shared and first.server_conn.via == ServerSpec(("http", TOR))
         assert shared.via is None  # the connection's next request starts without a route
-        assert first.metadata["hush.tor"].address == TOR
+        assert notes(first).tor.address == TOR
 
 
 def test_a_flow_not_routed_drops_a_route_left_on_its_server():
@@ -59,7 +60,7 @@ def test_a_tunnel_is_relayed_into_tor_only_once_decide_has_read_its_clienthello(
         client = connection.Client(peername=("127.0.0.1", 5000), sockname=("127.0.0.1", 8101))
         for error, chosen, expect in ((None, None, None), ("refused: the TLS names blocked.org", object(), "refused"),
                                       (None, object(), "routed")):
-            tunnel = Tunnel(client.id, "a", "l", "onion.org", 443, None)
+            tunnel = Tunnel(client.id, "a", "l", "onion.org", 443, None, client=client)
             tunnel.error = error
             assert router.route_tunnel(tunnel, "app") is None
             nl = type("NL", (), {})()

@@ -3,7 +3,8 @@
 import pytest
 from mitmproxy.test import tflow
 
-from hush.addons.actions import REGISTRY, ParseContext
+from hush.addons.actions import REGISTRY, Action, ParseContext
+from hush.addons.actions.base import Holding, Services
 from hush.addons.actions.block import Block
 from hush.addons.actions.strip import DEFAULT_HEADERS, Strip
 from hush.daemon.policy import build
@@ -12,11 +13,43 @@ from hush.daemon.yamlschema import LoadError
 
 def test_registry_finds_every_action_file():
     assert sorted(REGISTRY) == ["allow", "block", "debounce", "delay", "passthrough", "strip", "tor"]
-    assert {n: (a.needs_http, a.egress) for n, a in REGISTRY.items() if n not in ("delay", "debounce")} == {
-        "allow": (False, "direct"), "block": (False, "none"),
-        "passthrough": (False, "direct"), "strip": (True, "direct"), "tor": (False, "tor"),
+    # what each action class says of itself, every one of them: a holding action sends nothing
+    # itself (what leaves once it is released is its `then`'s)
+    assert {name: (cls.needs_http, cls.sends, issubclass(cls, Holding)) for name, cls in REGISTRY.items()} == {
+        "allow": (False, "direct", False), "block": (False, "none", False), "passthrough": (False, "direct", False),
+        "strip": (True, "direct", False), "tor": (False, "tor", False),
+        "delay": (True, "none", True), "debounce": (True, "none", True),
     }
-    assert REGISTRY["delay"].needs_http and REGISTRY["debounce"].needs_http
+
+
+# every action, as a rule holds it: what leaves the machine once it is applied
+EGRESS = {
+    "allow": "direct", "block": "none", "passthrough": "direct", "strip": "direct", "tor": "tor",
+    "{action: delay, delay: 1s}": "direct", "{action: delay, delay: 1s, then: tor}": "tor",
+    "{action: debounce}": "direct", "{action: debounce, then: {action: tor, isolation: flow}}": "tor",
+}
+
+
+def test_every_action_says_what_leaves():
+    built = {text: action(text) for text in EGRESS}
+    assert {a.name for a in built.values()} == set(REGISTRY)  # none left out
+    assert {text: a.egress for text, a in built.items()} == EGRESS
+    for a in built.values():
+        assert isinstance(a, Action) and a.needs_http == type(a).needs_http
+        if isinstance(a, Holding):
+            assert not isinstance(a.then, Holding) and a.egress == a.then.egress
+        else:
+            assert a.egress == type(a).sends
+
+
+def test_a_holding_action_without_timing_fails_rather_than_sends():
+    import asyncio
+
+    for text in ("{action: delay, delay: 1s}", "{action: debounce}"):
+        held = action(text)
+        assert isinstance(held, Holding)
+        with pytest.raises(RuntimeError, match="no timing addon"):
+            asyncio.run(held.hold(tflow.tflow(), None, Services()))
 
 
 def action(text):
@@ -43,7 +76,7 @@ def test_strip_removes_repeated_headers_and_keeps_others():
     f.request.headers.add("Cookie", "a=1")
     f.request.headers.add("Cookie", "b=2")
     f.request.headers["X-Other"] = "1"
-    Strip(("cookie",), None).on_request(f, None)
+    Strip(("cookie",), None).on_request(f, None, Services())
     assert f.request.headers.get_all("cookie") == [] and f.request.headers["x-other"] == "1"
 
 
