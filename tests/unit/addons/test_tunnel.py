@@ -1,0 +1,124 @@
+"""tunnel: the Tunnel record, the hush_tunnel hooks, and Counted, a layer that counts what the
+layers under it send (mitmproxy's layer API, a private one: the contract test below pins it)."""
+
+import dataclasses
+import inspect
+import time
+
+from mitmproxy import connection, hooks
+from mitmproxy.proxy import commands, context, events, layer, layers
+from mitmproxy.test import taddons
+
+from hush.addons.tunnel import Counted, HushTunnelEndHook, HushTunnelHook, Tally, Tunnel
+
+
+def new_context(tctx):
+    client = connection.Client(peername=("127.0.0.1", 5000), sockname=("127.0.0.1", 8101),
+                               state=connection.ConnectionState.OPEN)
+    ctx = context.Context(client, tctx.options)
+    ctx.server = connection.Server(address=("site.org", 443))
+    return ctx
+
+
+def relay_through_nextlayer(ctx, choose):
+    """What mitmproxy does with a new connection: a NextLayer asks (next_layer), ``choose(ctx)``
+    answers, the connection opens, 5 bytes come from the app and 6 from the site.  The commands."""
+    nl = layer.NextLayer(ctx, ask_on_start=True)
+    [hook] = list(nl.handle_event(events.Start()))
+    assert isinstance(hook, layer.NextLayerHook) and hook.data is nl
+    nl.layer = choose(ctx)
+    given = []
+    for command in nl.handle_event(events.HookCompleted(hook)):
+        given.append(command)
+        if isinstance(command, commands.OpenConnection):
+            command.connection.state = connection.ConnectionState.OPEN
+            given += nl.handle_event(events.OpenConnectionCompleted(command, None))
+    given += nl.handle_event(events.DataReceived(ctx.client, b"hello"))
+    given += nl.handle_event(events.DataReceived(ctx.server, b"world!"))
+    return given
+
+
+def test_contract_counted_sits_where_mitmproxy_puts_the_next_layer():
+    """Counted overrides ``Layer.handle_event`` and leaves ``context.layers`` as NextLayer does: this
+    fails if mitmproxy stops handing a chosen layer's events to its ``handle_event``, stops registering
+    layers in ``context.layers`` on construction, or changes the commands a relay gives."""
+    assert "context" in inspect.signature(layer.Layer.__init__).parameters
+    assert list(inspect.signature(commands.SendData).parameters) == ["connection", "data"]
+    with taddons.context() as tctx:
+        plain = relay_through_nextlayer(new_context(tctx), lambda ctx: layers.TCPLayer(ctx, ignore=True))
+        tally = Tally()
+        ctx = new_context(tctx)
+        counted = relay_through_nextlayer(ctx, lambda c: Counted(c, layers.TCPLayer(c, ignore=True), tally))
+    # the same commands, the same data to the same sides: Counted changes nothing
+    assert [(type(c), getattr(c, "data", None)) for c in counted] == [(type(c), getattr(c, "data", None))
+                                                                        for c in plain]
+    assert [(c.connection is ctx.client, c.data) for c in counted if isinstance(c, commands.SendData)] == [
+        (False, b"hello"), (True, b"world!")]
+    assert tally == Tally(up=5, down=6)
+
+
+def test_counted_is_not_among_the_context_layers_its_inner_layer_is():
+    with taddons.context() as tctx:
+        ctx = new_context(tctx)
+        inner = layers.TCPLayer(ctx, ignore=True)
+        counted = Counted(ctx, inner, Tally())
+        assert ctx.layers == [inner] and counted.inner is inner
+        assert repr(counted) == f"Counted:{inner!r}"
+
+
+def test_counted_counts_every_send_by_direction_and_passes_every_command_through():
+    class Scripted(layer.Layer):
+        def __init__(self, ctx, script):
+            super().__init__(ctx)
+            self.script = script
+
+        def _handle_event(self, event):
+            yield from self.script
+
+    with taddons.context() as tctx:
+        ctx = new_context(tctx)
+        other = connection.Server(address=("tor", 9050))
+        script = [commands.SendData(ctx.server, b"abc"), commands.Log("x"), commands.SendData(ctx.client, b"12"),
+                  commands.SendData(other, b"defg"), commands.SendData(ctx.client, b""),
+                  commands.CloseConnection(ctx.server)]
+        tally = Tally()
+        out = list(Counted(ctx, Scripted(ctx, script), tally).handle_event(events.Start()))
+    assert out == script  # the very commands, in order
+    assert tally == Tally(up=3 + 4, down=2)  # up: towards the site or tor, whichever connection; down: to the app
+
+
+def test_a_tunnel_starts_now_with_a_key_of_its_own_and_nothing_decided():
+    before = time.time()
+    a = Tunnel("c1", "wa", "regular@127.0.0.1:8101", "a.org", 443, None)
+    b = Tunnel("c1", "wa", "regular@127.0.0.1:8101", "a.org", 443, None)
+    assert a.key != b.key and len(a.key) == 32  # one audit row each
+    assert before <= a.started <= time.time() and a.ended is None
+    assert (a.decision, a.flow, a.error, a.outcome, a.route, a.address) == (None, None, None, None, None, None)
+    assert a != b  # identity, not value: two tunnels to the same place are two tunnels
+
+
+def test_the_hooks_are_mitmproxy_hooks_named_for_addons():
+    assert HushTunnelHook.name == "hush_tunnel" and HushTunnelEndHook.name == "hush_tunnel_end"
+    assert hooks.all_hooks["hush_tunnel"] is HushTunnelHook and hooks.all_hooks["hush_tunnel_end"] is HushTunnelEndHook
+    tunnel = Tunnel("c1", "wa", "l", "a.org", 443, None)
+    assert HushTunnelHook(tunnel).args() == [tunnel] and HushTunnelEndHook(tunnel).args() == [tunnel]
+    assert [f.name for f in dataclasses.fields(HushTunnelHook)] == ["tunnel"]
+
+
+def test_an_addon_gets_the_tunnel_through_the_addon_manager():
+    class Listener:
+        def __init__(self):
+            self.seen = []
+
+        def hush_tunnel(self, tunnel):
+            self.seen.append(("start", tunnel))
+
+        def hush_tunnel_end(self, tunnel):
+            self.seen.append(("end", tunnel))
+
+    listener = Listener()
+    tunnel = Tunnel("c1", "wa", "l", "a.org", 443, None)
+    with taddons.context(listener) as tctx:
+        tctx.master.addons.trigger(HushTunnelHook(tunnel))
+        tctx.master.addons.trigger(HushTunnelEndHook(tunnel))
+    assert listener.seen == [("start", tunnel), ("end", tunnel)]
