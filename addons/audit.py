@@ -24,6 +24,7 @@ import collections
 import dataclasses
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
 from mitmproxy import addonmanager, connection, ctx, exceptions, http
@@ -241,7 +242,8 @@ class Audit:
         self.router = router  # to tell a connection to tor from one to the site (wired in chain())
         self.writer: AuditWriter | None = None
         self.counts: collections.Counter[str] = collections.Counter()  # decisions since start
-        self._open: dict[str, Tunnel] = {}  # tunnels whose row is not complete, by key
+        # tunnels whose row is not complete, by key, while their connection lives (it holds them)
+        self._open: weakref.WeakValueDictionary[str, Tunnel] = weakref.WeakValueDictionary()
 
     def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option(
