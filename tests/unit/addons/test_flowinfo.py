@@ -3,7 +3,7 @@
 import pytest
 from mitmproxy import http
 
-from hush.addons.flowinfo import drop_proxy_headers, is_proxy_header, request_info
+from hush.addons.flowinfo import drop_proxy_headers, fail_closed, identifiers, is_proxy_header, request_info
 
 from .helpers import http_flow
 
@@ -29,7 +29,8 @@ def test_proxy_headers(name):
     assert is_proxy_header(name)
 
 
-@pytest.mark.parametrize("name", ["Host", "Connection", "Authorization", "Cookie", "X-Forwarded", "Viagra", "User-Agent"])
+@pytest.mark.parametrize("name", ["Host", "Connection", "Authorization", "Cookie", "X-Forwarded", "Viagra",
+                                  "User-Agent"])
 def test_not_proxy_headers(name):
     assert not is_proxy_header(name)
 
@@ -66,3 +67,76 @@ def test_joined_headers_is_the_per_name_join_in_one_pass():
         "a": "1, 3", "b": "2", "é": "\udcff"}
     many = mhttp.Headers([(b"X-%d" % i, b"v") for i in range(100_000)])  # was minutes (quadratic)
     assert len(joined_headers(many)) == 100_000
+
+
+# -- what the policy decides on, as the proxy and `hush policy explain` both build it ---------
+
+
+def test_request_info_is_the_request_as_the_server_will_read_it():
+    f = http_flow("http://EXAMPLE.com:8080/public/../private/%70age?q=1&r=%2F", method="post",
+                  headers={"X-A": "1"})
+    info = request_info(f, kind="preview")
+    assert (info.method, info.scheme, info.host, info.port) == ("POST", "http", "example.com", 8080)
+    assert (info.path, info.query, info.kind) == ("/private/page", "q=1&r=%2F", "preview")
+    assert info.headers["x-a"] == "1"
+
+
+def test_request_info_names_hosts_as_the_connection_reaches_them():
+    idn = http_flow("http://a.org/")
+    idn.request.host = "Bücher.de"
+    assert request_info(idn).host == "xn--bcher-kva.de"
+    assert request_info(http_flow("http://example.com./")).host == "example.com"
+    assert request_info(http_flow("http://0.0.0.0/")).host == "127.0.0.1"  # where the connection goes
+    assert request_info(http_flow("http://a.org")).path == "/"
+    assert request_info(http_flow("http://a.org/x")).kind == "other"
+
+
+def test_an_http2_request_has_its_authority_as_the_host_header():
+    f = http_flow("https://a.org/x")
+    f.request.http_version = "HTTP/2.0"
+    f.request.headers.pop("Host", None)
+    f.request.authority = "a.org"
+    assert request_info(f).headers["host"] == "a.org"
+    no_authority = http_flow("https://a.org/x")
+    no_authority.request.headers.pop("Host", None)
+    assert "host" not in request_info(no_authority).headers  # nothing named a host: nothing invented
+
+
+NOTHING = {"user_agent": None, "cookies": 0, "referer": None, "accept_language": None, "range": None,
+           "authorization": False}
+
+
+@pytest.mark.parametrize("form", ["mitmproxy", "mapping"])
+def test_identifiers_what_a_request_reveals_of_the_user(form):
+    fields = [(b"User-Agent", b"WhatsApp/2.23"), (b"cookie", b"a=1; b=2"), (b"Referer", b"https://chat/room"),
+              (b"ACCEPT-LANGUAGE", b"de-CH"), (b"Range", b"bytes=0-99"), (b"Authorization", b"Bearer t"),
+              (b"Accept", b"*/*")]
+    headers = http.Headers(fields) if form == "mitmproxy" else {n.decode(): v.decode() for n, v in fields}
+    assert identifiers(headers) == {"user_agent": "WhatsApp/2.23", "cookies": 2, "referer": "https://chat/room",
+                                    "accept_language": "de-CH", "range": "bytes=0-99", "authorization": True}
+    assert identifiers(http.Headers([(b"Accept", b"*/*")]) if form == "mitmproxy" else {"Accept": "*/*"}) == NOTHING
+
+
+def test_identifiers_count_cookies_over_repeated_headers_and_keep_the_first_user_agent():
+    headers = http.Headers([(b"Cookie", b"a=1"), (b"User-Agent", b"first"), (b"Cookie", b"b=2;  ; c=3"),
+                            (b"user-agent", b"second"), (b"Cookie", b"")])
+    found = identifiers(headers)
+    assert found["cookies"] == 3 and found["user_agent"] == "first"
+
+
+def test_identifiers_keep_undecodable_bytes_recoverably():
+    found = identifiers(http.Headers([(b"User-Agent", b"caf\xe9")]))
+    assert found["user_agent"] == "caf\udce9" and found["user_agent"].encode("utf-8", "surrogateescape") == b"caf\xe9"
+
+
+@pytest.mark.parametrize("name", [" Via ", "proxy-connection\t", "X-FORWARDED-FOR"])
+def test_proxy_header_names_are_matched_loosely(name):
+    assert is_proxy_header(name)
+
+
+def test_fail_closed_blocks_and_says_why():
+    d = fail_closed("wa", "no policy loaded", "v1", level="connect")
+    assert d.action.name == "block" and d.action.egress == "none"
+    assert (d.app, d.level, d.policy_version, d.note) == ("wa", "connect", "v1", "fail-closed: no policy loaded")
+    assert d.rule is None and str(d.source).startswith("<hush>")
+    assert fail_closed(None, "x").app == "?" and fail_closed(None, "x").level == "request"
