@@ -19,7 +19,7 @@ from hush.addons.audit import flow_record
 from hush.addons.notes import notes
 from hush.addons.torroute import TorRoute, _StaticTor, isolation_key
 
-from .drive import FakeTor, running
+from .drive import FakeTor, client_hello, running
 from .helpers import connect_flow, http_flow
 
 TOR = ("127.0.0.1", 9050)
@@ -312,3 +312,40 @@ def test_mitmdump_names_a_running_tors_tunnel_port():
         g = http_flow("http://onion.org/b")
         router.route_request(g, "app")
         assert g.server_conn.via == ServerSpec(("http", ("127.0.0.1", 9150)))
+
+
+def test_tor_not_ready_an_inspected_request_is_answered_503_and_dials_nothing():
+    async def scenario():
+        async with running(TOR_POLICY, tor=FakeTor(ready=False, reason="bootstrapping 10%")) as hush:
+            f = http_flow("http://onion.org/a")
+            f.server_conn = connection.Server(address=("onion.org", 80))  # not connected yet, as on a new connection
+            await hush.hook(RequestHeadersHook(f))
+            assert f.response.status_code == 503 and f.server_conn.via is None
+            record = flow_record(f, "full")
+            assert (record["decision"], record["ip_exposed"]) == ("tor-unavailable", False)
+
+    run(scenario())
+
+
+def test_tor_not_ready_a_socks5_tunnel_relays_nothing_and_may_not_dial():
+    from mitmproxy.proxy.mode_specs import ProxyMode
+
+    policy = TOR_POLICY.replace("listen: 8101", "listen: {port: 1080, mode: socks5}")
+
+    async def scenario():
+        async with running(policy, tor=FakeTor(ready=False, reason="bootstrapping 10%")) as hush:
+            client = tflow.tclient_conn()
+            client.proxy_mode = ProxyMode.parse("socks5@127.0.0.1:1080")
+            ctx = hush.context(client, ("onion.org", 443))
+            nextlayer = layer.NextLayer(ctx)
+            nextlayer.events.append(events.DataReceived(client, client_hello("onion.org")))
+            nextlayer.layer = layers.TCPLayer(ctx)  # what mitmproxy would choose for TLS it does not intercept
+            await hush.hook(layer.NextLayerHook(nextlayer))
+            assert ctx.server.via is None and "HttpUpstreamProxy" not in repr(nextlayer.layer)
+            [tunnel] = hush.tunnels.announced
+            assert tunnel.outcome == "tor-unavailable" and tunnel.route is None
+            data = server_hooks.ServerConnectionHookData(ctx.server, client)
+            await hush.hook(server_hooks.ServerConnectHook(data))
+            assert ctx.server.error and ctx.server.error.startswith("hush: no decision permits")
+
+    run(scenario())
