@@ -171,7 +171,8 @@ def test_garbage_that_looks_like_tls_is_closed_and_audited(hush, tls_origin, mod
 def test_garbage_in_a_tunnel_decided_at_connection_level_is_not_audited_as_relayed(hush, tls_origin):
     port = free_port()
     h = hush({"t": policy(port, rules="  - {match: {host: 127.0.0.1}, action: allow}")})
-    send_and_drain(connect(port, f"127.0.0.1:{tls_origin.port}"), [b"\x16\x03\x01\x00\x08\x01\x00\x00\x04" + b"\xff" * 4])
+    hello = b"\x16\x03\x01\x00\x08\x01\x00\x00\x04" + b"\xff" * 4  # a record whose ClientHello does not parse
+    send_and_drain(connect(port, f"127.0.0.1:{tls_origin.port}"), [hello])
     assert tls_origin.accepts == []
     [row] = stopped_rows(h)
     assert (row["decision"], row["ip_exposed"]) == ("allow", 0) and "TLS cannot be read" in row["error"]
