@@ -104,7 +104,7 @@ _PREVENTED = {
 }
 
 
-# Time as a policy dimension (issue: delay, debounce, caps).
+# What time does to flows: held and sent (delay, debounce), the outcomes of holding, and caps (max_bytes).
 _TIMING = {
     "delayed": "decision IN ('delay', 'debounce')",  # held, then sent
     "superseded": "decision = 'superseded'",

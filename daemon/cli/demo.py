@@ -174,7 +174,7 @@ def print_summary(summary: dict, site: Site, say=print) -> None:
 
 
 def run(say=print) -> int:
-    from hush.daemon.audit import queries as auditview
+    from hush.daemon.audit import queries
 
     root = Path(tempfile.mkdtemp(prefix="hush-demo-"))
     ports = rewrite_ports(paths.shipped_policies(), root / "policies")
@@ -201,7 +201,7 @@ def run(say=print) -> int:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(30)
             site.server.shutdown()
-    summary = auditview.summary(auditview.open_db(root / "state"))
+    summary = queries.summary(queries.open_db(root / "state"))
     print_summary(summary, site, say)
     say(f"\nsee each record: hush audit tail --state-dir {root / 'state'} -n 50 --table")
     (root / "summary.json").write_text(json.dumps(summary))

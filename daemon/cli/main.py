@@ -8,7 +8,7 @@ Example::
     hush audit summary --since 24h
     hush ca path
 
-Exit codes are :class:`hush.daemon.run.ExitStatus`: 0 ok, 1 error, 2 usage,
+Exit codes are :class:`hush.daemon.exitstatus.ExitStatus`: 0 ok, 1 error, 2 usage,
 3 policy invalid, 4 a listener could not bind, 5 a policy example failed,
 6 not found, 7 the daemon is unreachable.
 """
@@ -380,11 +380,11 @@ def _line(r: dict) -> str:
 
 
 def cmd_audit_tail(args, config: Config) -> int:
-    from hush.daemon.audit import queries as auditview
+    from hush.daemon.audit import queries
 
-    conn = auditview.open_db(_state(args, config))
+    conn = queries.open_db(_state(args, config))
     fmt = _fmt(args)
-    records = auditview.tail(conn, args.n)
+    records = queries.tail(conn, args.n)
     if fmt == "json" and not args.follow:
         print(json.dumps(records, indent=2))
         return ExitStatus.OK
@@ -396,17 +396,17 @@ def cmd_audit_tail(args, config: Config) -> int:
         if not args.follow:
             return ExitStatus.OK
         time.sleep(0.5)
-        records = auditview.tail(conn, 1000, after_id=last)
+        records = queries.tail(conn, 1000, after_id=last)
 
 
 def cmd_audit_summary(args, config: Config) -> int:
-    from hush.daemon.audit import queries as auditview
+    from hush.daemon.audit import queries
 
     try:
-        since = auditview.parse_since(args.since) if args.since else None
+        since = queries.parse_since(args.since) if args.since else None
     except ValueError as e:
         raise UsageError(str(e)) from None
-    result = auditview.summary(auditview.open_db(_state(args, config)), since, args.app)
+    result = queries.summary(queries.open_db(_state(args, config)), since, args.app)
     if _fmt(args) == "json":
         print(json.dumps(result, indent=2))
         return ExitStatus.OK
@@ -425,9 +425,9 @@ def cmd_audit_summary(args, config: Config) -> int:
 
 
 def cmd_audit_show(args, config: Config) -> int:
-    from hush.daemon.audit import queries as auditview
+    from hush.daemon.audit import queries
 
-    record = auditview.show(auditview.open_db(_state(args, config)), args.id)
+    record = queries.show(queries.open_db(_state(args, config)), args.id)
     if record is None:
         raise FileNotFoundError(f"no audit record {args.id}")
     if _fmt(args) == "json":
@@ -441,10 +441,10 @@ def cmd_audit_show(args, config: Config) -> int:
 
 
 def _since(args) -> float | None:
-    from hush.daemon.audit import queries as auditview
+    from hush.daemon.audit import queries
 
     try:
-        return auditview.parse_since(args.since) if getattr(args, "since", None) else None
+        return queries.parse_since(args.since) if getattr(args, "since", None) else None
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -452,10 +452,10 @@ def _since(args) -> float | None:
 def cmd_audit_export(args, config: Config) -> int:
     import csv
 
-    from hush.daemon.audit import queries as auditview
+    from hush.daemon.audit import queries
     from hush.daemon.audit.store import COLUMNS
 
-    rows = auditview.records(auditview.open_db(_state(args, config)), since=_since(args) or 0)
+    rows = queries.records(queries.open_db(_state(args, config)), since=_since(args) or 0)
     if args.format == "csv":
         out = csv.writer(sys.stdout)
         out.writerow(["id", *COLUMNS])
@@ -463,26 +463,25 @@ def cmd_audit_export(args, config: Config) -> int:
             out.writerow([row["id"], *(row[c] for c in COLUMNS)])
     else:
         for row in rows:
-            print(json.dumps(auditview.as_dict(row)))
+            print(json.dumps(queries.as_dict(row)))
     return ExitStatus.OK
 
 
 def cmd_audit_purge(args, config: Config) -> int:
-    from hush.daemon.audit import queries as auditview
+    from hush.daemon.audit import queries
 
     path = _state(args, config) / "audit.db"
     if not path.exists():
         raise FileNotFoundError(f"no audit database at {path}")
-    cutoff = float("inf") if args.all else auditview.parse_since(args.before) if args.before else None
-    print(f"deleted {auditview.purge(path, cutoff)} records")
+    cutoff = float("inf") if args.all else queries.parse_since(args.before) if args.before else None
+    print(f"deleted {queries.purge(path, cutoff)} records")
     return ExitStatus.OK
 
 
 def cmd_audit_report(args, config: Config) -> int:
-    from hush.daemon.audit import queries as auditview
-    from hush.daemon.audit import report
+    from hush.daemon.audit import queries, report
 
-    page = report.render(auditview.open_db(_state(args, config)), _since(args))
+    page = report.render(queries.open_db(_state(args, config)), _since(args))
     Path(args.html).write_text(page, encoding="utf-8")
     print(f"wrote {args.html}")
     return ExitStatus.OK

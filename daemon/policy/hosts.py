@@ -1,7 +1,9 @@
 """Host names: normalisation, registrable domains, and an O(1) rule index.
 
 ``site_of`` uses tldextract's bundled Public Suffix List snapshot only: no
-download, no cache directory (DESIGN.md fact 8).
+download, no cache directory (by default tldextract fetches the list on first
+use and caches it on disk: which site a host belongs to would then depend on
+the network and on a writable home directory).
 
     >>> site_of("a.b.example.co.uk")
     'example.co.uk'

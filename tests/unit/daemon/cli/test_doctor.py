@@ -3,7 +3,7 @@ import os
 import socket
 
 from hush.daemon.cli.main import main
-from hush.daemon.run import ExitStatus
+from hush.daemon.exitstatus import ExitStatus
 
 
 def test_doctor_on_a_broken_setup(tmp_path, capsys, monkeypatch):

@@ -5,7 +5,7 @@ import pytest
 
 from hush.daemon.audit.store import AuditWriter
 from hush.daemon.cli.main import main
-from hush.daemon.run import ExitStatus
+from hush.daemon.exitstatus import ExitStatus
 
 POLICY = textwrap.dedent("""\
     app: x
