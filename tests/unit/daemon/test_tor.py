@@ -125,3 +125,49 @@ def test_not_ready_without_a_controller_or_with_a_dead_process():
 
     m.state, m._controller, m.tunnel_address, m._process = "ready", FakeController(), ("127.0.0.1", 1), Dead()
     assert not m.ready
+
+
+class RecordingController:
+    """Stands in for stem's Controller class: records how it was reached and authenticated."""
+
+    def __init__(self, how, where):
+        self.how, self.where, self.password = how, where, "not authenticated"
+
+    @classmethod
+    def from_port(cls, address, port):
+        return cls("port", (address, port))
+
+    @classmethod
+    def from_socket_file(cls, path):
+        return cls("socket", path)
+
+    def authenticate(self, password=None):
+        self.password = password
+
+
+@pytest.mark.parametrize("target, password, how, where", [
+    ("127.0.0.1:9051", None, "port", ("127.0.0.1", 9051)),
+    (":9051", "secret", "port", ("127.0.0.1", 9051)),  # no host: the loopback address
+    ("9051", None, "port", ("127.0.0.1", 9051)),
+    ("/run/tor/control", "secret", "socket", "/run/tor/control"),
+])
+def test_open_controller_reaches_and_authenticates(monkeypatch, target, password, how, where):
+    import stem.control
+
+    from hush.daemon.tor import open_controller
+
+    monkeypatch.setattr(stem.control, "Controller", RecordingController)
+    controller = open_controller(target, password)
+    assert (controller.how, controller.where, controller.password) == (how, where, password)
+
+
+def test_the_control_port_file_is_read_as_the_daemon_writes_it(tmp_path):
+    from hush.daemon.tor import control_port_file, read_control_port
+
+    port_file = control_port_file(tmp_path)
+    assert port_file == tmp_path / "tor" / "control-port"
+    port_file.parent.mkdir()
+    port_file.write_text("PORT=127.0.0.1:41234\n")
+    assert read_control_port(port_file) == "127.0.0.1:41234"
+    assert TorConfig(mode="attach").attach_to == "127.0.0.1:9051"
+    assert TorConfig(mode="attach", control="/run/tor/control").attach_to == "/run/tor/control"

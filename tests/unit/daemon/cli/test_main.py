@@ -188,3 +188,19 @@ def test_explain_decides_the_host_header_as_the_proxy_does(policies, capsys, hea
     assert main(argv + [a for h in headers for a in ("--header", h)]) == ExitStatus.OK
     result = json.loads(capsys.readouterr().out)
     assert result["decision"] == "block" and result["by"].startswith(by), result
+
+
+def _leaves(parser, path=()):
+    """Every runnable command of an argparse parser, as its words: ("audit", "tail"), ("run",)."""
+    import argparse
+
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subparsers:
+        return {path}
+    return {leaf for name, sub in subparsers[0].choices.items() for leaf in _leaves(sub, (*path, name))}
+
+
+def test_every_command_has_its_function_and_every_function_a_command():
+    from hush.daemon.cli.main import COMMANDS, build_parser
+
+    assert _leaves(build_parser()) == set(COMMANDS)
