@@ -85,7 +85,7 @@ class Act:
         permits = conn_notes(client).permits
         if egress == "direct":
             permits.add((normalize(host), port))
-        elif egress == "tor" and route is not None and route.address is not None:
+        elif egress == "tor" and route is not None:
             permits.add((normalize(route.address[0]), route.address[1]))
 
     def hush_tunnel(self, tunnel: Tunnel) -> None:

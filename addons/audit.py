@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import addonmanager, connection, ctx, exceptions, http
 from mitmproxy import flow as mflow
@@ -39,7 +39,7 @@ from hush.daemon.policy.hosts import normalize, site_of
 from hush.daemon.policy.model import Decision
 
 if TYPE_CHECKING:
-    from mitmproxy.proxy.layers.modes import NextLayer
+    from mitmproxy.proxy.layer import NextLayer
 
     from hush.addons.torroute import Route, TorRoute
 
@@ -247,7 +247,8 @@ class Audit:
 
     def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option(
-            "hush_state_dir", Optional[str], None,
+            # mitmproxy types typespec as `type`, but takes (and compares equal) X | None
+            "hush_state_dir", str | None, None,  # type: ignore[arg-type]
             "Where hush keeps audit.db. The daemon sets it; set it yourself under mitmdump -s.",
         )
         loader.add_option(

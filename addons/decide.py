@@ -35,7 +35,7 @@ from hush.daemon.policy.hosts import normalize
 from hush.daemon.policy.model import Decision, PolicySet, RequestInfo, stricter
 
 if TYPE_CHECKING:
-    from mitmproxy.proxy.layers.modes import NextLayer
+    from mitmproxy.proxy.layer import NextLayer
 
     from hush.addons.act import Act
     from hush.addons.identify import Identify

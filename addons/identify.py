@@ -19,7 +19,6 @@ import ipaddress
 import logging
 import os
 from collections.abc import Callable
-from typing import Optional
 
 from mitmproxy import addonmanager, connection, ctx, exceptions, http, tcp
 
@@ -130,7 +129,8 @@ class Identify:
 
     def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option(
-            "hush_policies", Optional[str], None,
+            # mitmproxy types typespec as `type`, but takes (and compares equal) X | None
+            "hush_policies", str | None, None,  # type: ignore[arg-type]
             "A directory (or file) of hush policies. The hush daemon sets the policy set itself; "
             "use this with a stock mitmdump -s.",
         )
@@ -139,7 +139,7 @@ class Identify:
             "Refuse connections from processes of other local users (their uid in /proc/net/tcp).",
         )
         loader.add_option(
-            "hush_app", Optional[str], None,
+            "hush_app", str | None, None,  # type: ignore[arg-type]  # (as above)
             "The app for flows on listeners that no policy owns (mitmdump -s users).",
         )
 

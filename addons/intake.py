@@ -31,12 +31,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from mitmproxy import addonmanager, connection, ctx, http
 from mitmproxy import flow as mflow
 from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layer import CommandGenerator, Layer
 from mitmproxy.proxy.layers import HttpLayer
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 
@@ -46,9 +46,7 @@ from hush.addons.tunnel import HushTunnelHook, Tunnel
 from hush.daemon.policy.model import PolicySet
 
 if TYPE_CHECKING:
-    from mitmproxy.proxy.context import Context
-    from mitmproxy.proxy.layers.modes import NextLayer
-    from mitmproxy.proxy.server import ConnectionHandler
+    from mitmproxy.proxy.layer import NextLayer
 
     from hush.addons.audit import Audit
     from hush.addons.identify import Identify
@@ -78,13 +76,16 @@ def response_431(why: str) -> http.Response:
     )
 
 
-class HeadBound:
+class HeadBound(Layer):
     """Stands in for an HTTP layer (mitmproxy calls only ``handle_event``):
     while its HTTP/1 server reads a request head, the head's bytes and lines
     are counted — incrementally, each byte once — and a head over a bound is
-    refused before the layer sees it."""
+    refused before the layer sees it.  Like mitmproxy's ``NextLayer`` it is
+    not in ``context.layers``; anything else asked of it is the HTTP layer's."""
 
     def __init__(self, inner: HttpLayer, intake: Intake):
+        super().__init__(inner.context)
+        self.context.layers.remove(self)
         self.inner = inner
         self.intake = intake
         self.refused = False
@@ -92,11 +93,15 @@ class HeadBound:
         self._lines = 0
         self._tail = b""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"HeadBound({self.inner!r})"
+
+    def _handle_event(self, event: events.Event) -> CommandGenerator[None]:  # pragma: no cover
+        # never called: handle_event is overridden
+        yield from self.handle_event(event)
 
     def _reading_head(self) -> Http1Server | None:
         server = self.inner.connections.get(self.inner.context.client) if hasattr(self.inner, "connections") else None
@@ -254,7 +259,7 @@ class Intake:
         layer = nextlayer.layer
         if isinstance(layer, HttpLayer):
             nextlayer.layer = HeadBound(layer, self)
-        elif isinstance(getattr(layer, "child_layer", None), HttpLayer):  # an HTTPS proxy: TLS, then HTTP
+        elif isinstance(layer, _Parent) and isinstance(layer.child_layer, HttpLayer):  # HTTPS proxy: TLS, then HTTP
             layer.child_layer = HeadBound(layer.child_layer, self)
 
     # -- what hush decided ------------------------------------------------------------
@@ -365,6 +370,13 @@ class Intake:
             ctx.master.addons.trigger(HushTunnelHook(tunnel))
         except Exception:
             log.exception("audit: could not record a connection mitmproxy refused")
+
+
+@runtime_checkable
+class _Parent(Protocol):
+    """A layer with a child (a TLS layer, a mode's layer)."""
+
+    child_layer: Layer | None
 
 
 def http1_bytes(response: http.Response) -> bytes:

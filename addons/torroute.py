@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mitmproxy import addonmanager, connection, ctx, http
 from mitmproxy.net.server_spec import ServerSpec
@@ -36,7 +36,7 @@ from hush.addons.notes import conn_notes, notes
 from hush.daemon.policy.hosts import normalize, site_of
 
 if TYPE_CHECKING:
-    from mitmproxy.proxy.layers.modes import NextLayer
+    from mitmproxy.proxy.layer import NextLayer
 
     from hush.addons.tunnel import Tunnel
     from hush.daemon.tor import Circuit, StreamCallback
@@ -49,7 +49,7 @@ class Route:
     """How one flow (or tunnel) went through tor."""
 
     isolation: str
-    address: tuple[str, int] | None  # tor's HTTPTunnelPort used
+    address: tuple[str, int]  # tor's HTTPTunnelPort used
     source_port: int | None = None  # our end of the connection to tor
     circuit: str | None = None
     exit: tuple[str, str] | None = None  # (fingerprint, nickname)
@@ -97,7 +97,8 @@ class TorRoute:
 
     def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option(
-            "hush_tor_tunnel", Optional[str], None,  # noqa: UP045 (mitmproxy reads typing.Optional)
+            # mitmproxy types typespec as `type`, but takes (and compares equal) X | None
+            "hush_tor_tunnel", str | None, None,  # type: ignore[arg-type]
             "HOST:PORT of a running tor's HTTPTunnelPort, for the tor action under mitmdump -s "
             "(the hush daemon runs its own tor).",
         )
@@ -120,11 +121,17 @@ class TorRoute:
             return f"tor is not ready: {self.manager.reason}"
         return None
 
+    def _tunnel_port(self) -> tuple[tuple[str, int], None] | tuple[None, str]:
+        """(tor's HTTPTunnelPort, None), or (None, why nothing can go through tor now)."""
+        why = self.unavailable()
+        if why is None and self.manager is not None and self.manager.tunnel_address is not None:
+            return self.manager.tunnel_address, None
+        return None, why or "tor has no HTTPTunnelPort"
+
     # -- called by the tor action ------------------------------------------------------
 
     @staticmethod
-    def _route(client: connection.Client, host: str, port: int, key: str,
-               address: tuple[str, int] | None) -> Route:
+    def _route(client: connection.Client, host: str, port: int, key: str, address: tuple[str, int]) -> Route:
         targets = conn_notes(client).routes
         route = targets.get((host, port))
         if route is None or route.isolation != key or route.address != address:
@@ -134,29 +141,32 @@ class TorRoute:
 
     def route_request(self, flow: http.HTTPFlow, isolation: str) -> str | None:
         """Send ``flow`` through tor; return why not if it cannot be."""
-        why = self.unavailable()
-        if why or self.manager is None:
+        address, why = self._tunnel_port()
+        if address is None:
             return why
         host = normalize(flow.request.host)
         n = notes(flow)
         key = isolation_key(isolation, n.app, host)
-        route = self._route(flow.client_conn, host, flow.request.port, key, self.manager.tunnel_address)
+        route = self._route(flow.client_conn, host, flow.request.port, key, address)
         # This flow's own server object: the one it starts with is shared by every
         # request of the client connection (mitmproxy forks contexts shallowly), and
         # a ``via`` set on it would send the connection's later requests through tor.
-        flow.server_conn = connection.Server(address=flow.server_conn.address, via=ServerSpec(("http", route.address)))
+        via: ServerSpec = ("http", route.address)
+        flow.server_conn = connection.Server(address=flow.server_conn.address, via=via)
         n.tor = route
         return None
 
     def route_tunnel(self, tunnel: Tunnel, isolation: str) -> str | None:
         client = tunnel.client
-        why = self.unavailable() or (None if client is not None else "the tunnel has no client connection")
-        if why or self.manager is None or client is None:
-            if tunnel.flow is None and client is not None:
+        address, why = self._tunnel_port()
+        if client is None:
+            return "the tunnel has no client connection"
+        if address is None:
+            if tunnel.flow is None:
                 conn_notes(client).tor_refused = True
             return why
         key = isolation_key(isolation, tunnel.app, tunnel.host)
-        tunnel.route = self._route(client, tunnel.host, tunnel.port, key, self.manager.tunnel_address)
+        tunnel.route = self._route(client, tunnel.host, tunnel.port, key, address)
         conn_notes(client).tor_tunnel = tunnel
         return None
 
@@ -198,7 +208,7 @@ class TorRoute:
             # Relayed raw, a Host naming a blocked site would have reached it through the exit.
             return
         # CONNECT host:port to tor, then relay the app's bytes untouched.
-        server.via = ServerSpec(("http", route.address))
+        server.via = ("http", route.address)
         stack = HttpUpstreamProxy.make(nextlayer.context, True)
         stack /= layers.TCPLayer(nextlayer.context, ignore=True)
         nextlayer.layer = stack[0]

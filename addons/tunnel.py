@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from mitmproxy import connection, hooks, http
@@ -90,7 +88,7 @@ class Counted(layer.Layer):
         self.inner = inner
         self.tally = tally
 
-    def handle_event(self, event: events.Event) -> Iterator[commands.Command]:
+    def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         client = self.context.client
         for command in self.inner.handle_event(event):
             if isinstance(command, commands.SendData):
@@ -100,7 +98,8 @@ class Counted(layer.Layer):
                     self.tally.up += len(command.data)
             yield command
 
-    def _handle_event(self, event: events.Event) -> Iterator[commands.Command]:  # pragma: no cover - handle_event is overridden
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:  # pragma: no cover
+        # never called: handle_event is overridden
         yield from self.handle_event(event)
 
     def __repr__(self):

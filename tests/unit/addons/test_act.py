@@ -1,14 +1,14 @@
-import pytest
 import asyncio
 
+import pytest
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow
 
 from hush.addons.act import Act
 from hush.addons.classify import Classify
 from hush.addons.decide import Decide
-from hush.addons.tunnel import Tunnel
 from hush.addons.notes import conn_notes, notes
+from hush.addons.tunnel import Tunnel
 
 from .helpers import connect_flow, http_flow, noted, policyset
 
@@ -202,7 +202,7 @@ def test_a_reload_checks_the_address_a_tunnel_was_permitted_to():
     act = Act()
     with taddons.context(act):
         t_name, _ = _tunnel(act, old, "a.backend.net")
-        t_addr, f = _tunnel(act, old, "a.backend.net", address=("10.1.2.3", 443))
+        t_addr, _ = _tunnel(act, old, "a.backend.net", address=("10.1.2.3", 443))
         assert act.policy_changed(old, new) == 1
     assert t_name.outcome is None and t_addr.outcome == "revoked"
     assert "block" in t_addr.error

@@ -75,7 +75,8 @@ def test_done_writes_every_record(tmp_path):
         audit.hush_tunnel(Tunnel(g.client_conn.id, "x", "l", "a.backend.net", 443, ps,
                                  ps.decide_connect("x", "a.backend.net", 443), g))
         audit.done()
-    rows = sqlite3.connect(tmp_path / "audit.db").execute("SELECT decision, COUNT(*) FROM records GROUP BY 1").fetchall()
+    db = sqlite3.connect(tmp_path / "audit.db")
+    rows = db.execute("SELECT decision, COUNT(*) FROM records GROUP BY 1").fetchall()
     assert sorted(rows) == [("block", 50), ("passthrough", 1)]
     assert (tmp_path / "audit.db").stat().st_mode & 0o777 == 0o600
 

@@ -9,7 +9,7 @@ from hush.addons.identify import Identify
 from hush.addons.notes import conn_notes, notes
 from hush.daemon.policy.holder import PolicyHolder
 
-from .helpers import connect_flow, http_flow, noted, policyset, Recorder
+from .helpers import Recorder, connect_flow, http_flow, noted, policyset
 
 
 def run(decide, f, ps=None, app="x"):
@@ -127,8 +127,8 @@ def test_no_proxy_header_is_sent_whatever_the_decision():
     ps = policyset(POLICY_WITH_VIA)
     decide = Decide()
     with taddons.context(decide):
-        for url, action in (("http://a.org/", "allow"), ("http://strip.org/", "strip"),
-                            ("http://t.org/", "tor"), ("http://d.org/", "delay"), ("http://x.backend.net/", "passthrough")):
+        for url, action in (("http://a.org/", "allow"), ("http://strip.org/", "strip"), ("http://t.org/", "tor"),
+                            ("http://d.org/", "delay"), ("http://x.backend.net/", "passthrough")):
             f = http_flow(url, headers={**PROXY_HEADERS, "X-Keep": "1"})
             assert run(decide, f, ps=ps).action.name == action
             left = [k.lower() for k in f.request.headers]

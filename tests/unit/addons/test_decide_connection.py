@@ -12,7 +12,7 @@ from mitmproxy.test import taddons, tflow
 from hush.addons.decide import UNREADABLE, Decide, client_hello_sni
 from hush.addons.notes import conn_notes, notes
 
-from .helpers import connect_flow, http_flow, noted, policyset, Recorder
+from .helpers import Recorder, connect_flow, http_flow, noted, policyset
 
 POLICY = """\
 app: x

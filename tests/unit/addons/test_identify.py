@@ -63,8 +63,7 @@ def test_shared_listener_identifies_by_process_even_without_the_uid_check(monkey
     from mitmproxy.proxy.mode_specs import ProxyMode
     from mitmproxy.test import tflow
 
-    from hush.daemon.policy import procnet
-    from hush.daemon.policy import build
+    from hush.daemon.policy import build, procnet
 
     ps = build([
         ("a.yaml", "app: a\nlisten: 8101\nidentify: {process: [appa]}\ndefault: allow\n"),
@@ -122,10 +121,11 @@ def _owner(*holders):
     ([], None),
 ])
 def test_shared_listener_identifies_by_executable(holders, app):
-    from hush.addons.identify import identified_names, identify_connection
-    from hush.daemon.policy import build
     from mitmproxy.proxy.mode_specs import ProxyMode
     from mitmproxy.test import tflow
+
+    from hush.addons.identify import identified_names, identify_connection
+    from hush.daemon.policy import build
 
     ps = build(SHARED)
     names, found = identified_names(ps, SPEC, _owner(*holders))
@@ -151,8 +151,7 @@ def test_a_process_two_apps_claim_fails_closed():
 
 
 def test_flow_records_the_executable():
-    from hush.daemon.policy import procnet
-    from hush.daemon.policy import build
+    from hush.daemon.policy import build, procnet
 
     identify = Identify(PolicyHolder(build(SHARED)))
     with taddons.context(identify):

@@ -3,8 +3,8 @@ import asyncio
 import pytest
 from mitmproxy.test import taddons
 
-from hush.addons.timing import Timing, related, url_key
 from hush.addons.notes import notes
+from hush.addons.timing import Timing, related, url_key
 
 from .helpers import http_flow
 
@@ -135,7 +135,7 @@ def test_a_reload_revokes_held_flows_it_treats_more_strictly(new_rules, outcomes
     with taddons.context(timing):
         revoked, got, flows = asyncio.run(go())
     assert got == outcomes and revoked == outcomes.count("revoked")
-    for f, outcome in zip(flows, outcomes):
+    for f, outcome in zip(flows, outcomes, strict=True):
         assert (notes(f).outcome == "revoked") is (outcome == "revoked")
 
 
