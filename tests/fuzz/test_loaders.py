@@ -28,7 +28,8 @@ KEYS = ["app", "listen", "default", "rules", "examples", "identify", "descriptio
 SCALARS = st.one_of(
     st.sampled_from(["allow", "block", "tor", "strip", "passthrough", "delay", "debounce", "reset", "no", "off",
                      "yes", "*.example.com", "example.com", "/a*", "GET", "get", "8101", "127.0.0.1:8101",
-                     "0.0.0.0:1", "10.0.0.0/8", "10.0.0.1/8", "::/0", "1MiB", "2s", "https://a.org/", "[", "{a}", "a.*.b", "", "~", "null"]),
+                     "0.0.0.0:1", "10.0.0.0/8", "10.0.0.1/8", "::/0", "1MiB", "2s", "https://a.org/", "[", "{a}",
+                     "a.*.b", "", "~", "null"]),
     st.integers(min_value=-5, max_value=70000),
     st.booleans(),
     st.text(max_size=12),
@@ -76,8 +77,8 @@ def test_policy_loader_on_mutated_rules(rule, action):
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(KEYS + ["state_dir", "audit", "tor", "timing", "torrc", "redaction",
-                                               "keep_days", "control", "log_level", "listen_host"]),
+@given(st.dictionaries(st.sampled_from([*KEYS, "state_dir", "audit", "tor", "timing", "torrc", "redaction",
+                                        "keep_days", "control", "log_level", "listen_host"]),
                        TREES, max_size=6))
 def test_config_loader(tree):
     check(yaml.safe_dump(tree, allow_unicode=True), lambda text: parse_config("c.yaml", text))

@@ -25,11 +25,8 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TypeVar
 
 from .procnet import owner_pid
-
-T = TypeVar("T")
 
 NAME = "origin.hushtest"  # known only to the private Tor network's exit DNS server
 
@@ -139,15 +136,15 @@ class Hush:
         if config is not None:
             (tmp / "config.yaml").write_text(textwrap.dedent(config))
             cmd += ["--config", str(tmp / "config.yaml")]
-        self._log = open(self.log_path, "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        with open(self.log_path, "wb") as log:  # the daemon writes to its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 30) -> "Hush":
+    def wait_ready(self, timeout: float = 30) -> Hush:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if "hush is running" in self.log:
@@ -158,10 +155,7 @@ class Hush:
         raise AssertionError(f"hush not ready after {timeout}s:\n{self.log}")
 
     def wait_exit(self, timeout: float = 30) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.close()
+        return self.proc.wait(timeout)
 
     def stop(self, sig=signal.SIGTERM) -> int:
         if self.proc.poll() is None:
@@ -203,7 +197,7 @@ def curl(*args, timeout=20, binary=None) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=timeout, env={"PATH": os.environ.get("PATH", "")})
 
 
-def wait_for(what: Callable[[], T], timeout: float = 30, interval: float = 0.05, message: str = "") -> T:
+def wait_for[T](what: Callable[[], T], timeout: float = 30, interval: float = 0.05, message: str = "") -> T:
     """Poll ``what()`` until it returns something true, and return that; fail
     after ``timeout`` seconds (generous: it bounds a hang, it does not time anything)."""
     deadline = time.monotonic() + timeout

@@ -10,8 +10,8 @@ and a SOCKS5 connection given an address or a domain.  The origins listen on
 
 import pytest
 
-from .hostile import CountingOrigin, connect, exchange, policy, socks5_http, status
 from .harness import free_port
+from .hostile import CountingOrigin, connect, exchange, policy, socks5_http, status
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +98,7 @@ def test_socks5_to_the_unspecified_address_is_blocked(hush, origins):
     answers = {}
     for spelling, origin, domain in ([("0.0.0.0", v4, False), ("::", v6, False), ("::ffff:0.0.0.0", v4, False)]
                                      + [(s, v4, True) for s in V4 + MAPPED]
-                                     + [(s, v6, True) for s in V6 + ["[::]"]]):
+                                     + [(s, v6, True) for s in [*V6, "[::]"]]):
         answers[(spelling, domain)] = status(socks5_http(port, spelling, origin.port, "GET /x HTTP/1.1", "Host: a.test",
                                                          domain=domain))
     assert answers == {k: 451 for k in answers}
@@ -115,7 +115,8 @@ def test_the_rest_of_0_0_0_0_8_is_not_loopback(hush, origins):
     # 127.0.0.0/8 does not apply), and with a rule of its own it is blocked like any address
     v4, _ = origins
     port = free_port()
-    h = hush({"t": policy(port, "  - {match: {net: 0.0.0.0/8}, action: block, status: 403}\n          " + LOOPBACK.strip())})
+    rules = "  - {match: {net: 0.0.0.0/8}, action: block, status: 403}\n          " + LOOPBACK.strip()
+    h = hush({"t": policy(port, rules)})
     assert status(exchange(port, f"GET http://0.0.0.1:{v4.port}/ HTTP/1.1", f"Host: 0.0.0.1:{v4.port}")) == 403
     assert status(exchange(port, f"GET http://0.0.0.0:{v4.port}/ HTTP/1.1", f"Host: 0.0.0.0:{v4.port}")) == 451
     assert v4.accepts == []

@@ -49,7 +49,8 @@ def test_a_host_header_naming_a_blocked_host_is_blocked_however_spelt(hush, orig
     h.stop()
     rows = h.audit()
     assert [(r["host"], r["decision"], r["ip_exposed"]) for r in rows] == (
-        [(value.strip().lower().split(":")[0].rstrip("."), "block", 0) for value in BLOCKED] + [("127.0.0.1", "allow", 1)])
+        [(value.strip().lower().split(":")[0].rstrip("."), "block", 0) for value in BLOCKED]
+        + [("127.0.0.1", "allow", 1)])
 
 
 def test_a_host_header_that_is_not_one_authority_is_refused(hush, origin):

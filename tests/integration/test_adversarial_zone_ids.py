@@ -57,7 +57,7 @@ def test_a_zone_id_is_refused_on_every_way_in(hush, v6, v4, rules):
         url = f"http://[{zoned.replace('%', '%25')}]:{origin.port}/x"  # RFC 6874's spelling in a URL
         answers[("GET", zoned)] = status(exchange(port, f"GET {url} HTTP/1.1", f"Host: [{zoned}]:{origin.port}"))
         raw = f"http://[{zoned}]:{origin.port}/x"  # and the zone written as it is
-        answers[("GET raw", zoned)] = status(exchange(port, f"GET {raw} HTTP/1.1", f"Host: localhost"))
+        answers[("GET raw", zoned)] = status(exchange(port, f"GET {raw} HTTP/1.1", "Host: localhost"))
         answers[("SOCKS5", zoned)] = status(socks5_http(socks, zoned, origin.port, "GET /x HTTP/1.1", "Host: a.test"))
         answers[("SOCKS5 []", zoned)] = status(socks5_http(socks, f"[{zoned}]", origin.port, "GET /x HTTP/1.1",
                                                            "Host: a.test"))

@@ -1,6 +1,5 @@
 """Two processes on one shared listener are told apart by /proc."""
 
-import os
 import shutil
 
 import pytest
@@ -14,7 +13,8 @@ def test_two_processes_one_listener(hush, origin, tmp_path):
     port = free_port()
     h = hush({
         "sig": f"app: sig\nlisten: {port}\nidentify: {{process: [fakesignal]}}\ndefault: allow\n",
-        "web": f"app: web\nlisten: {port}\nidentify: {{process: [fakechrome]}}\ndefault: {{action: block, status: 451}}\n",
+        "web": f"app: web\nlisten: {port}\nidentify: {{process: [fakechrome]}}\n"
+               "default: {action: block, status: 451}\n",
     })
     real = shutil.which("curl")
     for name in ("fakesignal", "fakechrome"):

@@ -20,12 +20,12 @@ def test_pipeline_in_stock_mitmdump(tmp_path, origin):
         "app: mine\nlisten: 9\ndefault: allow\nrules:\n  - {match: {path: '/blocked*'}, action: block}\n")
     port = free_port()
     mitmdump = Path(sys.executable).parent / "mitmdump"
-    log = open(tmp_path / "mitmdump.log", "wb")
-    proc = subprocess.Popen(
-        [str(mitmdump), "-q", "--listen-host", "127.0.0.1", "-p", str(port), "-s", str(ROOT / "addons/pipeline.py"),
-         "--set", f"hush_policies={tmp_path / 'p.yaml'}", "--set", "hush_app=mine",
-         "--set", f"hush_state_dir={tmp_path / 'state'}"],
-        stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "mitmdump.log", "wb") as log:  # mitmdump writes to its own copy of the descriptor
+        proc = subprocess.Popen(
+            [str(mitmdump), "-q", "--listen-host", "127.0.0.1", "-p", str(port), "-s",
+             str(ROOT / "addons/pipeline.py"), "--set", f"hush_policies={tmp_path / 'p.yaml'}",
+             "--set", "hush_app=mine", "--set", f"hush_state_dir={tmp_path / 'state'}"],
+            stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
         while curl("-x", f"http://127.0.0.1:{port}", origin.url("/ping")).returncode != 0:
@@ -37,7 +37,6 @@ def test_pipeline_in_stock_mitmdump(tmp_path, origin):
     finally:
         proc.terminate()
         proc.wait(10)
-        log.close()
     import sqlite3
 
     rows = sqlite3.connect(tmp_path / "state" / "audit.db").execute(

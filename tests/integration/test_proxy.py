@@ -121,7 +121,7 @@ def test_a_tls_name_the_policy_treats_more_strictly_closes_the_tunnel(hush, tls_
             assert s.recv(100).startswith(b"HTTP/1.1 200")
             try:
                 with client.wrap_socket(s, server_hostname=name) as t:
-                    t.sendall(b"GET /via-" + name.encode() + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    t.sendall(b"GET /via-%s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % name.encode())
                     results.append(t.recv(100)[:12])
             except (ssl.SSLError, OSError):
                 results.append(None)

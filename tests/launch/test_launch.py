@@ -15,14 +15,24 @@ import os
 import signal
 import subprocess
 import textwrap
-import time
 
 import pytest
 
-from .world import tor_config
-from .world import (ALLOWED_IP, ALLOWED_IP6, BLOCKED_IP, CURL_ARGS, NOBODY, PUBLIC_DNS, PYTHON, QUIC_IP, TOR_NAME,
-                    UNISSUED_FAKE_IP,
-                    is_static, until)
+from .world import (
+    ALLOWED_IP,
+    ALLOWED_IP6,
+    BLOCKED_IP,
+    CURL_ARGS,
+    NOBODY,
+    PUBLIC_DNS,
+    PYTHON,
+    QUIC_IP,
+    TOR_NAME,
+    UNISSUED_FAKE_IP,
+    is_static,
+    tor_config,
+    until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -149,8 +159,8 @@ def test_udp_to_any_address_fails_at_once(world, far, whush):
     assert res.returncode == 0, res.stderr
     results = json.loads(res.stdout)
     for host, port, result, elapsed in results:
-        assert result not in ("answered", "timeout"), results  # an error, not silence
-        assert elapsed < 5, results  # at once (the probe waits up to 15 s)
+        assert result not in ("answered", "timeout"), (host, port, results)  # an error, not silence
+        assert elapsed < 5, (host, port, results)  # at once (the probe waits up to 15 s)
     assert all(s.datagrams == [] for s in sinks)
 
 
@@ -326,9 +336,9 @@ def test_daemon_killed_while_the_app_runs_its_next_connections_fail(world, far, 
         if (out / "after").exists():  # the app lives on: each of its connections failed, quickly
             results = json.loads((out / "after").read_text())
             print("after the daemon died:", results)
-            for url, result, elapsed in results:
-                assert not result.startswith("ok"), results
-                assert result != "TimeoutError", results  # refused, not left hanging
+            for url, result, _elapsed in results:
+                assert not result.startswith("ok"), (url, results)
+                assert result != "TimeoutError", (url, results)  # refused, not left hanging
         else:  # hush launch ended the app: nothing it could have sent
             assert app.returncode != 0
             print("after the daemon died: the app was ended,", app.returncode)
@@ -372,7 +382,7 @@ def test_exit_status_passes_through(world, whush):
     uid, caps, *links = ran.stdout.decode().splitlines()
     assert uid == str(NOBODY)  # the caller's uid, no capabilities, only lo
     assert caps.split()[1] == "0000000000000000"
-    assert [l.split(":")[1].strip() for l in links] == ["lo"]
+    assert [link.split(":")[1].strip() for link in links] == ["lo"]
 
 
 def test_status_lists_the_running_launch(world, far, whush):
@@ -380,7 +390,8 @@ def test_status_lists_the_running_launch(world, far, whush):
     h = whush({"x": POLICY})
     out = world.dir("out")
     app = h.launch_popen("x", "sh", "-c", f'curl -sS --max-time 20 {origin.url("/s", host="allowed.test")} '
-                                          f'> {out}/got; touch {out}/started; i=0; while [ ! -e {out}/go ] && [ $i -lt 6000 ]; '
+                                          f'> {out}/got; touch {out}/started; i=0; '
+                                          f'while [ ! -e {out}/go ] && [ $i -lt 6000 ]; '
                                           f'do sleep 0.05; i=$((i+1)); done')
     try:
         until(lambda: (out / "started").exists(), 60, "the launched command started")

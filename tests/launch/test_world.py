@@ -4,15 +4,14 @@ flows reach the origins (direct from hush, or from the private network's exit)."
 
 import pytest
 
-from .world import tor_config
-from .world import ALLOWED_IP, ALLOWED_IP6, BLOCKED_IP, CURL_ARGS, NOBODY, TOR_NAME, PYTHON
+from .world import ALLOWED_IP, ALLOWED_IP6, BLOCKED_IP, CURL_ARGS, NOBODY, PYTHON, TOR_NAME, tor_config
 
 pytestmark = pytest.mark.integration
 
 
 def test_world_is_closed(world):
     links = world.run(["ip", "-o", "link"], capture_output=True, text=True)
-    assert [l.split(":")[1].strip() for l in links.stdout.splitlines()] == ["lo"]
+    assert [link.split(":")[1].strip() for link in links.stdout.splitlines()] == ["lo"]
     routes = world.run(["ip", "route", "get", "1.1.1.1"], capture_output=True, text=True)
     assert routes.returncode != 0  # no route out of the world
     res = world.run(["id", "-u"], capture_output=True, text=True)

@@ -22,6 +22,7 @@ count what reaches them. Closing the world kills every process it started.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -114,7 +115,7 @@ def owner_pid(netns_pid: int, peer: tuple, local: tuple) -> int | None:
         if host.startswith("::ffff:") and "." in host:
             host = host[7:]
         return [host, f"::ffff:{host}"] if ":" not in host else [host]
-    wanted = {(_hex(p, peer[1]), _hex(l, local[1])) for p in forms(peer[0]) for l in forms(local[0])}
+    wanted = {(_hex(p, peer[1]), _hex(loc, local[1])) for p in forms(peer[0]) for loc in forms(local[0])}
     inodes = set()
     for table in ("tcp", "tcp6"):
         try:
@@ -173,7 +174,7 @@ class Origin:
     (before a byte is read), the process that owned the peer socket, and every request.
     ``*.html`` paths answer an HTML page naming the origin; others a line of text."""
 
-    def __init__(self, world: "World", host: str, port: int = 0, tls: ssl.SSLContext | None = None):
+    def __init__(self, world: World, host: str, port: int = 0, tls: ssl.SSLContext | None = None):
         self.host = host
         self.accepts: list[tuple] = []
         self.owners: list[int | None] = []
@@ -249,7 +250,7 @@ class Origin:
 class UDPSink:
     """A UDP socket bound on an address of the world: every datagram that reaches it is kept."""
 
-    def __init__(self, world: "World", host: str, port: int):
+    def __init__(self, world: World, host: str, port: int):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = world.in_net(self._bind, family, host, port)
         self.datagrams: list[tuple[bytes, tuple]] = []
@@ -276,7 +277,7 @@ class UDPSink:
 class TCPSink:
     """A TCP listener on an address of the world that counts accepts (and answers nothing)."""
 
-    def __init__(self, world: "World", host: str, port: int):
+    def __init__(self, world: World, host: str, port: int):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = world.in_net(self._bind, family, host, port)
         self.accepts: list[tuple] = []
@@ -300,10 +301,8 @@ class TCPSink:
             conn.close()
 
     def close(self):
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.sock.close()
 
 
@@ -311,7 +310,7 @@ class WorldDNS:
     """The world's resolver (127.0.0.1:53, named by its /etc/resolv.conf): answers
     the names it knows, NXDOMAIN for the rest, and records every question."""
 
-    def __init__(self, world: "World", names: dict[str, str]):
+    def __init__(self, world: World, names: dict[str, str]):
         self.names = {k.lower(): v for k, v in names.items()}
         self.queries: list[str] = []
         self.sock = world.in_net(UDPSink._bind, socket.AF_INET, "127.0.0.1", 53)
@@ -408,18 +407,18 @@ class World:
         lines.append("exec sleep infinity")
         return "\n".join(lines)
 
-    def start(self) -> "World":
+    def start(self) -> World:
         for tool in ("unshare", "nsenter", "setpriv", "ip", "sleep"):
             assert shutil.which(tool, path=PATH), f"{tool} is not installed (util-linux, iproute2)"
         assert os.geteuid() == 0, "the world is built as root (CI runs as root)"
         script = self._script()
         (self.base / "setup.sh").write_text(script)
-        self._log = open(self.base / "holder.log", "wb")
         # the holder dies with the test process (pdeathsig), the world with it
-        self.holder = subprocess.Popen(
-            ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--net", "--mount", "--propagation", "private",
-             "--", "sh", str(self.base / "setup.sh")],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with open(self.base / "holder.log", "wb") as log:  # the holder writes to its own copy of the descriptor
+            self.holder = subprocess.Popen(
+                ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--net", "--mount", "--propagation", "private",
+                 "--", "sh", str(self.base / "setup.sh")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             until(lambda: (self.base / "ready").exists() or self.holder.poll() is not None, 30, "world set up")
             if self.holder.poll() is not None:
@@ -443,14 +442,10 @@ class World:
         if proc.poll() is not None:
             return  # reaped: its pid may be anyone's now
         for pid in [*descendants(proc.pid), proc.pid]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
 
     def close(self) -> None:
         for p in reversed(self.procs):
@@ -554,8 +549,8 @@ class WorldHush:
             (self.dir / "config.yaml").chmod(0o644)
             cmd += ["--config", str(self.dir / "config.yaml")]
         self.log_path = self.dir / "hush.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = world.popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        with open(self.log_path, "wb") as log:  # hush writes to its own copy of the descriptor
+            self.proc = world.popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
     @property
     def pid(self) -> int:
@@ -565,7 +560,7 @@ class WorldHush:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 60) -> "WorldHush":
+    def wait_ready(self, timeout: float = 60) -> WorldHush:
         until(lambda: "hush is running" in self.log or self.proc.poll() is not None, timeout, "hush running")
         assert self.proc.poll() is None, f"hush exited with {self.proc.returncode}:\n{self.log}"
         return self
@@ -577,10 +572,7 @@ class WorldHush:
     def stop(self, sig=signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(30)
-        finally:
-            self._log.close()
+        return self.proc.wait(30)
 
     def kill(self) -> int:
         return self.stop(signal.SIGKILL)

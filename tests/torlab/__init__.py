@@ -138,7 +138,7 @@ class TorLab:
             lines += ["ExitRelay 0", "ExitPolicy reject *:*"]
         return "\n".join(lines) + "\n"
 
-    def start(self, timeout: float = 90) -> "TorLab":
+    def start(self, timeout: float = 90) -> TorLab:
         threads = [threading.Thread(target=n.make_keys) for n in self.nodes]
         for t in threads:
             t.start()
