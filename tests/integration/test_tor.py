@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from .harness import NAME, curl, free_port, tor_config, wait_tor_ready
+from .harness import NAME, curl, free_port, tor_config, wait_for, wait_tor_ready
 from .procnet import children
+from .wire import live_rows
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +99,8 @@ def test_isolation_apps_get_their_own_circuits(hush, torlab, origin):
     for port, host in ((pa, NAME), (pa, NAME), (pb, NAME), (ps, NAME), (ps, "other.hushtest")):
         res = curl("-x", f"http://127.0.0.1:{port}", origin.url("/i", host=host))
         assert res.returncode == 0, res.stderr
-    time.sleep(0.5)  # the last STREAM events
+    # each flow's row names the circuit tor's STREAM event attached it to
+    wait_for(lambda: len([r for r in live_rows(h) if r["tor_circuit"]]) == 5, message="five rows with their circuits")
     h.stop()
     circuits = [(r["app"], r["host"], r["tor_isolation"], r["tor_circuit"]) for r in rows(h)]
     (a1, a2, b, s1, s2) = circuits
