@@ -4,6 +4,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+from pathlib import Path
 
 import pytest
 from mitmproxy import connection
@@ -136,7 +137,7 @@ def test_contract_the_mitmproxy_layer_api_torroute_and_counted_rely_on():
     tcp = layers.TCPLayer(ctx, ignore=True)
     assert ctx.layers == [tcp]
     assert list(inspect.signature(commands.SendData).parameters) == ["connection", "data"]
-    assert issubclass(commands.StartHook, commands.Command) and events.HookCompleted
+    assert issubclass(commands.StartHook, commands.Command)  # hooks a layer raises are commands it waits on
 
 
 def test_a_tunnel_decided_tor_sends_connect_with_its_isolation_key_to_tor_then_relays_untouched():
@@ -349,3 +350,15 @@ def test_tor_not_ready_a_socks5_tunnel_relays_nothing_and_may_not_dial():
             assert ctx.server.error and ctx.server.error.startswith("hush: no decision permits")
 
     run(scenario())
+
+
+def test_the_fake_tor_has_what_torroute_needs_and_the_daemons_tor_has_it_too():
+    from hush.addons.torroute import Tor
+    from hush.daemon.config import TorConfig
+    from hush.daemon.tor import Circuit, TorManager
+
+    needed = {name for name in vars(Tor) if not name.startswith("_")}
+    assert needed == {"tunnel_address", "ready", "reason", "stream_callbacks"}
+    real = TorManager(TorConfig(), Path("/nonexistent"))
+    assert all(hasattr(FakeTor(), name) and hasattr(real, name) for name in needed)
+    assert "exit" in vars(Circuit)  # what a STREAM callback reads of the circuit (FakeTor.stream gives it)
