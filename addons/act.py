@@ -71,8 +71,9 @@ class Act:
         self.identify = identify
         self.timing = timing
         self.services = Services(timing, router)
-        # the tunnels relayed on a connection-level decision, while their connection lives (a reload re-decides them)
-        self._tunnels: weakref.WeakSet[Tunnel] = weakref.WeakSet()
+        # the tunnels relayed on a connection-level decision, by key in the order they were relayed,
+        # while their connection lives (a reload re-decides them)
+        self._tunnels: weakref.WeakValueDictionary[str, Tunnel] = weakref.WeakValueDictionary()
 
     @staticmethod
     def revoke(client: connection.Client) -> None:
@@ -154,16 +155,16 @@ class Act:
     def _relay(self, client: connection.Client, tunnel: Tunnel) -> None:
         state = conn_notes(client)
         if state.relayed is not None:
-            self._tunnels.discard(state.relayed)
+            self._tunnels.pop(state.relayed.key, None)
         state.relayed = tunnel
-        self._tunnels.add(tunnel)
+        self._tunnels[tunnel.key] = tunnel
 
     def _unrelay(self, client: connection.Client | None) -> None:
         if client is None:
             return
         state = conn_notes(client)
         if state.relayed is not None:
-            self._tunnels.discard(state.relayed)
+            self._tunnels.pop(state.relayed.key, None)
             state.relayed = None
 
     def client_disconnected(self, client: connection.Client) -> None:
@@ -178,7 +179,7 @@ class Act:
         treats more strictly is closed, never sent on, and audited
         ``revoked``; the others keep going.  Returns how many were revoked."""
         revoked = 0
-        for tunnel in list(self._tunnels):
+        for tunnel in list(self._tunnels.values()):
             if tunnel.error is not None or tunnel.outcome is not None:
                 continue  # refused since it was permitted (its TLS named a stricter host): closing already
             try:
@@ -217,7 +218,7 @@ class Act:
         if tunnel.client is not None:
             self.revoke(tunnel.client)  # nothing new leaves, whatever the close below does
         self._unrelay(tunnel.client)
-        self._tunnels.discard(tunnel)
+        self._tunnels.pop(tunnel.key, None)
         tunnel.outcome, tunnel.error = REVOKED, why
         log.warning("%s", why)
         handler = self._handler(tunnel.client_id)

@@ -81,8 +81,8 @@ class Decide:
         self.identify = identify
         self.act = act
         # every connection's tunnel is its own state (conn_notes); these are the
-        # ones still open, ended here if hush stops first
-        self._tunnels: weakref.WeakSet[Tunnel] = weakref.WeakSet()
+        # ones still open (by key, in the order they were decided), ended here if hush stops first
+        self._tunnels: weakref.WeakValueDictionary[str, Tunnel] = weakref.WeakValueDictionary()
 
     def configure(self, updated: set[str]) -> None:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
@@ -103,9 +103,9 @@ class Decide:
         if tunnel.client is not None:
             state = conn_notes(tunnel.client)
             if state.tunnel is not None:
-                self._tunnels.discard(state.tunnel)
+                self._tunnels.pop(state.tunnel.key, None)
             state.tunnel = tunnel
-        self._tunnels.add(tunnel)
+        self._tunnels[tunnel.key] = tunnel
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
@@ -364,11 +364,11 @@ class Decide:
         state.socks_seen, state.sni, state.hello_read = False, None, False
         tunnel, state.tunnel = state.tunnel, None
         if tunnel is not None:
-            self._tunnels.discard(tunnel)
+            self._tunnels.pop(tunnel.key, None)
             self._end(tunnel)
 
     def done(self) -> None:
-        for tunnel in list(self._tunnels):
+        for tunnel in list(self._tunnels.values()):
             self._end(tunnel)
         self._tunnels.clear()
 
