@@ -160,18 +160,20 @@ APPARMOR_USERNS = Path("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
 USERNS_CLONE = Path("/proc/sys/kernel/unprivileged_userns_clone")
 
 
+UNSHARE_PROBE = """
+import os, sys
+try:
+    os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNET | os.CLONE_NEWNS)
+except OSError as e:
+    sys.exit(e.errno or 1)
+"""
+
+
 def _try_namespaces() -> str | None:
     """None if this user can make a user + network + mount namespace (what
-    `hush launch` needs), else why not.  In a throwaway child."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNET | os.CLONE_NEWNS)
-            os._exit(0)
-        except OSError as e:
-            os._exit(e.errno or 1)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    `hush launch` needs), else why not.  In a throwaway interpreter (a fork of
+    a threaded process could deadlock)."""
+    code = subprocess.run([sys.executable, "-c", UNSHARE_PROBE], capture_output=True, timeout=30).returncode
     return None if code == 0 else os.strerror(code)
 
 
