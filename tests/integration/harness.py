@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import socketserver
 import ssl
 import subprocess
 import sys
@@ -58,14 +59,23 @@ class Seen:
 
 
 class Origin:
-    """An HTTP(S) server on one loopback address that records what reaches it."""
+    """An HTTP(S) server on one address that records what reaches it: every TCP
+    accept (before a byte is read) with the process owning the peer socket, and
+    every request.  ``/slow/SECONDS`` answers late, ``/bytes/N`` with N bytes,
+    ``*.html`` with a page naming the origin, anything else with a line of text.
 
-    def __init__(self, host: str, tls: ssl.SSLContext | None = None):
+    ``bind(server_class, address, handler)`` makes the server (the launch tests'
+    world makes it inside its network namespace); ``owner(peer, local)`` finds
+    the peer's process (there, in the world's /proc)."""
+
+    def __init__(self, host: str, tls: ssl.SSLContext | None = None, port: int = 0,
+                 bind: Callable | None = None, owner: Callable[[tuple, tuple], int | None] | None = None):
         self.host = host
         self.accepts: list[tuple] = []
         self.owners: list[int | None] = []  # pid owning the peer socket, per accept
         self.requests: list[Seen] = []
         origin = self
+        owner = owner or owner_pid
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -73,14 +83,19 @@ class Origin:
             def do_GET(self):
                 origin.requests.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
                                             self.client_address))
+                kind = "application/octet-stream"
                 if self.path.startswith("/slow/"):  # /slow/SECONDS: answer late
                     time.sleep(float(self.path.split("/")[2]))
                 if self.path.startswith("/bytes/"):
                     body = payload(int(self.path.split("/")[2]))
+                elif self.path.endswith(".html"):
+                    body = (f"<!doctype html><html><head><title>t</title></head><body>"
+                            f"<p id=o>origin {origin.host} {self.path}</p></body></html>").encode()
+                    kind = "text/html"
                 else:
                     body = f"origin {origin.host} {self.path}\n".encode()
                 self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Connection", "close")
                 self.end_headers()
@@ -93,11 +108,17 @@ class Origin:
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            allow_reuse_address = True
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+            def server_bind(self):
+                socketserver.TCPServer.server_bind(self)  # no getfqdn(): the harness asks no DNS
+                self.server_name, self.server_port = host, self.server_address[1]
 
             def get_request(self):
                 sock, addr = super().get_request()
                 origin.accepts.append(addr)  # counted before any byte is read
-                origin.owners.append(owner_pid(addr, sock.getsockname()))
+                origin.owners.append(owner(addr, sock.getsockname()))
                 if tls is not None:
                     sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
                 return sock, addr
@@ -105,14 +126,21 @@ class Origin:
             def handle_error(self, request, client_address):
                 pass
 
-        self.server = Server((host, 0), Handler)
+        self.server = (bind or (lambda cls, *args: cls(*args)))(Server, (host, port), Handler)
         self.port = self.server.server_address[1]
         self.scheme = "https" if tls else "http"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
     def url(self, path: str = "/", host: str | None = None) -> str:
-        return f"{self.scheme}://{host or self.host}:{self.port}{path}"
+        host = host or self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    @property
+    def paths(self) -> list[str]:
+        return [r.path for r in self.requests]
 
     def close(self):
         self.server.shutdown()

@@ -23,14 +23,12 @@ count what reaches them. Closing the world kills every process it started.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shlex
 import shutil
 import signal
 import socket
-import socketserver
 import sqlite3
 import ssl
 import struct
@@ -40,10 +38,11 @@ import tempfile
 import textwrap
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+
+from tests.integration import harness
 
 NOBODY = 65534
 REPO = Path(__file__).resolve().parents[2]
@@ -161,90 +160,14 @@ def descendants(pid: int) -> list[int]:
 
 # -- the far side: servers inside the world -----------------------------------------
 
-@dataclasses.dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    peer: tuple
-
-
-class Origin:
-    """An HTTP(S) server on one address of the world that records every TCP accept
-    (before a byte is read), the process that owned the peer socket, and every request.
-    ``*.html`` paths answer an HTML page naming the origin; others a line of text."""
+class Origin(harness.Origin):
+    """The tests' counting origin (tests/integration/harness.py), on an address of
+    the world: its socket made inside the world's network namespace, the peer's
+    process found in the world's /proc."""
 
     def __init__(self, world: World, host: str, port: int = 0, tls: ssl.SSLContext | None = None):
-        self.host = host
-        self.accepts: list[tuple] = []
-        self.owners: list[int | None] = []
-        self.requests: list[Seen] = []
-        origin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                origin.requests.append(Seen(self.command, self.path,
-                                            {k.lower(): v for k, v in self.headers.items()}, self.client_address))
-                if self.path.endswith(".html"):
-                    body = (f"<!doctype html><html><head><title>t</title></head><body>"
-                            f"<p id=o>origin {origin.host} {self.path}</p></body></html>").encode()
-                    kind = "text/html"
-                else:
-                    body = f"origin {origin.host} {self.path}\n".encode()
-                    kind = "text/plain"
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_POST = do_HEAD = do_GET
-
-            def log_message(self, *args):
-                pass
-
-        class Server(socketserver.ThreadingMixIn, HTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-            def server_bind(self):
-                socketserver.TCPServer.server_bind(self)  # no getfqdn(): no DNS from the harness
-                self.server_name, self.server_port = host, self.server_address[1]
-
-            def get_request(self):
-                sock, addr = super().get_request()
-                origin.accepts.append(addr)  # counted before any byte is read
-                origin.owners.append(owner_pid(world.pid, addr, sock.getsockname()))
-                if tls is not None:
-                    sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                return sock, addr
-
-            def handle_error(self, request, client_address):
-                pass
-
-        self.server = world.in_net(Server, (host, port), Handler)
-        self.port = self.server.server_address[1]
-        self.scheme = "https" if tls else "http"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def url(self, path: str = "/", host: str | None = None) -> str:
-        host = host or self.host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{self.scheme}://{host}:{self.port}{path}"
-
-    @property
-    def paths(self) -> list[str]:
-        return [r.path for r in self.requests]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(host, tls, port, bind=world.in_net,
+                         owner=lambda peer, local: owner_pid(world.pid, peer, local))
 
 
 class UDPSink:
