@@ -39,8 +39,8 @@ from typing import Any
 
 import yaml
 
-from hush.addons.actions.base import GENERIC_USER_AGENT, ParseContext
 from hush.daemon.audit.store import DEFAULT_REDACTION, REDACTIONS
+from hush.daemon.policy.context import GENERIC_USER_AGENT, ParseContext
 from hush.daemon.tor import TorConfig
 from hush.daemon.yamlschema import INT, STR, LoadError, LocatedError, Location, Reader
 

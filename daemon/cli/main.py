@@ -16,7 +16,6 @@ Exit codes are :class:`hush.daemon.exitstatus.ExitStatus`: 0 ok, 1 error, 2 usag
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
@@ -196,6 +195,8 @@ def setup_logging(level: str, verbose: bool) -> None:
 
 
 def cmd_run(args, config: Config) -> int:
+    import asyncio
+
     from hush.daemon.policy import load
     from hush.daemon.run import serve
 
