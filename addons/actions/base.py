@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
+from pathlib import PurePath
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import yaml
 from mitmproxy import http
 
-from hush.daemon.policy.context import ParseContext as ParseContext  # there: the config needs it, not mitmproxy
 from hush.daemon.yamlschema import Field, Reader
 
 if TYPE_CHECKING:
@@ -42,6 +43,21 @@ if TYPE_CHECKING:
 Egress = Literal["direct", "tor", "none"]
 
 REGISTRY: dict[str, type[Action]] = {}
+
+GENERIC_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParseContext:
+    """Defaults the policy loader takes from the daemon's config."""
+
+    user_agent: str = GENERIC_USER_AGENT
+    listen_host: str = "127.0.0.1"  # for policies whose `listen` gives only a port
+    allow_non_loopback: bool = False  # the config's explicit allow_non_loopback_listeners
+    # set by the loader: parses a nested action (`then:`) → Action or None
+    parse_action: Callable[[Reader, yaml.Node, ParseContext], Action | None] | None = dataclasses.field(
+        default=None, compare=False)
+
 
 @dataclasses.dataclass(frozen=True)
 class Services:
@@ -118,12 +134,21 @@ def register[A: type[Action]](cls: A) -> A:
     return cls
 
 
+def decision_header(decision: Decision) -> str:
+    """``X-Hush-Decision``: the action and where its rule is, ``block whatsapp.yaml:14``.
+
+    The file is named relative to the policy directory (its ``*.yaml`` files are
+    its direct children: the file's name), never by an absolute path: the app
+    (and whatever it logs or uploads) would learn the user's home directory."""
+    return f"{decision.action.name} {PurePath(decision.source.file).name}:{decision.source.line}"
+
+
 def local_response(status: int, text: str, decision: Decision) -> http.Response:
     """A response made by hush, not by the site."""
     return http.Response.make(
         status,
         f"{text}\n".encode(),
-        {"Content-Type": "text/plain; charset=utf-8", "X-Hush-Decision": f"{decision.action.name} {decision.ref}"},
+        {"Content-Type": "text/plain; charset=utf-8", "X-Hush-Decision": decision_header(decision)},
     )
 
 
