@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
 from pathlib import PurePath
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import yaml
 from mitmproxy import http
 
+from hush.daemon.policy.context import ParseContext as ParseContext  # there: the config needs it, not mitmproxy
 from hush.daemon.yamlschema import Field, Reader
 
 if TYPE_CHECKING:
@@ -43,21 +43,6 @@ if TYPE_CHECKING:
 Egress = Literal["direct", "tor", "none"]
 
 REGISTRY: dict[str, type[Action]] = {}
-
-GENERIC_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
-
-
-@dataclasses.dataclass(frozen=True)
-class ParseContext:
-    """Defaults the policy loader takes from the daemon's config."""
-
-    user_agent: str = GENERIC_USER_AGENT
-    listen_host: str = "127.0.0.1"  # for policies whose `listen` gives only a port
-    allow_non_loopback: bool = False  # the config's explicit allow_non_loopback_listeners
-    # set by the loader: parses a nested action (`then:`) → Action or None
-    parse_action: Callable[[Reader, yaml.Node, ParseContext], Action | None] | None = dataclasses.field(
-        default=None, compare=False)
-
 
 @dataclasses.dataclass(frozen=True)
 class Services:
