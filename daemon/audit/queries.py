@@ -63,6 +63,11 @@ def tail(conn: sqlite3.Connection, limit: int = 20, after_id: int = 0) -> list[d
     return [as_dict(r) for r in reversed(rows)]
 
 
+def apps(conn: sqlite3.Connection) -> list[str]:
+    """Every app the audit has records of, sorted."""
+    return [row[0] for row in conn.execute("SELECT DISTINCT app FROM records WHERE app IS NOT NULL ORDER BY app")]
+
+
 def show(conn: sqlite3.Connection, record_id: int) -> dict | None:
     row = conn.execute("SELECT * FROM records WHERE id = ?", (record_id,)).fetchone()
     return as_dict(row) if row else None

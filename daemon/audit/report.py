@@ -16,10 +16,14 @@ from datetime import datetime
 
 from hush.daemon.audit.queries import by_rule, summary, timeline
 
+# Every decision an audit row can carry (docs/audit.md), each its colour in the timeline and the legend.
 COLORS = {
     "allow": "#6b7280", "passthrough": "#9ca3af", "strip": "#d97706", "block": "#059669",
-    "tor": "#7c3aed", "tor-unavailable": "#dc2626", "refused": "#b91c1c", "revoked": "#0891b2",
+    "tor": "#7c3aed", "delay": "#2563eb", "debounce": "#0d9488",
+    "superseded": "#84cc16", "overflow": "#f97316", "shutdown": "#78716c", "abandoned": "#a8a29e",
+    "tor-unavailable": "#dc2626", "refused": "#b91c1c", "revoked": "#0891b2",
 }
+OTHER = "#444"  # a decision this page does not know (written by a newer hush)
 PREVENTED_LABELS = {
     "ip": "IP address kept from the site", "user_agent": "User-Agent withheld or replaced",
     "cookies": "cookies withheld", "referer": "Referer withheld", "accept_language": "Accept-Language withheld",
@@ -47,13 +51,16 @@ def _svg_timeline(bucket: int, points: list[tuple[float, str, int]]) -> str:
             h = n / peak * (height - 10)
             y -= h
             parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" '
-                         f'fill="{COLORS.get(decision, "#444")}"><title>{html.escape(_when(t))}: '
+                         f'fill="{COLORS.get(decision, OTHER)}"><title>{html.escape(_when(t))}: '
                          f'{n} {html.escape(decision)}</title></rect>')
     parts.append(f'<text x="{pad}" y="{height + 16}" font-size="11">{html.escape(_when(times[0]))}</text>')
     parts.append(f'<text x="{width}" y="{height + 16}" font-size="11" text-anchor="end">'
                  f'{html.escape(_when(times[-1] + bucket))}</text>')
     parts.append("</svg>")
-    legend = " ".join(f'<span class="key" style="background:{c}"></span>{html.escape(d)}' for d, c in COLORS.items())
+    shown = dict(COLORS)
+    if any(decision not in COLORS for _, decision, _ in points):
+        shown["other"] = OTHER
+    legend = " ".join(f'<span class="key" style="background:{c}"></span>{html.escape(d)}' for d, c in shown.items())
     return "".join(parts) + f'<p class="legend">{legend}</p>'
 
 

@@ -36,6 +36,14 @@ class UsageError(Exception):
     pass
 
 
+class NotFound(Exception):
+    """Exit 6: what the command was asked about does not exist (an app, a record, the audit)."""
+
+
+class Unreachable(Exception):
+    """Exit 7: the daemon (or its tor) does not answer."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # exit 2 with the message, as argparse does, but testable
         raise UsageError(f"{self.prog}: {message}")
@@ -59,13 +67,88 @@ def _output(p: argparse.ArgumentParser) -> None:
     g.add_argument("--table", dest="fmt", action="store_const", const="table", help="human-readable output")
 
 
-def _fmt(args) -> str:
-    return args.fmt or ("table" if sys.stdout.isatty() else "json")
+def _fmt(args, default: str | None = None) -> str:
+    """``json`` or ``table``: as asked, else ``default``, else JSON when stdout is not a terminal."""
+    return args.fmt or default or ("table" if sys.stdout.isatty() else "json")
+
+
+def _print_json(value) -> None:
+    """Every command's JSON document, in one style (JSON Lines streams: one compact object a line)."""
+    print(json.dumps(value, indent=2))
+
+
+def _n(count: int, word: str, plural: str | None = None) -> str:
+    """``1 policy``, ``2 policies``, ``0 sites``."""
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = (),
+           widths: list[int] | None = None) -> list[str]:
+    """A header row and the rows, each column as wide as its longest value (the last one unpadded;
+    ``right``: right-aligned columns).  ``widths``, if given, is updated and used (for rows that follow)."""
+    if widths is None:
+        widths = [0] * len(header)
+    for row in (header, *rows):
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    last = len(widths) - 1
+
+    def line(row: Sequence[str]) -> str:
+        cells = [c if i == last else c.rjust(widths[i]) if i in right else c.ljust(widths[i])
+                 for i, c in enumerate(row)]
+        return "  ".join(cells).rstrip()
+
+    return [line(header), *(line(r) for r in rows)] if header else [line(r) for r in rows]
+
+
+def _human(value) -> str:
+    """A value as a person reads it: no Python reprs (``-`` for nothing, yes/no, ``key value, …``)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_human(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_human(v) for v in value) or "-"
+    return str(value)
+
+
+EPILOG = """examples:
+  hush run --policies policies --state-dir ~/.local/state/hush
+  hush policy check policies/
+  hush policy explain --app whatsapp https://example.com/a --header 'User-Agent: WhatsApp/2'
+  hush --state-dir ~/.local/state/hush audit summary --since 24h
+  hush ca path
+
+exit codes: 0 ok, 1 error, 2 usage, 3 policy invalid, 4 a listener could not bind,
+  5 a policy example failed, 6 not found, 7 the daemon is unreachable
+"""
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, read only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("hush")
+        except PackageNotFoundError:
+            v = "unknown (not installed)"
+        print(f"hush {v}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hush", description="A privacy proxy for messenger link previews.",
-                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Exit")[0])
+                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    parser.add_argument("--version", action=_Version, help="print hush's version and exit")
+    parser.add_argument("--state-dir", dest="global_state_dir", metavar="DIR",
+                        help="state directory for the command (also after it; that one wins)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run the proxy daemon in the foreground")
@@ -81,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = psub.add_parser("check", help="validate policies and run their examples")
     check.add_argument("paths", nargs="*", metavar="PATH", help="policy files or directories")
     _common(check, policies=True)
+    _output(check)
     explain = psub.add_parser("explain", help="show the decision for a URL and the rule that made it")
     explain.add_argument("--app", required=True)
     explain.add_argument("url")
@@ -110,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--before", help="delete records older than this (e.g. 30d, or an ISO date)")
     g.add_argument("--all", action="store_true", help="delete every record")
     report = asub.add_parser("report", help="a self-contained HTML page for review")
-    report.add_argument("--html", required=True, metavar="FILE")
+    report.add_argument("--html", nargs="?", const="", default="", metavar="FILE",
+                        help="where to write the page (default: STATE_DIR/report-DATE-TIME.html)")
     report.add_argument("--since", help="e.g. 7d (default: all records)")
     for p in (export, purge, report):
         _common(p, state=True)
@@ -164,14 +249,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"hush: {e}", file=sys.stderr)
         return ExitStatus.USAGE
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotFound) as e:
         print(f"hush: {e}", file=sys.stderr)
         return ExitStatus.NOT_FOUND
+    except Unreachable as e:
+        print(f"hush: {e}", file=sys.stderr)
+        return ExitStatus.DAEMON_UNREACHABLE
     except BrokenPipeError:
         return ExitStatus.OK
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.global_state_dir is not None and getattr(args, "state_dir", "") is None:
+        args.state_dir = args.global_state_dir  # hush --state-dir D audit tail: the command's own one wins
     config = load_config(paths.config_file(getattr(args, "config", None)))
     return COMMANDS[_command_of(args)](args, config)
 
@@ -206,7 +296,8 @@ def cmd_run(args, config: Config) -> int:
     try:
         policyset = load([policies], config.parse_context)
     except LoadError as e:
-        print(f"hush: not starting, the policies in {policies} have {len(e.errors)} error(s):\n{e}", file=sys.stderr)
+        print(f"hush: not starting, the policies in {policies} have {_n(len(e.errors), 'error')}:\n{e}",
+              file=sys.stderr)
         return ExitStatus.POLICY_INVALID
     logging.getLogger("hush").info("policies from %s (set %s), state in %s", policies, policyset.version, state)
     return asyncio.run(serve(policyset, config, state, policies))
@@ -223,12 +314,12 @@ def cmd_status(args, config: Config) -> int:
         st = control.request(state)
     except ConnectionError as e:
         if _fmt(args) == "json":
-            print(json.dumps({"running": False, "state_dir": str(state), "error": str(e)}))
+            _print_json({"running": False, "state_dir": str(state), "error": str(e)})
         else:
             print(f"not running: {e}")
         return ExitStatus.DAEMON_UNREACHABLE
     if _fmt(args) == "json":
-        print(json.dumps(st, indent=2))
+        _print_json(st)
         return ExitStatus.OK
     p, tor, audit = st["policies"], st["tor"], st["audit"]
     print(f"hush is running (pid {st['pid']}, since {_when(st['started'])}), state in {st['state_dir']}")
@@ -237,9 +328,9 @@ def cmd_status(args, config: Config) -> int:
         r = st["last_reload"]
         print(f"last reload: {'ok' if r['ok'] else 'REFUSED'} at {_when(r['at'])}"
               + "".join(f"\n  {e}" for e in r["errors"]))
-    for listener in st["listeners"]:
-        bound = "" if listener["bound"] else "NOT BOUND"
-        print(f"  {listener['app']:<10} {listener['address']:<22} {listener['mode']:<6} {bound}")
+    rows = [[x["app"], x["address"], x["mode"], "yes" if x["bound"] else "NOT BOUND"] for x in st["listeners"]]
+    for line in _table(["app", "listener", "mode", "bound"], rows):
+        print(f"  {line}")
     if tor["state"] == "off":
         print("tor: not used")
     else:
@@ -249,14 +340,18 @@ def cmd_status(args, config: Config) -> int:
     print(f"decisions since start: {decisions}")
     loop = st["loop"]
     hint = "" if st.get("launches") else " (hush launch --app APP -- CMD)"
-    print(f"launches: {len(st.get('launches', []))}{hint}")
-    for launch in st.get("launches", []):
-        print(f"  launch {launch['id']:<3} {launch['app']:<10} pid {launch['pid']:<8} since {_when(launch['since'])}, "
-              f"{launch['connections']} connection(s), {launch['open']} open: {' '.join(launch['argv'])[:60]}")
+    launches = st.get("launches", [])
+    print(f"launches: {len(launches)}{hint}")
+    if launches:
+        rows = [[str(x["id"]), x["app"], str(x["pid"]), _when(x["since"]), str(x["connections"]), str(x["open"]),
+                 " ".join(x["argv"])[:60]] for x in launches]
+        for line in _table(["launch", "app", "pid", "since", "connections", "open", "command"], rows,
+                           right=(0, 2, 4, 5)):
+            print(f"  {line}")
     print(f"held now: {st['held']}; event loop: longest stall {loop['max_stall_ms']:.0f} ms, "
-          f"{loop['gc_full']} full garbage collections (longest {loop['gc_full_max_ms']:.0f} ms)")
+          f"{_n(loop['gc_full'], 'full garbage collection')} (longest {loop['gc_full_max_ms']:.0f} ms)")
     degraded = f"; DEGRADED: {audit['last_error']}" if audit["degraded"] else ""
-    print(f"audit: {audit['written']} written, {audit['pending']} queued{degraded}")
+    print(f"audit: {_n(audit['written'], 'record')} written, {audit['pending']} queued{degraded}")
     return ExitStatus.OK
 
 
@@ -295,13 +390,18 @@ def cmd_policy_check(args, config: Config) -> int:
     targets = args.paths or [paths.policies(args.policies, config.policies)]
     policyset = load(targets, config.parse_context)  # LoadError → exit 3 with every error
     failures = check_examples(policyset)
+    n_rules = sum(len(p.rules) for p in policyset.policies.values())
+    n_examples = sum(len(p.examples) for p in policyset.policies.values())
+    if _fmt(args, default="table") == "json":
+        _print_json({"ok": not failures, "apps": sorted(policyset.policies), "rules": n_rules,
+                     "examples": n_examples, "failures": [str(f) for f in failures],
+                     "policy_version": policyset.version})
     if failures:
         print("\n".join(str(f) for f in failures), file=sys.stderr)
         return ExitStatus.EXAMPLES_FAILED
-    n_rules = sum(len(p.rules) for p in policyset.policies.values())
-    n_examples = sum(len(p.examples) for p in policyset.policies.values())
-    print(f"ok: {len(policyset.policies)} policies, {n_rules} rules, {n_examples} examples pass "
-          f"(set {policyset.version})")
+    if _fmt(args, default="table") == "table":
+        print(f"ok: {_n(len(policyset.policies), 'policy', 'policies')}, {_n(n_rules, 'rule')}, "
+              f"{_n(n_examples, 'example')} pass (set {policyset.version})")
     return ExitStatus.OK
 
 
@@ -324,7 +424,7 @@ def cmd_explain(args, config: Config) -> int:
 
     policyset = load([paths.policies(args.policies, config.policies)], config.parse_context)
     if args.app not in policyset.policies:
-        raise UsageError(f"no policy for app {args.app!r} (apps: {', '.join(sorted(policyset.policies))})")
+        raise NotFound(f"no policy for app {args.app!r} (apps: {', '.join(sorted(policyset.policies))})")
     headers = _headers(args.header)
     lower = {k.lower(): v for k, v in headers.items()}
     try:
@@ -349,7 +449,7 @@ def cmd_explain(args, config: Config) -> int:
         "policy_version": policyset.version,
     }
     if _fmt(args) == "json":
-        print(json.dumps(result, indent=2))
+        _print_json(result)
         return ExitStatus.OK
     print(f"{decision.action.describe()}   by {decision.describe()}")
     if req.scheme == "https":
@@ -372,12 +472,14 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _line(r: dict) -> str:
-    what = r["url"] or f"{r['host']}:{r['port']}"
-    rule = r["rule"] or r["note"] or ""
-    ip = "ip→site" if r["ip_exposed"] else "ip hidden"
-    return (f"{r['id']:>6} {_when(r['ts'])} {r['app'] or '?':<10} {r['decision']:<11} {r['method'] or '':<7} "
-            f"{what}  [{ip}] {rule}")
+TAIL_HEADER = ("id", "time", "app", "decision", "method", "ip", "url", "rule")
+
+
+def _row(r: dict) -> list[str]:
+    """An audit record as a row of ``hush audit tail``: ip says whether the site saw the user's address."""
+    return [str(r["id"]), _when(r["ts"]), r["app"] or "?", r["decision"], r["method"] or "-",
+            "to site" if r["ip_exposed"] else "hidden", r["url"] or f"{r['host']}:{r['port']}",
+            r["rule"] or r["note"] or "-"]
 
 
 def cmd_audit_tail(args, config: Config) -> int:
@@ -387,13 +489,21 @@ def cmd_audit_tail(args, config: Config) -> int:
     fmt = _fmt(args)
     records = queries.tail(conn, args.n)
     if fmt == "json" and not args.follow:
-        print(json.dumps(records, indent=2))
+        _print_json(records)
         return ExitStatus.OK
     last = 0
+    widths: list[int] = [0] * len(TAIL_HEADER)  # the first rows set them; later ones (with -f) keep them
+    header: Sequence[str] = TAIL_HEADER
     while True:
-        for r in records:
-            print(json.dumps(r) if fmt == "json" else _line(r), flush=True)
-            last = r["id"]
+        if fmt == "json":
+            lines = [json.dumps(r) for r in records]  # -f --json: JSON Lines, one record a line
+        else:
+            lines = _table(header, [_row(r) for r in records], right=(0,), widths=widths) if records else []
+            header = () if records else header
+        for line in lines:
+            print(line, flush=True)
+        if records:
+            last = records[-1]["id"]
         if not args.follow:
             return ExitStatus.OK
         time.sleep(0.5)
@@ -407,17 +517,22 @@ def cmd_audit_summary(args, config: Config) -> int:
         since = queries.parse_since(args.since) if args.since else None
     except ValueError as e:
         raise UsageError(str(e)) from None
-    result = queries.summary(queries.open_db(_state(args, config)), since, args.app)
+    conn = queries.open_db(_state(args, config))
+    result = queries.summary(conn, since, args.app)
+    if args.app is not None and not result["apps"]:
+        known = queries.apps(conn)
+        if args.app not in known:
+            raise NotFound(f"no app {args.app!r} in the audit (apps: {', '.join(known) or 'none yet'})")
     if _fmt(args) == "json":
-        print(json.dumps(result, indent=2))
+        _print_json(result)
         return ExitStatus.OK
     if not result["apps"]:
-        print("no records" + (f" since {_when(since)}" if since else ""))
+        print("no records" + (f" of {args.app}" if args.app else "") + (f" since {_when(since)}" if since else ""))
     for app, s in result["apps"].items():
         decisions = ", ".join(f"{k} {v}" for k, v in s["by_decision"].items())
         prevented = ", ".join(f"{k} {v}" for k, v in s["prevented"].items() if v)
-        print(f"{app}: {s['requests']} requests to {s['sites']} sites ({decisions})")
-        print(f"  IP reached the site {s['ip_exposed']} times; prevented: {prevented or 'nothing'}")
+        print(f"{app}: {_n(s['requests'], 'request')} to {_n(s['sites'], 'site')} ({decisions})")
+        print(f"  IP reached the site {_n(s['ip_exposed'], 'time')}; prevented: {prevented or 'nothing'}")
         timing = ", ".join(f"{k} {v}" for k, v in s["timing"].items() if v)
         if timing:
             print(f"  timing: {timing}")
@@ -430,14 +545,14 @@ def cmd_audit_show(args, config: Config) -> int:
 
     record = queries.show(queries.open_db(_state(args, config)), args.id)
     if record is None:
-        raise FileNotFoundError(f"no audit record {args.id}")
+        raise NotFound(f"no audit record {args.id}")
     if _fmt(args) == "json":
-        print(json.dumps(record, indent=2))
+        _print_json(record)
     else:
+        width = max(len(key) for key in record)
         for key, value in record.items():
-            if key == "ts":
-                value = f"{_when(value)} ({value})"
-            print(f"{key:>15}: {value}")
+            text = f"{_when(value)} ({value})" if key in ("ts", "ended") and value else _human(value)
+            print(f"{key:>{width}}: {text}")
     return ExitStatus.OK
 
 
@@ -474,17 +589,22 @@ def cmd_audit_purge(args, config: Config) -> int:
     path = _state(args, config) / "audit.db"
     if not path.exists():
         raise FileNotFoundError(f"no audit database at {path}")
-    cutoff = float("inf") if args.all else queries.parse_since(args.before) if args.before else None
-    print(f"deleted {queries.purge(path, cutoff)} records")
+    try:
+        cutoff = float("inf") if args.all else queries.parse_since(args.before) if args.before else None
+    except ValueError as e:
+        raise UsageError(str(e).replace("--since", "--before")) from None
+    print(f"deleted {_n(queries.purge(path, cutoff), 'record')}")
     return ExitStatus.OK
 
 
 def cmd_audit_report(args, config: Config) -> int:
     from hush.daemon.audit import queries, report
 
-    page = report.render(queries.open_db(_state(args, config)), _since(args))
-    Path(args.html).write_text(page, encoding="utf-8")
-    print(f"wrote {args.html}")
+    state = _state(args, config)
+    page = report.render(queries.open_db(state), _since(args))
+    target = Path(args.html) if args.html else state / datetime.now().strftime("report-%Y-%m-%d-%H%M%S.html")
+    target.write_text(page, encoding="utf-8")
+    print(f"wrote {target}")
     return ExitStatus.OK
 
 
@@ -502,7 +622,7 @@ def cmd_doctor(args, config: Config) -> int:
         running = False
     findings = doctor.run_checks(args.policies, args.state_dir, args.config, running)
     if _fmt(args) == "json":
-        print(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
+        _print_json([dataclasses.asdict(f) for f in findings])
     else:
         marks = {"ok": "✓", "warn": "!", "fail": "✗"}
         for f in findings:
@@ -549,12 +669,12 @@ def _tor_controller(args, config: Config):
     else:
         port_file = control_port_file(_state(args, config))
         if not port_file.exists():
-            raise FileNotFoundError(f"hush's tor is not running (no {port_file})")
+            raise Unreachable(f"hush's tor is not running (no {port_file}; is hush running with this --state-dir?)")
         target = read_control_port(port_file)
     try:
         return open_controller(target, config.tor.password)
     except SocketError as e:
-        raise FileNotFoundError(f"cannot reach tor's control port {target}: {e}") from None
+        raise Unreachable(f"cannot reach tor's control port {target}: {e}") from None
 
 
 def cmd_tor_newnym(args, config: Config) -> int:
@@ -571,7 +691,14 @@ def cmd_tor_newnym(args, config: Config) -> int:
 def cmd_tor_status(args, config: Config) -> int:
     from hush.daemon.tor import parse_bootstrap
 
-    with _tor_controller(args, config) as controller:
+    try:
+        opened = _tor_controller(args, config)
+    except Unreachable as e:
+        if _fmt(args) != "json":
+            raise
+        _print_json({"running": False, "state_dir": str(_state(args, config)), "error": str(e)})
+        return ExitStatus.DAEMON_UNREACHABLE
+    with opened as controller:
         phase = parse_bootstrap(controller.get_info("status/bootstrap-phase", ""))
         status = {
             "pid": int(controller.get_info("process/pid", "0")) or None,
@@ -584,12 +711,12 @@ def cmd_tor_status(args, config: Config) -> int:
             "socks": [f"{h}:{p}" for h, p in controller.get_listeners("SOCKS", [])],
         }
     if _fmt(args) == "json":
-        print(json.dumps(status, indent=2))
+        _print_json(status)
     else:
         ok = status["bootstrap"] == 100 and status["circuit_established"]
         print(f"tor {status['version']} (pid {status['pid']}): {'ready' if ok else 'not ready'}")
         print(f"  bootstrapped {status['bootstrap']}% ({status['bootstrap_summary']}); "
-              f"{status['circuits']} circuits; circuit established: {status['circuit_established']}")
+              f"{_n(status['circuits'], 'circuit')}; circuit established: {_human(status['circuit_established'])}")
         print(f"  HTTPTunnelPort {', '.join(status['http_tunnel']) or '-'}; "
               f"SocksPort {', '.join(status['socks']) or '-'}")
     return ExitStatus.OK

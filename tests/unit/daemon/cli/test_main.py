@@ -35,7 +35,7 @@ def policies(tmp_path):
 def test_check_ok(policies, capsys):
     assert main(["policy", "check", str(policies)]) == ExitStatus.OK
     out = capsys.readouterr().out
-    assert out.startswith("ok: 1 policies, 2 rules, 1 examples pass (set ")
+    assert out == f"ok: 1 policy, 2 rules, 1 example pass (set {_version(policies)})\n"
 
 
 def test_check_uses_hush_policies_env(policies, capsys, monkeypatch):
@@ -88,8 +88,9 @@ def test_explain_json_and_connect_level(policies, capsys):
 
 
 def test_explain_unknown_app_and_bad_url(policies, capsys):
-    assert main(["policy", "explain", "--policies", str(policies), "--app", "nope", "https://a/"]) == ExitStatus.USAGE
-    assert "no policy for app 'nope' (apps: x)" in capsys.readouterr().err
+    argv = ["policy", "explain", "--policies", str(policies), "--app", "nope", "https://a/"]
+    assert main(argv) == ExitStatus.NOT_FOUND
+    assert capsys.readouterr().err == "hush: no policy for app 'nope' (apps: x)\n"
     assert main(["policy", "explain", "--policies", str(policies), "--app", "x", "a.org"]) == ExitStatus.USAGE
     assert main(["policy", "explain", "--policies", str(policies), "--app", "x", "https://a/",
                  "--header", "nocolon"]) == ExitStatus.USAGE
@@ -145,7 +146,7 @@ def test_audit_summary_table(tmp_path, capsys):
     _fill(state, [rec(), rec()])
     assert main(["audit", "summary", "--state-dir", str(state), "--table"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "x: 2 requests to 1 sites (block 2)",
+        "x: 2 requests to 1 site (block 2)",
         "  IP reached the site 0 times; prevented: ip 2, user_agent 2, cookies 2",
         "  top sites: a.org (2)",
     ]
@@ -204,3 +205,135 @@ def test_every_command_has_its_function_and_every_function_a_command():
     from hush.daemon.cli.main import COMMANDS, build_parser
 
     assert _leaves(build_parser()) == set(COMMANDS)
+
+
+# -- item 14 of the issues: version, JSON, exit codes, global --state-dir, human output ----------------
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"hush {version('hush')}\n"
+
+
+def test_help_shows_no_docstring_markup(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "::" not in out and ":class:" not in out and "``" not in out
+    assert out.endswith("exit codes: 0 ok, 1 error, 2 usage, 3 policy invalid, 4 a listener could not bind,\n"
+                        "  5 a policy example failed, 6 not found, 7 the daemon is unreachable\n")
+
+
+def test_state_dir_before_the_subcommand(tmp_path, capsys):
+    state, other = tmp_path / "state", tmp_path / "other"
+    _fill(state, [rec()])
+    assert main(["--state-dir", str(state), "audit", "tail", "--json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [1]
+    # the one after the subcommand wins
+    assert main(["--state-dir", str(other), "audit", "tail", "--state-dir", str(state), "--json"]) == 0
+    assert main(["--state-dir", str(other), "audit", "tail"]) == ExitStatus.NOT_FOUND
+    assert main(["--state-dir", str(other), "status", "--json"]) == ExitStatus.DAEMON_UNREACHABLE
+    assert json.loads(capsys.readouterr().out.split("\n]\n", 1)[1])["state_dir"] == str(other)
+
+
+def test_check_json(policies, capsys):
+    assert main(["policy", "check", str(policies), "--json"]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    assert json.loads(out) == {"ok": True, "apps": ["x"], "rules": 2, "examples": 1, "failures": [],
+                               "policy_version": _version(policies)}
+    assert out == json.dumps(json.loads(out), indent=2) + "\n"  # the one JSON style
+
+
+def test_check_json_with_a_failing_example(tmp_path, capsys):
+    p = tmp_path / "x.yaml"
+    p.write_text("app: x\nlisten: 8101\ndefault: allow\nexamples:\n  - {url: 'https://a/', expect: block}\n")
+    assert main(["policy", "check", str(p), "--json"]) == ExitStatus.EXAMPLES_FAILED
+    out, err = capsys.readouterr()
+    failure = f"{p}:5:5: example expects block but default ({p}:3) decides allow"
+    assert json.loads(out)["ok"] is False and json.loads(out)["failures"] == [failure]
+    assert err == failure + "\n"
+
+
+def test_status_and_tor_without_a_daemon_exit_7(tmp_path, capsys):
+    state = str(tmp_path)
+    assert main(["status", "--state-dir", state, "--table"]) == ExitStatus.DAEMON_UNREACHABLE
+    assert capsys.readouterr().out == (f"not running: hush is not running with --state-dir {state} "
+                                       f"(no daemon at {state}/control.sock)\n")
+    assert main(["tor", "status", "--state-dir", state, "--table"]) == ExitStatus.DAEMON_UNREACHABLE
+    assert capsys.readouterr().err == (f"hush: hush's tor is not running (no {state}/tor/control-port; "
+                                       "is hush running with this --state-dir?)\n")
+    assert main(["tor", "status", "--state-dir", state, "--json"]) == ExitStatus.DAEMON_UNREACHABLE
+    assert json.loads(capsys.readouterr().out)["running"] is False
+    assert main(["tor", "newnym", "--state-dir", state]) == ExitStatus.DAEMON_UNREACHABLE
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["policy", "check", "{policies}"], ExitStatus.OK),
+    (["policy", "check", "{tmp}/nosuch.yaml"], ExitStatus.POLICY_INVALID),
+    (["policy", "explain", "--policies", "{policies}", "--app", "nosuch", "https://a/"], ExitStatus.NOT_FOUND),
+    (["policy", "explain", "--policies", "{policies}", "--app", "x", "not a url"], ExitStatus.USAGE),
+    (["audit", "tail", "--state-dir", "{tmp}"], ExitStatus.NOT_FOUND),
+    (["audit", "tail", "--state-dir", "{state}"], ExitStatus.OK),
+    (["audit", "show", "99", "--state-dir", "{state}"], ExitStatus.NOT_FOUND),
+    (["audit", "summary", "--app", "nosuch", "--state-dir", "{state}"], ExitStatus.NOT_FOUND),
+    (["audit", "summary", "--since", "soon", "--state-dir", "{state}"], ExitStatus.USAGE),
+    (["audit", "export", "--since", "soon", "--state-dir", "{state}"], ExitStatus.USAGE),
+    (["audit", "purge", "--before", "soon", "--state-dir", "{state}"], ExitStatus.USAGE),
+    (["audit", "purge", "--all", "--state-dir", "{tmp}"], ExitStatus.NOT_FOUND),
+    (["audit", "report", "--since", "soon", "--state-dir", "{state}"], ExitStatus.USAGE),
+    (["status", "--state-dir", "{tmp}"], ExitStatus.DAEMON_UNREACHABLE),
+    (["tor", "status", "--state-dir", "{tmp}"], ExitStatus.DAEMON_UNREACHABLE),
+    (["launch", "--app", "x", "--state-dir", "{tmp}", "--", "true"], ExitStatus.DAEMON_UNREACHABLE),
+    (["frobnicate"], ExitStatus.USAGE),
+])
+def test_exit_codes_as_the_readme_says(argv, code, policies, tmp_path, capsys):
+    state = tmp_path / "state"
+    _fill(state, [rec()])
+    words = [a.format(policies=policies, tmp=tmp_path, state=state) for a in argv]
+    assert main(words) == code
+
+
+def test_audit_tail_table(tmp_path, capsys):
+    from hush.daemon.cli.main import _when
+
+    state = tmp_path / "state"
+    _fill(state, [rec(), rec(decision="tor-unavailable", rule=None, note="tor: not bootstrapped", ip_exposed=True,
+                             url=None, method="CONNECT")])
+    assert main(["audit", "tail", "--state-dir", str(state), "--table"]) == 0
+    when = _when(1795000000.0)
+    assert capsys.readouterr().out.splitlines() == [
+        f"id  time{' ' * (len(when) - 4)}  app  decision         method   ip       url             rule",
+        f" 1  {when}  x    block            GET      hidden   https://a.org/  p/x.yaml:5",
+        f" 2  {when}  x    tor-unavailable  CONNECT  to site  a.org:443       tor: not bootstrapped",
+    ]
+
+
+def test_audit_show_table_has_no_python_reprs(tmp_path, capsys):
+    state = tmp_path / "state"
+    _fill(state, [rec(ip_exposed=True)])
+    assert main(["audit", "show", "1", "--state-dir", str(state), "--table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "          note: -" in lines and "    ip_exposed: yes" in lines
+    assert ("       carried: accept_language -, authorization no, cookies 1, range -, referer -, "
+            "user_agent WhatsApp/2") in lines
+    assert not any(word in line for line in lines for word in ("None", "True", "False", "{", "'"))
+
+
+def test_audit_summary_plurals_and_an_unknown_app(tmp_path, capsys):
+    state = tmp_path / "state"
+    _fill(state, [rec(ip_exposed=True)])
+    assert main(["audit", "summary", "--state-dir", str(state), "--table"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "x: 1 request to 1 site (block 1)",
+        "  IP reached the site 1 time; prevented: user_agent 1, cookies 1",
+        "  top sites: a.org (1)",
+    ]
+    assert main(["audit", "summary", "--app", "nosuch", "--state-dir", str(state)]) == ExitStatus.NOT_FOUND
+    assert capsys.readouterr().err == "hush: no app 'nosuch' in the audit (apps: x)\n"
+    assert main(["audit", "summary", "--app", "x", "--since", "2099-01-01", "--state-dir", str(state),
+                 "--table"]) == 0
+    assert capsys.readouterr().out.startswith("no records of x since 2099-01-01")
