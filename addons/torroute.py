@@ -78,6 +78,18 @@ class _StaticTor:
         self.stream_callbacks: list[StreamCallback] = []
 
 
+def bootstrap_text(manager: object) -> str:
+    """``; bootstrapped 14% (handshake: Handshaking with a relay)``, from the daemon's
+    tor (``TorManager.bootstrap``), or nothing for a tor that reports no progress."""
+    phase = getattr(manager, "bootstrap", None)
+    progress = getattr(phase, "progress", None)
+    if not isinstance(progress, int) or (progress == 0 and not getattr(phase, "tag", "")):
+        return ""
+    tag, summary = getattr(phase, "tag", "") or "", getattr(phase, "summary", "") or ""
+    what = ": ".join(x for x in (tag, summary) if x)
+    return f"; bootstrapped {progress}%" + (f" ({what})" if what else "")
+
+
 def isolation_key(isolation: str, app: str | None, host: str) -> str:
     if isolation == "site":
         return f"hush/{app}/site/{site_of(host)}"
@@ -118,7 +130,7 @@ class TorRoute:
         if self.manager is None:
             return "no tor is configured"
         if not self.manager.ready:
-            return f"tor is not ready: {self.manager.reason}"
+            return f"tor is not ready: {self.manager.reason}{bootstrap_text(self.manager)}"
         return None
 
     def _tunnel_port(self) -> tuple[tuple[str, int], None] | tuple[None, str]:

@@ -79,6 +79,83 @@ def check_tor(policyset, config: Config) -> Finding:
     return Finding("ok", "tor", f"{binary}: {version.strip()}")
 
 
+# tor's bootstrap phases (control-spec, "Bootstrap phases"), from the highest progress
+# each range reaches: what a tor stuck there usually means, and what to do
+STUCK_AFTER = 120.0  # seconds since the daemon started: tor bootstraps in well under a minute
+PHASES: tuple[tuple[int, str, str], ...] = (
+    (0, "tor has not begun connecting",
+     "check the tor lines of the log (`journalctl --user -u hush`): a torrc option it refused, or a "
+     "DataDirectory it cannot write"),
+    (10, "no relay can be reached: no network, a firewall, or a network that blocks Tor",
+     "check that this machine is online; if Tor is blocked here, configure bridges (docs/tor.md: "
+     "`UseBridges 1` and `Bridge …` lines under tor.torrc)"),
+    (15, "relays are reached but the TLS handshake with them does not complete: the clock is wrong, "
+     "or the network interferes with Tor's handshakes",
+     "check the date and time zone (`timedatectl`; a clock more than an hour off stops tor); if the "
+     "clock is right, Tor is likely filtered: use bridges with obfs4"),
+    (45, "the directory (consensus or authority keys) does not arrive or is not accepted: "
+     "usually clock skew (a consensus from the future or expired), or a network dropping long downloads",
+     "check the date and time (`timedatectl`), then the network; bridges if Tor is filtered"),
+    (75, "relay descriptors are still downloading: a slow or filtered network",
+     "wait a minute more on a slow network; if it stays, check the network or use bridges"),
+    (99, "tor has the directory but cannot build circuits: relays (or exits) unreachable, "
+     "a firewall on their ports, or the network was lost",
+     "check the network and any firewall allowing only some ports (`FascistFirewall 1` or "
+     "`ReachableAddresses` in tor.torrc), or use bridges"),
+)
+
+
+def stuck_phase(progress: int) -> tuple[str, str]:
+    """(what a tor stuck at ``progress`` % usually means, what to do)."""
+    for upto, meaning, fix in PHASES:
+        if progress <= upto:
+            return meaning, fix
+    return PHASES[-1][1], PHASES[-1][2]
+
+
+def check_tor_running(status: dict, now: float | None = None) -> Finding:
+    """hush's tor as the running daemon reports it (``hush status --json``'s ``tor``)."""
+    import time
+
+    tor = status.get("tor") or {}
+    state = tor.get("state", "off")
+    if state == "off":
+        return Finding("ok", "tor", "the running daemon has no tor (no policy uses `action: tor`)")
+    if tor.get("ready"):
+        return Finding("ok", "tor", f"ready: bootstrapped 100%, circuits established ({tor.get('mode', '?')} mode)")
+    progress = int(tor.get("bootstrap") or 0)
+    tag, summary = tor.get("bootstrap_tag") or "", tor.get("bootstrap_summary") or ""
+    phase = f"{progress}%" + (f" ({tag}: {summary})" if tag or summary else "")
+    restarts = tor.get("restarts") or 0
+    again = f"; restarted {restarts} time{'s' if restarts != 1 else ''}" if restarts else ""
+    if state == "down":
+        return Finding("fail", "tor", f"down: {tor.get('reason', '?')} (last at {phase}{again}); "
+                       "flows the policies send through Tor are refused",
+                       "see the tor lines of the log; hush restarts tor with backoff")
+    if progress >= 100:
+        meaning, fix = stuck_phase(99)
+        where = "bootstrapped 100% but no circuit is established"
+    else:
+        meaning, fix = stuck_phase(progress)
+        where = f"bootstrap stuck at {phase}"
+    started = status.get("started")
+    up = (now if now is not None else time.time()) - started if isinstance(started, (int, float)) else None
+    if up is not None and up < STUCK_AFTER:
+        return Finding("warn", "tor", f"still bootstrapping, at {phase} after {up:.0f}s{again}; Tor flows are "
+                       "refused (503) until it is ready", "wait a minute and run `hush doctor` again")
+    since = f" for {_duration(up)}" if up is not None else ""
+    return Finding("fail", "tor", f"{where}{since}{again}: {meaning}; Tor flows are refused (503)", fix)
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 2:
+        return f"{seconds:.0f} seconds"
+    if minutes < 120:
+        return f"{minutes} minutes"
+    return f"{minutes // 60} hours"
+
+
 def check_ports(policyset, running: bool) -> list[Finding]:
     if policyset is None:
         return []
@@ -218,6 +295,17 @@ def check_launch(tool=None, try_namespaces=_try_namespaces) -> list[Finding]:
     return out
 
 
+def _daemon_status(state: Path) -> dict | None:
+    """What the daemon running with ``state`` reports (``hush status --json``), or None."""
+    from hush.daemon import control
+
+    try:
+        reply = control.request(state, timeout=2)
+    except (ConnectionError, OSError, ValueError):
+        return None
+    return reply if isinstance(reply, dict) and reply.get("running") else None
+
+
 def run_checks(policies_flag, state_flag, config_flag, running: bool) -> list[Finding]:
     findings = [check_python()]
     config_finding, config = check_config(paths.config_file(config_flag))
@@ -225,9 +313,14 @@ def run_checks(policies_flag, state_flag, config_flag, running: bool) -> list[Fi
     config = config or Config()
     policy_finding, policyset = check_policies(paths.policies(policies_flag, config.policies), config)
     findings.append(policy_finding)
-    findings.append(check_tor(policyset, config))
+    state = paths.state_dir(state_flag, config.state_dir)
+    status = _daemon_status(state) if running else None
+    tor = check_tor(policyset, config)
+    if status is not None and tor.level == "ok" and (status.get("tor") or {}).get("state", "off") != "off":
+        tor = check_tor_running(status)  # tor is installed: how the daemon's tor is doing is what matters
+    findings.append(tor)
     findings += check_ports(policyset, running)
-    findings += check_state(paths.state_dir(state_flag, config.state_dir))
+    findings += check_state(state)
     findings += check_proxy_env(policyset)
     findings += check_launch()
     return findings

@@ -362,3 +362,25 @@ def test_the_fake_tor_has_what_torroute_needs_and_the_daemons_tor_has_it_too():
     real = TorManager(TorConfig(), Path("/nonexistent"))
     assert all(hasattr(FakeTor(), name) and hasattr(real, name) for name in needed)
     assert "exit" in vars(Circuit)  # what a STREAM callback reads of the circuit (FakeTor.stream gives it)
+
+
+def test_the_refusal_names_tors_bootstrap_percentage_and_phase():
+    from hush.daemon.tor import Bootstrap
+
+    tor = FakeTor(ready=False, reason="tor 4242 started")
+    assert TorRoute(tor).unavailable() == "tor is not ready: tor 4242 started"  # a tor reporting no progress
+    tor.bootstrap = Bootstrap(14, "handshake", "Handshaking with a relay")  # as TorManager has it
+    assert TorRoute(tor).unavailable() == \
+        "tor is not ready: tor 4242 started; bootstrapped 14% (handshake: Handshaking with a relay)"
+    tor.bootstrap = Bootstrap(0, "", "")
+    assert TorRoute(tor).unavailable() == "tor is not ready: tor 4242 started"
+
+    async def scenario():
+        tor.bootstrap = Bootstrap(14, "handshake", "Handshaking with a relay")
+        async with running(TOR_POLICY, tor=tor) as hush:
+            f = connect_flow("onion.org", 443)
+            await hush.hook(HttpConnectHook(f))
+            assert f.response is not None and f.response.status_code == 503
+            assert b"bootstrapped 14% (handshake: Handshaking with a relay)" in f.response.content
+
+    run(scenario())

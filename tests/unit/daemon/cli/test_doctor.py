@@ -89,3 +89,44 @@ def test_launch_checks_tools_and_namespaces(monkeypatch, tmp_path):
     assert "AppArmor" in userns.fix
     # and for real, here: the tests' machine can (hush launch's tests depend on it)
     assert doctor._try_namespaces() is None
+
+
+def _status(started=1000.0, **tor):
+    base = {"state": "bootstrapping", "ready": False, "reason": "tor 4242 started", "bootstrap": 14,
+            "bootstrap_tag": "handshake", "bootstrap_summary": "Handshaking with a relay", "mode": "launch",
+            "restarts": 0}
+    return {"running": True, "started": started, "tor": {**base, **tor}}
+
+
+def test_doctor_asks_the_daemon_how_its_tor_is_doing():
+    from hush.daemon.cli.doctor import check_tor_running
+
+    nine_minutes = 1000.0 + 9 * 60
+    stuck = check_tor_running(_status(), now=nine_minutes)
+    assert (stuck.level, stuck.check) == ("fail", "tor")
+    assert stuck.message.startswith("bootstrap stuck at 14% (handshake: Handshaking with a relay) for 9 minutes: "
+                                    "relays are reached but the TLS handshake")
+    assert "clock" in stuck.fix and "bridges" in stuck.fix
+    young = check_tor_running(_status(), now=1030.0)
+    assert young.level == "warn" and young.message.startswith("still bootstrapping, at 14% (handshake: ") and \
+        "after 30s" in young.message
+    ready = check_tor_running(_status(state="ready", ready=True, bootstrap=100), now=nine_minutes)
+    assert ready.level == "ok" and ready.message.startswith("ready: bootstrapped 100%")
+    assert check_tor_running({"running": True, "tor": {"state": "off"}}).level == "ok"
+    down = check_tor_running(_status(state="down", reason="tor exited (code 1)", restarts=3), now=nine_minutes)
+    assert down.level == "fail" and down.message.startswith("down: tor exited (code 1) (last at 14% (handshake: ")
+    assert "restarted 3 times" in down.message
+    no_circuit = check_tor_running(_status(bootstrap=100, bootstrap_tag="done", bootstrap_summary="Done"),
+                                   now=nine_minutes)
+    assert no_circuit.message.startswith("bootstrapped 100% but no circuit is established for 9 minutes: ")
+
+
+def test_each_bootstrap_phase_says_what_a_stall_there_usually_means():
+    from hush.daemon.cli.doctor import stuck_phase
+
+    assert "network" in stuck_phase(5)[0] and "bridges" in stuck_phase(5)[1]  # conn: no relay reached
+    assert "clock" in stuck_phase(14)[0] and "timedatectl" in stuck_phase(14)[1]  # handshake
+    assert "clock skew" in stuck_phase(40)[0]  # loading_status: a consensus not yet (or no longer) valid
+    assert "descriptors" in stuck_phase(60)[0]
+    assert "circuits" in stuck_phase(95)[0]
+    assert "not begun" in stuck_phase(0)[0]
