@@ -660,8 +660,6 @@ def cmd_install_unit(args, config: Config) -> int:
 def _tor_controller(args, config: Config):
     """A stem Controller for hush's tor: the one it launched (its control port
     file in the state dir) or the one the config attaches to."""
-    from stem import SocketError
-
     from hush.daemon.tor import control_port_file, open_controller, read_control_port
 
     if config.tor.mode == "attach":
@@ -671,6 +669,8 @@ def _tor_controller(args, config: Config):
         if not port_file.exists():
             raise Unreachable(f"hush's tor is not running (no {port_file}; is hush running with this --state-dir?)")
         target = read_control_port(port_file)
+    from stem import SocketError  # only now: without a tor to ask, hush tor answers without importing stem
+
     try:
         return open_controller(target, config.tor.password)
     except SocketError as e:
