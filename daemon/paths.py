@@ -55,13 +55,28 @@ def shipped_policies() -> Path:
     raise RuntimeError("hush's shipped policies are not installed")
 
 
+class PolicyDirMissing(FileNotFoundError):
+    """The policy directory named by the flag, ``$HUSH_POLICIES`` or the config does not exist."""
+
+    def __init__(self, path: Path, source: str):
+        self.path = path
+        super().__init__(f"the policy directory {path} does not exist (from {source})")
+
+
 def policies(flag: str | None, configured: Path | None = None) -> Path:
-    if flag:
-        return Path(flag)
-    if os.environ.get("HUSH_POLICIES"):
-        return Path(os.environ["HUSH_POLICIES"])
-    if configured:
-        return configured
+    """The policy directory (or file) to read.
+
+    :raises PolicyDirMissing: if the one named by the flag, ``$HUSH_POLICIES`` or the
+        config does not exist — one line that says so, rather than a read error at an
+        invented ``:1:1``
+    """
+    for value, source in ((flag, "--policies"), (os.environ.get("HUSH_POLICIES"), "$HUSH_POLICIES"),
+                          (configured, "policies in the config")):
+        if value:
+            path = Path(value)
+            if not path.exists():
+                raise PolicyDirMissing(path, source)
+            return path
     user = config_home() / "policies"
     return user if user.is_dir() else shipped_policies()
 

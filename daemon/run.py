@@ -4,10 +4,16 @@ No ``mitmdump`` subprocess: a :class:`mitmproxy.master.Master` runs on this
 process's event loop with mitmproxy's default addons plus hush's chain, one
 listener per app, on loopback only, ``connection_strategy=lazy`` forced.
 
-Signals: SIGTERM/SIGINT stop (every queued audit record is written first);
-SIGHUP — or any change to a file in the policy directory — reloads: a whole
-new PolicySet is built off the event loop and swapped in at once, or, if it
-has any error, every error is logged and the running set stays.
+One daemon per state directory: an exclusive ``flock`` on ``STATE_DIR/lock``
+is taken before anything else (tor, the control socket, launch.sock, the
+listeners), and a second ``hush run`` exits at once, touching nothing.
+
+Signals: SIGTERM/SIGINT (or ``hush stop``) stop (every queued audit record is
+written first; the log says what stopping did, in order: held flows answered,
+audit records written, tor stopped, stopped); SIGHUP (or ``hush reload``) —
+or any change to a file in the policy directory — reloads: a whole new
+PolicySet is built off the event loop and swapped in at once, or, if it has
+any error, every error is logged and the running set stays.
 
 Under systemd (``Type=notify``) it reports READY=1 once listeners are bound,
 STATUS= with tor's bootstrap progress, RELOADING=1/READY=1 around reloads.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import gc
 import logging
 import os
@@ -34,7 +41,7 @@ from mitmproxy.master import Master
 from hush.addons import Pipeline, chain
 from hush.daemon import paths
 from hush.daemon.config import Config
-from hush.daemon.control import ControlServer
+from hush.daemon.control import AlreadyRunning, ControlServer, StateLock
 from hush.daemon.control import socket_path as control_socket
 from hush.daemon.exitstatus import ExitStatus
 from hush.daemon.launch.server import LaunchServer
@@ -101,11 +108,41 @@ def policy_signature(directory: Path) -> tuple:
     return tuple(out)
 
 
+def _bind_errno(exc) -> int | None:
+    """The errno behind mitmproxy's listen failure (it wraps the OSError, and words it thrice)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno:
+            return exc.errno
+        exc = getattr(exc, "__cause__", None) or getattr(exc, "__context__", None)
+    return None
+
+
 def _explain_bind_error(exc) -> str:
-    text = str(exc)
-    if (isinstance(exc, OSError) and exc.errno == 98) or "in use" in text:
-        return f"{text} (another program, or another hush, is using this port; change 'listen' in the policy)"
-    return text
+    """Why a listener could not bind, in words, without errno numbers or nested repeats."""
+    code = _bind_errno(exc)
+    if code == errno.EADDRINUSE or (code is None and "in use" in str(exc)):
+        return "another program is using this port; stop it, or change 'listen' in the policy"
+    if code == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges); change 'listen' in the policy"
+    if code == errno.EADDRNOTAVAIL:
+        return "the address is not on this machine; change 'listen' in the policy"
+    if code is not None:
+        return f"{os.strerror(code).lower()}; change 'listen' in the policy"
+    return str(exc)
+
+
+class _QuietBindErrors(logging.Filter):
+    """While hush reports its listeners itself (one line per port), mitmproxy's own
+    bind error lines, which repeat the errno three times, are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to listen on" not in record.getMessage()
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 class Daemon:
@@ -126,11 +163,14 @@ class Daemon:
         self.exit_status = ExitStatus.OK
         self.started = time.time()
         self.reloads: list[Reload] = []
-        self.control = ControlServer(control_socket(state_dir), {"status": self.status})
+        self.control = ControlServer(control_socket(state_dir), {
+            "status": self.status, "stop": self.stop_command, "reload": self.reload_command})
         self.launches = LaunchServer(state_dir, lambda: self.policyset.policies, policies=policies,
                                      record=self._record_tunnel)
         self._reloading = asyncio.Lock()
         self.loopwatch = LoopWatch()
+        self._listening = False  # every listener bound: a stop then says what it did
+        self._quiet = _QuietBindErrors()
 
     @property
     def policyset(self) -> PolicySet:
@@ -159,6 +199,7 @@ class Daemon:
                 failed = True
                 reason = _explain_bind_error(instance.last_exception or "not started")
                 log.error("cannot listen for app %s on %s: %s", apps, address, reason)
+        logging.getLogger("mitmproxy.addons.proxyserver").removeFilter(self._quiet)
         if failed:
             self.exit_status = ExitStatus.LISTEN_FAILED
             ctx.master.shutdown()
@@ -167,12 +208,22 @@ class Daemon:
         # the daemon: move it out of the collector's way, so that a full collection does not
         # stall the event loop for tens of ms walking it (bench/audit_burst.py measured 56 ms).
         gc.freeze()
+        self._listening = True
         log.info("hush is running: %d listener(s), policy set %s", len(by_spec), self.policyset.version)
         notify("READY=1", f"STATUS={self._summary()}", f"MAINPID={os.getpid()}")
+
+    def done(self):
+        """Stopping: timing has answered the flows it held, audit has written its queue."""
+        if not self._listening:
+            return
+        audit = self.hush.audit
+        answered = audit.counts.get("shutdown", 0) if audit else 0  # held flows answered at stop
+        log.info("stopping: %s answered", _plural(answered, "held flow", "held flows"))
 
     # -- life --------------------------------------------------------------------------
 
     async def run(self) -> ExitStatus:
+        logging.getLogger("mitmproxy.addons.proxyserver").addFilter(self._quiet)
         if uses_tor(self.policyset):
             await self.tor.start()  # returns at once: non-Tor flows are served while tor bootstraps
         await self.control.start()
@@ -187,12 +238,18 @@ class Daemon:
             await self.master.run()
         finally:
             watcher.cancel()
+            logging.getLogger("mitmproxy.addons.proxyserver").removeFilter(self._quiet)
             self.loopwatch.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.launches.stop()
             await self.control.stop()
+            writer = self.hush.audit.writer if self.hush.audit else None
+            if self._listening and writer is not None:
+                log.info("audit: %s written", _plural(writer.written, "record", "records"))
             await self.tor.stop()
+            if self._listening:
+                log.info("stopped")
         return self.exit_status
 
     def _record_tunnel(self, tunnel) -> None:
@@ -200,7 +257,20 @@ class Daemon:
 
     def _stop(self) -> None:
         notify("STOPPING=1")
+        self.tor.stopping()  # from now on tor going away is expected: no restart, no warning
         self.master.shutdown()
+
+    def stop_command(self) -> dict:
+        """``hush stop``: answered at once; the daemon then stops as on SIGTERM."""
+        asyncio.get_running_loop().call_soon(self._stop)
+        return {"stopping": True, "pid": os.getpid()}
+
+    async def reload_command(self) -> dict:
+        """``hush reload``: answered once the new set is taken or refused."""
+        before = self.policyset.version
+        ok = await self.reload("hush reload")
+        last = self.reloads[-1]
+        return {"ok": ok, "version": self.policyset.version, "previous": before, "errors": last.errors}
 
     async def _watch(self, interval: float = 1.0) -> None:
         """Reload when a file in the policy directory changes (stat off the loop),
@@ -299,9 +369,38 @@ class Daemon:
         }
 
 
+def prepare_state_dir(state_dir: Path) -> str | None:
+    """Create the state directory (0700) if needed; what is wrong with it, in one line, or None."""
+    if state_dir.exists() and not state_dir.is_dir():
+        return f"the state directory {state_dir} is a file, not a directory; remove it or choose another --state-dir"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(state_dir, 0o700)
+    except OSError as e:
+        why = "a part of its path is a file" if e.errno == errno.ENOTDIR else (e.strerror or str(e)).lower()
+        return f"cannot use the state directory {state_dir}: {why}; choose another --state-dir"
+    return None
+
+
 async def serve(policyset: PolicySet, config: Config, state_dir: Path, policies: Path) -> ExitStatus:
+    """Run the daemon until it is stopped.  First of all, the state directory and its lock:
+    a second daemon on the same directory exits here, having touched nothing."""
     os.umask(0o077)  # the CA key, audit.db and everything else: owner only
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(state_dir, 0o700)
-    return await Daemon(policyset, config, state_dir, policies).run()
+    problem = prepare_state_dir(state_dir)
+    if problem:
+        print(f"hush: not starting, {problem}", file=sys.stderr)
+        return ExitStatus.ERROR
+    lock = StateLock(state_dir)
+    try:
+        lock.acquire()
+    except AlreadyRunning as e:
+        print(e, file=sys.stderr)
+        return ExitStatus.ERROR
+    except OSError as e:
+        print(f"hush: not starting, cannot lock {lock.path}: {(e.strerror or str(e)).lower()}", file=sys.stderr)
+        return ExitStatus.ERROR
+    try:
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        return await Daemon(policyset, config, state_dir, policies).run()
+    finally:
+        lock.release()

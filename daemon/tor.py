@@ -14,6 +14,13 @@ stem is blocking and thread-based: every stem call runs in a thread
 loop with ``call_soon_threadsafe``.  A tor hush launched that dies is launched
 again, with a backoff that doubles up to a minute; while it is down
 ``ready`` is False and every Tor-routed flow is refused at once.
+
+Stopping (``stopping()`` as soon as the daemon is asked to stop, then
+``stop()``) is quiet and final: a launch in progress is waited for and torn
+down, nothing is restarted, tor's control connection closing is expected, and
+the one line logged is ``tor stopped``.  The tor hush launches does not get
+the terminal's Ctrl-C (SIGINT is blocked in it): hush stops it, after its own
+flows.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -154,6 +162,7 @@ class TorManager:
         self._task: asyncio.Task | None = None
         self._lost: asyncio.Event | None = None
         self._stopping = False
+        self._wake: asyncio.Event | None = None
         self._last_logged = -1
 
     # -- state ---------------------------------------------------------------------
@@ -188,6 +197,8 @@ class TorManager:
         return self._circuits.get(circ_id)
 
     def _set(self, state: str, reason: str) -> None:
+        if self._stopping and state != "off":
+            return  # stopping: no more "down", "starting" or "bootstrapping" news
         changed = (state, reason) != (self.state, self.reason)
         if changed:
             (log.warning if state == "down" else log.info)("tor %s: %s", state, reason)
@@ -208,17 +219,34 @@ class TorManager:
         """Start supervising; returns at once."""
         self._loop = asyncio.get_running_loop()
         self._stopping = False
+        self._wake = asyncio.Event()
         self._set("starting", "launching tor" if self.config.mode == "launch" else "attaching")
         self._task = asyncio.ensure_future(self._supervise())
 
-    async def stop(self) -> None:
+    def stopping(self) -> None:
+        """The daemon is stopping (on the loop, synchronous): from now on tor's going away
+        is expected, nothing is restarted and no state but ``off`` is reported."""
         self._stopping = True
+        if self._lost is not None:
+            self._lost.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop supervising and stop tor (if hush launched it); logs ``tor stopped`` if it was started."""
+        self.stopping()
+        started = self.state != "off"
         if self._task:
-            self._task.cancel()
+            # A launch or attach in progress runs in a thread, which cannot be cancelled:
+            # wait for it, so that the tor it starts is torn down here, not left behind.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+            self._task = None
         await asyncio.to_thread(self._teardown)
-        self._set("off", "stopped")
+        self.state, self.reason = "off", "stopped"
+        self._changed()
+        if started:
+            log.info("tor stopped")
 
     async def _supervise(self) -> None:
         backoff = 1.0
@@ -239,7 +267,11 @@ class TorManager:
                 backoff = 1.0  # it ran a while: start over with a short wait
             self.restarts += 1
             self._set("down", f"{self.reason}; retrying in {backoff:.0f}s")
-            await asyncio.sleep(backoff)
+            if self._wake is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), backoff)  # woken by stopping()
+            if self._stopping:
+                return
             backoff = min(backoff * 2, 60.0)
             self._set("starting", "launching tor again" if self.config.mode == "launch" else "attaching again")
 
@@ -247,7 +279,7 @@ class TorManager:
         """From any thread: tor or its control connection is gone."""
 
         def lost():
-            if self.state != "off":
+            if self.state != "off" and not self._stopping:
                 self._set("down", reason)
             if self._lost is not None:
                 self._lost.set()
@@ -301,8 +333,14 @@ class TorManager:
         })
         # completion_percent=0: return as soon as tor runs; bootstrap progress
         # then comes as events.  (stem's own timeout needs the main thread.)
-        self._process = stem.process.launch_tor_with_config(
-            config, tor_cmd=binary, completion_percent=0, take_ownership=True, timeout=None)
+        # SIGINT blocked in this thread while tor is started: tor inherits the mask, so
+        # a Ctrl-C in hush's terminal stops hush, which then stops tor after its flows.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._process = stem.process.launch_tor_with_config(
+                config, tor_cmd=binary, completion_percent=0, take_ownership=True, timeout=None)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.pid = self._process.pid
         watcher = _thread(self._watch_process, self._process)
         watcher.start()
@@ -353,7 +391,7 @@ class TorManager:
     def _on_control_state(self, controller, state, timestamp) -> None:
         from stem.control import State
 
-        if state == State.CLOSED:
+        if state == State.CLOSED and not self._stopping:
             self._lose("the control connection to tor closed")
 
     def _on_status_client(self, event) -> None:
@@ -375,6 +413,8 @@ class TorManager:
     # -- on the loop -------------------------------------------------------------------
 
     def _update(self, phase: Bootstrap | None, established: bool | None) -> None:
+        if self._stopping:
+            return  # progress of a tor being stopped is nobody's news
         if phase is not None and phase.progress >= self.bootstrap.progress:
             self.bootstrap = phase
             if phase.progress != self._last_logged:

@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--since", help="e.g. 7d (default: all records)")
     for p in (export, purge, report):
         _common(p, state=True)
+    for p in (purge, report):
+        _output(p)
 
     launch = sub.add_parser("launch", help="run a command whose every connection goes through hush "
                             "(its own network namespace; no proxy setting needed)")
@@ -232,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = ca.add_subparsers(dest="ca_command", required=True, parser_class=_Parser)
     ca_path = csub.add_parser("path", help="print the CA certificate's path (creating the CA if needed)")
     _common(ca_path, state=True)
+    _output(ca_path)
     return parser
 
 
@@ -488,6 +491,8 @@ def cmd_audit_tail(args, config: Config) -> int:
     conn = queries.open_db(_state(args, config))
     fmt = _fmt(args)
     records = queries.tail(conn, args.n)
+    if not records and fmt == "table" and not args.follow:
+        print("no records yet")
     if fmt == "json" and not args.follow:
         _print_json(records)
         return ExitStatus.OK
@@ -593,7 +598,11 @@ def cmd_audit_purge(args, config: Config) -> int:
         cutoff = float("inf") if args.all else queries.parse_since(args.before) if args.before else None
     except ValueError as e:
         raise UsageError(str(e).replace("--since", "--before")) from None
-    print(f"deleted {_n(queries.purge(path, cutoff), 'record')}")
+    deleted = queries.purge(path, cutoff)
+    if _fmt(args, default="table") == "json":
+        _print_json({"deleted": deleted})
+    else:
+        print(f"deleted {_n(deleted, 'record')}")
     return ExitStatus.OK
 
 
@@ -604,7 +613,10 @@ def cmd_audit_report(args, config: Config) -> int:
     page = report.render(queries.open_db(state), _since(args))
     target = Path(args.html) if args.html else state / datetime.now().strftime("report-%Y-%m-%d-%H%M%S.html")
     target.write_text(page, encoding="utf-8")
-    print(f"wrote {target}")
+    if _fmt(args, default="table") == "json":
+        _print_json({"wrote": str(target)})
+    else:
+        print(f"wrote {target}")
     return ExitStatus.OK
 
 
@@ -734,7 +746,10 @@ def cmd_ca_path(args, config: Config) -> int:
     os.umask(0o077)
     paths.ca_dir(state).mkdir(parents=True, exist_ok=True, mode=0o700)
     certs.CertStore.from_store(paths.ca_dir(state), "mitmproxy", 2048)
-    print(paths.ca_cert(state))
+    if _fmt(args, default="table") == "json":
+        _print_json({"ca_cert": str(paths.ca_cert(state))})
+    else:
+        print(paths.ca_cert(state))
     return ExitStatus.OK
 
 

@@ -9,7 +9,16 @@ import stat
 
 import pytest
 
-from hush.daemon.control import ControlServer, request, socket_path
+from hush.daemon.control import (
+    AlreadyRunning,
+    ControlServer,
+    StateLock,
+    holder,
+    lock_path,
+    locked,
+    request,
+    socket_path,
+)
 
 
 def serving(state_dir, commands, client):
@@ -118,3 +127,62 @@ def test_the_reply_is_one_json_line(tmp_path):
 
     data = serving(tmp_path, {"status": lambda: {"a": [1, 2], "b": None}}, client)
     assert data.endswith(b"\n") and data.count(b"\n") == 1 and json.loads(data) == {"a": [1, 2], "b": None}
+
+
+def test_a_command_may_answer_later(tmp_path):
+    async def reload():
+        await asyncio.sleep(0)
+        return {"ok": True}
+
+    assert serving(tmp_path, {"reload": reload}, lambda: request(tmp_path, "reload")) == {"ok": True}
+
+
+def test_the_state_lock_is_exclusive_and_names_its_holder(tmp_path):
+    first = StateLock(tmp_path)
+    first.acquire()
+    try:
+        assert lock_path(tmp_path).read_text() == f"{os.getpid()}\n"
+        assert stat.S_IMODE(os.stat(lock_path(tmp_path)).st_mode) == 0o600
+        assert locked(tmp_path)
+        with pytest.raises(AlreadyRunning) as e:
+            StateLock(tmp_path).acquire()  # flock: another open file description, refused
+        assert str(e.value) == f"hush is already running with this state dir (pid {os.getpid()})"
+    finally:
+        first.release()
+    assert not locked(tmp_path)
+    second = StateLock(tmp_path)
+    second.acquire()  # free again, and the pid written anew
+    second.release()
+
+
+def test_no_lock_file_is_not_locked(tmp_path):
+    assert not locked(tmp_path)
+
+
+def test_the_holder_is_read_when_written_or_unknown(tmp_path):
+    path = lock_path(tmp_path)
+    path.write_text("")
+    assert holder(path, wait=0) is None
+    path.write_text("4242\n")
+    assert holder(path, wait=0) == 4242
+
+
+def test_stop_without_a_daemon_says_so(tmp_path):
+    from hush.daemon.control import stop
+
+    with pytest.raises(ConnectionError, match="hush is not running with --state-dir"):
+        stop(tmp_path)
+
+
+def test_stop_asks_and_waits_until_the_lock_is_released(tmp_path):
+    from hush.daemon.control import stop
+
+    lock = StateLock(tmp_path)
+    lock.acquire()
+
+    def stopping():
+        asyncio.get_running_loop().call_later(0.05, lock.release)  # the daemon ends a little later
+        return {"stopping": True, "pid": 4242}
+
+    assert serving(tmp_path, {"stop": stopping}, lambda: stop(tmp_path)) == 4242
+    assert not locked(tmp_path)

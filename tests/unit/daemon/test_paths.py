@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from hush.daemon import paths
 
 
@@ -21,10 +23,23 @@ def test_policies_precedence(monkeypatch, tmp_path, _isolated_home):
     user = _isolated_home / ".config" / "hush" / "policies"
     user.mkdir(parents=True)
     assert paths.policies(None) == user
-    assert paths.policies(None, Path("/cfg")) == Path("/cfg")
-    monkeypatch.setenv("HUSH_POLICIES", "/env")
-    assert paths.policies(None) == Path("/env")
-    assert paths.policies("/flag") == Path("/flag")
+    cfg, env, flag = (tmp_path / name for name in ("cfg", "env", "flag"))
+    for d in (cfg, env, flag):
+        d.mkdir()
+    assert paths.policies(None, cfg) == cfg
+    monkeypatch.setenv("HUSH_POLICIES", str(env))
+    assert paths.policies(None, cfg) == env
+    assert paths.policies(str(flag), cfg) == flag
+
+
+@pytest.mark.parametrize("source", ["--policies", "$HUSH_POLICIES", "policies in the config"])
+def test_a_policy_directory_named_but_missing_is_one_line(monkeypatch, tmp_path, source):
+    missing = tmp_path / "nope"
+    if source == "$HUSH_POLICIES":
+        monkeypatch.setenv("HUSH_POLICIES", str(missing))
+    with pytest.raises(FileNotFoundError) as e:
+        paths.policies(str(missing) if source == "--policies" else None, missing)
+    assert str(e.value) == f"the policy directory {missing} does not exist (from {source})"
 
 
 def test_config_file(monkeypatch, _isolated_home):

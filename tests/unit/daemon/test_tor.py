@@ -171,3 +171,60 @@ def test_the_control_port_file_is_read_as_the_daemon_writes_it(tmp_path):
     assert read_control_port(port_file) == "127.0.0.1:41234"
     assert TorConfig(mode="attach").attach_to == "127.0.0.1:9051"
     assert TorConfig(mode="attach", control="/run/tor/control").attach_to == "/run/tor/control"
+
+
+def test_once_stopping_tor_going_away_is_no_news(caplog):
+    """Ctrl-C, SIGTERM, `hush stop`: tor's control connection closing, a late bootstrap
+    event or a late launch report are expected, and logged as nothing."""
+    from stem.control import State
+
+    async def go():
+        m = manager_on_loop()
+        m._lost = asyncio.Event()
+        m.stopping()
+        m._on_control_state(None, State.CLOSED, 0)
+        m._on_status_client(event('650 STATUS_CLIENT NOTICE BOOTSTRAP PROGRESS=14 TAG=handshake SUMMARY="x"'))
+        m._set("bootstrapping", "tor 4242 started")  # what a launch finishing in its thread reports
+        await asyncio.sleep(0)
+        return m
+
+    caplog.set_level("INFO", "hush.tor")
+    m = run(go())
+    assert m.state == "bootstrapping" and m.bootstrap.progress == 0 and m._lost.is_set()
+    assert caplog.records == []
+
+
+def test_stop_says_tor_stopped_once_and_only_if_it_was_started(caplog):
+    async def go():
+        never = TorManager(TorConfig(), "/nonexistent")
+        await never.stop()
+        m = manager_on_loop()
+        await m.stop()
+        return never, m
+
+    caplog.set_level("INFO", "hush.tor")
+    never, m = run(go())
+    assert (never.state, m.state, m.reason) == ("off", "off", "stopped")
+    assert [r.getMessage() for r in caplog.records] == ["tor stopped"]
+
+
+def test_stop_wakes_the_restart_backoff_and_restarts_nothing(monkeypatch):
+    """tor failed and waits to be launched again: stopping ends the wait at once."""
+    attempts = []
+
+    def failing_connect(self):
+        attempts.append(1)
+        raise OSError("no tor binary")
+
+    monkeypatch.setattr(TorManager, "_connect", failing_connect)
+
+    async def go():
+        m = TorManager(TorConfig(), "/nonexistent")
+        await m.start()
+        while m.restarts == 0:  # the first attempt failed; it now waits 1 s to retry
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(m.stop(), 0.5)  # well within the backoff
+        return m
+
+    m = run(go())
+    assert attempts == [1] and m.state == "off" and m._task is None

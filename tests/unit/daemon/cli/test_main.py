@@ -337,3 +337,18 @@ def test_audit_summary_plurals_and_an_unknown_app(tmp_path, capsys):
     assert main(["audit", "summary", "--app", "x", "--since", "2099-01-01", "--state-dir", str(state),
                  "--table"]) == 0
     assert capsys.readouterr().out.startswith("no records of x since 2099-01-01")
+
+
+def test_json_of_the_commands_that_act(tmp_path, capsys):
+    state = tmp_path / "state"
+    _fill(state, [rec()])
+    assert main(["audit", "report", "--html", str(tmp_path / "r.html"), "--state-dir", str(state), "--json"]) == 0
+    assert capsys.readouterr().out == json.dumps({"wrote": str(tmp_path / "r.html")}, indent=2) + "\n"
+    assert main(["audit", "purge", "--all", "--state-dir", str(state), "--json"]) == 0
+    assert capsys.readouterr().out == json.dumps({"deleted": 1}, indent=2) + "\n"
+    assert main(["audit", "tail", "--state-dir", str(state), "--table"]) == 0
+    assert capsys.readouterr().out == "no records yet\n"
+    assert main(["audit", "tail", "--state-dir", str(state), "--json"]) == 0
+    assert capsys.readouterr().out == "[]\n"
+    assert main(["ca", "path", "--state-dir", str(state), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"ca_cert": str(state / "ca" / "mitmproxy-ca-cert.pem")}
