@@ -164,11 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
     reload = sub.add_parser("reload", help="reload the running daemon's policies (as SIGHUP does)")
     _common(reload, state=True)
 
-    stop = sub.add_parser("stop", help="stop the running daemon (and wait until it has)")
-    _common(stop, state=True)
-    reload = sub.add_parser("reload", help="reload the running daemon's policies (as SIGHUP does)")
-    _common(reload, state=True)
-
     policy = sub.add_parser("policy", help="check and explain policies")
     psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
     check = psub.add_parser("check", help="validate policies and run their examples")
@@ -365,41 +360,6 @@ def cmd_status(args, config: Config) -> int:
           f"{_n(loop['gc_full'], 'full garbage collection')} (longest {loop['gc_full_max_ms']:.0f} ms)")
     degraded = f"; DEGRADED: {audit['last_error']}" if audit["degraded"] else ""
     print(f"audit: {_n(audit['written'], 'record')} written, {audit['pending']} queued{degraded}")
-    return ExitStatus.OK
-
-
-def cmd_stop(args, config: Config) -> int:
-    from hush.daemon import control
-
-    try:
-        pid = control.stop(_state(args, config))
-    except ConnectionError as e:
-        print(f"hush stop: {e}", file=sys.stderr)
-        return ExitStatus.DAEMON_UNREACHABLE
-    except TimeoutError as e:
-        print(f"hush stop: {e}", file=sys.stderr)
-        return ExitStatus.ERROR
-    print(f"stopped hush (pid {pid})")
-    return ExitStatus.OK
-
-
-def cmd_reload(args, config: Config) -> int:
-    from hush.daemon import control
-
-    try:
-        r = control.request(_state(args, config), "reload", timeout=120)
-    except ConnectionError as e:
-        print(f"hush reload: {e}", file=sys.stderr)
-        return ExitStatus.DAEMON_UNREACHABLE
-    if "ok" not in r:
-        print(f"hush reload: the daemon did not reload: {r.get('error', r)}", file=sys.stderr)
-        return ExitStatus.ERROR
-    if not r["ok"]:
-        print(f"reload refused, keeping policy set {r['version']}; {len(r['errors'])} error(s):", file=sys.stderr)
-        print("\n".join(r["errors"]), file=sys.stderr)
-        return ExitStatus.POLICY_INVALID
-    same = r["version"] == r["previous"]
-    print(f"reloaded: policy set {r['version']}" + (" (unchanged)" if same else f" replaces {r['previous']}"))
     return ExitStatus.OK
 
 
@@ -846,8 +806,6 @@ def cmd_demo(args, config: Config) -> int:
 COMMANDS: dict[tuple[str, ...], Callable[[argparse.Namespace, Config], int]] = {
     ("run",): cmd_run,
     ("status",): cmd_status,
-    ("stop",): cmd_stop,
-    ("reload",): cmd_reload,
     ("stop",): cmd_stop,
     ("reload",): cmd_reload,
     ("policy", "check"): cmd_policy_check,
