@@ -7,15 +7,22 @@ fetches, ranges, proxy modes.  Then it prints the audit summary: what each
 app would have revealed, and what hush let through.
 
 Nothing leaves 127.0.0.1: hush's tor is pointed at a control port where no
-tor runs, so flows the policies send through Tor are refused (fail closed),
-as they would be on a machine whose tor is down.
+tor runs, so flows the policies send through Tor are refused (fail closed,
+audited ``tor-unavailable``), as they would be on a machine whose tor is down.
+The demo runs no Tor network: the private one on loopback that shows the
+``tor`` action working offline is the test suite's (``tests/torlab``, not part
+of the installed package; ``pytest tests/integration/test_tor.py``).
+
+Each app's line says what it does and what its audit rows show; the rows
+themselves are printed at the end.  The temporary directory (policies, state,
+log) is removed when the demo ends.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,7 +135,8 @@ def replay(ports: dict[str, int], site: Site, say=print) -> None:
     http = {app: f"http://127.0.0.1:{port}" for app, port in ports.items()}
     cookie = {"Cookie": "session=4f2a9c; tracking=u-1234", "Accept-Language": "de-CH,de;q=0.9"}
 
-    say("whatsapp  types http://…/article: one preview fetch per keystroke (User-Agent WhatsApp/2.19.305 A)")
+    say("whatsapp  types http://…/article: a preview fetch per keystroke (User-Agent WhatsApp/2.19.305 A); "
+        "debounced: each superseded by the next, the last one sent through Tor (refused: no tor here)")
     typed = "/article"
     with concurrent.futures.ThreadPoolExecutor(len(typed)) as pool:
         futures = []
@@ -138,24 +146,29 @@ def replay(ports: dict[str, int], site: Site, say=print) -> None:
             time.sleep(0.08 + 0.12 * (i % 2))
         [f.result() for f in futures]
 
-    say("signal    fetches the page, then its og:image, itself (User-Agent WhatsApp/2)")
+    say("signal    fetches the page, then its og:image (/og.png), itself (User-Agent WhatsApp/2): both through "
+        "Tor (refused: no tor here)")
     _get(http["signal"], site.url("/article"), {"User-Agent": "WhatsApp/2", **cookie})
     _get(http["signal"], site.url("/og.png"), {"User-Agent": "WhatsApp/2", "Range": "bytes=0-1048575"})
 
-    say("simplex   fetches the preview itself, over its SOCKS5 proxy")
+    say("simplex   fetches the preview itself, over its SOCKS5 proxy: through Tor (refused: no tor here)")
     _socks_get(ports["simplex"], site.url("/article"), {"User-Agent": "SimpleX Chat"})
 
-    say("element   asks its homeserver to fetch the typed URL (/preview_url), and syncs")
+    say("element   asks its homeserver to fetch the typed URL (/preview_url): blocked; and syncs: allowed, "
+        "the one request the site sees")
     homeserver = site.url("/_matrix/media/v3/preview_url?url=https%3A%2F%2Fexample.com%2Farticle")
     _get(http["element"], homeserver, {"User-Agent": "Element/1.11", "Authorization": "Bearer syt_x"})
     _get(http["element"], site.url("/_matrix/client/v3/sync"), {"User-Agent": "Element/1.11",
                                                                "Authorization": "Bearer syt_x"})
 
-    say("telegram  the whole app goes over SOCKS5: its data centres pass through, this host is not one of them")
+    say("telegram  the whole app goes over SOCKS5: its data centres pass through; this host is not one of "
+        "them, so through Tor (refused: no tor here)")
     _socks_get(ports["telegram"], site.url("/api"), {"User-Agent": "TDesktop"})
 
-    for app, what in (("messenger", "a tracker script"), ("slack", "an embed image"), ("discord", "an embed image")):
-        say(f"{app:<9} previews are built by the server; the client still loads {what} from a third party")
+    tor = "through Tor (refused: no tor here)"
+    for app, what in (("messenger", "blocked (only Meta's hosts pass)"), ("slack", tor), ("discord", tor)):
+        say(f"{app:<9} previews are built by the server; the client still loads the preview image (/og.png) "
+            f"from a third-party host: {what}")
         _get(http[app], site.url("/og.png"), {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Electron", **cookie})
 
 
@@ -173,10 +186,27 @@ def print_summary(summary: dict, site: Site, say=print) -> None:
         + (" …" if len(site.seen) > 6 else ""))
 
 
+def print_records(rows: list[dict], say=print) -> None:
+    """Each audit record, as ``hush audit tail`` would list them."""
+    say("\nthe audit's records (hush audit tail):")
+    width = max((len(r["decision"]) for r in rows), default=8)
+    for r in rows:
+        rule = r["rule"].rsplit("/", 1)[-1] if r.get("rule") else "-"
+        where = r.get("url") or f"{r.get('host') or '?'}:{r.get('port') or '?'}"
+        say(f"  {r['app']:<9} {r['decision']:<{width}}  {r.get('method') or '-':<7} {where:<40} {rule}")
+
+
 def run(say=print) -> int:
+    root = Path(tempfile.mkdtemp(prefix="hush-demo-"))
+    try:
+        return _run(root, say)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(root: Path, say) -> int:
     from hush.daemon.audit import queries
 
-    root = Path(tempfile.mkdtemp(prefix="hush-demo-"))
     ports = rewrite_ports(paths.shipped_policies(), root / "policies")
     (root / "config.yaml").write_text(
         f"tor:\n  mode: attach\n  control: 127.0.0.1:{free_port()}\n"  # no tor: Tor flows fail closed
@@ -194,17 +224,21 @@ def run(say=print) -> int:
                     say((root / "hush.log").read_text())
                     return 1
                 time.sleep(0.05)
-            say(f"hush is running with the shipped policies (state in {root / 'state'}); the site is {site.url('/')}")
-            say("no tor runs here, so flows the policies send through Tor are refused, never sent directly\n")
+            say(f"hush is running with the shipped policies (in a temporary directory, removed at the end); "
+                f"the site is {site.url('/')}")
+            say("no tor runs here (the demo has no Tor network), so flows the policies send through Tor are "
+                "refused, never sent directly\n")
             replay(ports, site, say)
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(30)
             site.server.shutdown()
-    summary = queries.summary(queries.open_db(root / "state"))
+    conn = queries.open_db(root / "state")
+    try:
+        summary = queries.summary(conn)
+        rows = queries.tail(conn, limit=1000)
+    finally:
+        conn.close()
+    print_records(rows, say)
     print_summary(summary, site, say)
-    say(f"\nsee each record: hush audit tail --state-dir {root / 'state'} -n 50 --table")
-    (root / "summary.json").write_text(json.dumps(summary))
-    say(f"(the demo's files are in {root}; delete it when done)")
     return 0
-
