@@ -342,7 +342,8 @@ def cmd_status(args, config: Config) -> int:
     if tor["state"] == "off":
         print("tor: not used")
     else:
-        print(f"tor: {tor['state']} — {tor['reason']}; bootstrapped {tor['bootstrap']}% ({tor['bootstrap_summary']})"
+        print(f"tor: {tor['state']} — {_human(tor['reason'])}; bootstrapped {tor['bootstrap']}% "
+              f"({_human(tor['bootstrap_summary'])})"
               f"; restarts {tor['restarts']}")
     decisions = ", ".join(f"{k} {v}" for k, v in sorted(st["decisions"].items())) or "none yet"
     print(f"decisions since start: {decisions}")
@@ -581,7 +582,7 @@ def cmd_audit_summary(args, config: Config) -> int:
         timing = ", ".join(f"{k} {v}" for k, v in s["timing"].items() if v)
         if timing:
             print(f"  timing: {timing}")
-        print("  top sites: " + ", ".join(f"{t['site']} ({t['requests']})" for t in s["top_sites"]))
+        print("  top sites: " + ", ".join(f"{_human(t['site'])} ({t['requests']})" for t in s["top_sites"]))
     return ExitStatus.OK
 
 
@@ -766,7 +767,7 @@ def cmd_tor_status(args, config: Config) -> int:
         _print_json(status)
     else:
         ok = status["bootstrap"] == 100 and status["circuit_established"]
-        print(f"tor {status['version']} (pid {status['pid']}): {'ready' if ok else 'not ready'}")
+        print(f"tor {status['version']} (pid {_human(status['pid'])}): {'ready' if ok else 'not ready'}")
         print(f"  bootstrapped {status['bootstrap']}% ({status['bootstrap_summary']}); "
               f"{_n(status['circuits'], 'circuit')}; circuit established: {_human(status['circuit_established'])}")
         print(f"  HTTPTunnelPort {', '.join(status['http_tunnel']) or '-'}; "

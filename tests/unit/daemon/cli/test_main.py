@@ -352,3 +352,14 @@ def test_json_of_the_commands_that_act(tmp_path, capsys):
     assert capsys.readouterr().out == "[]\n"
     assert main(["ca", "path", "--state-dir", str(state), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"ca_cert": str(state / "ca" / "mitmproxy-ca-cert.pem")}
+
+
+def test_audit_summary_of_a_row_without_a_site(tmp_path, capsys):
+    state = tmp_path / "state"
+    _fill(state, [rec(site=None, host=None, url=None, carried=None)])
+    assert main(["audit", "summary", "--state-dir", str(state), "--table"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "x: 1 request to 0 sites (block 1)",
+        "  IP reached the site 0 times; prevented: ip 1",
+        "  top sites: - (1)",
+    ]
