@@ -12,7 +12,7 @@ with no CONNECT) and act (whose permits it withdraws from a tunnel it refuses).
 Whatever goes wrong here (no app for the listener, no policy loaded, an
 exception) becomes a fail-closed decision: nothing leaves.  This addon also
 pins ``connection_strategy=lazy``: with ``eager`` mitmproxy would contact the
-site before any hook runs (DESIGN.md fact 1).
+site — TCP and, for TLS, the handshake with its SNI — before any hook runs.
 """
 
 from __future__ import annotations
