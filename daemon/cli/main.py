@@ -653,7 +653,11 @@ def cmd_audit_report(args, config: Config) -> int:
     state = _state(args, config)
     page = report.render(queries.open_db(state), _since(args))
     target = Path(args.html) if args.html else state / datetime.now().strftime("report-%Y-%m-%d-%H%M%S.html")
-    target.write_text(page, encoding="utf-8")
+    try:
+        target.write_text(page, encoding="utf-8")
+    except OSError as e:
+        print(f"hush: cannot write the report to {target}: {e.strerror or e}", file=sys.stderr)
+        return ExitStatus.ERROR
     if _fmt(args, default="table") == "json":
         _print_json({"wrote": str(target)})
     else:

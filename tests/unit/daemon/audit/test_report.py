@@ -92,3 +92,10 @@ def test_report_without_a_file_goes_to_the_state_dir(tmp_path, capsys):
     assert capsys.readouterr().out == f"wrote {written[0]}\n"
     assert main(["audit", "report", "--state-dir", str(tmp_path)]) == 0  # --html is the only format
     assert capsys.readouterr().out.startswith(f"wrote {tmp_path}/report-")
+
+
+def test_report_that_cannot_be_written(tmp_path, capsys):
+    fill(tmp_path)
+    target = tmp_path / "no" / "such" / "dir.html"
+    assert main(["audit", "report", "--html", str(target), "--state-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"hush: cannot write the report to {target}: No such file or directory\n"
