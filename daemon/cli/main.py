@@ -391,7 +391,7 @@ def cmd_reload(args, config: Config) -> int:
         print(f"hush reload: the daemon did not reload: {r.get('error', r)}", file=sys.stderr)
         return ExitStatus.ERROR
     if not r["ok"]:
-        print(f"reload refused, keeping policy set {r['version']}; {len(r['errors'])} error(s):", file=sys.stderr)
+        print(f"reload refused, keeping policy set {r['version']}; {_n(len(r['errors']), 'error')}:", file=sys.stderr)
         print("\n".join(r["errors"]), file=sys.stderr)
         return ExitStatus.POLICY_INVALID
     same = r["version"] == r["previous"]
