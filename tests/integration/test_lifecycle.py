@@ -34,18 +34,23 @@ def cli(*args, state) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def messages(log: str, level: str | None = None) -> list[str]:
+def messages(log: str, level: str | None = None, loggers: tuple[str, ...] = ()) -> list[str]:
     """The log's messages (``logger: message``), without their timestamps."""
     out = []
     for line in log.splitlines():
         m = LOG_LINE.match(line)
-        if m and (level is None or m[1] == level):
+        if m and (level is None or m[1] == level) and (not loggers or m[2] in loggers):
             out.append(f"{m[2]}: {m[3]}")
     return out
 
 
 def after(items: list[str], first: str) -> list[str]:
     return items[next(i for i, x in enumerate(items) if x.startswith(first)):]
+
+
+def stopping(log: str) -> list[str]:
+    """What the daemon and its tor said from ``stopping:`` on (the pipeline's addons may log too)."""
+    return after(messages(log, loggers=("hush", "hush.tor")), "hush: stopping")
 
 
 # -- 1. one daemon per state dir ------------------------------------------------------------
@@ -106,7 +111,7 @@ def test_stop_waits_for_the_daemon_and_says_what_stopping_did(hush):
     res = cli("stop", state=h.state)
     assert (res.returncode, res.stdout, res.stderr) == (0, f"stopped hush (pid {h.proc.pid})\n", "")
     assert h.wait_exit() == 0  # its lock released when `hush stop` returned: only the interpreter's exit was left
-    assert after(messages(h.log), "hush: stopping") == [
+    assert stopping(h.log) == [
         "hush: stopping: 0 held flows answered", "hush: audit: 0 records written", "hush: stopped"]
     assert not (h.state / "control.sock").exists()
 
@@ -153,7 +158,7 @@ def test_stopping_answers_held_flows_and_says_so_in_order(hush, origin):
     client.join(30)
     assert replies  # a 503, or the connection closed (timing's business): either way nothing was sent
     assert origin.accepts == []
-    assert after(messages(h.log), "hush: stopping") == [
+    assert stopping(h.log) == [
         "hush: stopping: 1 held flow answered", "hush: audit: 1 record written", "hush: stopped"]
 
 
@@ -168,7 +173,7 @@ def test_stopping_with_tor_is_quiet_and_final(hush, how):
     else:
         h.proc.send_signal(signal.SIGTERM)
     assert h.wait_exit() == 0
-    assert after(messages(h.log), "hush: stopping") == [
+    assert stopping(h.log) == [
         "hush: stopping: 0 held flows answered", "hush: audit: 0 records written",
         "hush.tor: tor stopped", "hush: stopped"]
     assert messages(h.log, "WARNING") == [] and messages(h.log, "ERROR") == []
@@ -179,7 +184,7 @@ def test_stopping_while_tor_is_being_launched_leaves_no_tor(hush):
     h = hush({"a": TOR_POLICY.format(port=free_port())}, config=dead_tor())  # ready before tor's bootstrap
     h.proc.send_signal(signal.SIGTERM)
     assert h.wait_exit() == 0
-    tail = after(messages(h.log), "hush: stopping")
+    tail = stopping(h.log)
     assert tail[-2:] == ["hush.tor: tor stopped", "hush: stopped"]
     assert not any("bootstrap" in m or "starting" in m or "down" in m for m in tail)
 
