@@ -370,12 +370,12 @@ class Daemon:
 
 
 def prepare_state_dir(state_dir: Path) -> str | None:
-    """Create the state directory (0700) if needed; what is wrong with it, in one line, or None."""
+    """Create the state directory (0700) if needed; what is wrong with it, in one line, or None.
+    (An existing one is made 0700 only once its lock is held: a second daemon changes nothing.)"""
     if state_dir.exists() and not state_dir.is_dir():
         return f"the state directory {state_dir} is a file, not a directory; remove it or choose another --state-dir"
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(state_dir, 0o700)
     except OSError as e:
         why = "a part of its path is a file" if e.errno == errno.ENOTDIR else (e.strerror or str(e)).lower()
         return f"cannot use the state directory {state_dir}: {why}; choose another --state-dir"
@@ -400,6 +400,12 @@ async def serve(policyset: PolicySet, config: Config, state_dir: Path, policies:
         print(f"hush: not starting, cannot lock {lock.path}: {(e.strerror or str(e)).lower()}", file=sys.stderr)
         return ExitStatus.ERROR
     try:
+        try:
+            os.chmod(state_dir, 0o700)
+        except OSError as e:
+            print(f"hush: not starting, cannot make the state directory {state_dir} owner-only: "
+                  f"{(e.strerror or str(e)).lower()}", file=sys.stderr)
+            return ExitStatus.ERROR
         sys.setswitchinterval(SWITCH_INTERVAL)
         return await Daemon(policyset, config, state_dir, policies).run()
     finally:

@@ -94,3 +94,22 @@ def test_a_second_daemon_stops_at_the_lock_before_anything(tmp_path, capsys):
     assert code == ExitStatus.ERROR
     assert capsys.readouterr().err == f"hush is already running with this state dir (pid {os.getpid()})\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lock"]  # no control.sock, launch.sock, tor/, ca/
+
+
+def test_the_lock_is_taken_before_the_state_dir_is_changed(tmp_path, capsys):
+    """A second daemon leaves even the directory's mode as it was."""
+    import asyncio
+    import os
+
+    from hush.daemon.config import Config
+    from hush.daemon.control import StateLock
+    from hush.daemon.run import serve
+
+    os.chmod(tmp_path, 0o755)
+    held = StateLock(tmp_path)
+    held.acquire()
+    try:
+        asyncio.run(serve(policy("  - {action: block}\n"), Config(), tmp_path, tmp_path))
+    finally:
+        held.release()
+    assert oct(tmp_path.stat().st_mode & 0o777) == "0o755"
