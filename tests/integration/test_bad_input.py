@@ -18,7 +18,7 @@ def test_invalid_policy_refuses_to_start_and_prints_every_error(hush):
     assert h.wait_exit() == 3
     log = h.log
     a, b = h.policies / "a.yaml", h.policies / "b.yaml"
-    assert "have 4 error(s)" in log
+    assert "have 4 errors" in log
     actions = "allow, block, debounce, delay, passthrough, strip, tor"
     assert f"{a}:3:10: unknown action 'drop' (expected one of: {actions})" in log
     assert f"{a}:5:22: method 'get' must be an upper-case HTTP method such as GET" in log
