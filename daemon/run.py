@@ -399,6 +399,7 @@ async def serve(policyset: PolicySet, config: Config, state_dir: Path, policies:
     except OSError as e:
         print(f"hush: not starting, cannot lock {lock.path}: {(e.strerror or str(e)).lower()}", file=sys.stderr)
         return ExitStatus.ERROR
+    log.info("policies from %s (set %s), state in %s", policies, policyset.version, state_dir)
     try:
         try:
             os.chmod(state_dir, 0o700)

@@ -307,8 +307,7 @@ def cmd_run(args, config: Config) -> int:
         print(f"hush: not starting, the policies in {policies} have {_n(len(e.errors), 'error')}:\n{e}",
               file=sys.stderr)
         return ExitStatus.POLICY_INVALID
-    logging.getLogger("hush").info("policies from %s (set %s), state in %s", policies, policyset.version, state)
-    return asyncio.run(serve(policyset, config, state, policies))
+    return asyncio.run(serve(policyset, config, state, policies))  # it logs where from, once it holds the lock
 
 
 # -- status -----------------------------------------------------------------------
