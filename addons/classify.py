@@ -9,11 +9,14 @@ sent them, before any action changes them.
 
 from __future__ import annotations
 
-from mitmproxy import http
+from typing import TYPE_CHECKING
 
 from hush.addons.flowinfo import identifiers
 from hush.addons.notes import notes
 from hush.daemon.policy.glob import Glob
+
+if TYPE_CHECKING:
+    from mitmproxy import http
 
 PREVIEW_AGENTS = tuple(
     Glob.parse(p, casefold=True)

@@ -9,14 +9,15 @@ identifies the user.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypedDict
-
-from mitmproxy import http
+from typing import TYPE_CHECKING, TypedDict
 
 from hush.addons.actions.block import Block
 from hush.daemon.policy.hosts import normalize
 from hush.daemon.policy.model import Decision, Level, RequestInfo, canonical_path
 from hush.daemon.yamlschema import Location
+
+if TYPE_CHECKING:
+    from mitmproxy import http
 
 FAIL_CLOSED = Location("<hush>", 0, 0)
 
@@ -80,8 +81,9 @@ def identifiers(headers: Mapping[str, str] | http.Headers) -> Identifiers:
     One pass over mitmproxy's raw header fields: its case-insensitive lookups
     cost more than the whole pass when called six times per flow."""
     found: dict[str, str] = {}
-    if isinstance(headers, http.Headers):
-        for raw_name, raw_value in headers.fields:
+    fields = getattr(headers, "fields", None)  # mitmproxy's Headers (not imported: explain has no flows)
+    if fields is not None:
+        for raw_name, raw_value in fields:
             key = _IDENTIFYING.get(raw_name.lower())
             if key is not None and key not in found:
                 found[key] = raw_value.decode("utf-8", "surrogateescape")

@@ -19,11 +19,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from mitmproxy import connection
-from mitmproxy import flow as mflow
-
 if TYPE_CHECKING:
-    from mitmproxy import http
+    from mitmproxy import connection, http
+    from mitmproxy import flow as mflow
 
     from hush.addons.audit import Wire
     from hush.addons.flowinfo import Identifiers

@@ -29,12 +29,13 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import yaml
-from mitmproxy import http
 
 from hush.daemon.policy.context import ParseContext as ParseContext  # there: the config needs it, not mitmproxy
 from hush.daemon.yamlschema import Field, Reader
 
 if TYPE_CHECKING:
+    from mitmproxy import http
+
     from hush.addons.timing import Timing
     from hush.addons.torroute import TorRoute
     from hush.addons.tunnel import Tunnel
@@ -130,6 +131,8 @@ def decision_header(decision: Decision) -> str:
 
 def local_response(status: int, text: str, decision: Decision) -> http.Response:
     """A response made by hush, not by the site."""
+    from mitmproxy import http  # here: the policy loader and explain import this module without mitmproxy
+
     return http.Response.make(
         status,
         f"{text}\n".encode(),

@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from mitmproxy import http
-
 from hush.addons.actions.base import Action, ParseContext, Services, local_response, register
 from hush.daemon.yamlschema import INT, Field, Reader
 
 if TYPE_CHECKING:
+    from mitmproxy import http
+
     from hush.daemon.policy.model import Decision
 
 

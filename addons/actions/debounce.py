@@ -14,14 +14,14 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from mitmproxy import http
-
 from hush.addons.actions.base import Holding, ParseContext, Services, local_response, parse_duration, register
 from hush.addons.actions.delay import parse_then
 from hush.addons.notes import notes
 from hush.daemon.yamlschema import Field, Reader
 
 if TYPE_CHECKING:
+    from mitmproxy import http
+
     from hush.daemon.policy.model import Decision
 
 

@@ -15,12 +15,13 @@ import random
 from typing import TYPE_CHECKING
 
 import yaml
-from mitmproxy import http
 
 from hush.addons.actions.base import Action, Holding, ParseContext, Services, parse_duration, register
 from hush.daemon.yamlschema import Field, Reader
 
 if TYPE_CHECKING:
+    from mitmproxy import http
+
     from hush.daemon.policy.model import Decision
 
 THEN = ("allow", "strip", "tor")

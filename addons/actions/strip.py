@@ -13,12 +13,12 @@ import dataclasses
 import re
 from typing import TYPE_CHECKING
 
-from mitmproxy import http
-
 from hush.addons.actions.base import Action, ParseContext, Services, register
 from hush.daemon.yamlschema import Field, Reader
 
 if TYPE_CHECKING:
+    from mitmproxy import http
+
     from hush.daemon.policy.model import Decision
 
 DEFAULT_HEADERS: tuple[str, ...] = ("cookie", "referer", "accept-language", "user-agent")

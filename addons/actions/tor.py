@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from mitmproxy import http
-
 from hush.addons.actions.base import Action, ParseContext, Services, local_response, register
 from hush.addons.notes import notes
 from hush.daemon.yamlschema import Field, Reader
 
 if TYPE_CHECKING:
+    from mitmproxy import http
+
     from hush.addons.tunnel import Tunnel
     from hush.daemon.policy.model import Decision
 

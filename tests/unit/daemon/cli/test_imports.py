@@ -61,3 +61,13 @@ def test_policy_commands_import_the_loader_lazily(tmp_path):
                           "print('hush.daemon.policy.loader' in sys.modules)"], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["False"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["policy", "check"],
+    ["policy", "explain", "--app", "signal", "https://example.com/", "--header", "Host: example.com"],
+    ["policy", "explain", "--app", "whatsapp", "https://example.com/a", "--header", "User-Agent: WhatsApp/2"],
+])
+def test_the_policy_commands_import_no_mitmproxy(argv):
+    """They load the actions and classify a request, but hold no flow: mitmproxy stays out."""
+    assert "mitmproxy" not in imported(*argv)
