@@ -71,7 +71,7 @@ def chain(holder: PolicyHolder | None = None, tor: Tor | None = None) -> Chain:
     act = Act(identify, timing, router)  # applies actions: holding (timing), tor (router); reloads
     identify.on_reload = act.policy_changed  # mitmdump's hush_policies loaded anew
     decide = Decide(identify, act)  # identifies SOCKS5 connections; withdraws act's permits
-    intake = Intake(identify, audit)  # audits what mitmproxy refuses
+    intake = Intake(identify, audit, decide)  # audits what mitmproxy refuses; refuses SOCKS5 destinations decide blocks
     return Chain(identify, intake, Classify(), decide, act, timing, router, Cap(), audit)
 
 

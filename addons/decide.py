@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hush.decide")
 
+# SOCKS5 reply codes (RFC 1928, 6.) for a connection refused before its reply
+SOCKS5_GENERAL_FAILURE = 0x01  # hush could not decide (fail closed), or tor cannot carry it
+SOCKS5_NOT_ALLOWED = 0x02  # "connection not allowed by ruleset": the policy blocks the destination
+
 MAX_CLIENT_HELLO = 64 * 1024  # waited for before a Tor-routed tunnel is relayed; more is refused
 UNREADABLE = object()  # a ClientHello that does not parse
 
@@ -170,8 +174,10 @@ class Decide:
     def next_layer(self, nextlayer: NextLayer) -> None:
         """A SOCKS5 connection the policy sends through Tor is decided as soon
         as its destination is known, before any byte is read: the relay into
-        tor must be in place before data flows.  Other SOCKS5 connections are
-        decided later, with the TLS SNI or the HTTP request in hand."""
+        tor must be in place before data flows (one the policy blocks on its
+        destination was refused before that, ``socks_refusal``).  Other SOCKS5
+        connections are decided later, with the TLS SNI or the HTTP request in
+        hand."""
         context = nextlayer.context
         client = context.client
         state = conn_notes(client)
@@ -197,6 +203,37 @@ class Decide:
                 self._tor_hello(nextlayer, tunnel)
             return
         state.socks_seen = True
+
+    def socks_refusal(self, client: connection.Client, server: connection.Server) -> int | None:
+        """A SOCKS5 connection whose destination is known and not yet granted
+        (asked by intake, as mitmproxy's SOCKS5 layer is about to reply): if the
+        policy blocks that destination on its own — nothing a TLS name or a
+        request could make less strict — it is decided and announced now, and
+        the SOCKS5 reply code returned: 0x02 "connection not allowed by
+        ruleset", or 0x01 "general failure" when hush fails closed (no policy,
+        no app, an error).  One the policy sends through Tor while tor is not
+        ready is answered 0x01 too (tor's own code when it has no circuit),
+        audited ``tor-unavailable``.  None: grant it; it is decided as before."""
+        state = conn_notes(client)
+        if client.proxy_mode.type_name != "socks5" or state.tunnel is not None or server.address is None:
+            return None
+        tunnel, policyset = self._flowless(client, server, None)
+        decision = connect_decision(policyset, tunnel.app, tunnel.host, tunnel.port)
+        if decision is None:
+            return None
+        if decision.action.egress == "tor":
+            router = self.act.services.router if self.act is not None else None
+            if router is not None and router.unavailable() is None:
+                return None  # decided once its ClientHello is in (next_layer)
+            # tor cannot carry it: the tor action audits it tor-unavailable and relays nothing
+            state.socks_seen = True
+            self._open(tunnel, policyset, decision)
+            return SOCKS5_GENERAL_FAILURE
+        if decision.action.egress != "none":
+            return None
+        state.socks_seen = True
+        self._open(tunnel, policyset, decision)
+        return SOCKS5_GENERAL_FAILURE if (decision.note or "").startswith("fail-closed") else SOCKS5_NOT_ALLOWED
 
     def _tor_hello(self, nextlayer: NextLayer, tunnel: Tunnel) -> None:
         """A tunnel routed into tor is relayed from its first byte, so its TLS

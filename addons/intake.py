@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mitmproxy.proxy.layer import NextLayer
 
     from hush.addons.audit import Audit
+    from hush.addons.decide import Decide
     from hush.addons.identify import Identify
 
 log = logging.getLogger("hush.intake")
@@ -155,6 +156,7 @@ class Watch:
         self.client: connection.Client = handler.client
         self.reason: str | None = None  # the last thing mitmproxy said about this connection
         self.crashed: str | None = None
+        self.socks_refused = False  # a SOCKS5 connection answered with a refusal (decide's socks_reply)
         self._deferred: list[commands.CloseConnection] = []
         self._wakeup: commands.RequestWakeup | None = None
 
@@ -194,10 +196,18 @@ class Watch:
             for command in deferred:
                 yield from self._close(command)
             return
-        if self.crashed is not None:
-            return  # mitmproxy's layers are broken for this connection: nothing more goes to them
+        if self.crashed is not None or self.socks_refused:
+            return  # mitmproxy's layers are broken for this connection, or it was refused: nothing more goes to them
         try:
             for command in self.inner.handle_event(event):
+                if isinstance(command, commands.SendData) and command.connection is self.client \
+                        and command.data == SOCKS5_GRANTED and self.client.proxy_mode.type_name == "socks5":
+                    code = self.intake.socks_refusal(self.client, self.inner.context.server)
+                    if code is not None:  # refused on its destination: say so, instead of "granted"
+                        self.socks_refused = True
+                        yield commands.SendData(self.client, socks5_reply(code))
+                        yield from self._close(commands.CloseConnection(self.client))
+                        return
                 if isinstance(command, commands.Log) and command.level >= logging.INFO \
                         and not command.message.startswith("Client closed connection"):  # the client left: no refusal
                     self.reason = plain(command.message)
@@ -210,6 +220,16 @@ class Watch:
             log.warning("mitmproxy could not handle a connection from %s on %s (%s): closed",
                         _peer(self.client), self.client.proxy_mode.full_spec, self.crashed)
             yield from self._close(commands.CloseConnection(self.client))
+
+
+# mitmproxy's SOCKS5 layer's only success reply (modes.Socks5Proxy.state_connect): bound to 0.0.0.0:0
+SOCKS5_GRANTED = b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+SOCKS5_GENERAL_FAILURE = 0x01
+
+
+def socks5_reply(code: int) -> bytes:
+    """A SOCKS5 reply (RFC 1928, 6.) with ``code``, bound to 0.0.0.0:0 as mitmproxy's are."""
+    return bytes([0x05, code]) + SOCKS5_GRANTED[2:]
 
 
 def plain(message: str, limit: int = 200) -> str:
@@ -226,9 +246,10 @@ def _peer(client: connection.Client) -> str:
 
 
 class Intake:
-    def __init__(self, identify: Identify | None = None, audit: Audit | None = None):
+    def __init__(self, identify: Identify | None = None, audit: Audit | None = None, decide: Decide | None = None):
         self.identify = identify  # the app of a connection refused before any flow
         self.audit = audit  # records what mitmproxy refused
+        self.decide = decide  # decides a SOCKS5 destination before mitmproxy grants it
         self.max_headers = DEFAULT_MAX_HEADERS
         self.max_header_bytes = DEFAULT_MAX_HEADER_BYTES
 
@@ -261,6 +282,20 @@ class Intake:
             nextlayer.layer = HeadBound(layer, self)
         elif isinstance(layer, _Parent) and isinstance(layer.child_layer, HttpLayer):  # HTTPS proxy: TLS, then HTTP
             layer.child_layer = HeadBound(layer.child_layer, self)
+
+    def socks_refusal(self, client: connection.Client, server: connection.Server) -> int | None:
+        """mitmproxy's SOCKS5 layer is about to reply "request granted" (RFC 1928), before
+        hush has seen a byte of the connection (connection_strategy=lazy: it dials
+        nothing yet).  The reply code to refuse with instead, or None to grant it:
+        decide's, for a destination the policy blocks on its own; 0x01 (general
+        failure) if deciding failed, fail closed."""
+        if self.decide is None:
+            return None
+        try:
+            return self.decide.socks_refusal(client, server)
+        except Exception:
+            log.exception("deciding a SOCKS5 destination failed: refused")
+            return SOCKS5_GENERAL_FAILURE
 
     # -- what hush decided ------------------------------------------------------------
 

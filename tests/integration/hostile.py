@@ -149,6 +149,22 @@ def socks5(port: int, host: str, dport: int, domain: bool = True) -> socket.sock
     return s
 
 
+def socks5_reply(port: int, host: str, dport: int, domain: bool = True) -> int:
+    """The reply code a SOCKS5 CONNECT to ``host`` gets (0: granted, 2: not allowed by ruleset…)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall(b"\x05\x01\x00")
+        assert s.recv(2) == b"\x05\x00"
+        if domain:
+            target = b"\x03" + bytes([len(host.encode())]) + host.encode()
+        else:
+            address = ipaddress.ip_address(host)
+            target = (b"\x01" if address.version == 4 else b"\x04") + address.packed
+        s.sendall(b"\x05\x01\x00" + target + dport.to_bytes(2, "big"))
+        reply = s.recv(10)
+        assert reply[:1] == b"\x05", reply
+        return reply[1]
+
+
 def socks5_http(port: int, host: str, dport: int, *lines: str, domain: bool = True) -> bytes:
     """An HTTP request sent inside a SOCKS5 connection; the answer's head."""
     with socks5(port, host, dport, domain) as s:

@@ -10,7 +10,7 @@ zone): answered 400, nothing sent, audited ``block`` with a ``refused:`` note.
 import pytest
 
 from .harness import free_port
-from .hostile import CountingOrigin, connect, exchange, policy, socks5_http, status, wait_for
+from .hostile import CountingOrigin, connect, exchange, policy, socks5_reply, status, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def test_the_zone_reaches_loopback_all_the_same(v6):
 def test_a_zone_id_is_refused_on_every_way_in(hush, v6, v4, rules):
     port, socks = free_port(), free_port()
     h = hush({"t": policy(port, rules), "s": policy(socks, rules, mode="socks5").replace("testapp", "socksapp")})
-    answers = {}
+    answers, socks_answers = {}, {}
     for zoned in ZONED:
         origin = v4 if "ffff" in zoned else v6
         s, head = connect(port, f"[{zoned}]:{origin.port}")
@@ -58,11 +58,12 @@ def test_a_zone_id_is_refused_on_every_way_in(hush, v6, v4, rules):
         answers[("GET", zoned)] = status(exchange(port, f"GET {url} HTTP/1.1", f"Host: [{zoned}]:{origin.port}"))
         raw = f"http://[{zoned}]:{origin.port}/x"  # and the zone written as it is
         answers[("GET raw", zoned)] = status(exchange(port, f"GET {raw} HTTP/1.1", "Host: localhost"))
-        answers[("SOCKS5", zoned)] = status(socks5_http(socks, zoned, origin.port, "GET /x HTTP/1.1", "Host: a.test"))
-        answers[("SOCKS5 []", zoned)] = status(socks5_http(socks, f"[{zoned}]", origin.port, "GET /x HTTP/1.1",
-                                                           "Host: a.test"))
-    # 400: refused by hush (mitmproxy parses them all and hands them to the hooks)
-    assert answers == {k: 400 for k in answers}
+        socks_answers[zoned] = socks5_reply(socks, zoned, origin.port)
+        socks_answers[f"[{zoned}]"] = socks5_reply(socks, f"[{zoned}]", origin.port)
+    # 400: refused by hush (mitmproxy parses them all and hands them to the hooks); on the SOCKS5
+    # listener, refused on the destination: reply 0x02, not allowed by ruleset
+    assert answers == {k: 400 for k in answers} and socks_answers == {k: 2 for k in socks_answers}
+    answers.update(socks_answers)
     assert v6.accepts == [] and v4.accepts == []
     h.stop()
     rows = h.audit()

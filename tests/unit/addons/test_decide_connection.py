@@ -241,3 +241,56 @@ def test_a_protocol_switch_on_a_decided_connection_is_left_to_its_request():
         server.timestamp_start = 1.0  # opened by a request decided on its own (a 101 upgrade)
         decide.tcp_start(tcp.TCPFlow(f.client_conn, server, True))
     assert recorder.tunnels == [] and act.revoked == []
+
+
+def test_a_socks5_destination_the_policy_blocks_is_refused_before_it_is_granted():
+    from mitmproxy.proxy.mode_specs import ProxyMode
+
+    from hush.addons.decide import SOCKS5_GENERAL_FAILURE, SOCKS5_NOT_ALLOWED
+    from hush.addons.identify import Identify
+    from hush.daemon.policy.holder import PolicyHolder
+
+    from .drive import FakeTor
+
+    text = POLICY.replace("listen: 8101", "listen: {port: 1080, mode: socks5}")
+
+    class Act(Revocations):
+        def __init__(self, router):
+            super().__init__()
+            self.services = type("Services", (), {"router": router})()
+
+    from hush.addons.torroute import TorRoute
+
+    for tor, tor_code in ((FakeTor(), None), (FakeTor(ready=False, reason="bootstrapping"), SOCKS5_GENERAL_FAILURE)):
+        identify, recorder = Identify(PolicyHolder(policyset(text))), Recorder()
+        decide = Decide(identify, Act(TorRoute(tor)))
+        with taddons.context(identify, decide, recorder):
+            def ask(host, port=443, decide=decide):
+                client = tflow.tclient_conn()
+                client.proxy_mode = ProxyMode.parse("socks5@127.0.0.1:1080")
+                return decide.socks_refusal(client, connection.Server(address=(host, port))), client
+
+            code, client = ask("www.blocked.org")
+            assert code == SOCKS5_NOT_ALLOWED and conn_notes(client).socks_seen
+            assert ask("paths.org")[0] is None  # a rule needs the request: granted, decided per request
+            assert ask("allowed.org")[0] is None  # allowed: granted, decided at its ClientHello as before
+            assert ask("onion.org")[0] == tor_code  # tor: refused (0x01) only when tor cannot carry it
+            client = tflow.tclient_conn()  # not a SOCKS5 connection: nothing to do with it
+            assert decide.socks_refusal(client, connection.Server(address=("blocked.org", 443))) is None
+        announced = [(t.host, t.decision.action.name) for t in recorder.tunnels]
+        assert announced == [("www.blocked.org", "block")] + ([("onion.org", "tor")] if tor_code else [])
+
+
+def test_a_socks5_connection_with_no_policy_fails_closed_with_0x01():
+    from mitmproxy.proxy.mode_specs import ProxyMode
+
+    from hush.addons.decide import SOCKS5_GENERAL_FAILURE
+    from hush.addons.identify import Identify
+    from hush.daemon.policy.holder import PolicyHolder
+
+    identify = Identify(PolicyHolder(None))
+    decide = Decide(identify, Revocations())
+    with taddons.context(identify, decide, Recorder()):
+        client = tflow.tclient_conn()
+        client.proxy_mode = ProxyMode.parse("socks5@127.0.0.1:1080")
+        assert decide.socks_refusal(client, connection.Server(address=("example.org", 443))) == SOCKS5_GENERAL_FAILURE

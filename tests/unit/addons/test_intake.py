@@ -174,3 +174,63 @@ def test_a_connection_hush_decided_on_is_not_recorded_again():
         intake.response(f)
         intake.client_disconnected(client)
     assert recorder.tunnels == []
+
+
+class SocksDecide:
+    """Stands in for decide: the reply code for each destination."""
+
+    def __init__(self, codes):
+        self.codes = codes
+        self.asked = []
+
+    def socks_refusal(self, client, server):
+        self.asked.append(server.address)
+        return self.codes.get(server.address[0])
+
+
+def _socks5(intake, host: bytes):
+    from mitmproxy.proxy.layers.modes import Socks5Proxy
+    from mitmproxy.proxy.mode_specs import ProxyMode
+
+    client = tflow.tclient_conn()
+    client.proxy_mode = ProxyMode.parse("socks5@127.0.0.1:1080")
+    class Options:  # what mitmproxy's SOCKS5 layer reads of the options
+        connection_strategy = "lazy"
+
+        def __contains__(self, name):
+            return False  # no proxyauth
+
+    ctx = context.Context(client, Options())  # type: ignore[arg-type]
+    watch = Watch(Socks5Proxy(ctx), Handler(client), intake)
+    out = list(watch.handle_event(events.Start()))
+    out += list(watch.handle_event(events.DataReceived(client, b"\x05\x01\x00")))
+    out += list(watch.handle_event(events.DataReceived(
+        client, b"\x05\x01\x00\x03" + bytes([len(host)]) + host + b"\x01\xbb" + b"\x16\x03\x01")))
+    return client, watch, out
+
+
+def test_a_socks5_destination_decide_refuses_gets_its_reply_code_not_granted():
+    decide = SocksDecide({"blocked.org": 0x02})
+    intake = Intake(decide=decide)  # type: ignore[arg-type]
+    with taddons.context(intake):
+        client, watch, out = _socks5( intake, b"blocked.org")
+        sent = [c.data for c in out if isinstance(c, commands.SendData)]
+        assert sent == [b"\x05\x00", b"\x05\x02\x00\x01\x00\x00\x00\x00\x00\x00"]  # never \x05\x00\x00\x01…
+        assert isinstance(out[-1], commands.CloseConnection) and out[-1].connection is client
+        assert not any(isinstance(c, commands.StartHook) for c in out)  # the data after it goes nowhere
+        assert list(watch.handle_event(events.DataReceived(client, b"more"))) == []
+        client, watch, out = _socks5(intake, b"allowed.org")
+        sent = [c.data for c in out if isinstance(c, commands.SendData)]
+        assert sent == [b"\x05\x00", b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"]  # granted, as mitmproxy does
+    assert decide.asked == [("blocked.org", 443), ("allowed.org", 443)]
+
+
+def test_a_socks5_decision_that_raises_refuses_with_0x01(caplog):
+    class Broken:
+        def socks_refusal(self, client, server):
+            raise RuntimeError("boom")
+
+    intake = Intake(decide=Broken())  # type: ignore[arg-type]
+    with taddons.context(intake):
+        _, _, out = _socks5(intake, b"example.org")
+    assert [c.data for c in out if isinstance(c, commands.SendData)][-1][:2] == b"\x05\x01"
