@@ -130,9 +130,13 @@ def decision_header(decision: Decision) -> str:
 
 
 def local_response(status: int, text: str, decision: Decision) -> http.Response:
-    """A response made by hush, not by the site."""
+    """A response made by hush, not by the site.  Its text names policy files as
+    the header does, relative to the policy directory."""
     from mitmproxy import http  # here: the policy loader and explain import this module without mitmproxy
 
+    directory = str(PurePath(decision.source.file).parent)
+    if directory not in (".", "/"):
+        text = text.replace(directory + "/", "")
     return http.Response.make(
         status,
         f"{text}\n".encode(),

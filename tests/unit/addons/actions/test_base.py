@@ -16,7 +16,8 @@ def test_decision_header_names_the_file_relative_to_the_policy_dir_not_the_home(
     decision = _decision("/home/alice/.config/hush/policies/p.yaml")
     assert decision.ref == "/home/alice/.config/hush/policies/p.yaml:5"  # the audit and explain keep the path
     assert decision_header(decision) == "block p.yaml:5"
-    response = local_response(403, "Blocked", decision)
+    response = local_response(403, f"Blocked by hush: {decision.describe()}", decision)
+    assert response.content == b"Blocked by hush: rule 1 (p.yaml:5)\n"  # the body names it so too
     assert response.headers["X-Hush-Decision"] == "block p.yaml:5"
     assert b"alice" not in bytes(response.headers) and b"alice" not in response.content
 
