@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -71,15 +72,51 @@ def read_control_port(port_file: Path) -> str:
     return port_file.read_text().strip().split("=", 1)[-1]
 
 
+PROBE_TIMEOUT = 5.0
+
+
+def probe(target: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Does ``target`` answer like tor's control port?  stem reads without a
+    timeout: pointed at something that never answers (a web server waiting for
+    the rest of a request, hush's own listener), it would wait forever, and a
+    stopping daemon with it.  So ask PROTOCOLINFO first, with a deadline.
+
+    :raises stem.SocketError: if it does not answer, or not like tor
+    """
+    import stem
+
+    family, address = ((socket.AF_UNIX, target) if target.startswith("/") else
+                       (socket.AF_INET6 if ":" in target.rpartition(":")[0] else socket.AF_INET,
+                        (target.rpartition(":")[0].strip("[]") or "127.0.0.1", int(target.rpartition(":")[2]))))
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(address)
+            s.sendall(b"PROTOCOLINFO 1\r\n")
+            reply = b""
+            while b"\n" not in reply and len(reply) < 512:
+                chunk = s.recv(512)
+                if not chunk:
+                    break
+                reply += chunk
+    except TimeoutError as e:
+        raise stem.SocketError(f"{target} did not answer within {timeout:.0f}s: not tor's control port?") from e
+    except OSError as e:
+        raise stem.SocketError(f"cannot reach {target}: {e.strerror or e}") from e
+    if not reply.startswith((b"250-PROTOCOLINFO", b"250 PROTOCOLINFO", b"5")):  # 5xx: tor, refusing
+        raise stem.SocketError(f"{target} does not answer like tor's control port")
+
+
 def open_controller(target: str, password: str | None = None) -> Controller:
     """An authenticated stem Controller: how the daemon and ``hush tor`` both reach tor.
 
     :param target: ``HOST:PORT`` (no host: 127.0.0.1) or a unix socket's path
     :param password: the control password; without one, cookie or no authentication
-    :raises stem.SocketError: if nothing answers at ``target``
+    :raises stem.SocketError: if nothing answers at ``target``, or not like tor
     """
     from stem.control import Controller
 
+    probe(target)
     if target.startswith("/"):
         controller = Controller.from_socket_file(target)
     else:

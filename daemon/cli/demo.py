@@ -43,19 +43,28 @@ ARTICLE = b"""<!doctype html><html><head><title>A shared article</title>
 <meta property="og:image" content="/og.png"></head><body>An article someone shared.</body></html>"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports on 127.0.0.1, all held open while they are picked: one
+    at a time, the kernel may hand the same port out twice (a listener's port as
+    tor's control port made stem wait forever for an answer from hush itself)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
-def rewrite_ports(src: Path, dst: Path) -> dict[str, int]:
-    """Copy policies, giving each listener a free port: {app: port}."""
+def rewrite_ports(src: Path, dst: Path, free: list[int] | None = None) -> dict[str, int]:
+    """Copy policies, giving each listener one of the ``free`` ports (distinct
+    free ones by default): {app: port}."""
     dst.mkdir(parents=True, exist_ok=True)
+    policies = sorted(src.glob("*.yaml"))
     ports = {}
-    for policy in sorted(src.glob("*.yaml")):
+    for policy, port in zip(policies, free or free_ports(len(policies)), strict=True):
         text = policy.read_text()
-        port = free_port()
         text, n = re.subn(r"^(listen: (?:\{port: )?)\d+", rf"\g<1>{port}", text, flags=re.M)
         if n != 1:
             raise RuntimeError(f"{policy}: expected one 'listen:' line to rewrite")
@@ -207,9 +216,11 @@ def run(say=print) -> int:
 def _run(root: Path, say) -> int:
     from hush.daemon.audit import queries
 
-    ports = rewrite_ports(paths.shipped_policies(), root / "policies")
+    shipped = paths.shipped_policies()
+    *listeners, control = free_ports(len(list(shipped.glob("*.yaml"))) + 1)
+    ports = rewrite_ports(shipped, root / "policies", listeners)
     (root / "config.yaml").write_text(
-        f"tor:\n  mode: attach\n  control: 127.0.0.1:{free_port()}\n"  # no tor: Tor flows fail closed
+        f"tor:\n  mode: attach\n  control: 127.0.0.1:{control}\n"  # no tor: Tor flows fail closed
         "audit:\n  redaction: no-query\n")
     site = Site()
     with open(root / "hush.log", "wb") as log:

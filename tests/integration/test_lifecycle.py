@@ -209,3 +209,14 @@ def test_a_policy_dir_that_does_not_exist(tmp_path):
     assert res.returncode == 6
     assert res.stderr == f"hush: the policy directory {missing} does not exist (from --policies)\n"
     assert not (tmp_path / "state").exists()
+
+
+def test_a_tor_control_port_that_never_answers_does_not_hang_the_daemon(hush):
+    """Pointed at something that accepts and never answers like tor (here: hush's own
+    listener, waiting for the rest of a request), the attach gives up within its
+    deadline and SIGTERM still stops the daemon."""
+    port = free_port()
+    h = hush({"a": f"app: a\nlisten: {port}\ndefault: tor\n"},
+             config=f"tor:\n  mode: attach\n  control: 127.0.0.1:{port}\n")
+    wait_for(lambda: "tor's control port" in h.log, message="the attach giving up")
+    assert h.stop() == 0  # within wait_exit's bound: before the probe, stem waited forever and so did the stop

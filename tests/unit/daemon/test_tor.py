@@ -154,11 +154,15 @@ class RecordingController:
 def test_open_controller_reaches_and_authenticates(monkeypatch, target, password, how, where):
     import stem.control
 
+    import hush.daemon.tor
     from hush.daemon.tor import open_controller
 
+    probed = []
+    monkeypatch.setattr(hush.daemon.tor, "probe", probed.append)  # asked first, with a deadline
     monkeypatch.setattr(stem.control, "Controller", RecordingController)
     controller = open_controller(target, password)
     assert (controller.how, controller.where, controller.password) == (how, where, password)
+    assert probed == [target]
 
 
 def test_the_control_port_file_is_read_as_the_daemon_writes_it(tmp_path):
@@ -228,3 +232,45 @@ def test_stop_wakes_the_restart_backoff_and_restarts_nothing(monkeypatch):
 
     m = run(go())
     assert attempts == [1] and m.state == "off" and m._task is None
+
+
+def test_probe_refuses_what_does_not_answer_like_tor(tmp_path):
+    """stem reads without a timeout: the probe stands between it and a silent peer."""
+    import socket
+    import threading
+
+    import stem
+
+    from hush.daemon.tor import probe
+
+    def serve(reply: bytes | None):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        held = []
+
+        def run():
+            conn, _ = listener.accept()
+            held.append(conn)  # kept open: a silent peer does not hang up either
+            conn.recv(64)
+            if reply is not None:
+                conn.sendall(reply)
+
+        threading.Thread(target=run, daemon=True).start()
+        return f"127.0.0.1:{listener.getsockname()[1]}", (listener, held)
+
+    silent, keep1 = serve(None)
+    with pytest.raises(stem.SocketError, match="did not answer"):
+        probe(silent, timeout=0.5)
+    web, keep2 = serve(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    with pytest.raises(stem.SocketError, match="does not answer like tor"):
+        probe(web, timeout=5)
+    tor, keep3 = serve(b'250-PROTOCOLINFO 1\r\n250-AUTH METHODS=NULL\r\n250 OK\r\n')
+    probe(tor, timeout=5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(stem.SocketError, match="cannot reach"):
+        probe(dead, timeout=5)
+    for listener, _ in (keep1, keep2, keep3):
+        listener.close()
