@@ -316,3 +316,8 @@ def test_shared_listener_needs_identify_on_both_and_distinct_processes():
         build([b, d])
     assert [str(x) for x in e.value.errors] == [
         "p/d.yaml:2:9: apps 'b' and 'd' share listener 127.0.0.1:8101 and both claim process chrome"]
+
+
+def test_a_policy_needs_no_listener_to_be_launchable():
+    ps = build([("p.yaml", "app: x\ndefault: block\n")])
+    assert "x" in ps.policies and ps.policies["x"].listeners == () and ps.specs == []
