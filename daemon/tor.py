@@ -90,11 +90,16 @@ def probe(target: str, timeout: float = PROBE_TIMEOUT) -> None:
                         (target.rpartition(":")[0].strip("[]") or "127.0.0.1", int(target.rpartition(":")[2]))))
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
+            deadline = time.monotonic() + timeout  # for the whole exchange, not per read
             s.settimeout(timeout)
             s.connect(address)
             s.sendall(b"PROTOCOLINFO 1\r\n")
             reply = b""
             while b"\n" not in reply and len(reply) < 512:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                s.settimeout(left)
                 chunk = s.recv(512)
                 if not chunk:
                     break

@@ -22,6 +22,7 @@ import struct
 from collections import OrderedDict
 
 from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord
+from dnslib.label import DNSLabelError
 
 # RFC 2544: 198.18.0.0/15 is for benchmarking, never on the internet.
 FAKE_NET = ipaddress.IPv4Network("198.18.0.0/15")
@@ -93,6 +94,13 @@ def answer(query: bytes, table: FakeAddresses) -> tuple[bytes | None, str | None
         return None, None
     if record.header.qr or not record.questions:
         return None, None
+    try:
+        return _reply(record, table)
+    except (DNSError, DNSLabelError):  # a question dnslib can parse but not write back (a 64+ byte label)
+        return None, None
+
+
+def _reply(record: DNSRecord, table: FakeAddresses) -> tuple[bytes, str | None]:
     reply = record.reply()  # same id and question, QR and RA set
     reply.header.aa = 1
     name = qname(record)

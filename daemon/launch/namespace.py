@@ -383,7 +383,10 @@ def run(state_dir: Path, app: str, argv: list[str], dbus: str = "open") -> int:
     if dbus != "open":
         bus = session_bus(env)
         address = env.get("DBUS_SESSION_BUS_ADDRESS") or (f"unix:path={bus}" if bus else None)
-        hide = (*(p for p in (bus,) if p), *SYSTEM_BUS)
+        runtime = env.get("XDG_RUNTIME_DIR")
+        # the systemd user manager's private socket: `systemd-run --user` would start a command outside
+        private = os.path.join(runtime, "systemd", "private") if runtime else None
+        hide = (*(p for p in (bus, private) if p), *SYSTEM_BUS)
         env.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
         if dbus == "filter":
             proxy = DbusFilter(address, env.get("XDG_RUNTIME_DIR"))
@@ -413,7 +416,6 @@ def _launch(daemon: socket.socket, argv: list[str], env: dict[str, str], hide: t
         message, fds, _, _ = socket.recv_fds(ours, 4096, len(SOCKETS))
         try:
             if message != b"sockets\n" or len(fds) != len(SOCKETS):
-                os.waitpid(pid, 0)
                 raise LaunchError(message.decode(errors="replace").removeprefix("error ").strip()
                                   or "the namespace's set-up failed")
             hello = {"app": app, "pid": pid, "argv": argv, "sockets": list(SOCKETS)}
@@ -426,7 +428,6 @@ def _launch(daemon: socket.socket, argv: list[str], env: dict[str, str], hide: t
         daemon.settimeout(None)
         if not reply.get("ok"):
             ours.sendall(b"no\n")
-            os.waitpid(pid, 0)
             raise Refused(reply)
         ours.sendall(b"go " + json.dumps(reply.get("guard", {})).encode() + b"\n")
     except BaseException:
@@ -437,6 +438,7 @@ def _launch(daemon: socket.socket, argv: list[str], env: dict[str, str], hide: t
 
 
 def _reap(pid: int) -> None:
+    """The child, killed and waited for (once: after that its pid may be another process's)."""
     try:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

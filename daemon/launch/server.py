@@ -45,6 +45,8 @@ SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the sam
 SOL_IPV6 = 41
 MAX_HELLO = 64 * 1024
 MAX_DNS_TCP = 4  # concurrent DNS-over-TCP connections per launch
+MAX_OPEN = 4096  # open connections per launch: beyond, new ones are closed (the daemon's fds are everyone's)
+HELLO_TIMEOUT = 10.0
 
 
 def launch_spec(app: str, launch_id: int) -> str:
@@ -243,15 +245,31 @@ class LaunchServer:
     async def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(sock)
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as e:  # EMFILE and the like: keep serving launch.sock once it passes
+                log.warning("launch socket: accept failed: %s", e.strerror or e)
+                await asyncio.sleep(0.5)
+                continue
             task = asyncio.ensure_future(self._session(conn))
             self._clients.add(task)
             task.add_done_callback(self._clients.discard)
 
     async def _hello(self, conn: socket.socket) -> tuple[dict, list[int]]:
-        """The JSON line and the sockets that came with it."""
+        """The JSON line and the sockets that came with it, within HELLO_TIMEOUT
+        in all; on any failure the sockets received so far are closed."""
+        fds: list[int] = []
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                return await self._read_hello(conn, fds)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+
+    async def _read_hello(self, conn: socket.socket, fds: list[int]) -> tuple[dict, list[int]]:
         loop = asyncio.get_running_loop()
-        data, fds = b"", []
+        data = b""
         while not data.endswith(b"\n"):
             if len(data) > MAX_HELLO:
                 raise ValueError("hello too long")
@@ -261,7 +279,7 @@ class LaunchServer:
                 ready = loop.create_future()
                 loop.add_reader(conn.fileno(), _wake, ready)
                 try:
-                    await asyncio.wait_for(ready, 10)
+                    await ready
                 finally:
                     loop.remove_reader(conn.fileno())
                 continue
@@ -296,8 +314,8 @@ class LaunchServer:
             log.info("launch %d: app=%s pid=%d %s", launch.id, launch.app, launch.pid, " ".join(launch.argv)[:200])
             while await loop.sock_recv(conn, 4096):
                 pass  # nothing more is said; the end of the connection is the end of the launch
-        except (TimeoutError, ConnectionError, ValueError) as e:
-            log.warning("launch connection dropped: %s", e)
+        except (TimeoutError, ConnectionError, ValueError, RecursionError) as e:
+            log.warning("launch connection dropped: %s", e or type(e).__name__)
         except asyncio.CancelledError:
             pass
         finally:
@@ -359,6 +377,10 @@ class LaunchServer:
                 self._refuse(launch, writer, host, port, "a fake address no name was given out for")
                 return
             host = name
+        if launch.open >= MAX_OPEN:
+            launch.refused += 1
+            writer.close()  # not audited: a flood would fill the audit; counted in hush status
+            return
         launch.connections += 1
         launch.open += 1
         try:

@@ -69,3 +69,11 @@ def test_is_fake():
     assert fakedns.is_fake("198.18.0.1") and fakedns.is_fake("198.19.255.254")
     assert not fakedns.is_fake("198.20.0.1") and not fakedns.is_fake("allowed.test")
     assert QTYPE.A == 1
+
+
+def test_a_question_dnslib_cannot_write_back_is_dropped_not_raised():
+    """A 70-byte label parses but cannot be packed again: no reply, no exception
+    (which would have been a traceback in the daemon's log per packet)."""
+    header = bytes.fromhex("1234 0100 0001 0000 0000 0000")
+    question = bytes([70]) + b"a" * 70 + bytes([4]) + b"test" + b"\x00" + bytes.fromhex("0001 0001")
+    assert answer(header + question, FakeAddresses()) == (None, None)

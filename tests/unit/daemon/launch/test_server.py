@@ -177,3 +177,32 @@ def test_the_mitmproxy_api_the_hand_off_relies_on():
     mode = launches.make_mode("launch:x:1")
     assert isinstance(mode, mode_specs.TransparentMode)
     assert mode.full_spec == "launch:x:1" and mode.type_name == "transparent"
+
+
+def test_a_bad_hello_leaves_no_descriptor_behind(tmp_path):
+    """Sockets that came with a hello the daemon cannot read are closed, not leaked."""
+    import os
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def main():
+        server = await started(tmp_path, [])
+        before = open_fds()
+
+        def bad_hello():
+            socks = launch_cli.make_sockets()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(10)
+                conn.connect(str(server.path))
+                socket.send_fds(conn, [b"{not json\n"], [s.fileno() for s in socks.values()])
+                assert conn.recv(100) == b""  # dropped
+            for s in socks.values():
+                s.close()
+
+        for _ in range(5):
+            await asyncio.to_thread(bad_hello)
+        await until(lambda: open_fds() <= before)
+        await server.stop()
+
+    asyncio.run(main())
