@@ -47,15 +47,17 @@ REVOKED = "revoked"
 
 
 def tunnel_decision(policyset: PolicySet, tunnel: Tunnel, app: str | None) -> Decision | None:
-    """How ``policyset`` decides an open tunnel: on its target, and on the
-    address it was permitted to when that differs (the stricter applies);
+    """How ``policyset`` decides an open tunnel: on its target, on the address
+    it was permitted to and on the TLS name it let through when those differ
+    (the stricter applies);
     None when it would be decided only per request."""
     from hush.addons.decide import connect_decision
 
     decision = connect_decision(policyset, app, tunnel.host, tunnel.port)
-    if tunnel.address is not None and decision is not None:
-        by_address = connect_decision(policyset, app, *tunnel.address)
-        decision = None if by_address is None else stricter(decision, by_address)
+    for other in (tunnel.address, (tunnel.sni, tunnel.port) if tunnel.sni else None):
+        if other is not None and decision is not None:
+            by_other = connect_decision(policyset, app, *other)
+            decision = None if by_other is None else stricter(decision, by_other)
     return decision
 
 

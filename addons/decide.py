@@ -280,6 +280,7 @@ class Decide:
         decided = tunnel.decision
         if decided is None or name == tunnel.host or tunnel.error or tunnel.outcome or decided.action.egress == "none":
             return
+        tunnel.sni = name  # a reload decides it again (act.tunnel_decision)
         by_name = connect_decision(tunnel.policyset, tunnel.app, name, tunnel.port)
         if by_name is not None and (stricter(decided, by_name) is decided
                                     or by_name.action.egress == decided.action.egress):

@@ -160,7 +160,11 @@ class Timing:
                     now = fail_closed(app, f"the connection is not {held.app}'s under policy set {new.version}",
                                       new.version)
                 else:
-                    now = new.decide(held.app, request_info(flow, n.kind or "other"))
+                    req = request_info(flow, n.kind or "other")
+                    # the TLS name hush's own connection will ask for, as when the flow was decided
+                    from hush.addons.decide import Decide
+
+                    now = Decide.sni_decision(flow, new, held.app, req, new.decide(held.app, req))
             except Exception as e:  # an app the new set does not have, or a bug: fail closed
                 now = fail_closed(held.app, f"cannot decide under policy set {new.version}: {e!r}", new.version)
             if more_strictly(decision, now):

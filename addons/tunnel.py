@@ -44,6 +44,8 @@ class Tunnel:
     # client that resolved the name itself gives an address, and the TLS SNI
     # names the host
     address: tuple[str, int] | None = None
+    # the TLS SNI, when it named another host than the target and was let through
+    sni: str | None = None
     # the audit row's key: the row written when the decision is applied is
     # completed in place when the tunnel connects and when it closes
     key: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)

@@ -244,3 +244,26 @@ def test_a_shared_listener_tunnel_whose_app_changes_is_closed(hush, echo, tmp_pa
     [row] = tunnel_rows(h)
     assert (row["app"], row["decision"], row["process"]) == ("lax", "revoked", "laxcli")
     assert "not lax" in row["error"]
+
+
+def test_a_tunnel_is_decided_again_on_the_tls_name_it_let_through(hush, tls_echo, ca_file):
+    """A CONNECT to an allowed address whose ClientHello named another host, let
+    through because the old set treated both alike: a reload that blocks that
+    name closes the tunnel (it was re-decided on its target alone before)."""
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: 127.0.0.1}, action: passthrough}\n")}, config=NO_TOR)
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    s.sendall(f"CONNECT 127.0.0.1:{tls_echo.port} HTTP/1.1\r\nHost: 127.0.0.1:{tls_echo.port}\r\n\r\n".encode())
+    assert read_head(s).startswith(b"HTTP/1.1 200")
+    s = ssl.create_default_context(cafile=str(ca_file)).wrap_socket(s, server_hostname="echo.test")
+    s.sendall(b"one")
+    assert recv_exactly(s, 8) == b"echo:one"
+    reload(h, {"t": policy(port, "  - {match: {host: echo.test}, action: block}\n"
+                                 "  - {match: {host: 127.0.0.1}, action: passthrough}\n")})
+    assert wait_for(lambda: tls_echo.closed == 1)
+    assert closed_by_hush(s)
+    s.close()
+    assert tls_echo.received == b"one"
+    h.stop()
+    [row] = [r for r in tunnel_rows(h) if r["port"] == tls_echo.port]
+    assert row["decision"] == "revoked" and "block" in row["error"]
