@@ -40,37 +40,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hush.daemon.torconfig import TorConfig, control_port_file, read_control_port
+
 if TYPE_CHECKING:
     from stem.control import Controller
+
+__all__ = ["TorConfig", "control_port_file", "read_control_port"]  # re-exported: where they lived
 
 log = logging.getLogger("hush.tor")
 
 _KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
-
-
-@dataclasses.dataclass(frozen=True)
-class TorConfig:
-    mode: str = "launch"  # launch | attach
-    control: str | None = None  # attach: "HOST:PORT" or a unix socket path
-    password: str | None = None  # attach: control password (else cookie/none)
-    torrc: tuple[str, ...] = ()  # launch: extra torrc lines ("Key value")
-    binary: str = "tor"
-
-    @property
-    def attach_to(self) -> str:
-        """The control port an attached tor is reached on (tor's default if none is configured)."""
-        return self.control or "127.0.0.1:9051"
-
-
-def control_port_file(state_dir: Path) -> Path:
-    """Where the tor hush launched writes its control port, as ``PORT=127.0.0.1:9051``."""
-    return Path(state_dir) / "tor" / "control-port"
-
-
-def read_control_port(port_file: Path) -> str:
-    """The ``HOST:PORT`` of a control port file."""
-    return port_file.read_text().strip().split("=", 1)[-1]
-
 
 PROBE_TIMEOUT = 5.0
 

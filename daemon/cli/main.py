@@ -18,18 +18,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hush.daemon import paths
-from hush.daemon.config import Config, load_config
 from hush.daemon.exitstatus import ExitStatus
-from hush.daemon.yamlschema import LoadError
+
+if TYPE_CHECKING:  # imported where used: --help, --version and a daemon's status load neither YAML nor SQLite
+    from hush.daemon.config import Config
 
 
 class UsageError(Exception):
@@ -249,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(e, file=sys.stderr)
         return ExitStatus.USAGE
+    from hush.daemon.yamlschema import LoadError
+
     try:
         return int(_dispatch(args))
     except LoadError as e:
@@ -270,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.global_state_dir is not None and getattr(args, "state_dir", "") is None:
         args.state_dir = args.global_state_dir  # hush --state-dir D audit tail: the command's own one wins
+    from hush.daemon.config import load_config
+
     config = load_config(paths.config_file(getattr(args, "config", None)))
     return COMMANDS[_command_of(args)](args, config)
 
@@ -284,6 +289,8 @@ def _command_of(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def setup_logging(level: str, verbose: bool) -> None:
+    import logging
+
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=getattr(logging, level.upper()))
     logging.getLogger("mitmproxy").setLevel(logging.INFO if verbose else logging.WARNING)
@@ -297,6 +304,7 @@ def cmd_run(args, config: Config) -> int:
 
     from hush.daemon.policy import load
     from hush.daemon.run import serve
+    from hush.daemon.yamlschema import LoadError
 
     setup_logging(config.log_level, args.verbose)
     policies = paths.policies(args.policies, config.policies)
@@ -716,7 +724,7 @@ def cmd_install_unit(args, config: Config) -> int:
 def _tor_controller(args, config: Config):
     """A stem Controller for hush's tor: the one it launched (its control port
     file in the state dir) or the one the config attaches to."""
-    from hush.daemon.tor import control_port_file, open_controller, read_control_port
+    from hush.daemon.torconfig import control_port_file, read_control_port
 
     if config.tor.mode == "attach":
         target = config.tor.attach_to
@@ -726,6 +734,8 @@ def _tor_controller(args, config: Config):
             raise Unreachable(f"hush's tor is not running (no {port_file}; is hush running with this --state-dir?)")
         target = read_control_port(port_file)
     from stem import SocketError  # only now: without a tor to ask, hush tor answers without importing stem
+
+    from hush.daemon.tor import open_controller
 
     try:
         return open_controller(target, config.tor.password)

@@ -1,9 +1,10 @@
 """Host names: normalisation, registrable domains, and an O(1) rule index.
 
-``site_of`` uses tldextract's bundled Public Suffix List snapshot only: no
-download, no cache directory (by default tldextract fetches the list on first
-use and caches it on disk: which site a host belongs to would then depend on
-the network and on a writable home directory).
+``site_of`` uses tldextract's bundled Public Suffix List snapshot only
+(:mod:`hush.daemon.policy.psl`): no download, no cache directory (by default
+tldextract fetches the list on first use and caches it on disk: which site a
+host belongs to would then depend on the network and on a writable home
+directory).
 
     >>> site_of("a.b.example.co.uk")
     'example.co.uk'
@@ -18,12 +19,9 @@ import socket
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-import tldextract
+from hush.daemon.policy.psl import registrable
 
 _NAME = re.compile(r"^(?:(?!-)[a-z0-9_-]{1,63}(?<!-)\.)*(?!-)[a-z0-9_-]{1,63}(?<!-)$")
-_extract = tldextract.TLDExtract(
-    suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True, include_psl_private_domains=True
-)
 _NUMERIC = frozenset("0123456789abcdefx.")  # what an address in inet_aton's spellings is made of
 
 
@@ -179,8 +177,7 @@ def site_of(host: str) -> str:
     host = normalize(host)
     if not host or is_ip(host):
         return host
-    result = _extract(host)
-    return result.top_domain_under_public_suffix or host
+    return registrable(host) or host
 
 
 @functools.lru_cache(maxsize=8192)
