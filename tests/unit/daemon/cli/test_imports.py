@@ -15,7 +15,8 @@ from hush.daemon.cli.main import main
 try:
     code = main(sys.argv[1:])
 finally:  # --help exits in argparse
-    heavy = sorted(m for m in ("mitmproxy", "hush.addons", "hush.daemon.policy.loader") if m in sys.modules)
+    heavy = sorted(m for m in ("mitmproxy", "hush.addons", "hush.daemon.policy.loader", "tldextract", "requests",
+                               "asyncio", "yaml", "sqlite3") if m in sys.modules)
     print("IMPORTED", ",".join(heavy), file=sys.stderr)
 sys.exit(code)
 """
@@ -69,5 +70,12 @@ def test_policy_commands_import_the_loader_lazily(tmp_path):
     ["policy", "explain", "--app", "whatsapp", "https://example.com/a", "--header", "User-Agent: WhatsApp/2"],
 ])
 def test_the_policy_commands_import_no_mitmproxy(argv):
-    """They load the actions and classify a request, but hold no flow: mitmproxy stays out."""
-    assert "mitmproxy" not in imported(*argv)
+    """They load the actions and classify a request, but hold no flow: mitmproxy stays out, and the
+    Public Suffix List is read without tldextract's code (requests, urllib3)."""
+    heavy = imported(*argv)
+    assert not heavy & {"mitmproxy", "tldextract", "requests", "asyncio"}, heavy
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["policy", "--help"]])
+def test_help_and_version_load_no_yaml_and_no_sqlite(argv):
+    assert not imported(*argv) & {"yaml", "sqlite3", "asyncio", "mitmproxy"}
