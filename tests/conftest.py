@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from hush.daemon.torlab import ExitDNS, TorLab
 from tests.integration.harness import NAME, ORIGIN_NAMES, Hush, Origin
-from tests.torlab import TorLab
-from tests.torlab.dns import ExitDNS
 
 
 @pytest.fixture(autouse=True)

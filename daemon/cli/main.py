@@ -217,7 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]")
     _common(launch, state=True)
 
-    sub.add_parser("demo", help="see what hush does: the shipped policies, a local site, each app's fetches replayed")
+    demo = sub.add_parser("demo", help="see what hush does: the shipped policies, a local site, each app's "
+                          "fetches replayed")
+    demo.add_argument("--tor", action="store_true", help="also build a private Tor network on 127.0.0.1 "
+                      "(~15 s) and show the tor action at work, offline")
 
     doctor = sub.add_parser("doctor", help="find what is wrong on this machine, and how to fix it")
     _common(doctor, policies=True, state=True)
@@ -813,7 +816,7 @@ def cmd_ca_path(args, config: Config) -> int:
 def cmd_demo(args, config: Config) -> int:
     from hush.daemon.cli import demo
 
-    return demo.run()
+    return demo.run(tor=args.tor)
 
 
 # Each command (a group's with its subcommand) and the function that runs it.

@@ -238,7 +238,7 @@ def wait_for[T](what: Callable[[], T], timeout: float = 30, interval: float = 0.
         time.sleep(interval)
 
 
-# -- the private Tor network (tests/torlab) ---------------------------------------------
+# -- the private Tor network (hush.daemon.torlab) ---------------------------------------------
 
 def tor_config(lab, extra=""):
     lines = "\n".join(f"    - {json.dumps(line)}" for line in lab.client_torrc())

@@ -106,7 +106,7 @@ def test_inside_socks5_and_intercepted_https(hush, origins, tls_origin, ca_file)
 
 
 def test_through_tor(hush, torlab, origin):
-    # the private Tor network's exit fetches it (tests/torlab); hush's own headers to tor stay with tor
+    # the private Tor network's exit fetches it (hush.daemon.torlab); hush's own headers to tor stay with tor
     port = free_port()
     h = hush({"t": policy(port, "  - {match: {host: '*.hushtest'}, action: tor}", default="block")},
              config=tor_config(torlab))

@@ -1,4 +1,4 @@
-"""The tor action on a private Tor network on loopback (tests/torlab).
+"""The tor action on a private Tor network on loopback (hush.daemon.torlab).
 
 The path is proven by the owner of the origin's peer socket: the exit relay's
 tor for flows sent through Tor, hush itself for direct ones.

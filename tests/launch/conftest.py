@@ -8,8 +8,7 @@ import ssl
 import pytest
 import trustme
 
-from tests.torlab import TorLab
-from tests.torlab.dns import ExitDNS
+from hush.daemon.torlab import ExitDNS, TorLab
 
 from .world import TOR_NAME, World, WorldHush
 

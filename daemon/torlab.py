@@ -1,12 +1,14 @@
-"""A private Tor network on loopback, for tests.
+"""A private Tor network on loopback: for the tests, and for ``hush demo --tor``.
 
 Three directory authorities that are also relays (one of them the only exit)
 on 127.0.0.1, TestingTorNetwork, keys made with ``tor-gencert`` for this run.
 A client (hush's own tor) joins it with the torrc lines of :meth:`TorLab.client_torrc`.
 
-The exit resolves names through a tiny DNS server of the test's own
+The exit resolves names through a tiny DNS server of the caller's own
 (:class:`ExitDNS`), so a name only it knows proves the client never resolved
-it locally.
+it locally.  Every tor is owned by the process that started the network
+(``__OwningControllerProcess``): they exit with it.  Needs ``tor`` and
+``tor-gencert`` (Debian's ``tor`` package); keys are made for each run.
 
     lab = TorLab(tmp_dir, dns_port=5353)
     lab.start()            # ~12 s until the first consensus
@@ -25,6 +27,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 TOR = shutil.which("tor") or "/usr/sbin/tor"
 TOR_GENCERT = shutil.which("tor-gencert") or "/usr/bin/tor-gencert"
@@ -195,3 +199,40 @@ class TorLab:
                     node.proc.wait(10)
                 except subprocess.TimeoutExpired:
                     node.proc.kill()
+
+class ExitDNS:
+    """A tiny DNS server for the private network's exit: it knows a few names.
+
+    Tor randomises the letter case of queries (0x20); the question is echoed
+    back as it came."""
+
+    def __init__(self, names: dict[str, str]):
+        self.names = {k.lower().rstrip("."): v for k, v in names.items()}
+        self.queries: list[str] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            try:
+                query = DNSRecord.parse(data)
+            except Exception:
+                continue
+            reply = query.reply()
+            name = str(query.q.qname).lower().rstrip(".")
+            self.queries.append(name)
+            if name in self.names and query.q.qtype == QTYPE.A:
+                reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=A(self.names[name]), ttl=60))
+            elif name not in self.names:
+                reply.header.rcode = RCODE.NXDOMAIN
+            self.sock.sendto(reply.pack(), peer)
+
+    def close(self) -> None:
+        self.sock.close()
