@@ -163,7 +163,7 @@ class TorLab:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for node in self.nodes:
-                if node.proc.poll() is not None:
+                if node.proc is None or node.proc.poll() is not None:
                     raise RuntimeError(f"{node.nick} exited:\n{self.log(node)}")
             try:
                 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -187,6 +187,8 @@ class TorLab:
 
     @property
     def exit_pid(self) -> int:
+        if self.exit.proc is None:
+            raise RuntimeError("the private Tor network is not started")
         return self.exit.proc.pid
 
     def stop(self) -> None:

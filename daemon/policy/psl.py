@@ -42,7 +42,7 @@ def _rules() -> tuple[frozenset[str], frozenset[str]]:
     ``*.ck`` → ``ck``, ``*.ck``; ``!www.ck`` → ``ck``, ``!www.ck``): the nodes
     of the list's tree, each named by its path."""
     rules = frozenset(_RULE.findall(snapshot_path().read_text(encoding="utf-8")))
-    paths = set()
+    paths: set[str] = set()
     for rule in rules:
         labels = rule.split(".")
         paths.update(".".join(labels[i:]) for i in range(len(labels)))
