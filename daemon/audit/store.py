@@ -125,11 +125,23 @@ def create_private(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+MAX_PENDING = 100_000  # queued rows (~0.5 KB each) while SQLite cannot write: beyond them, new ones are dropped
+
+
 class AuditWriter:
+    """Writes audit records to SQLite in a thread of its own, in batches.
+
+    While the disk refuses (full, read-only), records wait in the queue and
+    are retried; the queue is bounded (``max_pending``): past it, new records
+    are dropped and counted (``dropped``, in ``hush status``) rather than let
+    memory grow until the daemon dies — enforcement goes on either way."""
+
     def __init__(self, path: Path, *, batch: int = 2000, retry_after: float = 1.0, keep_days: int = 0,
-                 purge_every: float = 3600.0):
+                 purge_every: float = 3600.0, max_pending: int = MAX_PENDING):
         self.path = Path(path)
         self.batch = batch
+        self.max_pending = max_pending
+        self.dropped = 0
         self.keep_days = keep_days  # 0: keep forever
         self.purge_every = purge_every
         self.purged = 0
@@ -162,6 +174,11 @@ class AuditWriter:
         row = _row(record)
         if self._closed:
             self._write_late(row)
+        elif self._queue.qsize() >= self.max_pending:
+            if not self.dropped:
+                log.error("audit: %d records wait for the disk (%s); dropping new ones until it writes again",
+                          self.max_pending, self.last_error or "writing too slowly")
+            self.dropped += 1
         else:
             self._queue.put(row)
 

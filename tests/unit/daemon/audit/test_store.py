@@ -1,5 +1,6 @@
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -61,6 +62,44 @@ def test_writer_keeps_records_while_the_disk_refuses(tmp_path, monkeypatch):
     writer.close()
     assert sqlite3.connect(tmp_path / "audit.db").execute("SELECT COUNT(*) FROM records").fetchone() == (10,)
     assert writer.failures == 3 and not writer.degraded
+
+
+def test_the_queue_is_bounded_while_the_disk_refuses(tmp_path):
+    """Past max_pending queued rows, new records are dropped and counted, not kept until memory runs out;
+    once the disk writes again, what was queued is written and new records are queued again."""
+    writer = AuditWriter(tmp_path / "audit.db", retry_after=0.01, max_pending=50)
+    real = writer._conn
+    refusing = threading.Event()
+    refusing.set()
+
+    class Full:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __enter__(self):
+            return real.__enter__()
+
+        def __exit__(self, *a):
+            return real.__exit__(*a)
+
+        def executemany(self, *a):
+            if refusing.is_set():
+                raise sqlite3.OperationalError("database or disk is full")
+            return real.executemany(*a)
+
+    writer._conn = Full()
+    writer.submit({"ts": 0, "decision": "block", "ip_exposed": False})  # the batch the writer retries
+    deadline = time.monotonic() + 5
+    while not writer.failures and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i in range(1, 201):
+        writer.submit({"ts": i, "decision": "block", "ip_exposed": False})
+    assert writer.pending == 50 and writer.dropped == 150
+    refusing.clear()
+    writer.close()
+    writer.submit({"ts": 999, "decision": "block", "ip_exposed": False})  # after close: written at once
+    rows = sqlite3.connect(tmp_path / "audit.db").execute("SELECT COUNT(*) FROM records").fetchone()
+    assert rows == (1 + 50 + 1,) and writer.dropped == 150
 
 
 def test_bad_path_fails_at_start(tmp_path):
