@@ -61,6 +61,15 @@ def _egress(decision: Decision, outcome: str | None) -> str:
 
 
 NO_OWNER = "fail-closed: no policy owns this listener"
+_DETAIL = {"hash": 0, "site": 1, "no-query": 2, "full": 3}  # how much of a URL a redaction keeps
+
+
+def _rule(decision: Decision) -> str | None:
+    """Where the deciding rule (or default) is, ``FILE:LINE``; `` (organisation)``
+    after it when the organisation's floor decided (docs/policy.md)."""
+    if decision.rule is None and decision.note is not None:
+        return None
+    return decision.ref + (" (organisation)" if decision.layer == "organisation" else "")
 
 
 def _decision_fields(decision: Decision, outcome: str | None = None, unidentified: str | None = None) -> Record:
@@ -68,7 +77,7 @@ def _decision_fields(decision: Decision, outcome: str | None = None, unidentifie
     (decide only knows that there is none)."""
     return {
         "decision": outcome or decision.action.name,
-        "rule": decision.ref if decision.rule is not None or decision.note is None else None,
+        "rule": _rule(decision),
         "policy_version": decision.policy_version,
         "note": f"fail-closed: {unidentified}" if unidentified and decision.note == NO_OWNER else decision.note,
         "level": decision.level,

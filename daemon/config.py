@@ -6,6 +6,7 @@
     listen_host: 127.0.0.1            # for policies whose `listen` is only a port (loopback only)
     allow_non_loopback_listeners: false  # true: policies may listen on other addresses (other machines can connect!)
     policies: ~/.config/hush/policies
+    organisation_policies: /etc/hush/policies  # the organisation's floor: root's only (docs/policy.md)
     audit:
       redaction: site                 # full | no-query | site
       keep_days: 30                   # delete older records (0: keep forever)
@@ -45,6 +46,7 @@ from hush.daemon.tor import TorConfig
 from hush.daemon.yamlschema import INT, STR, LoadError, LocatedError, Location, Reader
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_ORGANISATION_POLICIES = Path("/etc/hush/policies")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Config:
     file: Path | None = None
     state_dir: Path | None = None
     policies: Path | None = None
+    organisation_policies: Path = DEFAULT_ORGANISATION_POLICIES  # absent: no floor
     redaction: str = DEFAULT_REDACTION
     keep_days: int = 30
     user_agent: str = GENERIC_USER_AGENT
@@ -89,7 +92,8 @@ def parse_config(file: str, text: str) -> Config:
         raise LoadError(reader.errors)
     fields = reader.mapping(
         root, allowed={"state_dir", "policies", "audit", "strip", "upstream_ca", "log_level", "tor", "listen_host",
-                 "timing", "allow_non_loopback_listeners", "limits"},
+                 "timing", "allow_non_loopback_listeners", "limits",
+                 "organisation_policies", "ui"},
         what="the config"
     )
     base = Path(file).parent
@@ -102,7 +106,7 @@ def parse_config(file: str, text: str) -> Config:
         path = Path(text).expanduser()
         return path if path.is_absolute() else base / path
 
-    for key in ("state_dir", "policies", "upstream_ca"):
+    for key in ("state_dir", "policies", "upstream_ca", "organisation_policies"):
         if key in fields:
             values[key] = path_of(key)
     if "audit" in fields:

@@ -47,8 +47,9 @@ from hush.daemon.exitstatus import ExitStatus
 from hush.daemon.launch.server import LaunchServer
 from hush.daemon.loopwatch import LoopWatch
 from hush.daemon.notify import notify
-from hush.daemon.policy import PolicySet, load
+from hush.daemon.policy import PolicySet
 from hush.daemon.policy.holder import PolicyHolder
+from hush.daemon.policy.loader import load_checked
 from hush.daemon.tor import TorManager
 from hush.daemon.yamlschema import LoadError
 
@@ -72,7 +73,7 @@ class Reload:
 def uses_tor(policyset: PolicySet) -> bool:
     return any(
         action.egress == "tor"
-        for policy in policyset.policies.values()
+        for policy in [*policyset.policies.values(), *policyset.organisation.values()]
         for action in [policy.default, *(rule.action for rule in policy.rules)]
     )
 
@@ -277,26 +278,31 @@ class Daemon:
         once it has stopped changing."""
         if not self.policies.is_dir():
             return
-        last = await asyncio.to_thread(policy_signature, self.policies)
+        last = await asyncio.to_thread(self._signature)
         while True:
             await asyncio.sleep(interval)
-            now = await asyncio.to_thread(policy_signature, self.policies)
+            now = await asyncio.to_thread(self._signature)
             if now != last:
                 while True:  # wait until it stops changing
                     await asyncio.sleep(0.5)
-                    settled = await asyncio.to_thread(policy_signature, self.policies)
+                    settled = await asyncio.to_thread(self._signature)
                     if settled == now:
                         break
                     now = settled
                 await self.reload("policy files changed")
-                last = await asyncio.to_thread(policy_signature, self.policies)
+                last = await asyncio.to_thread(self._signature)
+
+    def _signature(self) -> tuple:
+        """Both layers' files: the user's policies and the organisation's floor."""
+        return policy_signature(self.policies), policy_signature(self.config.organisation_policies)
 
     async def reload(self, trigger: str) -> bool:
         """Build a complete new set off the event loop; swap it in, or keep the old."""
         async with self._reloading:
             notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
             try:
-                new = await asyncio.to_thread(load, [self.policies], self.config.parse_context)
+                new = await asyncio.to_thread(load_checked, [self.policies], self.config.organisation_policies,
+                                              self.config.parse_context)  # both layers; every example must pass
             except LoadError as e:
                 log.error("reload (%s) refused, keeping policy set %s; %d error(s):\n%s",
                           trigger, self.policyset.version, len(e.errors), e)
@@ -350,7 +356,9 @@ class Daemon:
             "started": self.started,
             "state_dir": str(self.state_dir),
             "policies": {"dir": str(self.policies), "version": current.version, "loaded_at": current.loaded_at,
-                         "apps": sorted(current.policies)},
+                         "apps": sorted(current.policies),
+                         "organisation": {"dir": str(self.config.organisation_policies),
+                                          "apps": sorted(current.organisation)}},
             "last_reload": dataclasses.asdict(last) if last else None,
             "reloads": len(self.reloads),
             "listeners": [{"app": x.app, "address": x.address, "mode": x.mode, "bound": x.spec in bound}
@@ -400,6 +408,9 @@ async def serve(policyset: PolicySet, config: Config, state_dir: Path, policies:
         print(f"hush: not starting, cannot lock {lock.path}: {(e.strerror or str(e)).lower()}", file=sys.stderr)
         return ExitStatus.ERROR
     log.info("policies from %s (set %s), state in %s", policies, policyset.version, state_dir)
+    if policyset.organisation:
+        log.info("organisation floor from %s: %s", config.organisation_policies,
+                 ", ".join(sorted(policyset.organisation)))
     try:
         try:
             os.chmod(state_dir, 0o700)

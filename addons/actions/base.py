@@ -121,12 +121,14 @@ def register[A: type[Action]](cls: A) -> A:
 
 
 def decision_header(decision: Decision) -> str:
-    """``X-Hush-Decision``: the action and where its rule is, ``block whatsapp.yaml:14``.
+    """``X-Hush-Decision``: the action and where its rule is, ``block whatsapp.yaml:14``
+    (``block organisation/whatsapp.yaml:14`` for a rule of the organisation's floor).
 
     The file is named relative to the policy directory (its ``*.yaml`` files are
     its direct children: the file's name), never by an absolute path: the app
     (and whatever it logs or uploads) would learn the user's home directory."""
-    return f"{decision.action.name} {PurePath(decision.source.file).name}:{decision.source.line}"
+    layer = "organisation/" if decision.layer == "organisation" else ""  # the floor's (docs/policy.md)
+    return f"{decision.action.name} {layer}{PurePath(decision.source.file).name}:{decision.source.line}"
 
 
 def local_response(status: int, text: str, decision: Decision) -> http.Response:

@@ -305,17 +305,23 @@ def setup_logging(level: str, verbose: bool) -> None:
 def cmd_run(args, config: Config) -> int:
     import asyncio
 
-    from hush.daemon.policy import load
+    from hush.daemon.policy.loader import ExamplesFailed, load_checked
     from hush.daemon.run import serve
     from hush.daemon.yamlschema import LoadError
 
     setup_logging(config.log_level, args.verbose)
     policies = paths.policies(args.policies, config.policies)
     state = paths.state_dir(args.state_dir, config.state_dir)
-    try:
-        policyset = load([policies], config.parse_context)
+    try:  # the user's policies and the organisation's floor; a policy's examples are its tests
+        policyset = load_checked([policies], config.organisation_policies, config.parse_context)
+    except ExamplesFailed as e:
+        print(f"hush: not starting, {_n(len(e.errors), 'policy example')} failed (hush policy check shows "
+              f"them too):\n{e}", file=sys.stderr)
+        return ExitStatus.EXAMPLES_FAILED
     except LoadError as e:
-        print(f"hush: not starting, the policies in {policies} have {_n(len(e.errors), 'error')}:\n{e}",
+        floor = f" (and the organisation's in {config.organisation_policies})" \
+            if config.organisation_policies.exists() else ""
+        print(f"hush: not starting, the policies in {policies}{floor} have {_n(len(e.errors), 'error')}:\n{e}",
               file=sys.stderr)
         return ExitStatus.POLICY_INVALID
     return asyncio.run(serve(policyset, config, state, policies))  # it logs where from, once it holds the lock
@@ -474,9 +480,11 @@ def _headers(raw: list[str]) -> dict[str, str]:
 
 def cmd_explain(args, config: Config) -> int:
     from hush.addons.classify import kind_of
-    from hush.daemon.policy import RequestInfo, load
+    from hush.daemon.policy import RequestInfo
+    from hush.daemon.policy.loader import load_layers
 
-    policyset = load([paths.policies(args.policies, config.policies)], config.parse_context)
+    policyset = load_layers([paths.policies(args.policies, config.policies)], config.organisation_policies,
+                            config.parse_context)
     if args.app not in policyset.policies:
         raise NotFound(f"no policy for app {args.app!r} (apps: {', '.join(sorted(policyset.policies))})")
     headers = _headers(args.header)
@@ -489,6 +497,7 @@ def cmd_explain(args, config: Config) -> int:
                                kind_of(lower.get("user-agent"), lower.get("accept"), probe.path))
     decision = policyset.decide(args.app, req)
     connect = policyset.decide_connect(args.app, req.host, req.port)
+    layers = {layer: policyset.decide_layer(args.app, layer, req) for layer in ("user", "organisation")}
     result = {
         "app": args.app,
         "url": args.url,
@@ -501,11 +510,21 @@ def cmd_explain(args, config: Config) -> int:
         "connection_level": connect is not None,
         "tls_intercepted": req.scheme == "https" and connect is None,
         "policy_version": policyset.version,
+        "layer": decision.layer,  # which layer decided: user, organisation (None: hush refused it)
+        "layers": {layer: None if d is None else {"decision": d.action.name, "action": d.action.describe(),
+                                                 "rule": d.rule.index if d.rule else None, "source": d.ref,
+                                                 "by": d.describe()}
+                   for layer, d in layers.items()},
     }
     if _fmt(args) == "json":
         _print_json(result)
         return ExitStatus.OK
     print(f"{decision.action.describe()}   by {decision.describe()}")
+    if layers["organisation"] is not None:  # both layers, and which decided
+        for layer, d in layers.items():
+            mark = "   ← applies" if layer == decision.layer else ""
+            print(f"  {layer + ':':<13} " + ("no policy for this app" if d is None else
+                                             f"{d.action.describe()}   by {d.describe()}{mark}"))
     if req.scheme == "https":
         if connect is not None:
             print(f"decided at CONNECT time ({connect.action.name}, {connect.describe()}): TLS is not intercepted")

@@ -14,7 +14,9 @@ import dataclasses
 import functools
 import hashlib
 import ipaddress
+import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,12 +26,22 @@ import yaml
 
 from hush.addons.actions import REGISTRY, Action, ParseContext
 from hush.daemon.policy.glob import Glob
+from hush.daemon.policy.expiry import live, parse_expires
 from hush.daemon.policy.hosts import HostIndex, check_name, is_ip, parse_host_pattern, parse_network, site_of
-from hush.daemon.policy.model import Example, Listener, ListenMode, Match, Policy, PolicySet, RequestInfo, Rule
+from hush.daemon.policy.model import (
+    Example,
+    Listener,
+    ListenMode,
+    Match,
+    Policy,
+    PolicySet,
+    RequestInfo,
+    Rule,
+)
 from hush.daemon.yamlschema import INT, Field, LoadError, LocatedError, Location, Reader
 
 POLICY_KEYS = {"app", "description", "listen", "identify", "default", "rules", "examples"}
-RULE_KEYS = {"name", "match", "action", "max_bytes"}
+RULE_KEYS = {"name", "match", "action", "max_bytes", "expires"}
 _SIZE = re.compile(r"^(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?$")
 _UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3}
 MAX_LIST_ERRORS = 20
@@ -127,19 +139,168 @@ def build(
     return PolicySet(policies, digest.hexdigest()[:12], time.time())
 
 
+class ExamplesFailed(LoadError):
+    """Policies that load but whose own ``examples:`` fail (exit 5, not 3)."""
+
+
 def check_examples(policyset: PolicySet) -> list[LocatedError]:
-    """Every example whose expected action differs from the decision."""
+    """Every example whose expected action differs from the decision.  A
+    policy's examples are checked against its own layer: the user's against
+    the user's policies, the organisation's against the organisation's (what
+    the floor then changes is not the user's to fix)."""
     failures = []
-    for policy in policyset.policies.values():
-        for example in policy.examples:
-            decision = policyset.decide(policy.app, example.request)
-            if decision.action.name != example.expect:
-                failures.append(LocatedError(
-                    example.location,
-                    f"example expects {example.expect} but {decision.describe()} decides "
-                    f"{decision.action.name}",
-                ))
+    for app in policyset.policies:
+        for layer, policy in policyset.layers(app):
+            for example in policy.examples:
+                decision = policyset.decide_layer(app, layer, example.request)
+                assert decision is not None  # the layer has this policy
+                if decision.action.name != example.expect:
+                    failures.append(LocatedError(
+                        example.location,
+                        f"example expects {example.expect} but {decision.describe()} decides "
+                        f"{decision.action.name}",
+                    ))
     return failures
+
+
+def load_checked(paths: Iterable[Path | str], organisation: Path | str | None = None,
+                 ctx: ParseContext = _DEFAULTS) -> PolicySet:
+    """What ``hush run`` and a reload take: both layers (:func:`load_layers`),
+    every policy's examples passing.
+
+    :raises LoadError: a policy is invalid (or an organisation file is not root's);
+    :raises ExamplesFailed: with every failing example."""
+    policyset = load_layers(paths, organisation, ctx)
+    failures = check_examples(policyset)
+    if failures:
+        raise ExamplesFailed(failures)
+    return policyset
+
+
+# -- the organisation's floor ------------------------------------------------------
+
+
+def load_layers(paths: Iterable[Path | str], organisation: Path | str | None = None,
+                ctx: ParseContext = _DEFAULTS) -> PolicySet:
+    """The user's policies (``paths``) and the organisation's floor (the
+    ``*.yaml`` files of the directory ``organisation``; none if it does not
+    exist), as one set: :meth:`PolicySet.decide` applies the stricter of the
+    two layers (:func:`hush.daemon.policy.model.floor`).
+
+    :raises LoadError: with every error of both layers."""
+    errors: list[LocatedError] = []
+    user = floor_set = None
+    try:
+        user = load(paths, ctx)
+    except LoadError as e:
+        errors.extend(e.errors)
+    try:
+        floor_set = load_organisation(organisation, ctx) if organisation is not None else None
+    except LoadError as e:
+        errors.extend(e.errors)
+    if errors or user is None:
+        raise LoadError(errors)
+    return combine(user, floor_set)
+
+
+def root_only(path: Path, *, strict: bool = True) -> str | None:
+    """Why someone other than root could change ``path`` (None: only root can):
+    it is owned by another user, or group- or world-writable.  ``strict=False``
+    (a directory above the floor's) allows a sticky world-writable directory
+    such as /tmp, where no one can replace what root put there."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"cannot be checked: {(e.strerror or str(e)).lower()}"
+    if st.st_uid != 0:
+        return f"is owned by uid {st.st_uid}, not root"
+    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable and not (not strict and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+        who = {stat.S_IWGRP: "group", stat.S_IWOTH: "world", stat.S_IWGRP | stat.S_IWOTH: "group and world"}[writable]
+        return f"is {who}-writable (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _unsafe(path: Path) -> LocatedError | None:
+    """The error for an organisation file or directory someone but root could change:
+    it (a symbolic link: its target), or a directory above either."""
+    real = Path(os.path.realpath(path))
+    checks = {path: "it"} if real == path.absolute() else {real: f"its target {real}"}
+    for parent in [*real.parents, *path.absolute().parents]:
+        checks.setdefault(parent, f"{parent}, a directory above it,")
+    for where, what in checks.items():
+        why = root_only(where, strict=where in (path, real))
+        if why:
+            return LocatedError(Location(str(path), 1, 1),
+                                f"refused: organisation policies must be writable only by root, but {what} {why}")
+    return None
+
+
+def load_organisation(directory: Path | str, ctx: ParseContext = _DEFAULTS) -> PolicySet | None:
+    """The organisation's floor: the ``*.yaml`` files of ``directory``, or None
+    if it does not exist or has none.  The directory, every file and every
+    ``hosts_from`` list must be root's and writable by no one else, and so
+    must the directories above them: a floor the user can edit is none.
+
+    :raises LoadError: with every error, a file that is not root's among them."""
+    directory = Path(directory)
+    if not directory.exists():
+        return None
+    problem = _unsafe(directory)
+    if problem is not None:
+        raise LoadError([problem])
+    if not directory.is_dir():
+        raise LoadError([LocatedError(Location(str(directory), 1, 1),
+                                      "organisation_policies must name a directory of *.yaml files")])
+    files = policy_files([directory])
+    if not files:
+        return None
+    errors = [e for e in (_unsafe(f) for f in files) if e is not None]
+    if errors:
+        raise LoadError(errors)
+    sources = []
+    for path in files:
+        try:
+            sources.append((str(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as e:
+            errors.append(LocatedError(Location(str(path), 1, 1), f"cannot read: {e}"))
+    if errors:
+        raise LoadError(errors)
+    return build(sources, ctx, read=_read_root_only)
+
+
+def _read_root_only(path: str) -> str:
+    """A ``hosts_from`` list of an organisation policy: root's, or refused."""
+    problem = _unsafe(Path(path))
+    if problem is not None:
+        raise PermissionError(problem.message)
+    return _read(path)
+
+
+def combine(user: PolicySet, organisation: PolicySet | None) -> PolicySet:
+    """One set of both layers.  An app only the organisation has a policy for
+    is decided by that policy alone, on its listeners (an error if one is the
+    user's); an app in both keeps the user's listeners and identification.
+
+    :raises LoadError: for a listener both layers claim."""
+    if organisation is None or not organisation.policies:
+        return user
+    policies = dict(user.policies)
+    used = {(listener.host, listener.port): listener for listener in user.listeners}
+    errors = []
+    for app, policy in organisation.policies.items():
+        if app in policies:
+            continue
+        for listener in policy.listeners:
+            clash = used.get((listener.host, listener.port))
+            if clash is not None:
+                errors.append(LocatedError(listener.location, f"listener {listener.address} of the organisation's "
+                                           f"app '{app}' is already used by app '{clash.app}' ({clash.location})"))
+        policies[app] = policy
+    if errors:
+        raise LoadError(errors)
+    version = hashlib.sha256(f"{user.version}\0{organisation.version}".encode()).hexdigest()[:12]
+    return PolicySet(policies, version, time.time(), organisation=organisation.policies)
 
 
 # -- one file -----------------------------------------------------------------
@@ -182,6 +343,7 @@ def _policy(reader: Reader, text: str, ctx: ParseContext) -> Policy | None:
     processes = _identify(reader, fields["identify"].value) if "identify" in fields else frozenset()
     if reader.errors:
         return None
+    rules = [rule for rule in rules if live(rule, time.time())]  # an expired rule is dropped at load
     return Policy(
         app=app,
         file=reader.file,
@@ -352,9 +514,10 @@ def _rule(reader: Reader, node: yaml.Node, index: int, ctx: ParseContext) -> Rul
         reader.error(fields["action"].value,
                      "passthrough can only use host-level matchers (host, site, net, port): "
                      "path, method, scheme, header and kind need TLS interception")
+    expires = parse_expires(reader, fields["expires"].value) if "expires" in fields else None
     if len(reader.errors) > before or match is None or action is None:
         return None
-    return Rule(index, name, match, action, reader.loc(node), max_bytes)
+    return Rule(index, name, match, action, reader.loc(node), max_bytes, expires)
 
 
 def _size(reader: Reader, node: yaml.Node) -> int | None:

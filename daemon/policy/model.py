@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from hush.addons.actions.base import Action
 
 Level = Literal["connect", "request"]
+Layer = Literal["user", "organisation"]  # which policy files a decision came from (docs/policy.md)
 ListenMode = Literal["http", "socks5"]
 DEFAULT_PORTS = {"http": 80, "https": 443}
 REFUSED = Location("<hush>", 0, 0)  # the source of decisions no rule made: what no policy may allow
@@ -172,6 +173,7 @@ class Rule:
     action: Action
     location: Location
     max_bytes: int | None = None  # cut responses longer than this
+    expires: float | None = None  # epoch seconds; dropped then (``expires:``, daemon/policy/expiry.py)
 
     @property
     def needs_http(self) -> bool:
@@ -224,6 +226,12 @@ class Decision:
     # target: a Host header or a request target naming another host that the
     # policy treats more strictly (the audit records the request under it)
     host: str | None = None
+    # which layer's rule or default decided: the user's policies, or the
+    # organisation's floor (None: hush itself, with no rule: refused, failing closed)
+    layer: Layer | None = None
+    # the other layer's decision when both have a policy for the app (``hush
+    # policy explain`` shows it; ``floor`` chose between the two)
+    other: Decision | None = None
 
     @property
     def ref(self) -> str:
@@ -243,6 +251,40 @@ def stricter(first: Decision, second: Decision) -> Decision:
     """The decision that lets less reach the site (block, then tor, then a
     direct action); ``first`` when they tie."""
     return second if _STRICTNESS[second.action.egress] < _STRICTNESS[first.action.egress] else first
+
+
+def _features(action: Action) -> frozenset[str]:
+    """What an action does to a request beyond where it sends it: holding it
+    (``delay``, ``debounce``), the headers it strips, how finely tor isolates
+    circuits.  One decision treats a request at least as strictly as another
+    of the same egress when its features include the other's."""
+    then = getattr(action, "then", None)  # a holding action: what it does once released
+    base = then if then is not None else action
+    out = {f"hold:{action.name}"} if then is not None else set()
+    if base.name == "strip":
+        out.update(f"strip:{name}" for name in getattr(base, "headers", ()))
+    elif base.name == "tor":
+        isolation = getattr(base, "isolation", "app")
+        out.update({"site": {"isolate:site"}, "flow": {"isolate:site", "isolate:flow"}}.get(isolation, set()))
+    return frozenset(out)
+
+
+def floor(user: Decision, organisation: Decision) -> Decision:
+    """The decision that applies when both layers decided: the user's if it is
+    at least as strict as the organisation's, otherwise the organisation's
+    (the floor), so a user policy never weakens an organisation rule.
+
+    Stricter is first by what reaches the site (block, then tor, then direct,
+    as :func:`stricter` orders them); between two decisions that send the
+    same way, the user's is at least as strict when it does everything the
+    organisation's does (holds it too, strips at least the same headers,
+    isolates circuits at least as finely).  Two that each do something the
+    other does not go to the organisation.  The applied decision names the
+    other in ``other``."""
+    u, o = _STRICTNESS[user.action.egress], _STRICTNESS[organisation.action.egress]
+    if u < o or (u == o and _features(user.action) >= _features(organisation.action)):
+        return dataclasses.replace(user, other=organisation)
+    return dataclasses.replace(organisation, other=user)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,14 +309,24 @@ class Policy:
 
 @dataclasses.dataclass(frozen=True)
 class PolicySet:
+    """Every app's policy, and the organisation's floor.
+
+    ``policies`` holds each app's policy as its listeners, identification and
+    examples come from: the user's, or for an app only the organisation has a
+    policy for, the organisation's.  ``organisation`` holds the floor's
+    policies (:func:`hush.daemon.policy.loader.load_layers`); where an app has
+    one, every decision is the :func:`floor` of the two layers'."""
+
     policies: Mapping[str, Policy]
     version: str
     loaded_at: float
+    organisation: Mapping[str, Policy] = dataclasses.field(default_factory=dict)
     # each mitmproxy mode spec's listeners, one per app sharing it; set by __post_init__
     _by_spec: Mapping[str, tuple[Listener, ...]] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "policies", types.MappingProxyType(dict(self.policies)))
+        object.__setattr__(self, "organisation", types.MappingProxyType(dict(self.organisation)))
         by_spec: dict[str, list[Listener]] = {}
         for policy in self.policies.values():
             for listener in policy.listeners:
@@ -306,10 +358,27 @@ class PolicySet:
                 return listener.app
         return None
 
-    def _decision(self, policy: Policy, rule: Rule | None, level: Level) -> Decision:
+    def layers(self, app: str) -> list[tuple[Layer, Policy]]:
+        """``app``'s policy in each layer that has one: the user's first.
+
+        :raises KeyError: for an app without a policy in either."""
+        policy = self.policies[app]
+        floor_policy = self.organisation.get(app)
+        if floor_policy is None:
+            return [("user", policy)]
+        if policy is floor_policy:
+            return [("organisation", policy)]
+        return [("user", policy), ("organisation", floor_policy)]
+
+    def layer(self, app: str, layer: Layer) -> Policy | None:
+        """``app``'s policy in ``layer``, or None."""
+        return dict(self.layers(app)).get(layer) if app in self.policies else None
+
+    def _decision(self, policy: Policy, rule: Rule | None, level: Level, layer: Layer) -> Decision:
         if rule is None:
-            return Decision(policy.app, policy.default, None, policy.default_location, level, self.version)
-        return Decision(policy.app, rule.action, rule, rule.location, level, self.version)
+            return Decision(policy.app, policy.default, None, policy.default_location, level, self.version,
+                            layer=layer)
+        return Decision(policy.app, rule.action, rule, rule.location, level, self.version, layer=layer)
 
     def refused(self, app: str, why: str, level: Level) -> Decision:
         """What no rule decides: a destination or a request hush cannot read
@@ -319,7 +388,9 @@ class PolicySet:
         return Decision(app, Block(400), None, REFUSED, level, self.version, note=f"refused: {why}")
 
     def decide(self, app: str, req: RequestInfo) -> Decision:
-        """The first rule of ``app`` that matches ``req``, else the default.
+        """The first rule of ``app`` that matches ``req``, else the default;
+        where the organisation has a policy for ``app`` too, the :func:`floor`
+        of its decision and the user's.
 
         The connection goes to ``req.host``; but a server picks the site it
         serves by the request target's authority (``req.authority``) and else
@@ -332,11 +403,28 @@ class PolicySet:
 
         :raises KeyError: for an app without a policy.
         """
+        why = refusal(normalize(req.host))
+        if why:
+            return self.refused(app, why, "request")
+        decisions = [self._decide_in(policy, layer, req) for layer, policy in self.layers(app)]
+        for decision in decisions:
+            if decision.layer is None:
+                return decision  # refused: the request cannot be read as the server will
+        return decisions[0] if len(decisions) == 1 else floor(*decisions)
+
+    def decide_layer(self, app: str, layer: Layer, req: RequestInfo) -> Decision | None:
+        """How ``layer`` alone decides ``req`` (None: it has no policy for
+        ``app``): a policy's examples are checked against its own layer."""
+        policy = self.layer(app, layer)
+        return None if policy is None else self._decide_in(policy, layer, req)
+
+    def _decide_in(self, policy: Policy, layer: Layer, req: RequestInfo) -> Decision:
+        app = policy.app
         host = normalize(req.host)
         why = refusal(host)
         if why:
             return self.refused(app, why, "request")
-        decision = self._first_match(app, req)
+        decision = self._first_match(policy, layer, req)
         named: set[str] = {host}
         for what, value in (("request target", req.authority), ("Host header", req.headers.get("host"))):
             if not value or value.isspace():
@@ -347,38 +435,50 @@ class PolicySet:
                 return self.refused(app, f"the {what} {value!r} is not one valid authority: {e}", "request")
             if name not in named:
                 named.add(name)
-                other = self._first_match(app, dataclasses.replace(req, host=name))
+                other = self._first_match(policy, layer, dataclasses.replace(req, host=name))
                 if stricter(decision, other) is other:
                     decision = dataclasses.replace(other, host=name)
         return decision
 
-    def _first_match(self, app: str, req: RequestInfo) -> Decision:
-        policy = self.policies[app]
+    def _first_match(self, policy: Policy, layer: Layer, req: RequestInfo) -> Decision:
         host = normalize(req.host)
         site = site_of(host)
         for rule in policy._candidates(host, site, req.port):
             if rule.match.request_ok(req):
-                return self._decision(policy, rule, "request")
-        return self._decision(policy, None, "request")
+                return self._decision(policy, rule, "request", layer)
+        return self._decision(policy, None, "request", layer)
 
     def decide_connect(self, app: str, host: str, port: int) -> Decision | None:
         """The decision for a connection to ``host:port`` when it can be made
         without seeing the HTTP request, or None when the request must be
         inspected (a rule that may match looks at the request, or the action
-        needs HTTP, as ``strip`` does).
+        needs HTTP, as ``strip`` does).  With two layers: the :func:`floor` of
+        both when both decide at connection level; a block by either when the
+        other needs the request (nothing the request says can make it less
+        strict); else None.
 
         :raises KeyError: for an app without a policy.
         """
-        policy = self.policies[app]
         host = normalize(host)
+        layers = self.layers(app)
         why = refusal(host)
         if why:
             return self.refused(app, why, "connect")
+        decisions = [self._connect_in(policy, layer, host, port) for layer, policy in layers]
+        if len(decisions) == 1:
+            return decisions[0]
+        user, organisation = decisions
+        if user is not None and organisation is not None:
+            return floor(user, organisation)
+        decided = user or organisation
+        return decided if decided is not None and decided.action.egress == "none" else None
+
+    def _connect_in(self, policy: Policy, layer: Layer, host: str, port: int) -> Decision | None:
         site = site_of(host)
         for rule in policy._candidates(host, site, port):
             if rule.match.request_level:
                 return None
-            return None if rule.needs_http else self._decision(policy, rule, "connect")
+            return None if rule.needs_http else self._decision(policy, rule, "connect", layer)
         if policy.default.needs_http:
             return None
-        return self._decision(policy, None, "connect")
+        return self._decision(policy, None, "connect", layer)

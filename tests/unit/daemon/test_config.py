@@ -27,7 +27,7 @@ def test_full_config_resolves_relative_paths():
     ("audit: {keep: 3}\n", "c.yaml:1:9: unknown key 'keep' (expected one of: keep_days, redaction)"),
     ("listen: 1\n",
      "c.yaml:1:1: unknown key 'listen' (expected one of: allow_non_loopback_listeners, audit, limits, listen_host, "
-     "log_level, policies, state_dir, strip, timing, tor, upstream_ca)"),
+     "log_level, organisation_policies, policies, state_dir, strip, timing, tor, ui, upstream_ca)"),
     ("limits: {max_headers: 0}\n", "c.yaml:1:23: limits max_headers must be between 1 and 10000, not 0"),
     ("limits: {max_headers: many}\n", "c.yaml:1:23: limits max_headers must be a whole number, not 'many'"),
     ("limits: {max_header_bytes: 100}\n",
@@ -54,6 +54,12 @@ def test_unreadable(tmp_path):
     with pytest.raises(LoadError) as e:
         load_config(tmp_path / "missing.yaml")
     assert str(e.value).startswith(f"{tmp_path / 'missing.yaml'}:1:1: cannot read:")
+
+
+def test_organisation_policies_default_and_relative_path():
+    assert Config().organisation_policies == Path("/etc/hush/policies")
+    c = parse_config("/home/a/.config/hush/config.yaml", "organisation_policies: floor\n")
+    assert c.organisation_policies == Path("/home/a/.config/hush/floor")
 
 
 def test_listen_host_is_the_default_for_port_only_listeners():

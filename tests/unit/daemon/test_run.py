@@ -31,7 +31,7 @@ def test_a_reload_that_crashes_the_loader_keeps_the_running_set(tmp_path, monkey
     async def scenario():
         good = policy("  - {action: block}\n")
         daemon = run.Daemon(good, Config(), tmp_path, tmp_path)
-        monkeypatch.setattr(run, "load", broken)
+        monkeypatch.setattr(run, "load_checked", broken)
         ok = await daemon.reload("test")
         return ok, daemon.holder.current is good, daemon.reloads[-1]
 

@@ -1,4 +1,5 @@
 import json
+import os
 import textwrap
 
 import pytest
@@ -363,3 +364,30 @@ def test_audit_summary_of_a_row_without_a_site(tmp_path, capsys):
         "  IP reached the site 0 times; prevented: ip 1",
         "  top sites: - (1)",
     ]
+
+
+def test_explain_shows_both_layers_and_which_decided(policies, tmp_path, capsys):
+    floor = tmp_path / "floor"
+    floor.mkdir(mode=0o755)
+    os.chmod(floor, 0o755)
+    (floor / "x.yaml").write_text("app: x\ndefault: allow\nrules:\n  - {match: {host: a.org}, action: block}\n")
+    os.chmod(floor / "x.yaml", 0o644)
+    (tmp_path / "config.yaml").write_text(f"organisation_policies: {floor}\n")
+    argv = ["policy", "explain", "--policies", str(policies), "--config", str(tmp_path / "config.yaml"),
+            "--app", "x", "https://a.org/p"]
+    assert main([*argv, "--table"]) == ExitStatus.OK
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
+        f"block (answer 403)   by rule 1 ({floor}/x.yaml:4)",
+        f"  user:         allow   by default ({policies}/x.yaml:3)",
+        f"  organisation: block (answer 403)   by rule 1 ({floor}/x.yaml:4)   ← applies",
+    ]
+    assert main([*argv, "--json"]) == ExitStatus.OK
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] == "block" and result["layer"] == "organisation"
+    assert result["layers"]["user"]["decision"] == "allow" and result["layers"]["user"]["rule"] is None
+    assert result["layers"]["organisation"] == {"decision": "block", "action": "block (answer 403)", "rule": 1,
+                                                "source": f"{floor}/x.yaml:4", "by": f"rule 1 ({floor}/x.yaml:4)"}
+    os.chmod(floor / "x.yaml", 0o664)  # a floor others can write is refused, here as in the daemon
+    assert main([*argv, "--json"]) == ExitStatus.POLICY_INVALID
+    assert "refused: organisation policies must be writable only by root" in capsys.readouterr().err

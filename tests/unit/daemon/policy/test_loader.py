@@ -1,4 +1,6 @@
+import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -321,3 +323,162 @@ def test_shared_listener_needs_identify_on_both_and_distinct_processes():
 def test_a_policy_needs_no_listener_to_be_launchable():
     ps = build([("p.yaml", "app: x\ndefault: block\n")])
     assert "x" in ps.policies and ps.policies["x"].listeners == () and ps.specs == []
+
+
+# -- the organisation's floor: loading, and who may write it ------------------------------
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="organisation files must be root's: run as root (CI does)")
+USER = "app: a\nlisten: 8101\ndefault: allow\nexamples:\n  - {url: 'https://x.org/', expect: allow}\n"
+FLOOR = "app: a\ndefault: allow\nrules:\n  - {match: {host: x.org}, action: block}\n" \
+        "examples:\n  - {url: 'https://x.org/', expect: block}\n"
+
+
+@pytest.fixture
+def layers(tmp_path):
+    user, org = tmp_path / "user", tmp_path / "org"
+    user.mkdir()
+    org.mkdir(mode=0o755)
+    os.chmod(org, 0o755)
+    (user / "a.yaml").write_text(USER)
+    (org / "a.yaml").write_text(FLOOR)
+    os.chmod(org / "a.yaml", 0o644)
+    return user, org
+
+
+@ROOT_ONLY
+def test_load_layers_puts_the_floor_under_the_user(layers):
+    from hush.daemon.policy.loader import load_checked, load_layers
+
+    user, org = layers
+    ps = load_layers([user], org)
+    d = ps.decide("a", RequestInfo.from_url("https://x.org/"))
+    assert (d.action.name, d.layer, d.ref) == ("block", "organisation", f"{org}/a.yaml:4")
+    assert check_examples(ps) == []  # each policy's examples against its own layer
+    assert load_checked([user], org).version == ps.version
+    assert load_layers([user], org / "absent").version == load([user]).version  # no directory: no floor
+    (org / "a.yaml").unlink()
+    assert load_layers([user], org).organisation == {}  # no files: no floor
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("mode, why", [(0o664, "group-writable (mode 0664)"), (0o646, "world-writable (mode 0646)"),
+                                        (0o666, "group and world-writable (mode 0666)")])
+def test_an_organisation_file_others_can_write_is_refused(layers, mode, why):
+    from hush.daemon.policy.loader import load_layers
+
+    user, org = layers
+    os.chmod(org / "a.yaml", mode)
+    with pytest.raises(LoadError) as e:
+        load_layers([user], org)
+    assert [str(x) for x in e.value.errors] == [
+        f"{org}/a.yaml:1:1: refused: organisation policies must be writable only by root, but it is {why}"]
+
+
+@ROOT_ONLY
+def test_an_organisation_file_or_directory_owned_by_a_user_is_refused(layers):
+    from hush.daemon.policy.loader import load_layers
+
+    user, org = layers
+    os.chown(org / "a.yaml", 1001, -1)
+    with pytest.raises(LoadError) as e:
+        load_layers([user], org)
+    assert str(e.value) == (f"{org}/a.yaml:1:1: refused: organisation policies must be writable only by root, "
+                            "but it is owned by uid 1001, not root")
+    os.chown(org / "a.yaml", 0, -1)
+    os.chmod(org, 0o775)  # the directory: anyone in its group could add a file
+    with pytest.raises(LoadError) as e:
+        load_layers([user], org)
+    assert str(e.value) == (f"{org}:1:1: refused: organisation policies must be writable only by root, "
+                            "but it is group-writable (mode 0775)")
+    os.chmod(org, 0o755)
+    os.chown(org.parent, 1001, -1)  # a directory above it: its owner could rename the floor away
+    try:
+        with pytest.raises(LoadError) as e:
+            load_layers([user], org)
+        assert str(e.value) == (f"{org}:1:1: refused: organisation policies must be writable only by root, "
+                                f"but {org.parent}, a directory above it, is owned by uid 1001, not root")
+    finally:
+        os.chown(org.parent, 0, -1)
+
+
+@ROOT_ONLY
+def test_an_organisation_symlink_to_a_file_a_user_owns_is_refused(layers, tmp_path):
+    from hush.daemon.policy.loader import load_layers
+
+    user, org = layers
+    target = tmp_path / "theirs.yaml"
+    target.write_text(FLOOR)
+    os.chown(target, 1001, -1)
+    (org / "a.yaml").unlink()
+    (org / "a.yaml").symlink_to(target)
+    with pytest.raises(LoadError) as e:
+        load_layers([user], org)
+    assert str(e.value).endswith(f"but its target {target} is owned by uid 1001, not root")
+
+
+@ROOT_ONLY
+def test_an_organisation_hosts_from_list_must_be_roots_too(layers):
+    from hush.daemon.policy.loader import load_layers
+
+    user, org = layers
+    (org / "a.yaml").write_text("app: a\ndefault: allow\nrules:\n  - {match: {hosts_from: bad.txt}, action: block}\n")
+    (org / "bad.txt").write_text("x.org\n")
+    os.chmod(org / "bad.txt", 0o666)
+    with pytest.raises(LoadError) as e:
+        load_layers([user], org)
+    assert "cannot read hosts_from 'bad.txt'" in str(e.value) and "world-writable" in str(e.value)
+    os.chmod(org / "bad.txt", 0o644)
+    assert load_layers([user], org).decide("a", RequestInfo.from_url("https://x.org/")).action.name == "block"
+
+
+@ROOT_ONLY
+def test_errors_of_both_layers_come_together(layers):
+    from hush.daemon.policy.loader import load_layers
+
+    user, org = layers
+    (user / "a.yaml").write_text("app: a\ndefault: drop\n")
+    os.chmod(org / "a.yaml", 0o666)
+    with pytest.raises(LoadError) as e:
+        load_layers([user], org)
+    assert [x.location.file for x in e.value.errors] == sorted([str(org / "a.yaml"), str(user / "a.yaml")])
+
+
+@ROOT_ONLY
+def test_failing_examples_of_either_layer_refuse_the_set(layers):
+    from hush.daemon.policy.loader import ExamplesFailed, load_checked
+
+    user, org = layers
+    (org / "a.yaml").write_text(FLOOR.replace("expect: block", "expect: tor"))
+    with pytest.raises(ExamplesFailed) as e:
+        load_checked([user], org)
+    assert [str(x) for x in e.value.errors] == [
+        f"{org}/a.yaml:6:5: example expects tor but rule 1 ({org}/a.yaml:4) decides block"]
+    (org / "a.yaml").write_text(FLOOR)
+    (user / "a.yaml").write_text(USER.replace("expect: allow", "expect: block"))
+    with pytest.raises(ExamplesFailed) as e:
+        load_checked([user], org)
+    assert [str(x) for x in e.value.errors] == [
+        f"{user}/a.yaml:5:5: example expects block but default ({user}/a.yaml:3) decides allow"]
+
+
+def test_an_organisation_listener_the_user_uses_is_an_error():
+    from hush.daemon.policy.loader import combine
+
+    user = build([("u/a.yaml", "app: a\nlisten: 8101\ndefault: allow\n")])
+    org = build([("o/b.yaml", "app: b\nlisten: 8101\ndefault: block\n"),
+                 ("o/a.yaml", "app: a\nlisten: 8109\ndefault: block\n")])
+    with pytest.raises(LoadError) as e:
+        combine(user, org)
+    assert [str(x) for x in e.value.errors] == [
+        "o/b.yaml:2:9: listener 127.0.0.1:8101 of the organisation's app 'b' is already used by app 'a' (u/a.yaml:2:9)"]
+    # an app in both layers listens where the user's policy says (the floor's 'listen' is not used)
+    ps = combine(user, build([("o/a.yaml", "app: a\nlisten: 8109\ndefault: block\n")]))
+    assert ps.specs == ["regular@127.0.0.1:8101"]
+
+
+def test_root_only_allows_a_sticky_directory_above_the_floor(tmp_path):
+    from hush.daemon.policy.loader import root_only
+
+    assert root_only(Path("/tmp"), strict=False) is None  # 1777: no one can replace root's entries
+    assert root_only(Path("/tmp")) == "is group and world-writable (mode 1777)"
+    assert root_only(tmp_path / "absent").startswith("cannot be checked: no such file")

@@ -228,3 +228,118 @@ def test_the_request_target_authority_is_decided_too():
     tor = LOOPBACK.decide("x", dataclasses.replace(inside, authority="slow.test", headers={"host": "blocked.test"}))
     assert (tor.action.name, tor.host) == ("block", "blocked.test")
     assert LOOPBACK.decide("x", dataclasses.replace(inside, authority="slow.test")).host == "slow.test"
+
+
+# -- the organisation's floor: two layers, the stricter applies ---------------------------
+
+def two_layers(user_rules: str, org_rules: str, user_default="allow", org_default="allow"):
+    from hush.daemon.policy.loader import combine
+
+    user = build([("u/a.yaml", f"app: a\nlisten: 8101\ndefault: {user_default}\nrules:\n{user_rules}")])
+    org = build([("o/a.yaml", f"app: a\ndefault: {org_default}\nrules:\n{org_rules}")])
+    return combine(user, org)
+
+
+ON_X = "  - {{match: {{host: x.org}}, action: {}}}\n"  # one rule on one line: the action and its parameters
+
+
+@pytest.mark.parametrize("user, org, applied, layer", [
+    ("allow", "block", "block", "organisation"),  # the first case
+    ("tor", "allow", "tor", "user"),  # and its second: the user's stricter choice stands
+    ("block", "tor", "block", "user"),
+    ("allow", "tor", "tor", "organisation"),
+    ("tor", "block", "block", "organisation"),
+    ("allow", "allow", "allow", "user"),  # a tie: the user's decision is as strict, and applies
+    ("passthrough", "allow", "passthrough", "user"),  # the same egress, nothing more: a tie
+    ("strip", "allow", "strip", "user"),  # does what allow does, and strips
+    ("allow", "strip", "strip", "organisation"),
+    ("debounce", "allow", "debounce", "user"),
+    ("allow", "debounce", "debounce", "organisation"),
+    # the same egress, each doing something the other does not: the floor's
+    ("debounce", "strip", "strip", "organisation"),
+    ("strip", "debounce", "debounce", "organisation"),
+    ("debounce, then: strip", "strip", "debounce", "user"),  # holds and strips: more than strip
+    ("debounce, then: strip", "debounce", "debounce", "user"),
+    ("delay, delay: 1s", "debounce", "debounce", "organisation"),  # different holds
+    # egress first (block, then tor, then direct), whatever else the other does
+    ("tor", "strip", "tor", "user"),
+    ("debounce, then: tor", "strip", "debounce", "user"),
+    ("strip", "debounce, then: tor", "debounce", "organisation"),
+])
+def test_floor_applies_the_stricter_layer(user, org, applied, layer):
+    ps = two_layers(ON_X.format(user), ON_X.format(org))
+    d = ps.decide("a", req("https://x.org/p"))
+    assert (d.action.name, d.layer) == (applied, layer)
+    assert d.other is not None and d.other.layer == ({"user", "organisation"} - {layer}).pop()
+    assert d.ref == ("u/a.yaml:5" if layer == "user" else "o/a.yaml:4")
+
+
+def test_floor_between_strips_and_tor_isolations():
+    strip = "strip, headers: [{}]"
+    ps = two_layers(ON_X.format(strip.format("cookie, referer")), ON_X.format(strip.format("cookie")))
+    assert ps.decide("a", req("https://x.org/")).layer == "user"  # strips more
+    ps = two_layers(ON_X.format(strip.format("cookie")), ON_X.format(strip.format("cookie, referer")))
+    assert ps.decide("a", req("https://x.org/")).layer == "organisation"
+    ps = two_layers(ON_X.format(strip.format("referer")), ON_X.format(strip.format("cookie")))
+    assert ps.decide("a", req("https://x.org/")).layer == "organisation"  # neither includes the other
+    tor = "tor, isolation: {}"
+    for user, org, layer in [("flow", "site", "user"), ("app", "site", "organisation"),
+                             ("site", "flow", "organisation"), ("site", "app", "user")]:
+        ps = two_layers(ON_X.format(tor.format(user)), ON_X.format(tor.format(org)))
+        d = ps.decide("a", req("https://x.org/"))
+        assert (d.layer, d.action.isolation) == (layer, {"user": user, "organisation": org}[layer])
+
+
+def test_floor_defaults_and_rules_of_each_layer():
+    ps = two_layers(ON_X.format("tor"), "  - match: {host: y.org}\n    action: block\n")
+    assert ps.decide("a", req("https://y.org/")).describe() == "rule 1 (o/a.yaml:4)"  # org rule, user default allow
+    assert ps.decide("a", req("https://x.org/")).describe() == "rule 1 (u/a.yaml:5)"  # user tor, org default allow
+    d = ps.decide("a", req("https://z.org/"))
+    assert (d.rule, d.layer, d.ref) == (None, "user", "u/a.yaml:3")  # both defaults allow: a tie
+
+
+def test_floor_at_connection_level():
+    ps = two_layers(ON_X.format("tor") + "  - {match: {path: /p/*}, action: block}\n",
+                    "  - match: {host: y.org}\n    action: block\n  - match: {host: s.org}\n    action: strip\n")
+    # the organisation blocks y.org outright: nothing the request says could make it less strict
+    d = ps.decide_connect("a", "y.org", 443)
+    assert (d.action.name, d.layer, d.level) == ("block", "organisation", "connect")
+    assert ps.decide_connect("a", "x.org", 443).action.name == "tor"  # both decide at connection level
+    assert ps.decide_connect("a", "x.org", 443).other.action.name == "allow"
+    assert ps.decide_connect("a", "s.org", 443) is None  # the floor strips: the requests must be seen
+    assert ps.decide_connect("a", "z.org", 443) is None  # the user's path rule needs the request
+    assert ps.decide("a", req("https://s.org/")).action.name == "strip"
+    # a user block at connection level stands while the floor needs the request
+    ps = two_layers(ON_X.format("block"), ON_X.format("strip"))
+    assert ps.decide_connect("a", "x.org", 443).layer == "user"
+
+
+def test_floor_with_a_host_header_naming_another_host():
+    ps = two_layers("", "  - match: {host: y.org}\n    action: block\n")
+    d = ps.decide("a", req("https://x.org/", headers={"Host": "y.org"}))
+    assert (d.action.name, d.layer, d.host) == ("block", "organisation", "y.org")
+    d = ps.decide("a", req("https://x.org/", headers={"Host": "a, b"}))
+    assert d.note.startswith("refused:") and d.layer is None  # hush refuses it in either layer
+
+
+def test_an_app_only_the_organisation_has():
+    from hush.daemon.policy.loader import combine
+
+    user = build([("u/a.yaml", "app: a\nlisten: 8101\ndefault: allow\n")])
+    org = build([("o/b.yaml", "app: b\nlisten: 8102\ndefault: block\nrules:\n" + ON_X.format("allow"))])
+    ps = combine(user, org)
+    assert sorted(ps.policies) == ["a", "b"] and ps.specs == ["regular@127.0.0.1:8101", "regular@127.0.0.1:8102"]
+    assert ps.layers("b") == [("organisation", org.policies["b"])]
+    d = ps.decide("b", req("https://y.org/"))
+    assert (d.action.name, d.layer, d.other) == ("block", "organisation", None)
+    assert ps.decide_connect("b", "x.org", 443).layer == "organisation"
+    assert ps.decide_layer("b", "user", req("https://x.org/")) is None
+    assert ps.decide("a", req("https://y.org/")).layer == "user"  # no floor for a
+    assert ps.version not in (user.version, org.version)
+
+
+def test_one_layer_decides_as_before():
+    ps = build([("p.yaml", POLICY)])
+    assert ps.organisation == {} and ps.layers("x") == [("user", ps.policies["x"])]
+    d = ps.decide("x", req("https://tracker.com/"))
+    assert (d.layer, d.other) == ("user", None)
