@@ -14,6 +14,8 @@
       user_agent: "Mozilla/5.0 …"     # what `strip` puts in place of User-Agent
     upstream_ca: /path/to/ca.pem      # extra CAs to trust for sites (intercepted flows)
     log_level: info                   # debug | info | warning | error
+    ui:                               # the live view (`hush ui`, docs/ui.md); `ui: false` turns it off
+      listen: 127.0.0.1:8100          # loopback only: 127.0.0.0/8 or [::1], and a port (0: any free one)
     timing:                           # flows held by delay/debounce
       max_held_per_app: 500           # beyond these, new held flows are refused (overflow)
       max_held_total: 1000            # ~30 KB each, ~105 KB if HTTPS is intercepted
@@ -67,6 +69,7 @@ class Config:
     max_held_total: int = 1000
     max_headers: int = 100
     max_header_bytes: int = 32 * 1024
+    ui_listen: tuple[str, int] | None = ("127.0.0.1", 8100)  # the live view's address; None: `ui: false`
 
     @property
     def parse_context(self) -> ParseContext:
@@ -140,6 +143,8 @@ def parse_config(file: str, text: str) -> Config:
         if "max_header_bytes" in limits:
             values["max_header_bytes"] = _size(reader, limits["max_header_bytes"].value, "limits max_header_bytes",
                                                1024, 1024 * 1024)
+    if "ui" in fields:
+        values["ui_listen"] = _ui(reader, fields["ui"].value)
     if reader.errors:
         raise LoadError(reader.errors)
     return Config(**values)
@@ -169,6 +174,40 @@ def _loopback(reader: Reader, node, allow_non_loopback: bool) -> str | None:
 
     text = reader.string(node, "listen_host")
     return None if text is None else listen_address(reader, node, text, "listen_host", allow_non_loopback)
+
+
+def _ui(reader: Reader, node) -> tuple[str, int] | None:
+    """``ui: false`` (off), ``ui: true`` (the default address) or ``ui: {listen: HOST:PORT}``,
+    HOST a loopback address only: the page can change what leaves the machine."""
+    import ipaddress
+
+    default = Config.ui_listen
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
+        return default if reader.boolean(node, "ui") else None
+    fields = reader.mapping(node, allowed={"listen"}, what="ui")
+    if "listen" not in fields:
+        return default
+    value = fields["listen"].value
+    text = reader.string(value, "ui listen")
+    if text is None:
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        reader.error(value, f"ui listen must be ADDRESS:PORT on loopback, such as 127.0.0.1:8100 or [::1]:8100, "
+                     f"not {text!r}")
+        return None
+    if not sep or not 0 <= number <= 65535:
+        reader.error(value, f"ui listen needs a port between 0 and 65535, not {text!r}")
+        return None
+    if not address.is_loopback:
+        reader.error(value, f"ui listen must be a loopback address (127.0.0.0/8 or ::1), not {host}: "
+                     "the page can change what leaves this machine")
+        return None
+    return str(address), number
 
 
 def _tor(reader: Reader, node) -> TorConfig:
