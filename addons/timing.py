@@ -60,8 +60,14 @@ def url_key(url: str) -> str:
 
 
 def related(a: str, b: str) -> bool:
-    """One URL is the other, typed further (or backspaced)."""
-    return a.startswith(b) or b.startswith(a)
+    """One URL is the other, typed further (or backspaced) — its path, or its
+    host with the same path: a Matrix client resolves the server of the ID being
+    typed at ``https://m/.well-known/…``, ``https://ma/.well-known/…`` (NeoChat 23.01)."""
+    if a.startswith(b) or b.startswith(a):
+        return True
+    host_a, _, rest_a = a.partition("/")
+    host_b, _, rest_b = b.partition("/")
+    return bool(rest_a) and rest_a == rest_b and (host_a.startswith(host_b) or host_b.startswith(host_a))
 
 
 @dataclasses.dataclass(eq=False)

@@ -24,6 +24,11 @@ def test_url_key(url, key):
     ("example.co", "example.com/x", True),  # the host was still being typed
     ("example.com/a", "example.com/b", False),
     ("example.com/a", "other.org/a", False),
+    # the host typed, the path the same (NeoChat's .well-known lookup per keystroke of the Matrix ID)
+    ("m/.well-known/matrix/client", "mat/.well-known/matrix/client", True),
+    ("hs.example:8/.well-known/matrix/client", "hs.example:84/.well-known/matrix/client", True),
+    ("m/.well-known/matrix/client", "mat/.well-known/matrix/server", False),
+    ("m.example/a", "n.example/a", False),
 ])
 def test_related(a, b, expected):
     assert related(a, b) is expected
