@@ -1,0 +1,210 @@
+"""NeoChat 23.01 (Matrix, Debian's ``neochat``) through hush with the shipped
+element policy, against Synapse on loopback (tests/clients/matrix.py).
+
+What NeoChat does (issue 15, re-measured by these tests): at login it looks the
+server of the Matrix ID up at ``https://SERVER/.well-known/matrix/client`` on
+every keystroke; in a room it asks the homeserver for
+``GET /_matrix/media/r0/preview_url?url=…`` for each https link it shows.  Both
+are asserted on the far side: Synapse's own log (every request it served) and a
+test site that counts TCP accepts.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from tests.clients.matrix import PASSWORD, SERVER_NAME, SITE_NAME, HushIn, NeoChat, Synapse, World, Xvfb, prefixes
+from tests.integration.harness import Origin, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+ELEMENT = Path(__file__).resolve().parents[2] / "policies" / "element.yaml"
+WELL_KNOWN = "/.well-known/matrix/client"
+
+
+def rule_line(text: str, name_starts: str) -> int:
+    """The line of the shipped element policy's rule whose name starts so (what the audit's ``rule`` names)."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip().startswith(f"- name: {name_starts}"):
+            return number
+    raise AssertionError(f"no rule {name_starts!r} in {ELEMENT}")
+
+
+def policy_on(port: int, text: str) -> str:
+    """The shipped policy, its listener moved to ``port`` in place (every other line where it was)."""
+    moved, n = re.subn(r"(?m)^listen: \d+$", f"listen: {port}", text)
+    assert n == 1
+    return moved
+
+
+def audit(hush: HushIn) -> list[dict]:
+    """The audit rows written so far (the daemon runs: its writer batches, so callers poll)."""
+    path = hush.state / "audit.db"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM records ORDER BY id")]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return []
+    finally:
+        conn.close()
+
+
+def wellknown_rows(hush: HushIn) -> list[dict]:
+    return [r for r in audit(hush) if (r["url"] or "").endswith(WELL_KNOWN)]
+
+
+class Matrix:
+    """Everything a test here needs, started once for the module."""
+
+    def __init__(self, tmp: Path):
+        self.stack: list = []
+        self.world = World(tmp)
+        self.synapse = self.started(Synapse(self.world))
+        self.alice = self.synapse.register("alice")
+        self.bob = self.synapse.register("bob")
+        self.room = self.synapse.api("POST", "/_matrix/client/v3/createRoom",
+                                     {"name": "links", "preset": "private_chat",
+                                      "invite": [f"@alice:{SERVER_NAME}"]}, token=self.bob)["room_id"]
+        self.synapse.api("POST", f"/_matrix/client/v3/join/{urllib.parse.quote(self.room)}", {}, token=self.alice)
+        self.site = self.started(Origin("127.0.0.1", self.world.tls_context(SITE_NAME)))
+        self.xvfb = self.started(Xvfb(tmp))
+        self.hush = self.hush_with(ELEMENT.read_text(), "hush")
+
+    def started(self, thing):
+        self.stack.append(thing)
+        return thing
+
+    def hush_with(self, policy: str, name: str) -> HushIn:
+        port = free_port()
+        home = self.world.dir / name
+        home.mkdir()
+        hush = self.started(HushIn(self.world, home, {"element": policy_on(port, policy)},
+                                   f"upstream_ca: {self.world.ca_file}\naudit: {{redaction: full}}\n"))
+        hush.port = port  # type: ignore[attr-defined]
+        hush.wait_ready()
+        self.world.trust(hush.ca_cert)  # NeoChat (Qt) trusts only /etc/ssl/certs: hush's CA goes there
+        return hush
+
+    def neochat(self, hush: HushIn, name: str) -> NeoChat:
+        client = self.started(NeoChat(self.world, self.xvfb.display, hush.port, name=name))  # type: ignore[attr-defined]
+        client.wait_window()
+        time.sleep(2)  # the login page's QML is up a moment after the window
+        return client
+
+    def screenshot(self, name: str) -> str:
+        try:
+            return str(self.xvfb.screenshot(self.world.dir / f"{name}.png"))
+        except Exception as e:  # a screenshot only helps explain a failure
+            return f"(no screenshot: {e!r})"
+
+    def close(self) -> None:
+        for thing in reversed(self.stack):
+            thing.stop() if hasattr(thing, "stop") else thing.close()
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    m = Matrix(tmp_path_factory.mktemp("matrix"))
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+class Login:
+    """NeoChat logged in as alice by typing, with what the typing cost: the
+    ``.well-known`` lookups Synapse served and hush's rows for them."""
+
+    def __init__(self, matrix: Matrix):
+        self.client = matrix.neochat(matrix.hush, "neochat")
+        before = len(matrix.synapse.requests(WELL_KNOWN))
+        self.client.type_matrix_id(f"@alice:{SERVER_NAME}")
+        # the last lookup leaves once typing has been quiet for the rule's 1.5 s
+        wait_for(lambda: len(matrix.synapse.requests(WELL_KNOWN)) > before, timeout=20,
+                 message=f"the homeserver's .well-known lookup ({matrix.screenshot('typed')})")
+        time.sleep(2)  # anything still held would have left by now
+        self.served = matrix.synapse.requests(WELL_KNOWN)[before:]
+        self.rows = wellknown_rows(matrix.hush)
+        self.client.log_in(PASSWORD)
+        wait_for(lambda: [r for r in audit(matrix.hush) if "/sync" in (r["url"] or "") and r["status"] == 200],
+                 timeout=60, message=f"NeoChat's first /sync ({matrix.screenshot('login')})")
+
+
+@pytest.fixture(scope="module")
+def login(matrix):
+    return Login(matrix)
+
+
+def test_without_the_debounce_rule_each_keystroke_reaches_the_homeserver(matrix):
+    """The control: the same typing with the shipped policy minus its debounce rule (first: the
+    other tests' NeoChat opens on the same screen once this one is gone)."""
+    text = ELEMENT.read_text()
+    start = rule_line(text, "homeserver discovery")
+    lines = text.splitlines(keepends=True)
+    end = next(i for i in range(start, len(lines)) if lines[i].strip().startswith("- name:"))
+    control = "".join(lines[:start - 1] + lines[end:])
+    control = control[:control.index("\nexamples:")] + "\n"  # its examples expect the rule (hush refuses them)
+    hush = matrix.hush_with(control, "hush-undebounced")
+    client = matrix.neochat(hush, "neochat-undebounced")
+    try:
+        before = len(matrix.synapse.requests(WELL_KNOWN))
+        client.type_matrix_id(f"@alice:{SERVER_NAME}")
+        time.sleep(2)
+        served = matrix.synapse.requests(WELL_KNOWN)[before:]
+    finally:
+        client.stop()  # before the other tests' NeoChat opens on the same screen
+        hush.stop()
+    assert len(served) >= len(prefixes(SERVER_NAME)) - 3, (served, matrix.screenshot("undebounced"))
+
+
+def test_wellknown_lookups_while_typing_reach_the_homeserver_once(matrix, login):
+    line = rule_line(ELEMENT.read_text(), "homeserver discovery")
+    # NeoChat asked per keystroke: hush saw a lookup for the server part as typed so far...
+    hosts = [r["host"] for r in login.rows]
+    assert len(set(hosts)) >= len(prefixes(SERVER_NAME)) - 3, hosts
+    assert all(r["rule"].endswith(f"element.yaml:{line}") for r in login.rows), login.rows
+    # ...every one but the last was superseded (answered 204 by hush, never sent) or given up by NeoChat...
+    released = [r for r in login.rows if r["decision"] == "debounce"]
+    assert [r["host"] for r in released] == [SERVER_NAME], login.rows
+    assert {r["decision"] for r in login.rows} <= {"debounce", "superseded", "abandoned"}, login.rows
+    # ...and the homeserver served exactly one (every prefix of its name resolves to it here)
+    assert len(login.served) == 1, login.served
+
+
+def test_a_link_in_a_room_is_never_previewed_by_the_homeserver(matrix, login):
+    client = login.client
+    line = rule_line(ELEMENT.read_text(), "URL previews")
+    client.open_first_room()
+    time.sleep(1.5)
+    link = f"https://{SITE_NAME}:{matrix.site.port}/preview-me.html"
+    matrix.synapse.api("PUT", f"/_matrix/client/v3/rooms/{urllib.parse.quote(matrix.room)}/send/m.room.message/1",
+                       {"msgtype": "m.text", "body": f"look {link}"}, token=matrix.bob)
+
+    def previews() -> list[dict]:
+        return [r for r in audit(matrix.hush) if "preview_url" in (r["url"] or "")]
+    # NeoChat asked for the preview, and the request reached hush: without this row the test proves nothing
+    rows = wait_for(previews, timeout=30, message=f"NeoChat's preview_url request ({matrix.screenshot('room')})")
+    row = rows[0]
+    assert row["url"] == f"https://{SERVER_NAME}/_matrix/media/r0/preview_url?url={link}", row
+    assert (row["decision"], row["status"]) == ("block", 403), row
+    assert row["rule"].endswith(f"element.yaml:{line}"), row
+    assert row["ip_exposed"] == 0, row
+    time.sleep(1)
+    # the far side: the homeserver was never asked, the site never connected to
+    assert matrix.synapse.requests("preview_url") == []
+    assert matrix.site.accepts == []
+    # ...and they would have seen it: the same request, made to Synapse directly, is served and fetched
+    control = f"https://{SITE_NAME}:{matrix.site.port}/control.html"
+    matrix.synapse.api("GET", f"/_matrix/media/r0/preview_url?url={urllib.parse.quote(control, safe='')}",
+                       token=matrix.alice)
+    assert len(matrix.synapse.requests("preview_url")) == 1
+    assert len(matrix.site.accepts) >= 1 and matrix.site.paths == ["/control.html"]
