@@ -90,6 +90,25 @@ def bootstrap_text(manager: object) -> str:
     return f"; bootstrapped {progress}%" + (f" ({what})" if what else "")
 
 
+class _Unshared(tuple):
+    """tor's address for a flow that must have its own connection to tor
+    (``isolation: flow``).  mitmproxy hands a request an open upstream
+    connection whose (address, TLS, ``via``) equal the request's — one kept
+    alive, or one still being opened for another flow — and the circuit is
+    chosen once per connection, by its CONNECT's isolation key.  An address
+    equal only to itself makes ``via`` match no other flow's connection."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
+    __hash__ = object.__hash__
+
+
 def isolation_key(isolation: str, app: str | None, host: str) -> str:
     if isolation == "site":
         return f"hush/{app}/site/{site_of(host)}"
@@ -160,10 +179,14 @@ class TorRoute:
         n = notes(flow)
         key = isolation_key(isolation, n.app, host)
         route = self._route(flow.client_conn, host, flow.request.port, key, address)
+        tor_address = route.address
+        if isolation == "flow":  # its own connection to tor, whose CONNECT finds this route by it
+            tor_address = _Unshared(route.address)
+            conn_notes(flow.client_conn).routes[tor_address] = route
         # This flow's own server object: the one it starts with is shared by every
         # request of the client connection (mitmproxy forks contexts shallowly), and
         # a ``via`` set on it would send the connection's later requests through tor.
-        via: ServerSpec = ("http", route.address)
+        via: ServerSpec = ("http", tor_address)
         flow.server_conn = connection.Server(address=flow.server_conn.address, via=via)
         n.tor = route
         return None
@@ -227,7 +250,9 @@ class TorRoute:
 
     def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
         target = (normalize(flow.request.host), flow.request.port)
-        route = conn_notes(flow.client_conn).routes.get(target)
+        routes = conn_notes(flow.client_conn).routes
+        tor_address = flow.server_conn.address  # an isolation: flow route is found by its own address
+        route = routes.pop(tor_address, None) if isinstance(tor_address, _Unshared) else routes.get(target)
         if route is None:  # not one of ours: still never share a circuit with the apps
             log.warning("CONNECT to tor for %s:%s without a route", *target)
             flow.request.headers["X-Tor-Stream-Isolation"] = f"hush/unrouted/{uuid.uuid4().hex}"

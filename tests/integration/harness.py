@@ -62,6 +62,7 @@ class Origin:
     """An HTTP(S) server on one address that records what reaches it: every TCP
     accept (before a byte is read) with the process owning the peer socket, and
     every request.  ``/slow/SECONDS`` answers late, ``/bytes/N`` with N bytes,
+``/keep/…`` keeps the connection open (every other answer closes it),
     ``*.html`` with a page naming the origin, anything else with a line of text.
 
     ``bind(server_class, address, handler)`` makes the server (the launch tests'
@@ -97,7 +98,8 @@ class Origin:
                 self.send_response(200)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
-                self.send_header("Connection", "close")
+                if not self.path.startswith("/keep/"):  # /keep/…: the connection stays open
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(body)
 

@@ -110,6 +110,30 @@ def test_isolation_apps_get_their_own_circuits(hush, torlab, origin):
     assert s1[3] != s2[3]  # isolation: site
 
 
+def test_isolation_flow_gives_each_request_of_a_keep_alive_connection_its_own_circuit(hush, torlab, origin):
+    """mitmproxy would hand the second request the open connection to tor the first one made
+    (same target, same tor port) and tor chooses the circuit once per connection: each flow
+    must get its own connection to tor, so its own CONNECT, isolation key and circuit."""
+    import http.client
+
+    port = free_port()
+    h = hush({"f": policy("f", port, "flow")}, config=tor_config(torlab))
+    wait_tor_ready(h)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # one client connection, kept alive
+    for path in ("/keep/first", "/keep/second", "/keep/third"):
+        conn.request("GET", origin.url(path, host=NAME))
+        res = conn.getresponse()
+        assert res.status == 200 and res.read() == f"origin 127.0.0.1 {path}\n".encode()
+        assert not res.will_close
+    conn.close()
+    assert len(origin.accepts) == 3 and origin.owners == [torlab.exit_pid] * 3  # three streams out of the exit
+    wait_for(lambda: len([r for r in live_rows(h) if r["tor_circuit"]]) == 3, message="three rows with circuits")
+    h.stop()
+    audit = [r for r in rows(h) if r["host"] == NAME]
+    assert len({r["tor_isolation"] for r in audit}) == 3
+    assert len({r["tor_circuit"] for r in audit}) == 3, [(r["tor_isolation"], r["tor_circuit"]) for r in audit]
+
+
 def test_tor_down_fails_closed_fast_and_recovers(hush, torlab, origin, tls_origin, ca_file):
     port = free_port()
     h = hush({"a": policy("a", port)}, config=tor_config(torlab))

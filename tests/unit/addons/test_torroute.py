@@ -237,12 +237,22 @@ def test_inspected_requests_dial_tor_and_their_connect_names_their_isolation():
                 f = http_flow(url)
                 await hush.hook(RequestHeadersHook(f))
                 flows[url] = f
-            assert {u: f.server_conn.via for u, f in flows.items()} == {
-                **{u: ServerSpec(("http", TOR)) for u in list(flows)[:4]}, "http://direct.org/d": None}
+            plain = {u: f.server_conn.via and (f.server_conn.via[0], tuple(f.server_conn.via[1]))
+                     for u, f in flows.items()}
+            assert plain == {**{u: ServerSpec(("http", TOR)) for u in list(flows)[:4]}, "http://direct.org/d": None}
+            # mitmproxy reuses an open upstream connection whose `via` equals the request's: the
+            # isolation: flow ones equal no other flow's (each its own connection, its own circuit)
+            a, b, c, d = (flows[u].server_conn.via for u in list(flows)[:4])
+            assert c != d and c != a and c == c and a == ServerSpec(("http", TOR))
+            again = http_flow("http://a.flow.org/c")
+            again.client_conn = flows["http://a.flow.org/c"].client_conn  # the same keep-alive client connection
+            await hush.hook(RequestHeadersHook(again))
+            assert again.server_conn.via != c
             keys = []
             for port, f in enumerate(list(flows.values())[:4], start=41000):
                 upstream = tflow.tflow()  # the CONNECT mitmproxy sends to tor for this flow's connection
                 upstream.client_conn = f.client_conn
+                upstream.server_conn.address = f.server_conn.via[1]  # the connection to tor: via's address
                 upstream.request.method, upstream.request.host, upstream.request.port = "CONNECT", f.request.host, 80
                 upstream.server_conn.sockname = ("127.0.0.1", port)
                 await hush.hook(HttpConnectUpstreamHook(upstream))
