@@ -281,7 +281,9 @@ def test_chromium_with_quic_forced_falls_back_to_tcp_or_fails_and_no_udp_leaves(
     if loaded:  # fell back to TCP, through hush
         assert set(tcp.owners) == {h.pid}
         assert row_for(h, "quic.test")["decision"] == "allow"
-    else:  # failed: then nothing at all reached the origin's address either
+    else:  # failed: chromium ran and tried QUIC (its own words), and nothing reached the origin's address
+        assert "Page load failed: net::ERR_QUIC" in res.stderr.decode(errors="replace"), (
+            res.stderr.decode(errors="replace")[-3000:], h.log[-3000:])
         assert tcp.requests == []
     print("chromium with QUIC forced:", "fell back to TCP" if loaded else "failed")
 
