@@ -202,16 +202,36 @@ def load_layers(paths: Iterable[Path | str], organisation: Path | str | None = N
     return combine(user, floor_set)
 
 
-def root_only(path: Path, *, strict: bool = True) -> str | None:
+def root_uids() -> frozenset[int]:
+    """The uids root's files show as to this process: 0, and the overflow uid
+    (65534, "nobody") when it runs in a user namespace that does not map root —
+    as under systemd's ``PrivateUsers=yes`` in a user unit, which maps only the
+    user.  The user's own uid is always mapped, so their files never pass as root's."""
+    try:
+        numbers = [int(x) for x in Path("/proc/self/uid_map").read_text().split()]
+    except (OSError, ValueError):
+        return frozenset({0})
+    ranges = [numbers[i:i + 3] for i in range(0, len(numbers) - 2, 3)]
+    if any(outside <= 0 < outside + count for _, outside, count in ranges):
+        return frozenset({0})
+    try:
+        overflow = int(Path("/proc/sys/kernel/overflowuid").read_text())
+    except (OSError, ValueError):
+        overflow = 65534
+    return frozenset({0, overflow})
+
+
+def root_only(path: Path, *, strict: bool = True, roots: frozenset[int] = frozenset({0})) -> str | None:
     """Why someone other than root could change ``path`` (None: only root can):
     it is owned by another user, or group- or world-writable.  ``strict=False``
     (a directory above the floor's) allows a sticky world-writable directory
-    such as /tmp, where no one can replace what root put there."""
+    such as /tmp, where no one can replace what root put there.  ``roots``:
+    the uids root shows as (:func:`root_uids`)."""
     try:
         st = os.stat(path)
     except OSError as e:
         return f"cannot be checked: {(e.strerror or str(e)).lower()}"
-    if st.st_uid != 0:
+    if st.st_uid not in roots:
         return f"is owned by uid {st.st_uid}, not root"
     writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     if writable and not (not strict and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
@@ -227,8 +247,9 @@ def _unsafe(path: Path) -> LocatedError | None:
     checks = {path: "it"} if real == path.absolute() else {real: f"its target {real}"}
     for parent in [*real.parents, *path.absolute().parents]:
         checks.setdefault(parent, f"{parent}, a directory above it,")
+    roots = root_uids()
     for where, what in checks.items():
-        why = root_only(where, strict=where in (path, real))
+        why = root_only(where, strict=where in (path, real), roots=roots)
         if why:
             return LocatedError(Location(str(path), 1, 1),
                                 f"refused: organisation policies must be writable only by root, but {what} {why}")

@@ -482,3 +482,29 @@ def test_root_only_allows_a_sticky_directory_above_the_floor(tmp_path):
     assert root_only(Path("/tmp"), strict=False) is None  # 1777: no one can replace root's entries
     assert root_only(Path("/tmp")) == "is group and world-writable (mode 1777)"
     assert root_only(tmp_path / "absent").startswith("cannot be checked: no such file")
+
+
+def test_root_shows_as_the_overflow_uid_where_root_is_not_mapped(tmp_path, monkeypatch):
+    """systemd's PrivateUsers=yes in a user unit maps only the user: root's files show as 65534."""
+    from hush.daemon.policy import loader
+
+    real_read = Path.read_text
+
+    def fake(maps):
+        return lambda self, *a, **k: maps if str(self) == "/proc/self/uid_map" else real_read(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", fake("      1000       1000          1\n"))
+    assert loader.root_uids() == frozenset({0, int(real_read(Path("/proc/sys/kernel/overflowuid")))})
+    monkeypatch.setattr(Path, "read_text", fake("         0          0 4294967295\n"))
+    assert loader.root_uids() == frozenset({0})
+    monkeypatch.setattr(Path, "read_text", fake("         0       1000          1\n"))  # unshare -r: root is 1000
+    assert loader.root_uids() == frozenset({0, int(real_read(Path("/proc/sys/kernel/overflowuid")))})
+    f = tmp_path / "f"
+    f.write_text("")
+    os.chmod(f, 0o644)
+    if os.geteuid() == 0:
+        os.chown(f, 65534, -1)
+        assert loader.root_only(f) == "is owned by uid 65534, not root"
+        assert loader.root_only(f, roots=frozenset({0, 65534})) is None
+        os.chown(f, 1001, -1)
+        assert loader.root_only(f, roots=frozenset({0, 65534})) == "is owned by uid 1001, not root"
