@@ -63,6 +63,18 @@ def tail(conn: sqlite3.Connection, limit: int = 20, after_id: int = 0) -> list[d
     return [as_dict(r) for r in reversed(rows)]
 
 
+def ended(conn: sqlite3.Connection, ids: list[int]) -> list[dict]:
+    """Of the connection-level records ``ids`` (written when their connection
+    was decided), those completed since: their ``ended`` is set, with the byte
+    counts and duration (the row is rewritten in place, keeping its id)."""
+    rows: list[sqlite3.Row] = []
+    for i in range(0, len(ids), 500):  # SQLite's limit on parameters
+        chunk = ids[i:i + 500]
+        rows += conn.execute(f"SELECT * FROM records WHERE ended IS NOT NULL AND id IN ({', '.join('?' * len(chunk))})",
+                             chunk).fetchall()
+    return sorted((as_dict(r) for r in rows), key=lambda r: r["id"])
+
+
 def apps(conn: sqlite3.Connection) -> list[str]:
     """Every app the audit has records of, sorted."""
     return [row[0] for row in conn.execute("SELECT DISTINCT app FROM records WHERE app IS NOT NULL ORDER BY app")]

@@ -376,6 +376,8 @@ def cmd_status(args, config: Config) -> int:
     print(f"held now: {st['held']}; event loop: longest stall {loop['max_stall_ms']:.0f} ms, "
           f"{_n(loop['gc_full'], 'full garbage collection')} (longest {loop['gc_full_max_ms']:.0f} ms)")
     degraded = f"; DEGRADED: {audit['last_error']}" if audit["degraded"] else ""
+    if audit.get("dropped"):
+        degraded += f"; {_n(audit['dropped'], 'record')} dropped (the disk refused past the queue's bound)"
     print(f"audit: {_n(audit['written'], 'record')} written, {audit['pending']} queued{degraded}")
     return ExitStatus.OK
 
@@ -549,10 +551,29 @@ TAIL_HEADER = ("id", "time", "app", "decision", "method", "ip", "url", "rule")
 
 
 def _row(r: dict) -> list[str]:
-    """An audit record as a row of ``hush audit tail``: ip says whether the site saw the user's address."""
+    """An audit record as a row of ``hush audit tail``: ip says whether the site saw the user's address.
+    A connection's row once it has ended (``-f`` shows it again then) says so, with its bytes."""
+    where = r["url"] or f"{r['host']}:{r['port']}"
+    if r.get("conn") and r.get("ended") is not None:
+        where += (f" (closed after {_duration(r.get('duration_ms'))}: {_bytes(r.get('bytes_up'))} up, "
+                  f"{_bytes(r.get('bytes_down'))} down)")
     return [str(r["id"]), _when(r["ts"]), r["app"] or "?", r["decision"], r["method"] or "-",
-            "to site" if r["ip_exposed"] else "hidden", r["url"] or f"{r['host']}:{r['port']}",
-            r["rule"] or r["note"] or "-"]
+            "to site" if r["ip_exposed"] else "hidden", where, r["rule"] or r["note"] or "-"]
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _duration(ms: float | None) -> str:
+    if ms is None:
+        return "?"
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
 def cmd_audit_tail(args, config: Config) -> int:
@@ -569,6 +590,7 @@ def cmd_audit_tail(args, config: Config) -> int:
     last = 0
     widths: list[int] = [0] * len(TAIL_HEADER)  # the first rows set them; later ones (with -f) keep them
     header: Sequence[str] = TAIL_HEADER
+    open_tunnels: dict[int, None] = {}  # -f: connection rows not yet ended, shown again when they are
     while True:
         if fmt == "json":
             lines = [json.dumps(r) for r in records]  # -f --json: JSON Lines, one record a line
@@ -577,12 +599,21 @@ def cmd_audit_tail(args, config: Config) -> int:
             header = () if records else header
         for line in lines:
             print(line, flush=True)
-        if records:
-            last = records[-1]["id"]
+        for r in records:
+            last = max(last, r["id"])
+            if r.get("conn") and r.get("ended") is None:
+                open_tunnels[r["id"]] = None
+            else:
+                open_tunnels.pop(r["id"], None)
+        while len(open_tunnels) > 10_000:  # bounded: the oldest are forgotten (still in the audit)
+            del open_tunnels[next(iter(open_tunnels))]
         if not args.follow:
             return ExitStatus.OK
         time.sleep(0.5)
         records = queries.tail(conn, 1000, after_id=last)
+        new = {r["id"] for r in records}
+        records = sorted([*records, *(r for r in queries.ended(conn, list(open_tunnels)) if r["id"] not in new)],
+                         key=lambda r: (r.get("ended") or r["ts"], r["id"]))
 
 
 def cmd_audit_summary(args, config: Config) -> int:

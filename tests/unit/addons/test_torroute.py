@@ -243,7 +243,7 @@ def test_inspected_requests_dial_tor_and_their_connect_names_their_isolation():
             # mitmproxy reuses an open upstream connection whose `via` equals the request's: the
             # isolation: flow ones equal no other flow's (each its own connection, its own circuit)
             a, b, c, d = (flows[u].server_conn.via for u in list(flows)[:4])
-            assert c != d and c != a and c == c and a == ServerSpec(("http", TOR))
+            assert c != d and c != a and c == c and a == b == ServerSpec(("http", TOR))
             again = http_flow("http://a.flow.org/c")
             again.client_conn = flows["http://a.flow.org/c"].client_conn  # the same keep-alive client connection
             await hush.hook(RequestHeadersHook(again))

@@ -15,14 +15,17 @@ def test_records_are_listed_with_the_rule_file_and_a_tunnels_host():
         {"app": "simplex", "decision": "block", "method": "CONNECT", "url": None, "host": "127.0.0.1", "port": 1,
          "rule": None},
     ], out.append)
-    assert out[1].split() == ["signal", "tor-unavailable", "GET", "http://127.0.0.1:1/og.png", "signal.yaml:13"]
-    assert out[2].split() == ["simplex", "block", "CONNECT", "127.0.0.1:1", "-"]
+    assert out[1:] == [
+        "  app      decision         method   url                        rule",
+        "  signal   tor-unavailable  GET      http://127.0.0.1:1/og.png  signal.yaml:13",
+        "  simplex  block            CONNECT  127.0.0.1:1                -",
+    ]
 
 
 def test_the_temporary_directory_is_removed_however_the_demo_ends(monkeypatch, tmp_path):
     made: list[Path] = []
 
-    def failing(root: Path, say) -> int:
+    def failing(root: Path, say, lab) -> int:
         made.append(root)
         (root / "state").mkdir()
         raise RuntimeError("the daemon did not start")

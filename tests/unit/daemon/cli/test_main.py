@@ -391,3 +391,35 @@ def test_explain_shows_both_layers_and_which_decided(policies, tmp_path, capsys)
     os.chmod(floor / "x.yaml", 0o664)  # a floor others can write is refused, here as in the daemon
     assert main([*argv, "--json"]) == ExitStatus.POLICY_INVALID
     assert "refused: organisation policies must be writable only by root" in capsys.readouterr().err
+
+
+def test_audit_tail_follow_shows_a_connection_again_when_it_ends(tmp_path):
+    """``audit tail -f`` prints a connection's row when it is decided, and again, with its bytes and
+    duration, when the daemon completes the row in place (same id) at its close."""
+    import select
+    import subprocess
+    import sys
+    import time
+
+    def line(proc) -> str:
+        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        assert ready, "audit tail -f printed nothing for 10 s"
+        return proc.stdout.readline()
+
+    state = tmp_path / "state"
+    tunnel = rec(level="connect", method="CONNECT", url=None, decision="passthrough", conn="c1", ip_exposed=True)
+    _fill(state, [tunnel])
+    tail = subprocess.Popen([sys.executable, "-m", "hush.daemon.cli", "audit", "tail", "-f", "--table",
+                             "--state-dir", str(state)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert line(tail).split()[:2] == ["id", "time"]
+        opened = line(tail)
+        assert "a.org:443" in opened and "closed" not in opened
+        time.sleep(0.3)
+        _fill(state, [{**tunnel, "ended": tunnel["ts"] + 2.5, "duration_ms": 2500.0, "bytes_up": 1200,
+                       "bytes_down": 3 * 1024 * 1024}])
+        again = line(tail)
+        assert again.split()[0] == "1" and "a.org:443 (closed after 2.5 s: 1.2 KB up, 3.0 MB down)" in again, again
+    finally:
+        tail.kill()
+        tail.wait()
