@@ -1,0 +1,1 @@
+"""Real GUI clients (Gajim, NeoChat) with real servers on loopback, through hush."""
