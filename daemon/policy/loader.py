@@ -264,15 +264,24 @@ def load_organisation(directory: Path | str, ctx: ParseContext = _DEFAULTS) -> P
 
     :raises LoadError: with every error, a file that is not root's among them."""
     directory = Path(directory)
-    if not directory.exists():
+    try:
+        os.stat(directory)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as e:  # there, but not readable: a floor hush cannot read is not silently none
+        raise LoadError([LocatedError(Location(str(directory), 1, 1), f"cannot read the organisation's "
+                                      f"policies: {(e.strerror or str(e)).lower()}")]) from None
     problem = _unsafe(directory)
     if problem is not None:
         raise LoadError([problem])
     if not directory.is_dir():
         raise LoadError([LocatedError(Location(str(directory), 1, 1),
                                       "organisation_policies must name a directory of *.yaml files")])
-    files = policy_files([directory])
+    try:
+        files = policy_files([directory])
+    except OSError as e:
+        raise LoadError([LocatedError(Location(str(directory), 1, 1), f"cannot read the organisation's "
+                                      f"policies: {(e.strerror or str(e)).lower()}")]) from None
     if not files:
         return None
     errors = [e for e in (_unsafe(f) for f in files) if e is not None]

@@ -508,3 +508,20 @@ def test_root_shows_as_the_overflow_uid_where_root_is_not_mapped(tmp_path, monke
         assert loader.root_only(f, roots=frozenset({0, 65534})) is None
         os.chown(f, 1001, -1)
         assert loader.root_only(f, roots=frozenset({0, 65534})) == "is owned by uid 1001, not root"
+
+
+def test_a_floor_hush_cannot_read_is_an_error_not_no_floor(tmp_path, monkeypatch):
+    from hush.daemon.policy import loader
+
+    assert loader.load_organisation(tmp_path / "absent") is None  # none there: no floor
+    real_stat = os.stat
+
+    def denied(path, *args, **kwargs):
+        if str(path) == str(tmp_path):
+            raise PermissionError(13, "Permission denied")
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(loader.os, "stat", denied)
+    with pytest.raises(LoadError) as e:
+        loader.load_organisation(tmp_path)
+    assert str(e.value) == f"{tmp_path}:1:1: cannot read the organisation's policies: permission denied"
