@@ -25,6 +25,7 @@ from typing import cast
 import yaml
 
 from hush.addons.actions import REGISTRY, Action, ParseContext
+from hush.daemon.policy.expiry import live, parse_expires
 from hush.daemon.policy.glob import Glob
 from hush.daemon.policy.hosts import HostIndex, check_name, is_ip, parse_host_pattern, parse_network, site_of
 from hush.daemon.policy.model import (
@@ -40,7 +41,7 @@ from hush.daemon.policy.model import (
 from hush.daemon.yamlschema import INT, Field, LoadError, LocatedError, Location, Reader
 
 POLICY_KEYS = {"app", "description", "listen", "identify", "default", "rules", "examples"}
-RULE_KEYS = {"name", "match", "action", "max_bytes"}
+RULE_KEYS = {"name", "match", "action", "max_bytes", "expires"}
 _SIZE = re.compile(r"^(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?$")
 _UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3}
 MAX_LIST_ERRORS = 20
@@ -372,6 +373,7 @@ def _policy(reader: Reader, text: str, ctx: ParseContext) -> Policy | None:
     processes = _identify(reader, fields["identify"].value) if "identify" in fields else frozenset()
     if reader.errors:
         return None
+    rules = [rule for rule in rules if live(rule, time.time())]  # an expired rule is dropped at load
     return Policy(
         app=app,
         file=reader.file,
@@ -542,9 +544,10 @@ def _rule(reader: Reader, node: yaml.Node, index: int, ctx: ParseContext) -> Rul
         reader.error(fields["action"].value,
                      "passthrough can only use host-level matchers (host, site, net, port): "
                      "path, method, scheme, header and kind need TLS interception")
+    expires = parse_expires(reader, fields["expires"].value) if "expires" in fields else None
     if len(reader.errors) > before or match is None or action is None:
         return None
-    return Rule(index, name, match, action, reader.loc(node), max_bytes)
+    return Rule(index, name, match, action, reader.loc(node), max_bytes, expires)
 
 
 def _size(reader: Reader, node: yaml.Node) -> int | None:

@@ -173,6 +173,7 @@ class Rule:
     action: Action
     location: Location
     max_bytes: int | None = None  # cut responses longer than this
+    expires: float | None = None  # epoch seconds; dropped then (``expires:``, daemon/policy/expiry.py)
 
     @property
     def needs_http(self) -> bool:

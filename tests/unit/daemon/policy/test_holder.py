@@ -43,3 +43,50 @@ def test_readers_see_one_set_or_the_other_never_anything_else():
     stop.set()
     reader.join()
     assert seen <= {id(s) for s in sets} and seen
+
+
+# -- expires: derived again when a rule expires, without a reload ---------------------------
+
+def test_a_rule_is_dropped_at_its_expiry_on_the_loop_and_on_change_is_told():
+    import asyncio
+    import time
+
+    from hush.daemon.policy import RequestInfo
+    from hush.daemon.policy.expiry import format_time
+
+    async def main():
+        when = format_time(time.time() + 1.2)
+        text = (f"app: a\ndefault: block\nrules:\n  - match: {{host: x.example}}\n    action: allow\n"
+                f"    expires: {when}\n")
+        holder = PolicyHolder(build([("a.yaml", text)]))
+        changes = []
+        holder.on_change = lambda old, new: changes.append((old, new))
+        req = RequestInfo.from_url("http://x.example/")
+        assert holder.current.decide("a", req).action.name == "allow"
+        started = time.monotonic()
+        while not changes and time.monotonic() - started < 5:
+            await asyncio.sleep(0.05)
+        assert changes and changes[0][1] is holder.current
+        assert holder.current.decide("a", req).action.name == "block"
+        assert holder.current is not holder.loaded
+        holder.close()
+
+    asyncio.run(main())
+
+
+def test_a_temporary_rule_comes_first_and_a_reload_keeps_it():
+    import dataclasses
+
+    from hush.daemon.policy import RequestInfo
+
+    holder = PolicyHolder(build([("a.yaml", V2)]))
+    allow = build([("a.yaml", "app: a\ndefault: block\nrules:\n  - {match: {site: example.com}, action: allow}\n")])
+    rule = dataclasses.replace(allow.policies["a"].rules[0], index=0)
+    seen = []
+    holder.on_change = lambda old, new: seen.append(new)
+    holder.add_temporary("a", rule)
+    req = RequestInfo.from_url("http://www.example.com/")
+    assert holder.current.decide("a", req).action.name == "allow" and seen == [holder.current]
+    holder.swap(build([("a.yaml", V1.replace("allow", "block"))]))
+    assert holder.current.decide("a", req).action.name == "allow"  # kept across a reload
+    assert holder.temporary("a") == (rule,)

@@ -69,7 +69,7 @@ def rules(body: str) -> str:
     (rules("- match: {host: a.com}\n"), f"{F}:5:5: missing required key 'action' in a rule"),
     (rules("- action: block\n  stauts: 403\n"),
      f"{F}:6:5: unknown key 'stauts' (expected one of: "
-     "action, delay, headers, isolation, match, max_bytes, name, quiet, status, then, user_agent)"),
+     "action, delay, expires, headers, isolation, match, max_bytes, name, quiet, status, then, user_agent)"),
     (rules("- action: block\n  headers: [cookie]\n"),
      f"{F}:6:5: action 'block' does not take 'headers' (it takes: status)"),
     (rules("- action: block\n  action: allow\n"), f"{F}:6:5: duplicate key 'action' (first at line 5)"),
