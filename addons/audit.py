@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import addonmanager, connection, ctx, exceptions, http
@@ -51,7 +52,8 @@ log = logging.getLogger("hush.audit")
 # Outcomes that are hush's own doing, by policy: the flow was kept from the site.
 # ``refused`` is not one of them: the decision would have sent it, and hush
 # stopped it for another reason (the egress guard, a protocol it does not carry).
-KEPT_BACK = frozenset({"tor-unavailable", "superseded", "overflow", "shutdown", "abandoned", "revoked"})
+KEPT_BACK = frozenset({"tor-unavailable", "superseded", "overflow", "shutdown", "abandoned", "revoked",
+                       "dropped"})  # dropped: a held flow the user dropped in the live view (daemon/ui)
 REFUSED = "refused"
 
 
@@ -251,6 +253,7 @@ class Audit:
         self.router = router  # to tell a connection to tor from one to the site (wired in chain())
         self.writer: AuditWriter | None = None
         self.counts: collections.Counter[str] = collections.Counter()  # decisions since start
+        self.live: Callable[[Record], None] | None = None  # the live view (daemon/ui): the daemon sets it
         # tunnels whose row is not complete, by key, while their connection lives (it holds them)
         self._open: weakref.WeakValueDictionary[str, Tunnel] = weakref.WeakValueDictionary()
 
@@ -289,6 +292,11 @@ class Audit:
     def _emit(self, record: Record) -> None:
         if record.get("conn") is None:
             self.counts[record["decision"]] += 1  # tunnels are counted in hush_tunnel
+        if self.live is not None:  # the live view sees the record as the audit keeps it (redacted)
+            try:
+                self.live(record)
+            except Exception:
+                log.exception("audit: the live view could not take a record")
         if self.writer is not None:
             self.writer.submit(record)
         else:

@@ -172,6 +172,12 @@ class Daemon:
         self.loopwatch = LoopWatch()
         self._listening = False  # every listener bound: a stop then says what it did
         self._quiet = _QuietBindErrors()
+        self.ui = None  # the live view (daemon/ui, docs/ui.md): ui.listen, off with `ui: false`
+        if config.ui_listen is not None:
+            from hush.daemon.ui.live import DaemonBackend
+            from hush.daemon.ui.server import UIServer
+
+            self.ui = UIServer(*config.ui_listen, state_dir, DaemonBackend(self), redaction=config.redaction)
 
     @property
     def policyset(self) -> PolicySet:
@@ -230,6 +236,7 @@ class Daemon:
         await self.control.start()
         await self.launches.start()
         self.loopwatch.start()
+        await self._start_ui()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
@@ -244,6 +251,10 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.launches.stop()
+            if self.ui is not None and self.ui.running:
+                if self.hush.audit is not None:
+                    self.hush.audit.live = None
+                await self.ui.stop()
             await self.control.stop()
             writer = self.hush.audit.writer if self.hush.audit else None
             if self._listening and writer is not None:
@@ -252,6 +263,20 @@ class Daemon:
             if self._listening:
                 log.info("stopped")
         return self.exit_status
+
+    async def _start_ui(self) -> None:
+        """The live view; one that cannot bind is logged and the daemon runs without it."""
+        if self.ui is None:
+            return
+        try:
+            await self.ui.start()
+        except OSError as e:
+            log.error("no live view: cannot listen on %s:%d: %s; change ui.listen in the config, or `ui: false`",
+                      self.ui.host, self.ui.port, (e.strerror or str(e)).lower())
+            return
+        if self.hush.audit is not None:
+            self.hush.audit.live = self.ui.publish_record
+        log.info("live view: %s (`hush ui` opens it)", self.ui.url)
 
     def _record_tunnel(self, tunnel) -> None:
         self.hush.audit.record_tunnel(tunnel)
@@ -367,6 +392,7 @@ class Daemon:
             "decisions": dict(audit.counts) if audit else {},
             "held": timing.held() if timing else 0,
             "launches": self.launches.status(),
+            "ui": self.ui.status() if self.ui is not None and self.ui.running else None,  # the live view
             "loop": self.loopwatch.status(),
             "audit": {
                 "pending": writer.pending if writer else None,

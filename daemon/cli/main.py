@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(stop, state=True)
     reload = sub.add_parser("reload", help="reload the running daemon's policies (as SIGHUP does)")
     _common(reload, state=True)
+    ui = sub.add_parser("ui", help="open the live view in the browser (docs/ui.md)")
+    _common(ui, state=True)
+    ui.add_argument("--print-url", action="store_true", help="print the URL (with its one-time token) instead")
 
     policy = sub.add_parser("policy", help="check and explain policies")
     psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
@@ -414,6 +417,43 @@ def cmd_reload(args, config: Config) -> int:
         return ExitStatus.POLICY_INVALID
     same = r["version"] == r["previous"]
     print(f"reloaded: policy set {r['version']}" + (" (unchanged)" if same else f" replaces {r['previous']}"))
+    return ExitStatus.OK
+
+
+def cmd_ui(args, config: Config) -> int:
+    """``hush ui``: the running daemon's live view, opened with its token (docs/ui.md).
+
+    Example:  hush ui --print-url   →   http://127.0.0.1:8100/?token=…
+    """
+    import urllib.parse
+
+    from hush.daemon import control
+    from hush.daemon.ui.token import read_token
+
+    state = _state(args, config)
+    try:
+        st = control.request(state)
+        token = read_token(state) if st.get("ui") else ""
+    except ConnectionError as e:
+        print(f"hush ui: {e}", file=sys.stderr)
+        return ExitStatus.DAEMON_UNREACHABLE
+    except OSError as e:
+        print(f"hush ui: cannot read the live view's token: {(e.strerror or str(e)).lower()}", file=sys.stderr)
+        return ExitStatus.ERROR
+    if not st.get("ui"):
+        print("hush ui: the running daemon serves no live view (`ui: false` in its config, or it could not "
+              "listen: see its log)", file=sys.stderr)
+        return ExitStatus.ERROR
+    url = f"{st['ui']['url']}?{urllib.parse.urlencode({'token': token})}"
+    if args.print_url:
+        print(url)
+        return ExitStatus.OK
+    import webbrowser
+
+    if not webbrowser.open(url):
+        print(f"hush ui: no browser to open; open this URL yourself:\n{url}", file=sys.stderr)
+        return ExitStatus.ERROR
+    print(f"opened the live view: {st['ui']['url']}")
     return ExitStatus.OK
 
 
@@ -875,6 +915,7 @@ COMMANDS: dict[tuple[str, ...], Callable[[argparse.Namespace, Config], int]] = {
     ("status",): cmd_status,
     ("stop",): cmd_stop,
     ("reload",): cmd_reload,
+    ("ui",): cmd_ui,
     ("policy", "check"): cmd_policy_check,
     ("policy", "explain"): cmd_explain,
     ("audit", "tail"): cmd_audit_tail,

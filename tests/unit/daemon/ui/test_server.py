@@ -1,0 +1,245 @@
+"""The live view's server (daemon/ui/server.py) with a stand-in daemon: each refusal
+(Host, token, Origin) seen by a raw HTTP client, the token exchange, the event
+stream, and the bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from hush.daemon.ui import server as ui_server
+from hush.daemon.ui.questions import Board, Question
+from hush.daemon.ui.server import CSP, UIServer
+from hush.daemon.ui.token import read_token, token_path
+
+
+class Backend:
+    def __init__(self) -> None:
+        self.done: list[tuple] = []
+
+    def state(self) -> dict:
+        return {"apps": {}, "held": [], "tunnels": [], "tor": None}
+
+    def held(self, flow_id: str, do: str) -> str | None:
+        self.done.append(("held", flow_id, do))
+        return None
+
+    async def make_rule(self, app: str, match: str, value: str, action: str) -> dict:
+        self.done.append(("rule", app, match, value, action))
+        return {"ok": True, "file": "a.yaml:3", "version": "v2"}
+
+
+def run(test):
+    @functools.wraps(test)
+    def wrapper(tmp_path: Path) -> None:
+        asyncio.run(test(tmp_path))
+    return wrapper
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, board: Board | None = None):
+    ui = UIServer("127.0.0.1", 0, tmp_path, Backend(), board or Board())
+    await ui.start()
+    try:
+        yield ui
+    finally:
+        await ui.stop()
+
+
+async def raw(ui: UIServer, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are; the status, headers and body of the answer."""
+    reader, writer = await asyncio.open_connection(ui.host, ui.port)
+    writer.write(data)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(": ")
+        headers[k.lower()] = v
+    return int(lines[0].split()[1]), headers, body
+
+
+def request(ui: UIServer, method: str = "GET", path: str = "/", host: str | None = None, cookie: bool = True,
+            origin: str | None = None, body: bytes | None = None, extra: str = "") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {f'127.0.0.1:{ui.port}' if host is None else host}"]
+    if cookie:
+        lines.append(f"Cookie: other=1; {ui.cookie_name}={ui.token}")
+    if origin is not None:
+        lines.append(f"Origin: {origin}")
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode() + (body or b"")
+
+
+@run
+async def test_the_page_with_the_token(tmp_path: Path) -> None:
+    async with serving(tmp_path) as ui:
+        status, headers, body = await raw(ui, request(ui))
+        assert status == 200
+        assert b'<script src="/static/app.js"' in body
+        assert headers["content-security-policy"] == CSP
+        assert "default-src 'self'" in CSP and "unsafe-inline" not in CSP
+        assert headers["x-content-type-options"] == "nosniff"
+        status, headers, body = await raw(ui, request(ui, path="/static/app.js"))
+        assert status == 200 and headers["content-type"].startswith("text/javascript")
+        assert b"innerHTML" not in body  # the page builds its DOM with textContent
+        status, _, body = await raw(ui, request(ui, path="/api/state"))
+        assert status == 200 and json.loads(body)["held"] == []
+
+
+@run
+async def test_the_token_file_is_the_owners_only(tmp_path: Path) -> None:
+    async with serving(tmp_path) as ui:
+        assert read_token(tmp_path) == ui.token and len(ui.token) >= 40
+        assert stat.S_IMODE(os.stat(token_path(tmp_path)).st_mode) == 0o600
+    assert not token_path(tmp_path).exists()  # gone with the daemon
+
+
+@run
+async def test_no_token_is_403(tmp_path: Path) -> None:
+    async with serving(tmp_path) as ui:
+        for path in ("/", "/static/app.js", "/api/state", "/api/events"):
+            status, _, body = await raw(ui, request(ui, path=path, cookie=False))
+            assert status == 403, path
+            assert b"hush ui" in body
+        wrong = request(ui, cookie=False, extra=f"Cookie: {ui.cookie_name}=nope\r\n")
+        assert (await raw(ui, wrong))[0] == 403
+        # another daemon's cookie (another port) is not this one's
+        other = request(ui, cookie=False, extra=f"Cookie: hush-ui-1={ui.token}\r\n")
+        assert (await raw(ui, other))[0] == 403
+
+
+@run
+async def test_the_url_token_becomes_a_cookie(tmp_path: Path) -> None:
+    async with serving(tmp_path) as ui:
+        status, headers, _ = await raw(ui, request(ui, path=f"/?token={ui.token}", cookie=False))
+        assert status == 303 and headers["location"] == "/"
+        assert headers["set-cookie"] == f"{ui.cookie_name}={ui.token}; Path=/; HttpOnly; SameSite=Strict"
+        status, headers, _ = await raw(ui, request(ui, path="/?token=wrong", cookie=False))
+        assert status == 403 and "set-cookie" not in headers
+
+
+@pytest.mark.parametrize("host", ["evil.example:{port}", "localhost:{port}", "127.0.0.1", "127.0.0.1:1",
+                                  "127.0.0.2:{port}", ""])
+def test_another_host_is_refused(tmp_path: Path, host: str) -> None:
+    """DNS rebinding: a page from evil.example whose name now points at 127.0.0.1
+    sends Host: evil.example:PORT — with the token even (it has none), it is refused."""
+    async def main() -> None:
+        async with serving(tmp_path) as ui:
+            for path in ("/", f"/?token={ui.token}", "/api/state"):
+                status, headers, _ = await raw(ui, request(ui, path=path, host=host.format(port=ui.port)))
+                assert status == 421, (host, path)
+                assert "set-cookie" not in headers
+    asyncio.run(main())
+
+
+@run
+async def test_a_change_needs_the_token_and_the_same_origin(tmp_path: Path) -> None:
+    async with serving(tmp_path) as ui:
+        body = json.dumps({"id": "f1", "do": "drop"}).encode()
+        own = ui.origin
+        for origin, cookie in ((None, True), ("http://evil.example", True), (f"http://localhost:{ui.port}", True),
+                               ("null", True), (own, False)):
+            status, _, _ = await raw(ui, request(ui, "POST", "/api/held", origin=origin, cookie=cookie, body=body))
+            assert status == 403, (origin, cookie)
+        assert ui.backend.done == []  # type: ignore[attr-defined]
+        status, _, answer = await raw(ui, request(ui, "POST", "/api/held", origin=own, body=body))
+        assert status == 200 and json.loads(answer) == {"ok": True, "error": None}
+        rule = json.dumps({"app": "a", "match": "site", "value": "example.com", "action": "block"}).encode()
+        status, _, answer = await raw(ui, request(ui, "POST", "/api/rule", origin=own, body=rule))
+        assert status == 200 and json.loads(answer)["file"] == "a.yaml:3"
+        assert ui.backend.done == [("held", "f1", "drop"),  # type: ignore[attr-defined]
+                                   ("rule", "a", "site", "example.com", "block")]
+        # a form post (no JSON) from the page's own origin is refused too
+        form = request(ui, "POST", "/api/held", origin=own).replace(b"\r\n\r\n", b"\r\nContent-Type: "
+                                                                    b"application/x-www-form-urlencoded\r\n"
+                                                                    b"Content-Length: 2\r\n\r\nx=")
+        assert (await raw(ui, form))[0] == 415
+
+
+@run
+async def test_bounds(tmp_path: Path) -> None:
+    async with serving(tmp_path) as ui:
+        many = "".join(f"X-{i}: {i}\r\n" for i in range(ui_server.MAX_HEADERS + 1))
+        assert (await raw(ui, request(ui, extra=many)))[0] == 431
+        long = f"X-Long: {'a' * ui_server.MAX_HEAD}\r\n"
+        assert (await raw(ui, request(ui, extra=long)))[0] == 431
+        big = request(ui, "POST", "/api/held", origin=ui.origin, body=b"{}").replace(
+            b"Content-Length: 2", f"Content-Length: {ui_server.MAX_BODY + 1}".encode())
+        assert (await raw(ui, big))[0] == 413
+        assert (await raw(ui, b"GARBAGE\r\n\r\n"))[0] == 400
+        chunked = request(ui, "POST", "/api/held", origin=ui.origin, extra="Transfer-Encoding: chunked\r\n")
+        assert (await raw(ui, chunked))[0] == 501
+
+
+async def read_event(reader: asyncio.StreamReader) -> tuple[str, dict]:
+    while True:
+        block = (await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)).decode()
+        fields = dict(line.split(": ", 1) for line in block.strip().split("\n") if ": " in line)
+        if "event" in fields:
+            return fields["event"], json.loads(fields["data"])
+
+
+@run
+async def test_events_stream_decisions_and_questions(tmp_path: Path) -> None:
+    board = Board()
+    async with serving(tmp_path, board) as ui:
+        ui.publish_record({"app": "a", "decision": "block", "host": "x.org"})
+        reader, writer = await asyncio.open_connection(ui.host, ui.port)
+        writer.write(request(ui, path="/api/events"))
+        await reader.readuntil(b"\r\n\r\n")
+        event, hello = await read_event(reader)
+        assert event == "hello" and [r["host"] for r in hello["records"]] == ["x.org"]
+        assert board.listening()
+        ui.publish_record({"app": "a", "decision": "allow", "host": "<script>alert(1)</script>"})
+        event, data = await read_event(reader)
+        assert event == "decision" and data["host"] == "<script>alert(1)</script>" and data["seq"] == 2
+        question = Question(app="a", host="h.org", site="h.org")
+        board.post(question)
+        event, data = await read_event(reader)
+        assert event == "question" and data["id"] == question.id
+        body = json.dumps({"id": question.id, "verdict": "allow", "scope": "once"}).encode()
+        status, _, _ = await raw(ui, request(ui, "POST", "/api/answer", origin=ui.origin, body=body))
+        assert status == 200
+        assert (await question.answer).verdict == "allow"
+        event, data = await read_event(reader)
+        assert event == "question-closed" and data["reason"] == "answered"
+        writer.close()
+
+
+@run
+async def test_event_clients_are_bounded(tmp_path: Path) -> None:
+    async with serving(tmp_path) as ui:
+        streams = []
+        for _ in range(ui_server.MAX_CLIENTS):
+            reader, writer = await asyncio.open_connection(ui.host, ui.port)
+            writer.write(request(ui, path="/api/events"))
+            await reader.readuntil(b"event: hello")
+            streams.append(writer)
+        assert (await raw(ui, request(ui, path="/api/events")))[0] == 503
+        for writer in streams:
+            writer.close()
+
+
+def test_a_port_in_use_is_an_oserror(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+
+        async def main() -> None:
+            ui = UIServer("127.0.0.1", port, tmp_path, Backend(), Board())
+            with pytest.raises(OSError):
+                await ui.start()
+        asyncio.run(main())
