@@ -367,9 +367,11 @@ class Xvfb:
                 break
         self.display = f":{number}"
         self.fbdir = tmp
+        # -noreset: by default Xvfb resets when its last client leaves, and a client connecting then
+        # (the next test's NeoChat) fails with "could not connect to display"
         self.proc = subprocess.Popen(["Xvfb", self.display, "-screen", "0", "1024x700x24", "-nolisten", "tcp",
-                                      "-fbdir", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                      "-noreset", "-fbdir", str(tmp)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DISPLAY": self.display}
 
         def answers() -> bool:  # its socket appears a moment before it accepts

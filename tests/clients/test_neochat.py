@@ -58,8 +58,8 @@ def audit(hush: HushIn) -> list[dict]:
         conn.close()
 
 
-def wellknown_rows(hush: HushIn) -> list[dict]:
-    return [r for r in audit(hush) if (r["url"] or "").endswith(WELL_KNOWN)]
+def last_id(hush: HushIn) -> int:
+    return max((r["id"] for r in audit(hush)), default=0)
 
 
 class Matrix:
@@ -94,8 +94,11 @@ class Matrix:
         self.world.trust(hush.ca_cert)  # NeoChat (Qt) trusts only /etc/ssl/certs: hush's CA goes there
         return hush
 
-    def neochat(self, hush: HushIn, name: str) -> NeoChat:
-        client = self.started(NeoChat(self.world, self.xvfb.display, hush.port, name=name))  # type: ignore[attr-defined]
+    def neochat(self, hush: HushIn, name: str, launch: bool = False) -> NeoChat:
+        """A NeoChat of its own (``name``: its HOME and log) with hush's listener as its proxy, or
+        under ``hush launch --app element`` (no proxy setting)."""
+        client = self.started(NeoChat(self.world, self.xvfb.display, None if launch else hush.port,  # type: ignore[attr-defined]
+                                      launch=hush.state if launch else None, name=name))
         client.wait_window()
         time.sleep(2)  # the login page's QML is up a moment after the window
         return client
@@ -121,27 +124,34 @@ def matrix(tmp_path_factory):
 
 
 class Login:
-    """NeoChat logged in as alice by typing, with what the typing cost: the
-    ``.well-known`` lookups Synapse served and hush's rows for them."""
+    """NeoChat logged in as alice by typing (``mode``: through hush's listener,
+    or under ``hush launch``), with what the typing cost: the ``.well-known``
+    lookups Synapse served and hush's rows for them."""
 
-    def __init__(self, matrix: Matrix):
-        self.client = matrix.neochat(matrix.hush, "neochat")
-        before = len(matrix.synapse.requests(WELL_KNOWN))
+    def __init__(self, matrix: Matrix, mode: str):
+        self.mode = mode
+        self.client = matrix.neochat(matrix.hush, f"neochat-{mode}", launch=mode == "launch")
+        before, since = len(matrix.synapse.requests(WELL_KNOWN)), last_id(matrix.hush)
         self.client.type_matrix_id(f"@alice:{SERVER_NAME}")
         # the last lookup leaves once typing has been quiet for the rule's 1.5 s
         wait_for(lambda: len(matrix.synapse.requests(WELL_KNOWN)) > before, timeout=20,
-                 message=f"the homeserver's .well-known lookup ({matrix.screenshot('typed')})")
+                 message=f"the homeserver's .well-known lookup ({matrix.screenshot(f'typed-{mode}')})")
         time.sleep(2)  # anything still held would have left by now
         self.served = matrix.synapse.requests(WELL_KNOWN)[before:]
-        self.rows = wellknown_rows(matrix.hush)
+        self.rows = [r for r in audit(matrix.hush) if r["id"] > since and (r["url"] or "").endswith(WELL_KNOWN)]
         self.client.log_in(PASSWORD)
-        wait_for(lambda: [r for r in audit(matrix.hush) if "/sync" in (r["url"] or "") and r["status"] == 200],
-                 timeout=60, message=f"NeoChat's first /sync ({matrix.screenshot('login')})")
+        wait_for(lambda: [r for r in audit(matrix.hush)
+                          if r["id"] > since and "/sync" in (r["url"] or "") and r["status"] == 200],
+                 timeout=60, message=f"NeoChat's first /sync ({matrix.screenshot(f'login-{mode}')})")
 
 
-@pytest.fixture(scope="module")
-def login(matrix):
-    return Login(matrix)
+@pytest.fixture(scope="module", params=["proxy", "launch"])
+def login(matrix, request):
+    """``proxy``: NeoChat's [NetworkProxy] names hush's element listener;
+    ``launch``: ``hush launch --app element -- neochat``, no proxy setting."""
+    done = Login(matrix, request.param)
+    yield done
+    done.client.stop()  # before the next mode's NeoChat opens on the same screen
 
 
 def test_without_the_debounce_rule_each_keystroke_reaches_the_homeserver(matrix):
@@ -171,6 +181,7 @@ def test_wellknown_lookups_while_typing_reach_the_homeserver_once(matrix, login)
     # NeoChat asked per keystroke: hush saw a lookup for the server part as typed so far...
     hosts = [r["host"] for r in login.rows]
     assert len(set(hosts)) >= len(prefixes(SERVER_NAME)) - 3, hosts
+    assert all(r["listener"].startswith("launch:element:") == (login.mode == "launch") for r in login.rows)
     assert all(r["rule"].endswith(f"element.yaml:{line}") for r in login.rows), login.rows
     # ...every one but the last was superseded (answered 204 by hush, never sent) or given up by NeoChat...
     released = [r for r in login.rows if r["decision"] == "debounce"]
@@ -185,26 +196,38 @@ def test_a_link_in_a_room_is_never_previewed_by_the_homeserver(matrix, login):
     line = rule_line(ELEMENT.read_text(), "URL previews")
     client.open_first_room()
     time.sleep(1.5)
-    link = f"https://{SITE_NAME}:{matrix.site.port}/preview-me.html"
-    matrix.synapse.api("PUT", f"/_matrix/client/v3/rooms/{urllib.parse.quote(matrix.room)}/send/m.room.message/1",
-                       {"msgtype": "m.text", "body": f"look {link}"}, token=matrix.bob)
+    asked, accepts = len(matrix.synapse.requests("preview_url")), len(matrix.site.accepts)
+    links = [f"https://{SITE_NAME}:{matrix.site.port}/{login.mode}-{n}.html" for n in (1, 2)]
 
-    def previews() -> list[dict]:
-        return [r for r in audit(matrix.hush) if "preview_url" in (r["url"] or "")]
+    def send(n: int) -> None:
+        matrix.synapse.api("PUT", f"/_matrix/client/v3/rooms/{urllib.parse.quote(matrix.room)}/send/m.room.message/"
+                                  f"{login.mode}-{n}", {"msgtype": "m.text", "body": f"look {links[n]}"},
+                           token=matrix.bob)
+
+    def previews(link: str) -> list[dict]:
+        return [r for r in audit(matrix.hush) if (r["url"] or "").endswith(f"/preview_url?url={link}")]
+
     # NeoChat asked for the preview, and the request reached hush: without this row the test proves nothing
-    rows = wait_for(previews, timeout=30, message=f"NeoChat's preview_url request ({matrix.screenshot('room')})")
+    send(0)
+    rows = wait_for(lambda: previews(links[0]), timeout=30,
+                    message=f"NeoChat's preview_url request ({matrix.screenshot(f'room-{login.mode}')})")
     row = rows[0]
-    assert row["url"] == f"https://{SERVER_NAME}/_matrix/media/r0/preview_url?url={link}", row
-    assert (row["decision"], row["status"]) == ("block", 403), row
+    assert row["url"] == f"https://{SERVER_NAME}/_matrix/media/r0/preview_url?url={links[0]}", row
+    assert (row["decision"], row["status"], row["ip_exposed"]) == ("block", 403, 0), row
     assert row["rule"].endswith(f"element.yaml:{line}"), row
-    assert row["ip_exposed"] == 0, row
+    assert row["listener"].startswith("launch:element:") == (login.mode == "launch"), row
+    # a second link: asked for too (NeoChat also asks again for the older ones it shows), blocked alike
+    send(1)
+    wait_for(lambda: previews(links[1]), timeout=30, message=f"the second preview ({matrix.screenshot('room2')})")
     time.sleep(1)
+    rows = previews(links[0]) + previews(links[1])
+    assert {(r["decision"], r["rule"].rsplit(":", 1)[1]) for r in rows} == {("block", str(line))}, rows
     # the far side: the homeserver was never asked, the site never connected to
-    assert matrix.synapse.requests("preview_url") == []
-    assert matrix.site.accepts == []
+    assert matrix.synapse.requests("preview_url")[asked:] == []
+    assert matrix.site.accepts[accepts:] == []
     # ...and they would have seen it: the same request, made to Synapse directly, is served and fetched
-    control = f"https://{SITE_NAME}:{matrix.site.port}/control.html"
+    control = f"https://{SITE_NAME}:{matrix.site.port}/control-{login.mode}.html"
     matrix.synapse.api("GET", f"/_matrix/media/r0/preview_url?url={urllib.parse.quote(control, safe='')}",
                        token=matrix.alice)
-    assert len(matrix.synapse.requests("preview_url")) == 1
-    assert len(matrix.site.accepts) >= 1 and matrix.site.paths == ["/control.html"]
+    assert len(matrix.synapse.requests("preview_url")[asked:]) == 1
+    assert len(matrix.site.accepts[accepts:]) >= 1 and matrix.site.paths[-1] == f"/control-{login.mode}.html"
