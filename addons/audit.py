@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from mitmproxy.proxy.layer import NextLayer
 
     from hush.addons.torroute import Route, TorRoute
+    from hush.daemon.audit.ship import Shipper
 
 Record = dict[str, Any]  # one row of the audit table
 
@@ -252,6 +253,7 @@ class Audit:
     def __init__(self, router: TorRoute | None = None):
         self.router = router  # to tell a connection to tor from one to the site (wired in chain())
         self.writer: AuditWriter | None = None
+        self.shipper: Shipper | None = None  # audit.ship: the daemon sets it (docs/fleet.md)
         self.counts: collections.Counter[str] = collections.Counter()  # decisions since start
         self.live: Callable[[Record], None] | None = None  # the live view (daemon/ui): the daemon sets it
         # tunnels whose row is not complete, by key, while their connection lives (it holds them)
@@ -289,7 +291,7 @@ class Audit:
                 raise exceptions.OptionsError(
                     f"Cannot open the audit database in {ctx.options.hush_state_dir}: {e}") from e
 
-    def _emit(self, record: Record) -> None:
+    def _emit(self, record: Record, flow: http.HTTPFlow | None = None) -> None:
         if record.get("conn") is None:
             self.counts[record["decision"]] += 1  # tunnels are counted in hush_tunnel
         if self.live is not None:  # the live view sees the record as the audit keeps it (redacted)
@@ -301,6 +303,19 @@ class Audit:
             self.writer.submit(record)
         else:
             log.info("audit: %s", record)
+        if self.shipper is not None:
+            self._ship(self.shipper, record, flow)
+
+    @staticmethod
+    def _ship(shipper: Shipper, record: Record, flow: http.HTTPFlow | None) -> None:
+        """Hand the record to the shipper, which redacts it its own way: a flow's
+        record is built again only if shipping keeps more of its URL than the local audit."""
+        try:
+            if flow is not None and _DETAIL[shipper.redaction] > _DETAIL[ctx.options.hush_audit_redaction]:
+                record = flow_record(flow, shipper.redaction)
+            shipper.submit(record)
+        except Exception:
+            log.exception("audit: could not ship a record")
 
     # flows
     def response(self, flow: http.HTTPFlow) -> None:
@@ -319,7 +334,7 @@ class Audit:
             return
         n.audited = True
         try:
-            self._emit(flow_record(flow, ctx.options.hush_audit_redaction))
+            self._emit(flow_record(flow, ctx.options.hush_audit_redaction), flow)
         except Exception:
             log.exception("audit: could not record %s", flow.request.pretty_url)
 

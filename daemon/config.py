@@ -10,6 +10,9 @@
     audit:
       redaction: site                 # full | no-query | site
       keep_days: 30                   # delete older records (0: keep forever)
+      ship: journald                  # also to the system log: journald | {syslog: "tcp://host:port"} (udp:// too)
+      ship_redaction: site            # what is shipped: site | hash | no-query | full (docs/fleet.md)
+      ship_queue: 10000               # records held while the collector is away; beyond: dropped, counted
     strip:
       user_agent: "Mozilla/5.0 …"     # what `strip` puts in place of User-Agent
     upstream_ca: /path/to/ca.pem      # extra CAs to trust for sites (intercepted flows)
@@ -42,6 +45,9 @@ from typing import Any
 
 import yaml
 
+from hush.daemon.audit.ship import DEFAULT_SHIP_REDACTION, SHIP_REDACTIONS, parse_syslog_url
+from hush.daemon.audit.ship import QUEUE_MAX as SHIP_QUEUE_MAX
+from hush.daemon.audit.ship import Target as ShipTarget
 from hush.daemon.audit.store import DEFAULT_REDACTION, REDACTIONS
 from hush.daemon.policy.context import GENERIC_USER_AGENT, ParseContext
 from hush.daemon.tor import TorConfig
@@ -59,6 +65,9 @@ class Config:
     organisation_policies: Path = DEFAULT_ORGANISATION_POLICIES  # absent: no floor
     redaction: str = DEFAULT_REDACTION
     keep_days: int = 30
+    ship: ShipTarget | None = None  # audit.ship: where audit records go besides audit.db
+    ship_redaction: str = DEFAULT_SHIP_REDACTION
+    ship_queue: int = SHIP_QUEUE_MAX
     user_agent: str = GENERIC_USER_AGENT
     upstream_ca: Path | None = None
     log_level: str = "info"
@@ -113,11 +122,19 @@ def parse_config(file: str, text: str) -> Config:
         if key in fields:
             values[key] = path_of(key)
     if "audit" in fields:
-        audit = reader.mapping(fields["audit"].value, allowed={"redaction", "keep_days"}, what="audit")
+        audit = reader.mapping(fields["audit"].value, what="audit",
+                               allowed={"redaction", "keep_days", "ship", "ship_redaction", "ship_queue"})
         if "redaction" in audit:
             values["redaction"] = reader.choice(audit["redaction"].value, "audit redaction", REDACTIONS)
         if "keep_days" in audit:
             values["keep_days"] = reader.integer(audit["keep_days"].value, "audit keep_days", 0, 36500)
+        if "ship" in audit:
+            values["ship"] = _ship(reader, audit["ship"].value)
+        if "ship_redaction" in audit:
+            values["ship_redaction"] = reader.choice(audit["ship_redaction"].value, "audit ship_redaction",
+                                                     SHIP_REDACTIONS)
+        if "ship_queue" in audit:
+            values["ship_queue"] = reader.integer(audit["ship_queue"].value, "audit ship_queue", 1, 1_000_000)
     if "strip" in fields:
         strip = reader.mapping(fields["strip"].value, allowed={"user_agent"}, what="strip")
         if "user_agent" in strip:
@@ -167,6 +184,34 @@ def _size(reader: Reader, node, what: str, lo: int, hi: int) -> int | None:
     reader.error(node, f"{what} must be a size such as 32KiB, 64KB or 16384, not {node.value!r}"
                  if isinstance(node, yaml.ScalarNode) else f"{what} must be a size such as 32KiB, 64KB or 16384")
     return None
+
+
+def _ship(reader: Reader, node) -> ShipTarget | None:
+    """``journald``, ``{journald: /path/to/socket}``, ``{syslog: tcp://host:port}`` (or ``udp://``)."""
+    expected = "audit ship must be journald, {journald: SOCKET_PATH} or {syslog: \"tcp://HOST:PORT\"} (udp:// too)"
+    if isinstance(node, yaml.ScalarNode):
+        if node.value == "journald":
+            return ShipTarget("journald")
+        reader.error(node, f"{expected}, not {node.value!r}")
+        return None
+    ship = reader.mapping(node, allowed={"journald", "syslog"}, what="audit ship")
+    if len(ship) != 1:
+        if ship:
+            reader.error(node, "audit ship takes one of journald or syslog, not both")
+        elif isinstance(node, yaml.MappingNode) and not node.value:
+            reader.error(node, expected)
+        return None
+    if "journald" in ship:
+        path = reader.string(ship["journald"].value, "audit ship journald socket")
+        return None if path is None else ShipTarget("journald", path=path)
+    url = reader.string(ship["syslog"].value, "audit ship syslog")
+    if url is None:
+        return None
+    try:
+        return parse_syslog_url(url)
+    except ValueError as e:
+        reader.error(ship["syslog"].value, str(e))
+        return None
 
 
 def _loopback(reader: Reader, node, allow_non_loopback: bool) -> str | None:

@@ -28,6 +28,9 @@ from pathlib import Path
 log = logging.getLogger("hush")
 
 SOCKET_NAME = "control.sock"
+# ``hush status --json`` (and the control socket's ``status``): "hush.status/1" until a
+# field is removed or changes meaning (new fields may come in any version); docs/fleet.md
+STATUS_SCHEMA = "hush.status/1"
 LOCK_NAME = "lock"
 MAX_PATH = 107  # sun_path
 

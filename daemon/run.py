@@ -40,8 +40,9 @@ from mitmproxy.master import Master
 
 from hush.addons import Pipeline, chain
 from hush.daemon import paths
+from hush.daemon.audit.ship import ShipError, make_shipper
 from hush.daemon.config import Config
-from hush.daemon.control import AlreadyRunning, ControlServer, StateLock
+from hush.daemon.control import STATUS_SCHEMA, AlreadyRunning, ControlServer, StateLock
 from hush.daemon.control import socket_path as control_socket
 from hush.daemon.exitstatus import ExitStatus
 from hush.daemon.launch.server import LaunchServer
@@ -59,6 +60,7 @@ log = logging.getLogger("hush")
 # millisecond instead of every 5: bench/audit_burst.py measured 11 ms loop
 # stalls under an audit burst with Python's default.
 SWITCH_INTERVAL = 0.001
+SHIP_DEADLINE = 2.0  # seconds a stopping daemon gives audit shipping to send what is queued
 
 
 @dataclasses.dataclass
@@ -159,6 +161,10 @@ class Daemon:
         self.master = Master(options.Options())
         self.master.addons.add(*mitmproxy_addons())
         self.hush = chain(self.holder, self.tor)  # hush's addons, wired
+        self.shipper = make_shipper(config.ship, config.ship_redaction, state_dir,
+                                    config.ship_queue)  # audit.ship, or None
+        if self.shipper is not None and self.hush.audit is not None:
+            self.hush.audit.shipper = self.shipper
         self.master.addons.add(Pipeline([*self.hush, self]))
         self.master.options.update(**mitmproxy_options(policyset, config, state_dir))
         self.exit_status = ExitStatus.OK
@@ -237,6 +243,8 @@ class Daemon:
         await self.launches.start()
         self.loopwatch.start()
         await self._start_ui()
+        if self.shipper is not None:
+            self.shipper.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
@@ -259,6 +267,8 @@ class Daemon:
             writer = self.hush.audit.writer if self.hush.audit else None
             if self._listening and writer is not None:
                 log.info("audit: %s written", _plural(writer.written, "record", "records"))
+            if self.shipper is not None:  # after audit's done: its last records are queued
+                await asyncio.to_thread(self.shipper.close, SHIP_DEADLINE)
             await self.tor.stop()
             if self._listening:
                 log.info("stopped")
@@ -376,6 +386,7 @@ class Daemon:
         writer = audit.writer if audit else None
         last = self.reloads[-1] if self.reloads else None
         return {
+            "schema": STATUS_SCHEMA,
             "running": True,
             "pid": os.getpid(),
             "started": self.started,
@@ -399,6 +410,7 @@ class Daemon:
                 "written": writer.written if writer else None,
                 "degraded": writer.degraded if writer else None,
                 "last_error": writer.last_error if writer else None,
+                "ship": self.shipper.status() if self.shipper is not None else None,
             },
         }
 
@@ -445,6 +457,11 @@ async def serve(policyset: PolicySet, config: Config, state_dir: Path, policies:
                   f"{(e.strerror or str(e)).lower()}", file=sys.stderr)
             return ExitStatus.ERROR
         sys.setswitchinterval(SWITCH_INTERVAL)
-        return await Daemon(policyset, config, state_dir, policies).run()
+        try:
+            daemon = Daemon(policyset, config, state_dir, policies)
+        except ShipError as e:
+            print(f"hush: not starting, {e}", file=sys.stderr)
+            return ExitStatus.ERROR
+        return await daemon.run()
     finally:
         lock.release()

@@ -667,7 +667,8 @@ class ShipError(Exception):
     """audit.ship cannot start (its key cannot be read or made); one line."""
 
 
-def make_shipper(target: Target | None, redaction: str, state_dir: Path) -> Shipper | None:
+def make_shipper(target: Target | None, redaction: str, state_dir: Path,
+                 queue_max: int = QUEUE_MAX) -> Shipper | None:
     """The config's shipper (not started), or None without ``audit.ship``.
 
     :raises ShipError: if ``hash`` redaction's key cannot be read or made
@@ -681,4 +682,4 @@ def make_shipper(target: Target | None, redaction: str, state_dir: Path) -> Ship
             key = load_key(path)
         except (OSError, ValueError) as e:
             raise ShipError(f"audit.ship_redaction hash needs its key {path}: {e}") from e
-    return Shipper(target, redaction, key)
+    return Shipper(target, redaction, key, queue_max=queue_max)

@@ -1,6 +1,8 @@
 """``hush doctor``: what is wrong on this machine, and how to fix each thing.
 
 Each check returns a :class:`Finding`; none of them changes anything.
+``hush doctor --json`` prints :func:`as_json`: ``{"schema": "hush.doctor/1",
+"ok": …, "findings": [{"level", "check", "message", "fix"}, …]}`` (docs/fleet.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Literal
 from hush.daemon import paths
 from hush.daemon.config import Config, load_config
 from hush.daemon.yamlschema import LoadError
+
+DOCTOR_SCHEMA = "hush.doctor/1"  # until a field is removed or changes meaning; new fields may come
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +299,51 @@ def check_launch(tool=None, try_namespaces=_try_namespaces) -> list[Finding]:
     return out
 
 
+def check_ship(config: Config, status: dict | None = None, probe: bool = True) -> list[Finding]:
+    """``audit.ship``: the running daemon's shipping (dropped records, a collector
+    it cannot reach), or, without a daemon, whether the target answers now."""
+    if config.ship is None:
+        return [Finding("ok", "ship", "audit records are not shipped (no audit.ship in the config)")]
+    target, mode = config.ship, config.ship_redaction
+    warn_full = [Finding("warn", "ship", f"audit.ship_redaction {mode}: the central log receives URLs "
+                         "(a record of every link people open)", "use site or hash (docs/fleet.md)")] \
+        if mode in ("full", "no-query") else []
+    ship = ((status or {}).get("audit") or {}).get("ship")
+    if ship:
+        if ship.get("dropped") or not ship.get("connected"):
+            why = f"; last error: {ship['last_error']}" if ship.get("last_error") else ""
+            return [Finding("warn", "ship", f"{ship['target']}: {ship['shipped']} shipped, {ship['dropped']} "
+                            f"dropped, {'connected' if ship.get('connected') else 'not connected'}{why}",
+                            "check that the collector runs and listens there; hush reconnects by itself"),
+                    *warn_full]
+        return [Finding("ok", "ship", f"{ship['target']} ({mode}): {ship['shipped']} shipped, none dropped"),
+                *warn_full]
+    problem = _reach(target) if probe else None
+    if problem:
+        return [Finding("warn", "ship", f"{target}: {problem}; records would be dropped (counted) until it is",
+                        "start the collector, or fix audit.ship in the config"), *warn_full]
+    return [Finding("ok", "ship", f"{target} ({mode}) can be reached"), *warn_full]
+
+
+def _reach(target) -> str | None:
+    """Why ``target`` cannot be reached now, or None (a connect, nothing sent)."""
+    if target.kind == "journald":
+        return None if Path(target.path).exists() else f"no journal socket at {target.path}"
+    if target.kind == "udp":
+        return None
+    try:
+        socket.create_connection((target.host, target.port), timeout=2).close()
+    except OSError as e:
+        return f"cannot connect ({(e.strerror or str(e)).lower()})"
+    return None
+
+
+def as_json(findings: list[Finding]) -> dict:
+    """``hush doctor --json``: versioned (``schema``), for fleet inventory tools."""
+    return {"schema": DOCTOR_SCHEMA, "ok": not any(f.level == "fail" for f in findings),
+            "findings": [dataclasses.asdict(f) for f in findings]}
+
+
 def _daemon_status(state: Path) -> dict | None:
     """What the daemon running with ``state`` reports (``hush status --json``), or None."""
     from hush.daemon import control
@@ -323,4 +372,5 @@ def run_checks(policies_flag, state_flag, config_flag, running: bool) -> list[Fi
     findings += check_state(state)
     findings += check_proxy_env(policyset)
     findings += check_launch()
+    findings += check_ship(config, status)
     return findings

@@ -16,7 +16,6 @@ Exit codes are :class:`hush.daemon.exitstatus.ExitStatus`: 0 ok, 1 error, 2 usag
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -341,7 +340,8 @@ def cmd_status(args, config: Config) -> int:
         st = control.request(state)
     except ConnectionError as e:
         if _fmt(args) == "json":
-            _print_json({"running": False, "state_dir": str(state), "error": str(e)})
+            _print_json({"schema": control.STATUS_SCHEMA, "running": False, "state_dir": str(state),
+                         "error": str(e)})
         else:
             print(f"not running: {e}")
         return ExitStatus.DAEMON_UNREACHABLE
@@ -382,6 +382,11 @@ def cmd_status(args, config: Config) -> int:
     if audit.get("dropped"):
         degraded += f"; {_n(audit['dropped'], 'record')} dropped (the disk refused past the queue's bound)"
     print(f"audit: {_n(audit['written'], 'record')} written, {audit['pending']} queued{degraded}")
+    ship = audit.get("ship")
+    if ship:
+        down = "" if ship["connected"] or not ship["last_error"] else f"; NOT CONNECTED: {ship['last_error']}"
+        print(f"audit shipping to {ship['target']} ({ship['redaction']}): {ship['shipped']} shipped, "
+              f"{ship['queued']} queued, {ship['dropped']} dropped{down}")
     return ExitStatus.OK
 
 
@@ -779,7 +784,7 @@ def cmd_doctor(args, config: Config) -> int:
         running = False
     findings = doctor.run_checks(args.policies, args.state_dir, args.config, running)
     if _fmt(args) == "json":
-        _print_json([dataclasses.asdict(f) for f in findings])
+        _print_json(doctor.as_json(findings))
     else:
         marks = {"ok": "✓", "warn": "!", "fail": "✗"}
         for f in findings:

@@ -31,7 +31,7 @@ def test_doctor_and_the_503_name_the_bootstrap_phase(hush, origin):
     out = subprocess.run([sys.executable, "-m", "hush.daemon.cli", "doctor", "--policies", str(h.policies),
                           "--state-dir", str(h.state), "--config", str(h.dir / "config.yaml"), "--json"],
                          capture_output=True, text=True, timeout=60)
-    [finding] = [f for f in json.loads(out.stdout) if f["check"] == "tor"]
+    [finding] = [f for f in json.loads(out.stdout)["findings"] if f["check"] == "tor"]
     # a daemon started seconds ago: still bootstrapping (a fail once it has been stuck for minutes)
     assert finding["level"] == "warn", finding
     assert finding["message"].startswith("still bootstrapping, at ") and "% (" in finding["message"], finding

@@ -24,7 +24,8 @@ def test_full_config_resolves_relative_paths():
     ("state_dir: 5\n", "c.yaml:1:12: state_dir must be a string, not the number 5; quote it"),
     ("audit: {redaction: off}\n",
      "c.yaml:1:20: audit redaction: 'off' is read by YAML 1.1 as a boolean; quote it (\"off\") if you mean the string"),
-    ("audit: {keep: 3}\n", "c.yaml:1:9: unknown key 'keep' (expected one of: keep_days, redaction)"),
+    ("audit: {keep: 3}\n",
+     "c.yaml:1:9: unknown key 'keep' (expected one of: keep_days, redaction, ship, ship_queue, ship_redaction)"),
     ("listen: 1\n",
      "c.yaml:1:1: unknown key 'listen' (expected one of: allow_non_loopback_listeners, audit, limits, listen_host, "
      "log_level, organisation_policies, policies, state_dir, strip, timing, tor, ui, upstream_ca)"),
@@ -86,3 +87,33 @@ def test_limits():
     assert (c.max_headers, c.max_header_bytes) == (50, 16384)
     assert parse_config("c.yaml", "limits: {max_header_bytes: 65536}\n").max_header_bytes == 65536
     assert parse_config("c.yaml", "limits: {max_header_bytes: 64KB}\n").max_header_bytes == 64000
+
+
+def test_audit_ship():
+    from hush.daemon.audit.ship import Target
+
+    assert parse_config("c.yaml", "audit: {ship: journald}\n").ship == Target("journald")
+    journal = parse_config("c.yaml", "audit: {ship: {journald: /tmp/j.sock}, ship_queue: 50}\n")
+    assert journal.ship == Target("journald", path="/tmp/j.sock") and journal.ship_queue == 50
+    c = parse_config("c.yaml", "audit:\n  ship: {syslog: 'tcp://logs.example:6514'}\n  ship_redaction: hash\n")
+    assert c.ship == Target("tcp", "logs.example", 6514) and c.ship_redaction == "hash"
+    assert parse_config("c.yaml", "audit: {ship: {syslog: 'udp://[::1]:514'}}\n").ship == Target("udp", "::1", 514)
+    assert Config().ship is None and Config().ship_redaction == "site"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("audit: {ship: syslog}\n", "c.yaml:1:15: audit ship must be journald, {journald: SOCKET_PATH} or "
+     "{syslog: \"tcp://HOST:PORT\"} (udp:// too), not 'syslog'"),
+    ("audit: {ship: {syslog: 'http://h:1'}}\n",
+     "c.yaml:1:24: syslog address must start with tcp:// or udp://, not 'http://h:1'"),
+    ("audit: {ship: {syslog: 'tcp://h'}}\n",
+     "c.yaml:1:24: syslog address needs a host and a port: 'tcp://h'; expected tcp://HOST:PORT"),
+    ("audit: {ship: {syslog: 'tcp://h:1', journald: x}}\n",
+     "c.yaml:1:15: audit ship takes one of journald or syslog, not both"),
+    ("audit: {ship_redaction: names}\n",
+     "c.yaml:1:25: unknown audit ship_redaction 'names' (expected one of: full, hash, no-query, site)"),
+])
+def test_audit_ship_errors(text, message):
+    with pytest.raises(LoadError) as e:
+        parse_config("c.yaml", text)
+    assert [str(x) for x in e.value.errors] == [message]

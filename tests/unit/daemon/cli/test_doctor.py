@@ -25,7 +25,10 @@ def test_doctor_on_a_broken_setup(tmp_path, capsys, monkeypatch):
 
     code = main(["doctor", "--policies", str(policies), "--state-dir", str(state), "--config", str(config), "--json"])
     taken.close()
-    findings = {(f["check"], f["level"]): f for f in json.loads(capsys.readouterr().out)}
+    out = json.loads(capsys.readouterr().out)
+    assert out["schema"] == "hush.doctor/1" and out["ok"] is False
+    assert all(set(f) == {"level", "check", "message", "fix"} for f in out["findings"])
+    findings = {(f["check"], f["level"]): f for f in out["findings"]}
     assert code == ExitStatus.ERROR
     assert "no '/nonexistent/tor' is installed" in findings[("tor", "fail")]["message"]
     assert f"127.0.0.1:{port} (a) is taken by another program" == findings[("ports", "fail")]["message"]
@@ -130,3 +133,53 @@ def test_each_bootstrap_phase_says_what_a_stall_there_usually_means():
     assert "descriptors" in stuck_phase(60)[0]
     assert "circuits" in stuck_phase(95)[0]
     assert "not begun" in stuck_phase(0)[0]
+
+
+def test_doctor_json_schema_on_a_good_setup(tmp_path, capsys):
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "a.yaml").write_text("app: a\nlisten: 1\ndefault: allow\n")
+    main(["doctor", "--policies", str(policies), "--state-dir", str(tmp_path / "s"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == ["schema", "ok", "findings"] and out["schema"] == "hush.doctor/1"
+    assert {"check": "ship", "level": "ok", "fix": None,
+            "message": "audit records are not shipped (no audit.ship in the config)"} in out["findings"]
+
+
+def _config(tmp_path, text):
+    from hush.daemon.config import parse_config
+
+    return parse_config(str(tmp_path / "c.yaml"), text)
+
+
+def test_check_ship_without_a_daemon(tmp_path):
+    from hush.daemon.cli.doctor import check_ship
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
+    [ok] = check_ship(_config(tmp_path, f"audit: {{ship: {{syslog: 'tcp://127.0.0.1:{port}'}}}}\n"))
+    assert ok.level == "ok" and ok.message == f"syslog tcp://127.0.0.1:{port} (site) can be reached"
+    listening.close()
+    [down] = check_ship(_config(tmp_path, f"audit: {{ship: {{syslog: 'tcp://127.0.0.1:{port}'}}}}\n"))
+    assert down.level == "warn" and down.message == (f"syslog tcp://127.0.0.1:{port}: cannot connect (connection "
+                                                     "refused); records would be dropped (counted) until it is")
+    [nojournal] = check_ship(_config(tmp_path, f"audit: {{ship: {{journald: {tmp_path}/none}}}}\n"))
+    assert nojournal.level == "warn" and f"no journal socket at {tmp_path}/none" in nojournal.message
+    _, full = check_ship(_config(tmp_path, "audit: {ship: {syslog: 'udp://127.0.0.1:9'}, ship_redaction: full}\n"))
+    assert full.level == "warn" and "every link" in full.message and full.fix == "use site or hash (docs/fleet.md)"
+
+
+def test_check_ship_asks_the_running_daemon(tmp_path):
+    from hush.daemon.cli.doctor import check_ship
+
+    config = _config(tmp_path, "audit: {ship: {syslog: 'tcp://127.0.0.1:9'}}\n")
+    status = {"audit": {"ship": {"target": "syslog tcp://127.0.0.1:9", "connected": False, "shipped": 3,
+                                 "dropped": 7, "last_error": "connect: Connection refused"}}}
+    [f] = check_ship(config, status, probe=False)
+    assert f.level == "warn" and f.message == ("syslog tcp://127.0.0.1:9: 3 shipped, 7 dropped, not connected; "
+                                               "last error: connect: Connection refused")
+    status["audit"]["ship"].update(connected=True, dropped=0)
+    [f] = check_ship(config, status, probe=False)
+    assert f.level == "ok" and f.message == "syslog tcp://127.0.0.1:9 (site): 3 shipped, none dropped"
