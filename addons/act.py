@@ -128,7 +128,11 @@ class Act:
                     return
                 if flow.response is not None or flow.error is not None:
                     return  # answered, or the client left, while held
-                action = action.then
+                if n.decision is not None and n.decision is not decision:  # ask: its answer or fallback decides
+                    decision = n.decision
+                    action = decision.action
+                else:
+                    action = action.then
             action.on_request(flow, decision, self.services)
         except Exception as e:
             log.exception("applying %s to %s failed", decision.action.name, flow.request.pretty_url)

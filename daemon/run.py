@@ -48,10 +48,13 @@ from hush.daemon.exitstatus import ExitStatus
 from hush.daemon.launch.server import LaunchServer
 from hush.daemon.loopwatch import LoopWatch
 from hush.daemon.notify import notify
+from hush.daemon.notify_dbus import DesktopPrompt
 from hush.daemon.policy import PolicySet
+from hush.daemon.policy.ask import ASKER
 from hush.daemon.policy.holder import PolicyHolder
 from hush.daemon.policy.loader import load_checked
 from hush.daemon.tor import TorManager
+from hush.daemon.ui import questions
 from hush.daemon.yamlschema import LoadError
 
 log = logging.getLogger("hush")
@@ -161,6 +164,10 @@ class Daemon:
         self.master = Master(options.Options())
         self.master.addons.add(*mitmproxy_addons())
         self.hush = chain(self.holder, self.tor)  # hush's addons, wired
+        self.holder.on_change = self.hush.act.policy_changed  # a rule expired, or an ask answer added one
+        self.prompt = DesktopPrompt(answer=lambda qid, verdict, scope: questions.BOARD.answer(
+            qid, verdict, scope, "dbus"))  # ask: desktop notifications on $DBUS_SESSION_BUS_ADDRESS
+        ASKER.configure(self.holder, self.prompt, self.reload)
         self.shipper = make_shipper(config.ship, config.ship_redaction, state_dir,
                                     config.ship_queue)  # audit.ship, or None
         if self.shipper is not None and self.hush.audit is not None:
@@ -264,6 +271,9 @@ class Daemon:
                     self.hush.audit.live = None
                 await self.ui.stop()
             await self.control.stop()
+            self.holder.close()
+            await ASKER.close()
+            await self.prompt.aclose()
             writer = self.hush.audit.writer if self.hush.audit else None
             if self._listening and writer is not None:
                 log.info("audit: %s written", _plural(writer.written, "record", "records"))
@@ -349,7 +359,7 @@ class Daemon:
             if self.tor.state == "off" and uses_tor(new):
                 await self.tor.start()
             old = self.holder.swap(new)
-            self.hush.act.policy_changed(old, new)  # closes what the new set treats more strictly
+            self.hush.act.policy_changed(old, self.policyset)  # closes what the new set (in force) treats more strictly
             modes = new.specs
             if modes != list(self.master.options.mode):
                 self.master.options.update(mode=modes)
@@ -402,6 +412,9 @@ class Daemon:
             "tor": self.tor.status(),
             "decisions": dict(audit.counts) if audit else {},
             "held": timing.held() if timing else 0,
+            "learning": sorted(app for app, p in current.policies.items() if p.default.name == "learn"),
+            "ask": {"asked": ASKER.asked, "open": len(questions.BOARD.questions()), "desktop": {
+                "shown": self.prompt.shown, "answered": self.prompt.answered, "last_error": self.prompt.last_error}},
             "launches": self.launches.status(),
             "ui": self.ui.status() if self.ui is not None and self.ui.running else None,  # the live view
             "loop": self.loopwatch.status(),

@@ -19,7 +19,7 @@ def test_invalid_policy_refuses_to_start_and_prints_every_error(hush):
     log = h.log
     a, b = h.policies / "a.yaml", h.policies / "b.yaml"
     assert "have 4 errors" in log
-    actions = "allow, block, debounce, delay, passthrough, strip, tor"
+    actions = "allow, ask, block, debounce, delay, learn, passthrough, strip, tor"
     assert f"{a}:3:10: unknown action 'drop' (expected one of: {actions})" in log
     assert f"{a}:5:22: method 'get' must be an upper-case HTTP method such as GET" in log
     assert f"{b}:2:9: listen host 0.0.0.0 is not a loopback address: hush listens on loopback only" in log

@@ -135,7 +135,7 @@ def test_reload_says_whether_the_new_set_was_taken_or_refused(hush):
     assert res.returncode == 3 and res.stdout == ""
     assert res.stderr == (f"reload refused, keeping policy set {new}; 1 error:\n"
                           f"{h.policies / 'a.yaml'}:3:10: unknown action 'nope' "
-                          "(expected one of: allow, block, debounce, delay, passthrough, strip, tor)\n")
+                          "(expected one of: allow, ask, block, debounce, delay, learn, passthrough, strip, tor)\n")
     assert h.status()["policies"]["version"] == new
     assert h.stop() == 0
 

@@ -12,13 +12,14 @@ from hush.daemon.yamlschema import LoadError
 
 
 def test_registry_finds_every_action_file():
-    assert sorted(REGISTRY) == ["allow", "block", "debounce", "delay", "passthrough", "strip", "tor"]
+    assert sorted(REGISTRY) == ["allow", "ask", "block", "debounce", "delay", "learn", "passthrough", "strip", "tor"]
     # what each action class says of itself, every one of them: a holding action sends nothing
     # itself (what leaves once it is released is its `then`'s)
     assert {name: (cls.needs_http, cls.sends, issubclass(cls, Holding)) for name, cls in REGISTRY.items()} == {
         "allow": (False, "direct", False), "block": (False, "none", False), "passthrough": (False, "direct", False),
         "strip": (True, "direct", False), "tor": (False, "tor", False),
         "delay": (True, "none", True), "debounce": (True, "none", True),
+        "ask": (True, "none", True), "learn": (False, "direct", False),
     }
 
 
@@ -27,6 +28,8 @@ EGRESS = {
     "allow": "direct", "block": "none", "passthrough": "direct", "strip": "direct", "tor": "tor",
     "{action: delay, delay: 1s}": "direct", "{action: delay, delay: 1s, then: tor}": "tor",
     "{action: debounce}": "direct", "{action: debounce, then: {action: tor, isolation: flow}}": "tor",
+    # ask: what an answer may let leave, at most (the user may say allow), whatever the fallback
+    "ask": "direct", "{action: ask, fallback: tor, timeout: 5s}": "direct", "learn": "direct",
 }
 
 
@@ -45,7 +48,7 @@ def test_every_action_says_what_leaves():
 def test_a_holding_action_without_timing_fails_rather_than_sends():
     import asyncio
 
-    for text in ("{action: delay, delay: 1s}", "{action: debounce}"):
+    for text in ("{action: delay, delay: 1s}", "{action: debounce}", "ask"):
         held = action(text)
         assert isinstance(held, Holding)
         with pytest.raises(RuntimeError, match="no timing addon"):

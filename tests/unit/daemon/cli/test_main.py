@@ -49,7 +49,8 @@ def test_check_invalid_prints_every_error(tmp_path, capsys):
     bad.write_text("app: x\nlisten: 8101\ndefault: drop\nrules:\n  - {action: block, status: 9}\n")
     assert main(["policy", "check", str(bad)]) == ExitStatus.POLICY_INVALID
     assert capsys.readouterr().err.splitlines() == [
-        f"{bad}:3:10: unknown action 'drop' (expected one of: allow, block, debounce, delay, passthrough, strip, tor)",
+        f"{bad}:3:10: unknown action 'drop' "
+        "(expected one of: allow, ask, block, debounce, delay, learn, passthrough, strip, tor)",
         f"{bad}:5:29: status must be between 100 and 599, not 9",
     ]
 

@@ -53,7 +53,8 @@ def rules(body: str) -> str:
     ("app: x\nlisten: eighty\ndefault: allow\n", f"{F}:2:9: listen 'eighty' must be a port, 'HOST:PORT' or a mapping"),
     # actions
     ("app: x\nlisten: 1\ndefault: drop\n",
-     f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, debounce, delay, passthrough, strip, tor)"),
+     f"{F}:3:10: unknown action 'drop' "
+     "(expected one of: allow, ask, block, debounce, delay, learn, passthrough, strip, tor)"),
     ("app: x\nlisten: 1\ndefault: {action: block, status: 200000}\n",
      f"{F}:3:34: status must be between 100 and 599, not 200000"),
     ("app: x\nlisten: 1\ndefault: delay\n",  # found by tests/fuzz
@@ -69,7 +70,8 @@ def rules(body: str) -> str:
     (rules("- match: {host: a.com}\n"), f"{F}:5:5: missing required key 'action' in a rule"),
     (rules("- action: block\n  stauts: 403\n"),
      f"{F}:6:5: unknown key 'stauts' (expected one of: "
-     "action, delay, expires, headers, isolation, match, max_bytes, name, quiet, status, then, user_agent)"),
+     "action, delay, expires, fallback, headers, isolation, match, max_bytes, name, quiet, status, then, timeout, "
+     "user_agent)"),
     (rules("- action: block\n  headers: [cookie]\n"),
      f"{F}:6:5: action 'block' does not take 'headers' (it takes: status)"),
     (rules("- action: block\n  action: allow\n"), f"{F}:6:5: duplicate key 'action' (first at line 5)"),
@@ -114,7 +116,8 @@ def rules(body: str) -> str:
     # examples
     (BASE + "examples:\n  - url: ftp://a/\n    expect: allow\n", f"{F}:5:10: not an absolute http:// or https:// URL: 'ftp://a/'"),
     (BASE + "examples:\n  - url: https://a/\n    expect: maybe\n",
-     f"{F}:6:13: unknown action 'maybe' (expected one of: allow, block, debounce, delay, passthrough, strip, tor)"),
+     f"{F}:6:13: unknown action 'maybe' "
+     "(expected one of: allow, ask, block, debounce, delay, learn, passthrough, strip, tor)"),
     (BASE + "examples:\n  - url: https://a/\n", f"{F}:5:5: missing required key 'expect' in an example"),
 ])
 def test_error_table(text, message):
@@ -133,7 +136,8 @@ def test_all_errors_at_once_in_order():
     """
     assert errors(text) == [
         f"{F}:2:9: listen port must be between 1 and 65535, not 99999",
-        f"{F}:3:10: unknown action 'drop' (expected one of: allow, block, debounce, delay, passthrough, strip, tor)",
+        f"{F}:3:10: unknown action 'drop' "
+        "(expected one of: allow, ask, block, debounce, delay, learn, passthrough, strip, tor)",
         f"{F}:5:21: method 'get' must be an upper-case HTTP method such as GET",
         f"{F}:7:13: status must be between 100 and 599, not 9",
     ]
@@ -149,7 +153,7 @@ def test_errors_from_several_files_together():
         "policies/b.yaml:2:9: listener 127.0.0.1:8101 is already used by app 'a' (policies/a.yaml:2:9); "
         "to share it, give both policies 'identify: {process: [...]}'",
         "policies/c.yaml:3:10: unknown action 'nope' "
-        "(expected one of: allow, block, debounce, delay, passthrough, strip, tor)",
+        "(expected one of: allow, ask, block, debounce, delay, learn, passthrough, strip, tor)",
     ]
 
 

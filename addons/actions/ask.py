@@ -1,0 +1,141 @@
+"""``ask``: hold the request and ask the user; apply the answer, or ``fallback``.
+
+``fallback`` (default ``block``) is ``allow``, ``tor`` or ``block`` (a name, or
+a mapping with that action's parameters); ``timeout`` (default ``30s``) is
+how long the question stays open.  The flow is held as ``delay`` holds it
+(through timing: an ``await``, other flows keep moving; bounded, dropped if
+the app leaves, answered at shutdown, revoked by a stricter reload) while the
+user is asked — in the live view's page and as a desktop notification with
+action buttons (:mod:`hush.daemon.policy.ask`).  One question per (app,
+site): every flow waiting on it gets its answer.
+
+The answer (``allow``, ``tor`` or ``block``) becomes the flow's decision,
+still naming the ask rule; ``for 1 h`` / ``until restart`` / ``always`` add a
+rule for the site as well.  No answer before the timeout: ``fallback``,
+audited ``ask-timeout``.  No one to ask (no page open, no notification
+service): ``fallback`` at once, audited ``ask-unavailable``.  Anything failing
+in the asker: ``fallback``, audited ``ask-failed`` — never a direct
+connection unless ``fallback`` says so.  Request level (like ``delay``: on
+HTTPS it needs TLS interception).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+from hush.addons.actions.base import Action, Holding, ParseContext, Services, parse_duration, register
+from hush.daemon.yamlschema import Field, Reader
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+    from hush.daemon.policy.model import Decision
+
+log = logging.getLogger("hush.ask")
+
+FALLBACKS = ("allow", "tor", "block")
+TIMEOUT = 30.0
+MAX_TIMEOUT = 600.0
+# timing holds the flow this much longer than the question is open: the
+# question's timeout decides, timing only bounds and sweeps
+_GRACE = 1.0
+
+
+def parse_fallback(reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> Action | None:
+    """The ``fallback`` action: ``block`` if absent; None on error (recorded)."""
+    from hush.addons.actions import REGISTRY
+
+    if "fallback" not in fields:
+        return REGISTRY["block"]()
+    node = fields["fallback"].value
+    action = ctx.parse_action(reader, node, ctx) if ctx.parse_action else None
+    if action is None:
+        return None
+    if action.name not in FALLBACKS:
+        reader.error(node, f"fallback must be one of: {', '.join(FALLBACKS)} (not {action.name})")
+        return None
+    return action
+
+
+def verdict_action(verdict: str) -> Action:
+    """The action an answer names: ``allow``, ``tor`` or ``block``, with their defaults."""
+    from hush.addons.actions import REGISTRY
+
+    if verdict not in FALLBACKS:
+        raise ValueError(f"unknown answer {verdict!r}")
+    return REGISTRY[verdict]()
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Ask(Holding):
+    name = "ask"
+    params = frozenset({"fallback", "timeout"})
+
+    fallback: Action = dataclasses.field(default_factory=lambda: verdict_action("block"))
+    timeout: float = TIMEOUT
+
+    @classmethod
+    def parse(cls, reader: Reader, fields: dict[str, Field], ctx: ParseContext):
+        fallback = parse_fallback(reader, fields, ctx)
+        timeout: float | None = TIMEOUT
+        if "timeout" in fields:
+            timeout = parse_duration(reader, fields["timeout"].value, "timeout", 0.1, MAX_TIMEOUT)
+        if fallback is None or timeout is None:
+            return None
+        return cls(fallback, timeout)
+
+    def describe(self) -> str:
+        return f"ask (for {self.timeout:g}s; then {self.fallback.describe()})"
+
+    async def hold(self, flow: http.HTTPFlow, decision: Decision, services: Services) -> str | None:
+        """Held until answered: the answer (or the fallback) becomes the flow's
+        decision (``notes(flow).decision``), which act then applies.  Returns
+        timing's outcome when timing kept the flow back (overflow, abandoned,
+        shutdown, revoked): act answers it locally."""
+        from hush.addons.notes import notes
+        from hush.daemon.policy import ask
+        from hush.daemon.policy.hosts import site_of
+
+        if services.timing is None:
+            raise RuntimeError("no timing addon in the chain to hold the flow")
+        n = notes(flow)
+        host = flow.request.pretty_host
+        held = asyncio.ensure_future(services.timing.delay(flow, decision.app, self.timeout + _GRACE))
+        asked = asyncio.ensure_future(ask.ASKER.ask(
+            app=decision.app, host=host, site=site_of(host), url=flow.request.pretty_url, rule=decision.ref,
+            timeout=self.timeout, fallback=self.fallback.name))
+        try:
+            await asyncio.wait({held, asked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not asked.done():
+                asked.cancel()
+        result: ask.Result | None = None
+        if asked.done() and not asked.cancelled():
+            try:
+                result = asked.result()
+            except Exception as e:  # the asker failed: fail closed to the fallback
+                log.exception("asking about %s failed", host)
+                result = ask.Result(None, "ask-failed", f"{e!r}")
+        if held.done():
+            outcome = held.result()
+            # timing kept it back — unless the answer came at the same moment (an answer
+            # "block for 1 h" revokes the held flows it answers: they get the answer)
+            if outcome is not None and (result is None or result.answer is None):
+                return outcome
+        else:
+            held.cancel()  # answered: timing lets it go
+        if result is None:  # timing's timer before the asker's: cannot happen but by a stalled loop
+            result = ask.Result(None, "ask-timeout")
+        if result.answer is not None:
+            n.decision = dataclasses.replace(decision, action=verdict_action(result.answer.verdict))
+            log.info("%s: %s %s (%s, %s)", decision.app, result.answer.verdict, host, result.answer.scope,
+                     result.answer.source)
+        else:
+            n.decision = dataclasses.replace(decision, action=self.fallback)
+            n.outcome = result.outcome
+            log.info("%s: %s %s: %s", decision.app, result.outcome, host, self.fallback.describe())
+        return None
