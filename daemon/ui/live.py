@@ -90,7 +90,8 @@ class DaemonBackend:
             out.append({"id": flow.id, "app": held.app, "kind": held.kind, "host": host, "site": site_of(host),
                         "url": redact(flow.request.pretty_url, self._redaction(), site_of(host)),
                         "held_s": round(now - held.since, 1),
-                        "rule": decision.ref if decision is not None else None,
+                        "rule": f"{self._relative(decision.source.file)}:{decision.source.line}"
+                        if decision is not None else None,
                         "then": then.name if then is not None else None})
         return out
 

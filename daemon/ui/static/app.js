@@ -283,6 +283,33 @@ function renderState() {
   document.getElementById("tunnels").hidden = state.tunnels.length === 0;
   document.getElementById("tunnels-empty").hidden = state.tunnels.length !== 0;
   for (const app of Object.keys(state.apps)) addOption(document.getElementById("f-app"), seenApps, app);
+  renderTor();
+}
+
+function renderTor() {
+  const t = state && state.tor;
+  const line = document.getElementById("tor-state");
+  if (!t || t.state === "off") line.textContent = "tor: off (no policy sends anything through Tor)";
+  else {
+    line.textContent = `tor ${t.state}: bootstrapped ${t.bootstrap}%` +
+      (t.bootstrap_summary ? ` — ${t.bootstrap_summary}` : "") + (t.reason ? ` (${t.reason})` : "") +
+      (t.circuit_established ? "; a circuit is established" : "");
+  }
+  // circuits per isolation group, as the recent flows through Tor used them
+  const groups = new Map();
+  for (const r of records) {
+    if (!r.tor_isolation) continue;
+    if (!groups.has(r.tor_isolation)) groups.set(r.tor_isolation, { circuits: new Map(), flows: 0 });
+    const g = groups.get(r.tor_isolation);
+    g.flows += 1;
+    if (r.tor_circuit) g.circuits.set(r.tor_circuit, r.tor_exit || "");
+  }
+  const body = document.querySelector("#circuits tbody");
+  body.replaceChildren(...[...groups].map(([group, g]) => el("tr", {},
+    el("td", { class: "host", text: group }),
+    el("td", { text: [...g.circuits].map(([c, exit]) => exit ? `${c} (${exit})` : c).join(", ") || "—" }),
+    el("td", { text: g.flows }))));
+  document.getElementById("circuits").hidden = groups.size === 0;
 }
 
 async function heldAction(id, what) {

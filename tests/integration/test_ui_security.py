@@ -1,0 +1,135 @@
+"""The live view's refusals, seen by a raw HTTP client (http.client) against a real
+daemon: no token, another Host (DNS rebinding), a change from another Origin; and
+the token file, `ui: false`, a non-loopback address, `hush ui` with no daemon."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import stat
+import subprocess
+import sys
+import urllib.parse
+
+import pytest
+
+from hush.daemon.ui.token import token_path
+
+from .harness import curl, free_port
+
+pytestmark = pytest.mark.integration
+
+POLICY = ("# keep me\napp: web\nlisten: {port}\ndefault: allow\n"
+          "rules:\n  - {{match: {{host: a.invalid}}, action: block}}\n")
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hush.daemon.cli", *argv], capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.fixture
+def daemon(hush):
+    port, ui_port = free_port(), free_port()
+    h = hush({"web": POLICY.format(port=port)}, config=f"ui:\n  listen: '127.0.0.1:{ui_port}'\n")
+    url = cli("ui", "--print-url", "--state-dir", str(h.state)).stdout.strip()
+    token = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["token"][0]
+    return h, ui_port, token, port
+
+
+def ask(ui_port: int, method: str, path: str, headers: dict[str, str], body: bytes | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", ui_port, timeout=10)
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for k, v in headers.items():
+        conn.putheader(k, v)
+    if body is not None:
+        conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, dict(response.getheaders()), data
+
+
+def test_no_token_is_403(daemon):
+    _h, ui_port, token, _ = daemon
+    host = {"Host": f"127.0.0.1:{ui_port}"}
+    for path in ("/", "/api/state", "/api/events", "/static/app.js"):
+        status, _, body = ask(ui_port, "GET", path, host)
+        assert status == 403, path
+    status, _, _ = ask(ui_port, "GET", "/api/state", {**host, "Cookie": f"hush-ui-{ui_port}=guess"})
+    assert status == 403
+    status, _, body = ask(ui_port, "GET", "/api/state", {**host, "Cookie": f"hush-ui-{ui_port}={token}"})
+    assert status == 200 and "web" in json.loads(body)["apps"]  # the same request with the token: served
+
+
+def test_another_host_is_refused_even_with_the_token(daemon):
+    """DNS rebinding: evil.example's page, its name now 127.0.0.1, reaches the port with
+    Host: evil.example:PORT.  It would not have the cookie; with it, it is refused all the same."""
+    _h, ui_port, token, _ = daemon
+    cookie = {"Cookie": f"hush-ui-{ui_port}={token}"}
+    for host in (f"evil.example:{ui_port}", f"localhost:{ui_port}", "127.0.0.1", f"127.0.0.1:{ui_port + 1}"):
+        status, headers, _ = ask(ui_port, "GET", "/api/state", {"Host": host, **cookie})
+        assert status == 421, host
+        status, headers, _ = ask(ui_port, "GET", f"/?token={token}", {"Host": host})
+        assert status == 421 and "Set-Cookie" not in headers, host
+
+
+def test_a_change_from_another_origin_is_refused(daemon, origin):
+    h, ui_port, token, port = daemon
+    policy_file = h.policies / "web.yaml"
+    before = policy_file.read_text()
+    headers = {"Host": f"127.0.0.1:{ui_port}", "Cookie": f"hush-ui-{ui_port}={token}",
+               "Content-Type": "application/json"}
+    rule = json.dumps({"app": "web", "match": "site", "value": "127.0.0.1", "action": "block"}).encode()
+    for extra in ({"Origin": "http://evil.example"}, {"Origin": f"http://localhost:{ui_port}"}, {"Origin": "null"},
+                  {}):
+        status, _, _ = ask(ui_port, "POST", "/api/rule", {**headers, **extra}, rule)
+        assert status == 403, extra
+    no_token = {k: v for k, v in headers.items() if k != "Cookie"}
+    status, _, _ = ask(ui_port, "POST", "/api/rule", {**no_token, "Origin": f"http://127.0.0.1:{ui_port}"}, rule)
+    assert status == 403
+    assert policy_file.read_text() == before
+    assert curl("-x", f"http://127.0.0.1:{port}", origin.url("/still")).returncode == 0
+    assert len(origin.accepts) == 1
+    # the page's own origin with the token: taken (the control for the refusals above)
+    status, _, body = ask(ui_port, "POST", "/api/rule", {**headers, "Origin": f"http://127.0.0.1:{ui_port}"}, rule)
+    assert status == 200, body
+    assert policy_file.read_text().startswith("# keep me\n")
+    out = curl("-x", f"http://127.0.0.1:{port}", "-o", "/dev/null", "-w", "%{http_code}", origin.url("/now"))
+    assert out.stdout == b"403" and len(origin.accepts) == 1
+
+
+def test_the_token_file(daemon):
+    h, ui_port, token, _ = daemon
+    path = token_path(h.state)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path.read_text().strip() == token
+    status, headers, _ = ask(ui_port, "GET", f"/?token={token}", {"Host": f"127.0.0.1:{ui_port}"})
+    assert status == 303 and headers["Location"] == "/"
+    assert headers["Set-Cookie"] == f"hush-ui-{ui_port}={token}; Path=/; HttpOnly; SameSite=Strict"
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    h.stop()
+    assert not path.exists()
+
+
+def test_ui_false_serves_nothing(hush):
+    port, ui_port = free_port(), free_port()
+    h = hush({"web": POLICY.format(port=port)}, config=f"ui: false\n# would be {ui_port}\n")
+    out = cli("ui", "--print-url", "--state-dir", str(h.state))
+    assert out.returncode == 1 and "serves no live view" in out.stderr
+    assert "live view" not in h.log
+    assert not token_path(h.state).exists()
+
+
+def test_non_loopback_is_refused(hush, tmp_path):
+    h = hush({"web": POLICY.format(port=free_port())}, config="ui:\n  listen: '0.0.0.0:8100'\n", ready=False)
+    assert h.wait_exit() != 0
+    assert "ui listen must be a loopback address (127.0.0.0/8 or ::1), not 0.0.0.0" in h.log
+
+
+def test_hush_ui_without_a_daemon_is_7(tmp_path):
+    out = cli("ui", "--print-url", "--state-dir", str(tmp_path))
+    assert out.returncode == 7 and out.stdout == ""
+    assert out.stderr.startswith("hush ui: hush is not running")
