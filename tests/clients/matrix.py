@@ -243,6 +243,16 @@ class Synapse:
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{method} {path}: {e.code} {e.read()[:500]!r}") from None
 
+    def status(self, path: str, token: str) -> int:
+        """The HTTP status of a GET on the plain listener (404: Synapse does not serve the path)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
+                                     headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=30) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
     def register(self, user: str) -> str:
         """Register ``user`` (password PASSWORD) with the admin shared secret; its access token."""
         nonce = self.api("GET", "/_synapse/admin/v1/register")["nonce"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients.matrix import PASSWORD, SERVER_NAME, SITE_NAME, HushIn, NeoChat, Synapse, World, Xvfb, prefixes
-from tests.integration.harness import Origin, free_port, wait_for
+from tests.integration.harness import Origin, curl, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -174,6 +174,32 @@ def test_without_the_debounce_rule_each_keystroke_reaches_the_homeserver(matrix)
         client.stop()  # before the other tests' NeoChat opens on the same screen
         hush.stop()
     assert len(served) >= len(prefixes(SERVER_NAME)) - 3, (served, matrix.screenshot("undebounced"))
+
+
+PREVIEW_PATHS = [  # every preview_url path a Matrix server might serve (spec versions, MSC3916's unstable prefix)
+    "/_matrix/media/r0/preview_url", "/_matrix/media/v1/preview_url", "/_matrix/media/v3/preview_url",
+    "/_matrix/client/v1/media/preview_url", "/_matrix/client/r0/media/preview_url",
+    "/_matrix/client/v3/media/preview_url", "/_matrix/client/unstable/org.matrix.msc3916/media/preview_url",
+]
+
+
+def test_every_preview_url_path_synapse_serves_is_blocked(matrix):
+    """Each path Synapse serves (asked directly, it fetches the link) is refused through the shipped policy,
+    and Synapse never sees that request."""
+    site = f"https://{SITE_NAME}:{matrix.site.port}"
+    served = [path for n, path in enumerate(PREVIEW_PATHS)
+              if matrix.synapse.status(f"{path}?url={urllib.parse.quote(f'{site}/served-{n}.html', safe='')}",
+                                       matrix.alice) != 404]
+    # what NeoChat (r0) and Element (v3, authenticated v1) ask, at least
+    assert {PREVIEW_PATHS[0], PREVIEW_PATHS[2], PREVIEW_PATHS[3]} <= set(served), served
+    asked = len(matrix.synapse.requests("preview_url"))
+    for path in served:
+        out = curl("-x", f"http://127.0.0.1:{matrix.hush.port}", "--cacert", str(matrix.hush.ca_cert),  # type: ignore[attr-defined]
+                   "-H", f"Authorization: Bearer {matrix.alice}", "-o", "/dev/null", "-w", "%{http_code}",
+                   f"https://{SERVER_NAME}{path}?url={urllib.parse.quote(f'{site}/through-hush.html', safe='')}")
+        assert out.stdout == b"403", (path, out)
+    assert matrix.synapse.requests("preview_url")[asked:] == []
+    assert "/through-hush.html" not in matrix.site.paths
 
 
 def test_wellknown_lookups_while_typing_reach_the_homeserver_once(matrix, login):
