@@ -21,7 +21,6 @@ HTTPS it needs TLS interception).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from typing import TYPE_CHECKING
@@ -96,6 +95,8 @@ class Ask(Holding):
         decision (``notes(flow).decision``), which act then applies.  Returns
         timing's outcome when timing kept the flow back (overflow, abandoned,
         shutdown, revoked): act answers it locally."""
+        import asyncio  # here: the loader (and so every policy command) imports this module
+
         from hush.addons.notes import notes
         from hush.daemon.policy import ask
         from hush.daemon.policy.hosts import site_of
