@@ -290,9 +290,10 @@ class Daemon:
             return
         try:
             await self.ui.start()
-        except OSError as e:
-            log.error("no live view: cannot listen on %s:%d: %s; change ui.listen in the config, or `ui: false`",
-                      self.ui.host, self.ui.port, (e.strerror or str(e)).lower())
+        except OSError as e:  # the proxy matters more than its view: run on without it
+            why = os.strerror(e.errno).lower() if e.errno else str(e)
+            log.warning("no live view: cannot listen on %s:%d: %s; change ui.listen in the config, or `ui: false`",
+                        self.ui.host, self.ui.port, why)
             return
         if self.hush.audit is not None:
             self.hush.audit.live = self.ui.publish_record

@@ -133,3 +133,20 @@ def test_hush_ui_without_a_daemon_is_7(tmp_path):
     out = cli("ui", "--print-url", "--state-dir", str(tmp_path))
     assert out.returncode == 7 and out.stdout == ""
     assert out.stderr.startswith("hush ui: hush is not running")
+
+
+def test_a_busy_ui_port_leaves_the_proxy_running(hush, origin):
+    """The proxy matters more than its view: one warning line, and the daemon runs on."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ui_port, port = busy.getsockname()[1], free_port()
+        h = hush({"web": POLICY.format(port=port)}, config=f"ui:\n  listen: '127.0.0.1:{ui_port}'\n")
+        assert (f"WARNING hush: no live view: cannot listen on 127.0.0.1:{ui_port}: address already in use; "
+                "change ui.listen in the config, or `ui: false`") in h.log
+        assert curl("-x", f"http://127.0.0.1:{port}", origin.url("/ok")).returncode == 0
+        assert len(origin.accepts) == 1
+        out = cli("ui", "--print-url", "--state-dir", str(h.state))
+        assert out.returncode == 1 and "serves no live view" in out.stderr
