@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'")
     _common(explain, policies=True)
     _output(explain)
+    suggest = psub.add_parser("suggest", help="a policy for an app, proposed from its audit (printed as YAML)")
+    suggest.add_argument("--app", required=True)
+    suggest.add_argument("--since", default="7d", help="audit records since (default 7d; 24h, 2026-11-22…)")
+    _common(suggest, policies=True, state=True)
 
     audit = sub.add_parser("audit", help="review what was decided and what leaked")
     asub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
@@ -358,6 +362,14 @@ def cmd_status(args, config: Config) -> int:
     rows = [[x["app"], x["address"], x["mode"], "yes" if x["bound"] else "NOT BOUND"] for x in st["listeners"]]
     for line in _table(["app", "listener", "mode", "bound"], rows):
         print(f"  {line}")
+    if st.get("learning"):  # default: learn — allowed, and every row audited learn
+        print(f"learning (default: learn): {', '.join(st['learning'])} — then `hush policy suggest --app APP`")
+    ask = st.get("ask")
+    if ask and ask["asked"]:
+        desktop = ask["desktop"]
+        down = f" ({desktop['last_error']})" if desktop["last_error"] else ""
+        print(f"ask: {_n(ask['asked'], 'question')} asked, {ask['open']} open; desktop prompts "
+              f"{desktop['shown']} shown, {desktop['answered']} answered{down}")
     if tor["state"] == "off":
         print("tor: not used")
     else:
@@ -509,6 +521,40 @@ def cmd_policy_check(args, config: Config) -> int:
     if _fmt(args, default="table") == "table":
         print(f"ok: {_n(len(policyset.policies), 'policy', 'policies')}, {_n(n_rules, 'rule')}, "
               f"{_n(n_examples, 'example')} pass (set {policyset.version})")
+    return ExitStatus.OK
+
+
+def cmd_policy_suggest(args, config: Config) -> int:
+    """Turn the audit of one app into a proposed policy, printed as YAML for the user to read and
+    save: its own backends (long-lived tunnels) passed through, link previews debounced then sent
+    through Tor, every other site it contacted blocked with its counts and first/last seen as
+    comments, default block; examples that ``hush policy check`` runs.
+
+    Example: hush policy suggest --app signal --since 7d > signal.yaml && hush policy check signal.yaml
+    """
+    from hush.daemon.audit import queries
+    from hush.daemon.policy import suggest
+    from hush.daemon.yamlschema import LoadError
+
+    try:
+        since = queries.parse_since(args.since)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    conn = queries.open_db(_state(args, config))
+    sites = suggest.gather(conn, args.app, since)
+    if not sites:
+        known = queries.apps(conn)
+        raise NotFound(f"no records of app {args.app!r} since {_when(since)} in the audit "
+                       f"(apps: {', '.join(known) or 'none yet'})")
+    current = None  # the app's policy now: its listeners and identify: are kept
+    try:
+        from hush.daemon.policy.loader import load
+
+        current = load([paths.policies(args.policies, config.policies)], config.parse_context).policies.get(args.app)
+    except (LoadError, OSError) as e:
+        print(f"hush: the current policies do not load ({str(e).splitlines()[0]}); no listen: copied",
+              file=sys.stderr)
+    print(suggest.suggest(args.app, sites, current, args.since), end="")
     return ExitStatus.OK
 
 
@@ -923,6 +969,7 @@ COMMANDS: dict[tuple[str, ...], Callable[[argparse.Namespace, Config], int]] = {
     ("ui",): cmd_ui,
     ("policy", "check"): cmd_policy_check,
     ("policy", "explain"): cmd_explain,
+    ("policy", "suggest"): cmd_policy_suggest,
     ("audit", "tail"): cmd_audit_tail,
     ("audit", "summary"): cmd_audit_summary,
     ("audit", "show"): cmd_audit_show,

@@ -51,6 +51,7 @@ def state(tmp_path):
     ["audit", "show", "1", "--json"],
     ["audit", "export"],
     ["status"],
+    ["policy", "suggest", "--app", "x"],
 ])
 def test_commands_that_do_not_proxy_import_no_mitmproxy(argv, state):
     assert "mitmproxy" not in imported(*argv, *(["--state-dir", str(state)] if argv != ["--help"] else []))
