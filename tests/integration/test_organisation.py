@@ -5,13 +5,18 @@ through Tor the process that made the connection (the private network's exit
 relay).  The floor must be root's: the tests run as root (CI does) and make
 the bad cases with chmod and chown to uid 1001 (``hushdev``)."""
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 
 from .harness import NAME, curl, free_port, tor_config, wait_for, wait_tor_ready
+from .hostile import read_head
+from .wire import EchoOrigin, recv_exactly, tunnel_rows
 
 pytestmark = [
     pytest.mark.integration,
@@ -119,7 +124,7 @@ def test_a_floor_others_can_write_stops_the_daemon_from_starting(hush, tmp_path,
     where = org if "0777" in why else org / "a.yaml"
     assert f"{where}:1:1: refused: organisation policies must be writable only by root, but {why}" in h.log
     assert f"the organisation's in {org}" in h.log
-    with __import__("socket").socket() as s:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # nothing was left listening
 
 
@@ -155,7 +160,7 @@ def test_a_reload_takes_both_layers_or_neither(hush, tmp_path, origin, origin2):
     # SIGHUP reloads the floor too
     (org / "a.yaml").write_text("app: a\ndefault: block\n")
     os.chmod(org / "a.yaml", 0o644)
-    h.proc.send_signal(__import__("signal").SIGHUP)
+    h.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: h.status()["last_reload"]["trigger"] in ("SIGHUP", "policy files changed")
              and h.status()["policies"]["version"] not in (v1,), message="the SIGHUP reload")
     wait_for(lambda: curl("-o", "/dev/null", "-w", "%{http_code}", *proxy, origin.url("/x")).stdout == b"403",
@@ -179,3 +184,49 @@ def test_explain_shows_both_layers(hush, tmp_path):
         f"  user:         tor (circuits isolated per app)   by default ({users}/a.yaml:3)",
         f"  organisation: block (answer 403)   by rule 1 ({org}/a.yaml:4)   ← applies",
     ]
+
+
+def test_an_app_only_the_organisation_has_runs_on_the_floors_policy(hush, tmp_path, origin):
+    user_port, org_port = free_port(), free_port()
+    org = floor(tmp_path, {"b": f"app: b\nlisten: {org_port}\ndefault: block\nrules:\n"
+                                f"  - {{match: {{path: /ok}}, action: allow}}\n"})
+    h = hush({"a": f"app: a\nlisten: {user_port}\ndefault: allow\n"}, config=config(org))
+    assert sorted(x["app"] for x in h.status()["listeners"]) == ["a", "b"]  # the floor's listener is open
+    assert code(org_port, origin.url("/ok")) == b"200"
+    assert code(org_port, origin.url("/other")) == b"403"
+    assert len(origin.accepts) == 1
+    h.stop()
+    assert [(r["app"], r["decision"], r["rule"]) for r in h.audit()] == [
+        ("b", "allow", f"{org}/b.yaml:5 (organisation)"),
+        ("b", "block", f"{org}/b.yaml:3 (organisation)"),
+    ]
+
+
+def code(port, url):
+    return curl("-o", "/dev/null", "-w", "%{http_code}", "-x", f"http://127.0.0.1:{port}", url).stdout
+
+
+def test_a_floor_that_now_blocks_closes_an_open_tunnel_on_reload(hush, tmp_path):
+    echo = EchoOrigin()
+    try:
+        port = free_port()
+        org = floor(tmp_path, {"a": "app: a\ndefault: allow\n"})
+        h = hush({"a": f"app: a\nlisten: {port}\ndefault: allow\n"}, config=config(org))
+        s = socket.create_connection(("127.0.0.1", port), timeout=15)
+        s.sendall(f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: 127.0.0.1:{echo.port}\r\n\r\n".encode())
+        assert read_head(s).startswith(b"HTTP/1.1 200")
+        s.sendall(b"before")
+        assert recv_exactly(s, 11) == b"echo:before"
+        (org / "a.yaml").write_text("app: a\ndefault: allow\nrules:\n  - {match: {host: 127.0.0.1}, action: block}\n")
+        os.chmod(org / "a.yaml", 0o644)
+        assert hush_cli(h, "reload").returncode == 0
+        wait_for(lambda: echo.closed == 1, message="hush closing the tunnel to the origin")
+        with contextlib.suppress(OSError):
+            s.sendall(b"after")
+        s.close()
+        assert echo.received == b"before" and len(echo.accepts) == 1
+        h.stop()
+        [row] = tunnel_rows(h)
+        assert row["decision"] == "revoked" and f"{org}/a.yaml:4" in row["error"], row
+    finally:
+        echo.close()
