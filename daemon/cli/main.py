@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(reload, state=True)
     ui = sub.add_parser("ui", help="open the live view in the browser (docs/ui.md)")
     _common(ui, state=True)
-    ui.add_argument("--print-url", action="store_true", help="print the URL (with its one-time token) instead")
+    ui.add_argument("--print-url", action="store_true",
+                    help="print the URL (with the token the page exchanges for a cookie) instead")
 
     policy = sub.add_parser("policy", help="check and explain policies")
     psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)

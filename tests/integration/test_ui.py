@@ -140,6 +140,17 @@ def test_a_request_appears_within_a_second(live, origin, tmp_path):
     page.wait_for_selector(".app[data-app=web] .chart rect.direct")
     assert "127.0.0.1 — 1" in page.locator(".app[data-app=web] .sites").inner_text()
     page.fill("#f-site", "")
+    page.select_option("#f-decision", "")
+    # a blocked one: refused by hush, shown with its rule
+    out = curl("-x", f"http://127.0.0.1:{port}", "-o", "/dev/null", "-w", "%{http_code}",
+               "http://www.nothing.invalid/pixel.gif?id=123")
+    assert out.stdout == b"403"
+    blocked = page.locator("#decisions tbody tr", has_text="nothing.invalid")
+    blocked.wait_for(timeout=5000)
+    assert blocked.locator("td.decision").inner_text() == "block"
+    assert blocked.locator("td.rule").inner_text() == "web.yaml:7"
+    assert len(origin.accepts) == 1
+    page.wait_for_selector(".app[data-app=web] .chart rect.none")
     shot(page, tmp_path, "ui-live.png")
 
 

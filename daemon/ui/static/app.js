@@ -83,6 +83,12 @@ function addOption(select, set, value) {
   select.append(el("option", { value, text: value }));
 }
 
+function short(rule) {
+  // a rule's FILE:LINE relative to the policy directory (the full path is the cell's title)
+  const dir = state && state.policy && state.policy.dir;
+  return rule && dir && rule.startsWith(dir + "/") ? rule.slice(dir.length + 1) : rule;
+}
+
 function row(r) {
   const tr = el("tr", { class: r.conn && r.ended == null ? "open" : "", "data-seq": r.seq });
   tr.append(
@@ -93,7 +99,7 @@ function row(r) {
     el("td", { class: "host", text: r.port ? `${r.host}:${r.port}` : r.host }),
     el("td", { class: "url", text: r.url || "" }),
     el("td", { text: r.route || "" }),
-    el("td", { class: "rule", text: r.rule || r.note || "" }),
+    el("td", { class: "rule", text: short(r.rule) || r.note || "", title: r.rule || "" }),
   );
   const cell = el("td");
   if (r.app && r.host) {
@@ -279,7 +285,7 @@ function renderState() {
   tunnels.replaceChildren(...state.tunnels.map(r => el("tr", {},
     el("td", { text: when(r.ts) }), el("td", { text: r.app }), el("td", { class: "host", text: `${r.host}:${r.port}` }),
     el("td", { class: `d-${r.decision}`, text: r.decision }), el("td", { text: r.route }),
-    el("td", { text: `${r.bytes_up ?? "?"} / ${r.bytes_down ?? "?"}` }), el("td", { class: "rule", text: r.rule || "" }))));
+    el("td", { text: `${r.bytes_up ?? "?"} / ${r.bytes_down ?? "?"}` }), el("td", { class: "rule", text: short(r.rule) || "", title: r.rule || "" }))));
   document.getElementById("tunnels").hidden = state.tunnels.length === 0;
   document.getElementById("tunnels-empty").hidden = state.tunnels.length !== 0;
   for (const app of Object.keys(state.apps)) addOption(document.getElementById("f-app"), seenApps, app);
@@ -322,8 +328,10 @@ async function refreshState() {
   try {
     const r = await fetch("/api/state", { credentials: "same-origin" });
     if (!r.ok) return;
+    const first = state === null;
     state = await r.json();
     renderState();
+    if (first) renderDecisions();  // rows that came before it: their rule's file, relative
     scheduleApps();
   } catch (e) { /* the daemon is away: the event stream says so */ }
 }
