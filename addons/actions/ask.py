@@ -111,6 +111,10 @@ class Ask(Holding):
             timeout=self.timeout, fallback=self.fallback.name))
         try:
             await asyncio.wait({held, asked}, return_when=asyncio.FIRST_COMPLETED)
+            if held.done() and held.result() == "revoked" and not asked.done():
+                # an answer "block/tor for 1 h" adds a rule that revokes the flows it answers a
+                # moment before they see the answer: give it that moment
+                await asyncio.wait({asked}, timeout=_GRACE)
         finally:
             if not asked.done():
                 asked.cancel()
@@ -132,7 +136,14 @@ class Ask(Holding):
         if result is None:  # timing's timer before the asker's: cannot happen but by a stalled loop
             result = ask.Result(None, "ask-timeout")
         if result.answer is not None:
-            n.decision = dataclasses.replace(decision, action=verdict_action(result.answer.verdict))
+            answered = dataclasses.replace(decision, action=verdict_action(result.answer.verdict))
+            if n.outcome == "revoked":
+                from hush.addons.act import more_strictly
+
+                if n.revoked_by is None or more_strictly(answered, n.revoked_by):
+                    return "revoked"  # a reload decides it more strictly than the answer: never sent
+                n.outcome = n.revoked_by = None  # revoked by the rule this very answer added
+            n.decision = answered
             log.info("%s: %s %s (%s, %s)", decision.app, result.answer.verdict, host, result.answer.scope,
                      result.answer.source)
         else:

@@ -166,3 +166,18 @@ def test_allow_for_an_hour_becomes_a_rule_that_expires(hush, origin, session_bus
     assert len(notified(log)) == 1  # asked once: the answer holds for the site
     assert len(origin.accepts) == 3
     h.stop()
+
+
+def test_block_for_an_hour_answers_the_waiting_flow_and_blocks_the_next_without_asking(hush, origin, session_bus,
+                                                                                      notifyd):
+    log = notifyd(answer="block:1h")
+    port = free_port()
+    h = hush({"asker": policy(port, fallback="allow")}, env=session_bus)
+    for path in ("/a", "/b"):
+        r = curl(*proxy(port), origin.url(path), "-o", "/dev/null", "-w", "%{http_code}")
+        assert r.stdout == b"403", r  # the answer, not a revocation's 503 and not the fallback
+    assert origin.accepts == [] and len(notified(log)) == 1
+    h.stop()
+    rows = [r for r in h.audit() if r["app"] == "asker"]
+    assert [r["decision"] for r in rows] == ["block", "block"]
+    assert rows[1]["rule"].endswith("asker.yaml:3")  # the temporary rule names the ask rule it came from

@@ -98,3 +98,40 @@ def test_timing_keeping_it_back_wins_over_a_pending_question(monkeypatch):
     monkeypatch.setattr(asking.ASKER, "ask", never)
     out = asyncio.run(decision.action.hold(flow, decision, Services(FakeTiming("overflow", 0))))
     assert out == "overflow" and notes(flow).decision is decision
+
+
+def test_revoked_by_the_rule_its_own_answer_added_takes_the_answer(monkeypatch):
+    from hush.daemon.policy import RequestInfo
+
+    async def answered_soon(**kw):
+        await asyncio.sleep(0.05)
+        return asking.Result(Answer("block", "1h", "page"))
+
+    flow = tflow.tflow()
+    decision = policy("ask").decide("x", RequestInfo.from_url("http://example.com/"))
+    notes(flow).decision = decision
+    monkeypatch.setattr(asking.ASKER, "ask", answered_soon)
+
+    class Revoking(FakeTiming):
+        def __init__(self, by):
+            super().__init__("revoked", 0)
+            self.by = by
+
+        async def delay(self, flow, app, seconds):
+            notes(flow).outcome, notes(flow).revoked_by = "revoked", self.by
+            return "revoked"
+
+    blocked = policy("block").decide("x", RequestInfo.from_url("http://example.com/"))
+    out = asyncio.run(decision.action.hold(flow, decision, Services(Revoking(blocked))))
+    assert out is None and notes(flow).decision.action.name == "block" and notes(flow).outcome is None
+
+    # a reload that blocks it is stricter than an answer "allow": the revocation stands, nothing is sent
+    async def allowed_soon(**kw):
+        await asyncio.sleep(0.05)
+        return asking.Result(Answer("allow", "once", "page"))
+
+    flow = tflow.tflow()
+    notes(flow).decision = decision
+    monkeypatch.setattr(asking.ASKER, "ask", allowed_soon)
+    out = asyncio.run(decision.action.hold(flow, decision, Services(Revoking(blocked))))
+    assert out == "revoked" and notes(flow).decision is decision
