@@ -191,7 +191,7 @@ def suggest(app: str, sites: dict[str, Site], current: Policy | None = None, sin
         lines.append(f"  # {len(dropped)} more site(s) with fewer requests fall to the default (block)")
     if not (backends or previews or third):
         lines[-1] = "rules: []"
-    examples = [(s, "passthrough", None) for s in backends[:5]]
+    examples: list[tuple[Site, str, str | None]] = [(s, "passthrough", None) for s in backends[:5]]
     examples += [(s, "debounce", "preview") for s in previews[:5]]
     examples += [(s, "block", None) for s in third[:5]]
     if examples:
