@@ -290,3 +290,28 @@ def test_tor_bootstrap_is_shown(live, origin):
     row = page.locator("#decisions tbody tr", has_text="/via-tor")
     row.wait_for(timeout=5000)
     assert row.locator("td.decision").inner_text() == "tor-unavailable"
+
+
+def test_a_long_tunnel_is_visible_while_open(live, origin):
+    """A CONNECT relayed untouched is listed under open tunnels while its connection lives,
+    with its row marked open; it leaves the list when the app closes it."""
+    import socket
+
+    _h, page, port = live()
+    app = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        app.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
+        assert app.recv(4096).startswith(b"HTTP/1.1 200")
+        app.sendall(f"GET /keep/long HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
+        assert app.recv(4096).startswith(b"HTTP/1.1 200 OK")  # relayed to the origin, which keeps it open
+        page.wait_for_function("() => [...document.querySelectorAll('#tunnels td.host')]"
+                               f".some(td => td.textContent === '127.0.0.1:{origin.port}')", timeout=5000)
+        assert page.locator("#decisions tbody tr.open", has_text=f"127.0.0.1:{origin.port}").count() == 1
+        time.sleep(1.6)  # still listed a while later: it is open
+        assert page.locator("#tunnels tbody tr").count() == 1
+    finally:
+        app.close()
+    page.wait_for_function("() => document.querySelectorAll('#tunnels tbody tr').length === 0", timeout=10_000)
+    page.wait_for_function("() => document.querySelectorAll('#decisions tbody tr.open').length === 0",
+                           timeout=10_000)
+    assert len(origin.accepts) == 1
