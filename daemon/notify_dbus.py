@@ -96,7 +96,7 @@ class DesktopPrompt:
             queue: asyncio.Queue[Message] = asyncio.Queue(64)  # bounded: jeepney drops past it
             handle = self._router.filter(rule, queue=queue)
             await asyncio.wait_for(Proxy(message_bus, self._router).AddMatch(rule), CALL_TIMEOUT)
-        except (OSError, EOFError, TimeoutError, ValueError, KeyError, Exception) as e:
+        except Exception as e:  # no socket, refused, no answer in time, a bad address
             self.last_error = f"cannot reach the session bus at {self.address}: {e!r}"
             log.info("desktop prompts: %s", self.last_error)
             await self._drop()
@@ -126,10 +126,6 @@ class DesktopPrompt:
         """Show ``question``; True if a notification service took it."""
         from jeepney import DBusAddress, HeaderFields, MessageType, new_method_call
 
-        async with self._lock:
-            router = await self._connect()
-        if router is None:
-            return False
         keys = [k for k, _ in BUTTONS if _allowed(question, k)]
         actions = [part for k, label in BUTTONS if k in keys for part in (k, label)]
         summary = f"{question.app} wants to reach {question.site}"
@@ -138,12 +134,20 @@ class DesktopPrompt:
         msg = new_method_call(DBusAddress(PATH, bus_name=NAME, interface=INTERFACE), "Notify", "susssasa{sv}i",
                               (self.app_name, 0, "", summary, body, actions, {"urgency": ("y", 1)},
                                int(question.timeout * 1000)))
-        try:
-            reply = await asyncio.wait_for(router.send_and_get_reply(msg), CALL_TIMEOUT)
-        except Exception as e:
-            self.last_error = f"Notify failed: {e!r}"
-            log.info("desktop prompts: %s", self.last_error)
-            await self._drop()
+        reply = None
+        for attempt in (1, 2):  # a connection the bus closed since (a restarted session bus): once more, anew
+            async with self._lock:
+                router = await self._connect()
+            if router is None:
+                return False
+            try:
+                reply = await asyncio.wait_for(router.send_and_get_reply(msg), CALL_TIMEOUT)
+                break
+            except Exception as e:
+                self.last_error = f"Notify failed: {e!r}"
+                log.info("desktop prompts: %s%s", self.last_error, "; reconnecting" if attempt == 1 else "")
+                await self._drop()
+        if reply is None:
             return False
         if reply.header.message_type != MessageType.method_return:
             self.last_error = f"Notify refused: {reply.header.fields.get(HeaderFields.error_name)} {reply.body!r}"

@@ -86,3 +86,39 @@ def test_no_service_and_no_bus_are_not_shown_at_once(bus):
             await prompt.aclose()
 
     asyncio.run(main())
+
+
+def test_a_restarted_session_bus_is_reached_anew(tmp_path):
+    address = f"unix:path={tmp_path}/bus"
+
+    def start_bus():
+        proc = subprocess.Popen(["dbus-daemon", "--session", f"--address={address}", "--nofork", "--nopidfile"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "bus").exists():
+            assert time.monotonic() < deadline, "dbus-daemon did not start"
+            time.sleep(0.02)
+        return proc
+
+    procs = [start_bus()]
+    procs.append(service(address, tmp_path / "a.jsonl"))
+
+    async def main():
+        prompt = DesktopPrompt(lambda *a: None, address=address)
+        assert await prompt.show(Question(app="a", host="h.example", site="h.example")) is True
+        for p in procs:
+            p.kill()
+            p.wait()
+        (tmp_path / "bus").unlink(missing_ok=True)
+        procs.append(await asyncio.to_thread(start_bus))
+        procs.append(await asyncio.to_thread(service, address, tmp_path / "b.jsonl"))
+        assert await prompt.show(Question(app="a", host="h.example", site="h.example")) is True
+        await prompt.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert '"Notify"' in (tmp_path / "b.jsonl").read_text()
