@@ -187,3 +187,55 @@ def test_tor_sends_the_download_from_the_exit(gajim, origin, torlab, exit_dns):
     assert origin.requests[0].path == "/shared/tor.png"
     [row] = wait_for(lambda: run.download_rows(NAME), 10)
     assert row["decision"] == "tor" and row["route"] == "tor" and row["ip_exposed"] == 0
+
+
+def test_under_hush_launch_with_no_proxy_setting():
+    """``hush launch --app xmpp -- gajim``, Gajim with no proxy setting at all: the launch's
+    namespace sends the stream and the download through hush.  A launch keeps 127.0.0.0/8
+    inside its namespace, so prosody and the site live on TEST-NET addresses of a network
+    namespace of the test's own (tests/launch/world.py), where hush runs as ``nobody``."""
+    from tests.launch.world import ALLOWED_IP, BLOCKED_IP, NOBODY, World, WorldHush
+
+    world = World().start()
+    nobody = Account("nobody", NOBODY, NOBODY)
+    stops = []
+    try:
+        enter = ["nsenter", "-t", str(world.pid), "-n", "-m", "--"]
+        server = Prosody(nobody, BLOCKED_IP, enter=enter).start()  # the stream's server: c2s on 203.0.113.11:5222
+        stops.append(server.stop)
+        text = re.sub(r"(?m)^listen: 8109\n", "", SHIPPED.read_text())  # no listener: reached only by launch
+        hush = WorldHush(world, {"xmpp": text}).wait_ready()
+        stops.append(hush.stop)
+        site = world.origin(ALLOWED_IP)
+        stops.append(site.close)
+        alice = server.jid("alice")
+        home = gajim_home(nobody, server, proxy=None, open_chat=alice)
+        stops.append(lambda: shutil.rmtree(home, ignore_errors=True))
+        display = Display(nobody)
+        stops.append(display.close)
+        display.start()
+        # in the world, as nobody: hush launch --state-dir … --app xmpp -- (gajim …, added by start_gajim)
+        launch = [*enter, "setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "--",
+                  *hush.launch_argv("xmpp", [])]
+        proc = start_gajim(display, home, open_chat=alice, prefix=launch, as_user=False)
+        logs = lambda: f"{display.logs()}\n{server.logs()}\n--- hush ---\n{hush.log[-4000:]}"  # noqa: E731
+        wait_for(lambda: server.logged_in(ACCOUNT) or proc.poll() is not None, 60, message="Gajim to log in")
+        assert proc.poll() is None, f"Gajim (under hush launch) exited with {proc.returncode}:\n{logs()}"
+
+        url = site.url("/shared/launch.png")
+        world.in_net(send_link, server, "alice", ACCOUNT, url)
+        rows = hush.wait_rows(lambda r: r["host"] == ALLOWED_IP, 30, "Gajim's download in the audit")
+        wait_for(lambda: history(home, url), 20, message="the message in Gajim's history")
+        assert site.accepts == [], "the site saw a connection"
+        [download] = [r for r in rows if r["host"] == ALLOWED_IP]
+        assert download["listener"].startswith("launch:xmpp:")
+        assert download["decision"] == "block" and download["rule"].endswith(f"xmpp.yaml:{rule_line(text)}")
+        assert json.loads(download["carried"])["user_agent"] == f"Gajim {gajim_version()}"
+        stream = [r for r in hush.audit() if r["host"] == BLOCKED_IP and r["port"] == 5222]
+        assert stream and {r["decision"] for r in stream} == {"passthrough"}
+        assert all(r["listener"].startswith("launch:xmpp:") for r in stream)
+        assert not display.windows("Error"), f"Gajim showed an error:\n{display.logs()}"
+    finally:
+        for stop in reversed(stops):
+            stop()
+        world.close()

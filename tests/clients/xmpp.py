@@ -6,15 +6,16 @@ from the test process (slixmpp).
     home = gajim_home(user, server, proxy=("http", "127.0.0.1", 8109))
     with Display(user) as d:
         gajim = start_gajim(d, home, open_chat=server.jid("alice"))
-        server.wait_logged_in("bob")
+        wait_for(lambda: server.logged_in("bob"))
         send_link(server, "alice", "bob", "http://127.0.0.1:8000/a.png")   # body + XEP-0066 OOB
         wait_for(lambda: history(home, "http://127.0.0.1:8000/a.png"))
 
 Gajim is told where hush is by the account's own proxy entry (``proxy=``): the XMPP stream
 and every download of that account go through it.  With ``proxy=None`` Gajim connects
-directly — as it would inside ``hush launch --app xmpp -- gajim`` (docs/launch.md), where the
-namespace, not a setting, sends everything through hush: ``gajim_home`` and ``start_gajim``
-take the command prefix to run it under (``prefix=["hush", "launch", "--app", "xmpp", "--"]``).
+directly — as it does inside ``hush launch --app xmpp -- gajim`` (docs/launch.md), where the
+namespace, not a setting, sends everything through hush: ``start_gajim`` takes the command
+prefix to run it under (``prefix=["hush", "launch", "--app", "xmpp", "--"]``), and ``Prosody``
+one to run in a test's own namespace (``enter=["nsenter", "-t", PID, "-n", "-m", "--"]``).
 
 Why these choices: Gajim 1.7 refuses to run as root, so it runs as ``user`` with a HOME
 it owns; its settings are ``~/.config/gajim/settings.sqlite`` (two tables of JSON, the
@@ -31,7 +32,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -83,8 +83,9 @@ class Prosody:
     run as ``user`` (it refuses to start as root without a ``prosody`` user to switch to)."""
 
     def __init__(self, user: Account, host: str, port: int = 5222, accounts: Sequence[str] = ("alice", "bob"),
-                 domain: str = DOMAIN):
+                 domain: str = DOMAIN, enter: Sequence[str] = ()):
         self.user, self.host, self.port, self.domain = user, host, port, domain
+        self.enter = list(enter)  # a prefix that runs prosody elsewhere: nsenter into a test's namespace
         self.accounts = list(accounts)
         self.dir = user.owned_dir("hush-prosody-")
         self.config = self.dir / "prosody.cfg.lua"
@@ -94,8 +95,8 @@ class Prosody:
         return f"{name}@{self.domain}"
 
     def _as_user(self) -> list[str]:
-        return ["setpriv", "--pdeathsig", "KILL", "--reuid", str(self.user.uid), "--regid", str(self.user.gid),
-                "--clear-groups", "--"]
+        return [*self.enter, "setpriv", "--pdeathsig", "KILL", "--reuid", str(self.user.uid),
+                "--regid", str(self.user.gid), "--clear-groups", "--"]
 
     def start(self, timeout: float = 20) -> Prosody:
         self.config.write_text(PROSODY_CONFIG.format(dir=self.dir, host=self.host, port=self.port,
@@ -111,15 +112,14 @@ class Prosody:
             self.proc = subprocess.Popen([*self._as_user(), "prosody", "--config", str(self.config), "-F"],
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
+        listening = f"Activated service 'c2s' on [{self.host}]:{self.port}"  # (its log; works in any netns)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"prosody exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.1)
+            if listening in self.log:
+                return self
+            time.sleep(0.1)
         raise AssertionError(f"prosody not listening on {self.host}:{self.port} after {timeout}s:\n{self.logs()}")
 
     @property
@@ -309,11 +309,12 @@ def gajim_home(user: Account, server: Prosody, proxy: tuple[str, str, int] | Non
 
 
 def start_gajim(display: Display, home: Path, open_chat: str | None = None,
-                prefix: Sequence[str] = ()) -> subprocess.Popen:
+                prefix: Sequence[str] = (), as_user: bool = True) -> subprocess.Popen:
     """Gajim on ``display`` as the display's user, with ``home``; ``open_chat`` (a JID
     listed by ``gajim_home(open_chat=…)``) selected at start, so what arrives in it is
     shown — and its previews fetched — at once.  ``prefix`` runs it under a wrapper
-    (``hush launch --app xmpp --``)."""
+    (``hush launch --app xmpp --``); ``as_user=False`` starts the prefix as the caller (root),
+    for a prefix that switches user itself (``nsenter … setpriv --reuid …``)."""
     env = {
         "HOME": str(home),
         "XDG_CONFIG_HOME": str(home / ".config"),
@@ -325,7 +326,8 @@ def start_gajim(display: Display, home: Path, open_chat: str | None = None,
         "NO_PROXY": "", "no_proxy": "", "http_proxy": "", "https_proxy": "",
     }
     args = [f"xmpp:{open_chat}"] if open_chat else []
-    return display.spawn([*prefix, "gajim", "--verbose", *args], env=env, log="gajim.log")
+    return display.spawn([*prefix, "gajim", "--verbose", *args], env=env, log="gajim.log",
+                         user=True if as_user else None)
 
 
 def history(home: Path, text: str) -> bool:
