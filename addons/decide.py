@@ -53,7 +53,10 @@ UNREADABLE = object()  # a ClientHello that does not parse
 def client_hello_sni(data: bytes):
     """From a connection's first bytes: None while a ClientHello is still
     arriving, ``UNREADABLE`` if it does not parse, else ``(sni,)`` — the name
-    it asks for (``(None,)``: no name, or not TLS at all)."""
+    it asks for (``(None,)``: no name, or not TLS at all).  No byte yet is
+    still arriving: a client that has said nothing has not said it is not TLS."""
+    if not data:
+        return None
     if data[:1] == b"\x16" and len(data) < 3 and (len(data) < 2 or data[1] == 3):
         return None  # the start of a TLS record
     if not starts_like_tls_record(data):

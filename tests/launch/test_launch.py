@@ -127,6 +127,37 @@ def test_tor_routed_name_reaches_the_origin_from_the_exit_and_is_never_resolved(
     assert row["listener"].startswith("launch:x:") and (row["tor_exit"] or "").endswith("~exit0")
 
 
+SILENT_THEN_FRONTED = """\
+    import socket, ssl, sys, time
+    name, port = sys.argv[1], int(sys.argv[2])
+    s = socket.create_connection((name, port), timeout=20)
+    time.sleep(1.5)  # say nothing first: hush is asked about the connection before its first byte
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        t = ctx.wrap_socket(s, server_hostname="blocked.test")  # then name a blocked host
+        t.sendall(b"GET /fronted HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n")
+        print("answered", t.recv(200))
+    except OSError as e:
+        print("failed", e)
+"""
+
+
+def test_a_silent_tor_routed_connection_is_not_relayed_before_its_clienthello_is_checked(
+        world, far, whush, world_torlab, world_exit_dns, tls_ctx):
+    """A transparent (launch) connection is asked about before any byte: that is not "not TLS". A
+    connection to a Tor-routed name that waits, then sends a ClientHello naming a blocked host, must
+    be refused on that name, not relayed through the exit unchecked."""
+    origin = far.origin("127.0.0.1", tls=tls_ctx)
+    h = whush({"x": TOR_POLICY}, config=tor_config(world_torlab))
+    h.wait_tor_ready()
+    res = h.launch("x", *script(SILENT_THEN_FRONTED), TOR_NAME, str(origin.port))
+    assert res.stdout.startswith(b"failed"), (res.stdout, res.stderr, h.log[-3000:])
+    assert origin.accepts == []  # nothing came out of the exit
+    rows = h.wait_rows(lambda r: "blocked.test" in (r["error"] or ""), 30, "the tunnel refused on its TLS name")
+    assert all(r["ip_exposed"] == 0 for r in rows)
+
+
 # -- UDP, DNS, static and renamed clients ------------------------------------------------
 
 UDP_PROBE = """\

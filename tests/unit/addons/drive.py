@@ -85,9 +85,13 @@ class Running:
         ctx.server = connection.Server(address=address)
         return ctx
 
-    async def next_layer(self, ctx: context.Context, chosen=None) -> layer.Layer | None:
-        """What the chain makes of the layer mitmproxy chose (a layer class, or None: not chosen yet)."""
+    async def next_layer(self, ctx: context.Context, chosen=None, data: bytes = b"") -> layer.Layer | None:
+        """What the chain makes of the layer mitmproxy chose (a layer class, or None: not chosen yet),
+        with ``data`` the client's first bytes, as mitmproxy's NextLayer holds them when it asks (it
+        replays them to the layer chosen: feed them to that layer too)."""
         nextlayer = layer.NextLayer(ctx)
+        if data:
+            nextlayer.events.append(events.DataReceived(ctx.client, data))
         nextlayer.layer = chosen(ctx) if chosen is not None else None
         await self.hook(layer.NextLayerHook(nextlayer))
         return nextlayer.layer

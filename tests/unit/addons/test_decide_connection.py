@@ -54,6 +54,7 @@ def test_client_hello_sni():
     hello = client_hello("a.example")
     assert client_hello_sni(hello) == ("a.example",)
     assert client_hello_sni(hello[:1]) is None and client_hello_sni(hello[:2]) is None  # a record starts
+    assert client_hello_sni(b"") is None  # nothing yet: not "not TLS" (it would be relayed unchecked)
     assert client_hello_sni(hello[:40]) is None  # still arriving
     assert client_hello_sni(client_hello(None)) == (None,)
     assert client_hello_sni(b"GET / HTTP/1.1\r\n") == (None,)  # not TLS: nothing to read
@@ -194,9 +195,10 @@ def test_a_tor_routed_tunnel_waits_for_its_whole_clienthello_then_checks_it():
         tunnel = conn_notes(f.client_conn).tunnel
         tunnel.route = object()  # what torroute sets when act applies the tor action
         hello = client_hello("blocked.org")
-        partial = FakeNextLayer(f.client_conn, hello[:30])
-        decide.next_layer(partial)
-        assert partial.layer is None and tunnel.error is None  # wait: nothing is relayed yet
+        for first in (b"", hello[:1], hello[:30]):  # asked before any byte (transparent mode asks at once), or early
+            partial = FakeNextLayer(f.client_conn, first)
+            decide.next_layer(partial)
+            assert partial.layer is None and tunnel.error is None  # wait: nothing is relayed yet
         whole = FakeNextLayer(f.client_conn, hello)
         decide.next_layer(whole)
     assert tunnel.error.startswith("refused: the TLS names blocked.org") and act.revoked == [f.client_conn.id]

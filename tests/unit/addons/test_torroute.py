@@ -104,7 +104,10 @@ async def tunnel_into_tor(hush, host="onion.org", port=443):
     """A CONNECT decided `tor`, its connection's layer chosen, started: (flow, top layer, the open command)."""
     f = connect_flow(host, port)
     await hush.hook(HttpConnectHook(f))
-    top = await hush.next_layer(hush.context(f.client_conn, (host, port)), layers.TCPLayer)
+    ctx = hush.context(f.client_conn, (host, port))
+    # no byte yet: nothing can be relayed before the ClientHello is read and checked
+    assert await hush.next_layer(ctx, layers.TCPLayer) is None
+    top = await hush.next_layer(ctx, layers.TCPLayer, data=client_hello(host))
     [opened] = await hush.events(top, events.Start())
     return f, top, opened
 
@@ -153,7 +156,7 @@ def test_a_tunnel_decided_tor_sends_connect_with_its_isolation_key_to_tor_then_r
             assert connect.startswith(b"CONNECT onion.org:443 HTTP/1.1\r\n")  # the name, never an address
             assert b"\r\nX-Tor-Stream-Isolation: hush/x/site/onion.org\r\n" in connect
             assert await hush.events(top, events.DataReceived(opened.connection, b"HTTP/1.1 200 OK\r\n\r\n")) == []
-            hello = b"\x16\x03\x01\x00\x05hello"
+            hello = client_hello("onion.org")
             up = await hush.events(top, events.DataReceived(f.client_conn, hello))
             assert [(c.connection is opened.connection, c.data) for c in up] == [(True, hello)]
             down = await hush.events(top, events.DataReceived(opened.connection, b"\x16\x03\x03 server"))
@@ -200,7 +203,8 @@ def test_plain_http_in_a_tor_routed_tunnel_is_left_to_the_http_layer():
             f = connect_flow("onion.org", 80)
             await hush.hook(HttpConnectHook(f))
             ctx = hush.context(f.client_conn, ("onion.org", 80))
-            top = await hush.next_layer(ctx, lambda c: layers.HttpLayer(c, HTTPMode.transparent))
+            top = await hush.next_layer(ctx, lambda c: layers.HttpLayer(c, HTTPMode.transparent),
+                                        data=b"GET / HTTP/1.1\r\nHost: onion.org\r\n\r\n")
             assert ctx.server.via is None  # each request is decided, and routed if decided tor, on its own
             assert "HttpLayer" in repr(top) and "HttpUpstreamProxy" not in repr(top)
 
