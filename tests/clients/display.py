@@ -61,16 +61,20 @@ class Account:
 
     @classmethod
     def of(cls, name: str, uid: int | None = None) -> Account:
-        """The user ``name``; created (``useradd``, no home) if it does not exist and we are root."""
+        """The user ``name``; created (``useradd``, no home; with ``uid`` if that one is free)
+        if it does not exist and we are root."""
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
             if os.geteuid() != 0:
                 raise RuntimeError(f"user {name!r} does not exist and only root can create it") from None
             cmd = ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group"]
-            if uid is not None:
-                cmd += ["--uid", str(uid)]
-            subprocess.run([*cmd, name], check=True, capture_output=True, timeout=30)
+            made = subprocess.run([*cmd, *(["--uid", str(uid)] if uid is not None else []), name],
+                                  capture_output=True, text=True, timeout=30)
+            if made.returncode != 0 and uid is not None:  # that uid is someone else's here: any free one
+                made = subprocess.run([*cmd, name], capture_output=True, text=True, timeout=30)
+            if made.returncode != 0:
+                raise RuntimeError(f"useradd {name} failed: {made.stderr.strip()}") from None
             entry = pwd.getpwnam(name)
         return cls(name, entry.pw_uid, entry.pw_gid)
 
