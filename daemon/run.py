@@ -52,7 +52,7 @@ from hush.daemon.notify_dbus import DesktopPrompt
 from hush.daemon.policy import PolicySet
 from hush.daemon.policy.ask import ASKER
 from hush.daemon.policy.holder import PolicyHolder
-from hush.daemon.policy.loader import load_checked
+from hush.daemon.policy.loader import ExamplesFailed, load_checked
 from hush.daemon.tor import TorManager
 from hush.daemon.ui import questions
 from hush.daemon.yamlschema import LoadError
@@ -73,6 +73,7 @@ class Reload:
     version: str | None
     errors: list[str]
     trigger: str
+    examples_failed: bool = False  # refused only because policies' own examples fail (hush reload: exit 5)
 
 
 def uses_tor(policyset: PolicySet) -> bool:
@@ -317,7 +318,8 @@ class Daemon:
         before = self.policyset.version
         ok = await self.reload("hush reload")
         last = self.reloads[-1]
-        return {"ok": ok, "version": self.policyset.version, "previous": before, "errors": last.errors}
+        return {"ok": ok, "version": self.policyset.version, "previous": before, "errors": last.errors,
+                "examples_failed": last.examples_failed}
 
     async def _watch(self, interval: float = 1.0) -> None:
         """Reload when a file in the policy directory changes (stat off the loop),
@@ -352,7 +354,7 @@ class Daemon:
             except LoadError as e:
                 log.error("reload (%s) refused, keeping policy set %s; %d error(s):\n%s",
                           trigger, self.policyset.version, len(e.errors), e)
-                return self._refused(trigger, [str(x) for x in e.errors])
+                return self._refused(trigger, [str(x) for x in e.errors], isinstance(e, ExamplesFailed))
             except Exception as e:  # a bug in the loader: keep deciding with the set that works
                 log.exception("reload (%s) refused, keeping policy set %s: hush failed to read the policies",
                               trigger, self.policyset.version)
@@ -370,8 +372,8 @@ class Daemon:
             notify("READY=1", f"STATUS={self._summary()}")
             return True
 
-    def _refused(self, trigger: str, errors: list[str]) -> bool:
-        self.reloads.append(Reload(False, time.time(), None, errors, trigger))
+    def _refused(self, trigger: str, errors: list[str], examples_failed: bool = False) -> bool:
+        self.reloads.append(Reload(False, time.time(), None, errors, trigger, examples_failed))
         notify("READY=1", f"STATUS=reload refused; {self._summary()}")
         return False
 
@@ -422,6 +424,7 @@ class Daemon:
             "audit": {
                 "pending": writer.pending if writer else None,
                 "written": writer.written if writer else None,
+                "dropped": writer.dropped if writer else None,  # the disk refused past the queue's bound
                 "degraded": writer.degraded if writer else None,
                 "last_error": writer.last_error if writer else None,
                 "ship": self.shipper.status() if self.shipper is not None else None,

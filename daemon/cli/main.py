@@ -432,7 +432,7 @@ def cmd_reload(args, config: Config) -> int:
     if not r["ok"]:
         print(f"reload refused, keeping policy set {r['version']}; {_n(len(r['errors']), 'error')}:", file=sys.stderr)
         print("\n".join(r["errors"]), file=sys.stderr)
-        return ExitStatus.POLICY_INVALID
+        return ExitStatus.EXAMPLES_FAILED if r.get("examples_failed") else ExitStatus.POLICY_INVALID
     same = r["version"] == r["previous"]
     print(f"reloaded: policy set {r['version']}" + (" (unchanged)" if same else f" replaces {r['previous']}"))
     return ExitStatus.OK
