@@ -18,7 +18,8 @@
     upstream_ca: /path/to/ca.pem      # extra CAs to trust for sites (intercepted flows)
     log_level: info                   # debug | info | warning | error
     ui:                               # the live view (`hush ui`, docs/ui.md); `ui: false` turns it off
-      listen: 127.0.0.1:8100          # loopback only: 127.0.0.0/8 or [::1], and a port (0: any free one)
+      listen: 127.0.0.1:8100          # loopback only: 127.0.0.0/8 or [::1], and a port (0: any free one);
+                                      # not given and 8100 taken (another hush): any free port
     timing:                           # flows held by delay/debounce
       max_held_per_app: 500           # beyond these, new held flows are refused (overflow)
       max_held_total: 1000            # ~30 KB each, ~105 KB if HTTPS is intercepted
@@ -79,6 +80,7 @@ class Config:
     max_headers: int = 100
     max_header_bytes: int = 32 * 1024
     ui_listen: tuple[str, int] | None = ("127.0.0.1", 8100)  # the live view's address; None: `ui: false`
+    ui_listen_given: bool = False  # ui.listen written in the config: that address or no live view
 
     @property
     def parse_context(self) -> ParseContext:
@@ -162,6 +164,8 @@ def parse_config(file: str, text: str) -> Config:
                                                1024, 1024 * 1024)
     if "ui" in fields:
         values["ui_listen"] = _ui(reader, fields["ui"].value)
+        values["ui_listen_given"] = isinstance(fields["ui"].value, yaml.MappingNode) and any(
+            key.value == "listen" for key, _ in fields["ui"].value.value)
     if reader.errors:
         raise LoadError(reader.errors)
     return Config(**values)

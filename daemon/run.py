@@ -286,11 +286,21 @@ class Daemon:
         return self.exit_status
 
     async def _start_ui(self) -> None:
-        """The live view; one that cannot bind is logged and the daemon runs without it."""
+        """The live view; one that cannot bind is logged and the daemon runs without it.  The default
+        address taken (another hush has it: a second state dir, ``hush demo``): any free port, as
+        ``hush ui`` asks the daemon where its page is."""
         if self.ui is None:
             return
+        taken = ""
         try:
-            await self.ui.start()
+            try:
+                await self.ui.start()
+            except OSError as e:
+                if self.config.ui_listen_given or e.errno != errno.EADDRINUSE:
+                    raise
+                taken = f" ({self.ui.host}:{self.ui.port} is taken, by another hush?)"
+                self.ui.port = 0
+                await self.ui.start()
         except OSError as e:  # the proxy matters more than its view: run on without it
             why = os.strerror(e.errno).lower() if e.errno else str(e)
             log.warning("no live view: cannot listen on %s:%d: %s; change ui.listen in the config, or `ui: false`",
@@ -298,7 +308,7 @@ class Daemon:
             return
         if self.hush.audit is not None:
             self.hush.audit.live = self.ui.publish_record
-        log.info("live view: %s (`hush ui` opens it)", self.ui.url)
+        log.info("live view: %s%s (`hush ui` opens it)", self.ui.url, taken)
 
     def _record_tunnel(self, tunnel) -> None:
         self.hush.audit.record_tunnel(tunnel)

@@ -201,11 +201,16 @@ class UIServer:
     # -- life ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind (``OSError`` if it cannot), write the token, load the page's files."""
+        """Write the token, load the page's files, bind (``OSError`` if it cannot: no token is left)."""
         self.token = await asyncio.to_thread(write_token, self.state_dir)
         self._static = await asyncio.to_thread(_load_static)
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_HEAD,
-                                                  reuse_address=True)
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_HEAD,
+                                                      reuse_address=True)
+        except OSError:
+            self.token = ""
+            await asyncio.to_thread(token_path(self.state_dir).unlink, True)
+            raise
         self.port = self._server.sockets[0].getsockname()[1]  # port 0: the one the kernel chose
         self.board.subscribe(self._question_event)
         self.board.count_pages(lambda: len(self._clients))
@@ -306,7 +311,7 @@ class UIServer:
             raise HTTPError(421, f"this is hush's live view at {authority(self.host, self.port)}; "
                                  "the Host header names another")
         supplied = request.cookie(self.cookie_name) or ""
-        if not hmac.compare_digest(supplied.encode(), self.token.encode()):
+        if not self.token or not hmac.compare_digest(supplied.encode(), self.token.encode()):
             raise HTTPError(403, "no token: open the live view with `hush ui` (or `hush ui --print-url`)")
         if request.method == "POST":
             if request.headers.get("origin") != self.origin:
@@ -318,7 +323,7 @@ class UIServer:
         if request.method == "GET" and request.path == "/" and "token" in request.query:
             self._check_host_only(request)
             given = request.query["token"][0]
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
+            if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
                 raise HTTPError(403, "wrong token: this URL is from another run of hush; run `hush ui` again")
             cookie = f"{self.cookie_name}={self.token}; Path=/; HttpOnly; SameSite=Strict"
             await self._send(writer, 303, "", extra=[("Location", "/"), ("Set-Cookie", cookie)])

@@ -150,3 +150,25 @@ def test_a_busy_ui_port_leaves_the_proxy_running(hush, origin):
         assert len(origin.accepts) == 1
         out = cli("ui", "--print-url", "--state-dir", str(h.state))
         assert out.returncode == 1 and "serves no live view" in out.stderr
+
+
+def test_the_default_address_taken_gives_any_free_port(hush, origin):
+    """Another hush (a second state dir, hush demo) has 127.0.0.1:8100: a daemon whose config
+    does not name ui.listen serves its page on a free port, says so, and `hush ui` finds it."""
+    import socket
+
+    with socket.socket() as busy:
+        try:
+            busy.bind(("127.0.0.1", 8100))
+            busy.listen()
+        except OSError:
+            pass  # taken already: the same case
+        h = hush({"web": POLICY.format(port=free_port())})
+        line = next(x for x in h.log.splitlines() if "live view:" in x)
+        assert "(127.0.0.1:8100 is taken, by another hush?)" in line and " INFO " in line, line
+        assert "WARNING" not in h.log
+        url = cli("ui", "--print-url", "--state-dir", str(h.state)).stdout.strip()
+        parts = urllib.parse.urlsplit(url)
+        assert parts.hostname == "127.0.0.1" and parts.port not in (None, 8100)
+        status, headers, _ = ask(parts.port, "GET", f"/?{parts.query}", {"Host": parts.netloc})
+        assert status == 303 and headers["Set-Cookie"].startswith(f"hush-ui-{parts.port}=")

@@ -33,3 +33,12 @@ def test_ui_refused(text: str, message: str) -> None:
     with pytest.raises(LoadError) as e:
         parse_config("c.yaml", text)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize(("text", "given"), [
+    ("log_level: info\n", False), ("ui: true\n", False), ("ui: {}\n", False),
+    ("ui: {listen: '127.0.0.1:8100'}\n", True),
+])
+def test_whether_the_address_was_given(text: str, given: bool) -> None:
+    """Only the default address gives way to a free port when another hush has it."""
+    assert parse_config("c.yaml", text).ui_listen_given is given
