@@ -43,3 +43,40 @@ def test_a_rule_is_dropped_at_its_expiry_without_a_restart(hush, origin):
     assert h.proc.poll() is None  # the same daemon, not restarted
     h.stop()
     assert "policy set" in h.log and "in force" in h.log
+
+
+def test_a_tunnel_the_rule_let_through_is_closed_at_its_expiry(hush, origin):
+    import socket
+
+    port = free_port()
+    until = time.time() + 8  # the daemon's start (a few seconds on a busy machine) included
+    h = hush({"exp": f"""\
+        app: exp
+        listen: {port}
+        default: block
+        rules:
+          - match: {{host: 127.0.0.1}}
+            action: allow
+            expires: {format_time(until)}
+        """})
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    s.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
+    assert s.recv(1024).startswith(b"HTTP/1.1 200")
+    s.sendall(f"GET /keep/1 HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
+    got = b""
+    while b"/keep/1\n" not in got:
+        chunk = s.recv(4096)
+        assert chunk, got
+        got += chunk
+    assert time.time() < until - 1, "the daemon took too long to start for this test"
+    s.settimeout(15)
+    try:
+        closed = s.recv(1) == b""  # hush closes the tunnel once the rule that let it through is gone
+    except ConnectionResetError:
+        closed = True
+    assert closed and time.time() >= round(until) - 0.5
+    s.close()
+    assert len(origin.accepts) == 1 and [r.path for r in origin.requests] == ["/keep/1"]
+    h.stop()
+    [row] = [r for r in h.audit() if r["app"] == "exp" and r["level"] == "connect"]
+    assert row["decision"] == "revoked" and "block by default" in row["error"]
