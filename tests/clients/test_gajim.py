@@ -40,6 +40,7 @@ pytestmark = pytest.mark.integration
 
 SHIPPED = Path(paths.shipped_policies()) / "xmpp.yaml"
 DOWNLOADS_RULE = "links and files from other people"
+STREAM_RULE = "the XMPP stream to your server"
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"  # the config's strip.user_agent
 
 
@@ -49,11 +50,15 @@ def gajim_version() -> str:
     return out.split("-")[0]  # 1.7.3-2 → 1.7.3
 
 
-def policy(port: int, downloads: str | None = None) -> str:
-    """The shipped policy on listener ``port``; with ``downloads``, its downloads rule takes that
-    action (and the examples say so: hush refuses a policy whose examples fail)."""
+def policy(server: str, port: int | None, downloads: str | None = None) -> str:
+    """The shipped policy as its user edits it: ``server`` (the host Gajim connects to) in
+    place of ``xmpp.example.org``; listener ``port`` (none: reached only by ``hush launch``);
+    with ``downloads``, the downloads rule takes that action (and the examples say so: hush
+    refuses a policy whose examples fail)."""
     text = SHIPPED.read_text()
-    text, n = re.subn(r"(?m)^listen: 8109$", f"listen: {port}", text)
+    assert "host: [xmpp.example.org]" in text, "the shipped xmpp policy's server line moved"
+    text = text.replace("xmpp.example.org", server)  # the rule and its examples
+    text, n = re.subn(r"(?m)^listen: 8109\n", "" if port is None else f"listen: {port}\n", text)
     assert n == 1, "the shipped xmpp policy's listen line moved"
     if downloads is not None:
         head, _ = text.split("\nexamples:", 1)
@@ -64,9 +69,9 @@ def policy(port: int, downloads: str | None = None) -> str:
     return text
 
 
-def rule_line(text: str) -> int:
-    """The line the downloads rule starts on — what the audit's ``rule`` names."""
-    return next(i for i, line in enumerate(text.splitlines(), 1) if DOWNLOADS_RULE in line)
+def rule_line(text: str, name: str = DOWNLOADS_RULE) -> int:
+    """The line a rule starts on (the downloads rule by default) — what the audit's ``rule`` names."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if f"- name: {name}" in line)
 
 
 class Run:
@@ -92,21 +97,23 @@ class Run:
 
 @pytest.fixture
 def gajim():
-    """``gajim(policy_text, config)`` → a Run with Gajim logged in through hush, the chat with
-    alice shown; everything it started is stopped after the test."""
+    """``gajim(downloads, config)`` → a Run with Gajim logged in through hush (the shipped
+    policy, its downloads rule set to ``downloads`` if given), the chat with alice shown;
+    everything it started is stopped after the test."""
     user = Account.of("hushdev", uid=1001)
     cleanup = []
 
-    def start(policy_text: str, config: str | None = None, ready=None) -> Run:
+    def start(downloads: str | None = None, config: str | None = None, ready=None) -> Run:
         host = f"127.{random.randint(16, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
         server = Prosody(user, host).start()
         cleanup.append(server.stop)
+        port = free_port()
+        policy_text = policy(host, port, downloads)
         hush = UserHush(user, {"xmpp": policy_text}, config)
         cleanup.append(hush.close)
         hush.wait_ready()
         if ready is not None:
             ready(hush)
-        port = int(re.search(r"(?m)^listen: (\d+)$", policy_text)[1])  # type: ignore[index]
         alice = server.jid("alice")
         home = gajim_home(user, server, proxy=("http", "127.0.0.1", port), open_chat=alice)
         cleanup.append(lambda: shutil.rmtree(home, ignore_errors=True))
@@ -131,13 +138,13 @@ def assert_stream_passed_through(run: Run, url: str) -> None:
     assert rows, f"the XMPP stream did not go through hush:\n{run.logs()}"
     assert {r["decision"] for r in rows} == {"passthrough"}
     assert all(r["level"] == "connect" for r in rows)
+    assert all(r["rule"].endswith(f"xmpp.yaml:{rule_line(run.policy_text, STREAM_RULE)}") for r in rows)
     assert not run.display.windows("Error"), f"Gajim showed an error:\n{run.display.logs()}"
 
 
 def test_shipped_policy_blocks_the_download_and_the_stream_passes(gajim, origin):
-    port = free_port()
-    text = policy(port)
-    run = gajim(text, config="audit: {redaction: no-query}\n")
+    run = gajim(config="audit: {redaction: no-query}\n")
+    text = run.policy_text
     url = origin.url("/shared/photo.png?k=secret-token")
     send_link(run.server, "alice", ACCOUNT, url)
 
@@ -156,8 +163,7 @@ def test_shipped_policy_blocks_the_download_and_the_stream_passes(gajim, origin)
 
 
 def test_strip_sends_the_download_without_gajims_user_agent(gajim, origin):
-    text = policy(free_port(), downloads="strip")
-    run = gajim(text)
+    run = gajim("strip")
     url = origin.url("/shared/strip.png")
     send_link(run.server, "alice", ACCOUNT, url)
 
@@ -174,8 +180,7 @@ def test_strip_sends_the_download_without_gajims_user_agent(gajim, origin):
 
 
 def test_tor_sends_the_download_from_the_exit(gajim, origin, torlab, exit_dns):
-    text = policy(free_port(), downloads="tor")
-    run = gajim(text, config=tor_config(torlab), ready=wait_tor_ready)
+    run = gajim("tor", config=tor_config(torlab), ready=wait_tor_ready)
     url = origin.url("/shared/tor.png", host=NAME)  # a name only the exit's DNS knows
     send_link(run.server, "alice", ACCOUNT, url)
 
@@ -203,7 +208,7 @@ def test_under_hush_launch_with_no_proxy_setting():
         enter = ["nsenter", "-t", str(world.pid), "-n", "-m", "--"]
         server = Prosody(nobody, BLOCKED_IP, enter=enter).start()  # the stream's server: c2s on 203.0.113.11:5222
         stops.append(server.stop)
-        text = re.sub(r"(?m)^listen: 8109\n", "", SHIPPED.read_text())  # no listener: reached only by launch
+        text = policy(BLOCKED_IP, None)  # no listener: reached only by hush launch
         hush = WorldHush(world, {"xmpp": text}).wait_ready()
         stops.append(hush.stop)
         site = world.origin(ALLOWED_IP)
