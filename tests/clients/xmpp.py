@@ -80,7 +80,8 @@ VirtualHost "{domain}"
 
 class Prosody:
     """prosody 0.12 on ``host:port`` with a config and data in a directory ``user`` owns,
-    run as ``user`` (it refuses to start as root without a ``prosody`` user to switch to)."""
+    run as ``user`` (no root needed, nothing of the system's prosody used); two accounts,
+    registered with ``prosodyctl`` before it starts."""
 
     def __init__(self, user: Account, host: str, port: int = 5222, accounts: Sequence[str] = ("alice", "bob"),
                  domain: str = DOMAIN, enter: Sequence[str] = ()):
