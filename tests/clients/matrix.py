@@ -8,7 +8,7 @@ Usage (what the test's fixtures do)::
     alice = synapse.register("alice")        # via the admin shared secret
     hush = HushIn(world, policies, config)   # ``hush run`` inside the namespace
     world.trust(hush.ca_cert)                # NeoChat must trust hush's CA (Qt reads /etc/ssl/certs)
-    neochat = NeoChat(world, display, proxy_port)
+    neochat = NeoChat(world, xvfb, proxy_port)
 
 Facts this is built on (measured here, issue 15):
 
@@ -50,6 +50,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import textwrap
@@ -59,6 +60,7 @@ import urllib.request
 from pathlib import Path
 
 import trustme
+from PIL import Image  # Pillow: a dependency of matrix-synapse[url-preview]
 
 from tests.integration.harness import Hush, free_port, wait_for
 
@@ -296,8 +298,10 @@ class NeoChat:
     MATRIX_ID_FIELD = (502, 407)
     FIRST_ROOM = (62, 98)
 
-    def __init__(self, world: World, display: str, proxy_port: int | None, launch: Path | None = None,
+    def __init__(self, world: World, screen: Xvfb, proxy_port: int | None, launch: Path | None = None,
                  name: str = "neochat"):
+        self.screen = screen
+        display = screen.display
         self.home = world.dir / f"{name}-home"
         config = self.home / ".config"
         config.mkdir(parents=True)
@@ -331,12 +335,24 @@ class NeoChat:
         out = subprocess.run(["xdotool", *args], capture_output=True, timeout=30, env={**self.env})
         return out.stdout.decode()
 
+    def _alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"neochat exited {self.proc.returncode}:\n{self.log[-3000:]}")
+
     def wait_window(self, timeout: float = 60) -> str:
         def find() -> str:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"neochat exited {self.proc.returncode}:\n{self.log[-3000:]}")
+            self._alive()
             return self.xdotool("search", "--onlyvisible", "--class", "neochat").split("\n")[0]
-        return wait_for(find, timeout=timeout, interval=0.3, message="NeoChat's window")
+        self.window = wait_for(find, timeout=timeout, interval=0.3, message="NeoChat's window")
+        return self.window
+
+    def wait_login_page(self, timeout: float = 60) -> None:
+        """Until the login page is drawn: its Matrix ID field is white (the window shows the page's
+        grey background before its QML has loaded, and a click then is lost)."""
+        def drawn() -> bool:
+            self._alive()
+            return self.screen.pixel(self.MATRIX_ID_FIELD[0] + 88, self.MATRIX_ID_FIELD[1]) == (255, 255, 255)
+        wait_for(drawn, timeout=timeout, interval=0.3, message="NeoChat's login page")
 
     def type(self, text: str, delay_ms: int = 250) -> None:
         """Type ``text`` at a human pace (``delay_ms`` between keystrokes) into the focused field."""
@@ -349,10 +365,29 @@ class NeoChat:
         self.xdotool("mousemove", str(x), str(y), "click", "1")
 
     def type_matrix_id(self, mxid: str) -> None:
-        """Type ``mxid`` into the login page's Matrix ID field, a keystroke every 250 ms."""
-        self.click(*self.MATRIX_ID_FIELD)
-        time.sleep(0.3)
-        self.type(mxid)
+        """Type ``mxid`` into the login page's Matrix ID field, a keystroke every 250 ms.
+
+        Up to the first character of the server part first, until NeoChat logs its lookup (``Sent GET
+        https://h/.well-known/…``): with no window manager, a click may come before the field takes
+        keys (the previous window's focus reverts to nothing), so that part is cleared and typed again;
+        then the rest, at the same pace (a wait over the debounce's quiet time would let the first
+        lookup leave)."""
+        user, server = mxid.split(":", 1)
+        sent = f"Sent GET https://{server[0]}/.well-known/matrix/client"
+        for _ in range(3):
+            self.xdotool("windowfocus", "--sync", self.window)
+            self.click(*self.MATRIX_ID_FIELD)
+            time.sleep(0.3)
+            self.key("ctrl+a", "BackSpace")
+            self.type(f"{user}:{server[0]}")
+            deadline = time.monotonic() + 5
+            while sent not in self.log and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if sent in self.log:
+                break
+        else:
+            raise AssertionError(f"NeoChat did not take the typed Matrix ID:\n{self.log[-3000:]}")
+        self.type(server[1:])
 
     def log_in(self, password: str) -> None:
         """After :meth:`type_matrix_id`: continue to the password page and log in."""
@@ -391,18 +426,21 @@ class Xvfb:
                                   timeout=10).returncode == 0
         wait_for(answers, timeout=20, interval=0.1, message=f"Xvfb {self.display}")
 
-    def screenshot(self, path: Path) -> Path:
-        """The screen as a PNG (for a failing test's report): Xvfb's XWD frame buffer, converted."""
-        import struct
-
-        from PIL import Image
-
+    def image(self) -> Image.Image:
+        """The screen now: Xvfb's frame buffer (XWD, in ``-fbdir``), read as an image."""
         data = (self.fbdir / "Xvfb_screen0").read_bytes()
         header = struct.unpack(">25I", data[:100])
         width, height, bytes_per_line, colours = header[4], header[5], header[12], header[19]
         offset = header[0] + colours * 12
-        Image.frombytes("RGB", (width, height), data[offset:offset + bytes_per_line * height], "raw", "BGRX",
-                        bytes_per_line).save(path)
+        return Image.frombytes("RGB", (width, height), data[offset:offset + bytes_per_line * height], "raw", "BGRX",
+                               bytes_per_line)
+
+    def pixel(self, x: int, y: int) -> tuple[int, int, int]:
+        return self.image().getpixel((x, y))  # type: ignore[return-value]
+
+    def screenshot(self, path: Path) -> Path:
+        """The screen as a PNG (for a failing test's report)."""
+        self.image().save(path)
         return path
 
     def stop(self) -> None:

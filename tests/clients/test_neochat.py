@@ -97,10 +97,10 @@ class Matrix:
     def neochat(self, hush: HushIn, name: str, launch: bool = False) -> NeoChat:
         """A NeoChat of its own (``name``: its HOME and log) with hush's listener as its proxy, or
         under ``hush launch --app element`` (no proxy setting)."""
-        client = self.started(NeoChat(self.world, self.xvfb.display, None if launch else hush.port,  # type: ignore[attr-defined]
+        client = self.started(NeoChat(self.world, self.xvfb, None if launch else hush.port,  # type: ignore[attr-defined]
                                       launch=hush.state if launch else None, name=name))
         client.wait_window()
-        time.sleep(2)  # the login page's QML is up a moment after the window
+        client.wait_login_page()
         return client
 
     def screenshot(self, name: str) -> str:
