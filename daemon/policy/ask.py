@@ -100,15 +100,19 @@ class Asker:
                 return Result(None, "ask-unavailable", str(e))
             self.asked += 1
             question.answer.add_done_callback(functools.partial(self._settled, question))
-            shown = False
-            if self.prompt is not None:
-                try:
-                    shown = await self.prompt.show(question)
-                except Exception as e:  # a prompt that fails is one that was not shown
-                    log.warning("desktop prompt failed: %r", e)
-            if not shown and not self.board.listening() and not question.answer.done():
-                self._withdraw(question, "ask-unavailable")
+            # its own task: the question is shown (or found unanswerable) whatever becomes of this flow
+            self._spawn(self._show(question))
         return await self._wait(question)
+
+    async def _show(self, question: Question) -> None:
+        shown = False
+        if self.prompt is not None:
+            try:
+                shown = await self.prompt.show(question)
+            except Exception as e:  # a prompt that fails is one that was not shown
+                log.warning("desktop prompt failed: %r", e)
+        if not shown and not self.board.listening() and not question.answer.done():
+            self._withdraw(question, "ask-unavailable")
 
     async def _wait(self, question: Question) -> Result:
         remaining = question.asked + question.timeout - time.time()

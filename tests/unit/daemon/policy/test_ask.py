@@ -139,3 +139,23 @@ def test_always_writes_the_rule_into_the_policy_file_and_reloads(tmp_path):
         holder.close()
 
     asyncio.run(main())
+
+
+def test_the_question_is_shown_even_if_the_flow_that_put_it_goes_away():
+    async def main():
+        class Slow(Prompt):
+            async def show(self, question):
+                await asyncio.sleep(0.1)
+                return await super().show(question)
+
+        prompt = Slow(shows=False)
+        a, _ = asker(prompt)
+        first = asyncio.ensure_future(ask(a, timeout=30))
+        await asyncio.sleep(0.01)
+        first.cancel()  # its app gave up (timing: abandoned, overflow) while the prompt was being shown
+        started = time.monotonic()
+        result = await ask(a, timeout=30)  # shares the question: still told at once that nobody can answer
+        assert result.outcome == "ask-unavailable" and time.monotonic() - started < 1
+        assert len(prompt.shown) == 1
+
+    asyncio.run(main())
