@@ -46,6 +46,7 @@ import os
 import queue
 import re
 import secrets
+import select
 import socket
 import struct
 import threading
@@ -438,13 +439,15 @@ class TcpTransport:
         waiting): noticed before a batch is sent into it."""
         if self._sock is None:
             return True
-        try:
-            data = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        try:  # poll first: with a timeout set, recv would wait for it even with MSG_DONTWAIT
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            if not readable:
+                return True
+            return bool(self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
         except BlockingIOError:
             return True
-        except OSError:
+        except (OSError, ValueError):
             return False
-        return bool(data)
 
     def send(self, messages: list[bytes]) -> None:
         self.connect()

@@ -380,6 +380,34 @@ def test_tcp_collector_down_then_back():
     assert shipper.shipped == 20 and shipper.dropped == 0
 
 
+def test_an_idle_connection_is_alive_at_once():
+    """The check before each batch must not wait (it once waited for the socket's timeout,
+    2 s a batch, and the queue overflowed behind it)."""
+    collector = Collector()
+    transport = ship.TcpTransport("127.0.0.1", collector.port, timeout=2.0)
+    transport.connect()
+    t = time.perf_counter()
+    assert all(transport.alive() for _ in range(100))
+    assert time.perf_counter() - t < 0.5
+    collector.close()
+    wait_until(lambda: not transport.alive(), timeout=2)
+    transport.close()
+
+
+def test_a_burst_ships_in_batches_without_waiting():
+    collector = Collector()
+    shipper = Shipper(Target("tcp", "127.0.0.1", collector.port), "site", queue_max=50)
+    shipper.start()
+    for _ in range(20):  # 20 rounds of 40: never more than the queue holds at once
+        for _ in range(40):
+            shipper.submit(record())
+        wait_until(lambda: shipper.pending == 0, timeout=2)
+    wait_until(lambda: len(collector.messages) == 800)
+    shipper.close()
+    collector.close()
+    assert shipper.dropped == 0 and shipper.failures == 0
+
+
 def test_udp_datagrams():
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))
