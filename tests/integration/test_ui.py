@@ -315,3 +315,43 @@ def test_a_long_tunnel_is_visible_while_open(live, origin):
     page.wait_for_function("() => document.querySelectorAll('#decisions tbody tr.open').length === 0",
                            timeout=10_000)
     assert len(origin.accepts) == 1
+
+
+ASK = "app: web\nlisten: {port}\ndefault: {{action: ask, timeout: {timeout}, fallback: block}}\n"
+
+
+def test_a_question_answered_in_the_page(live, origin, tmp_path):
+    """action: ask — the question appears in the open page; clicking once / allow sends the
+    held flow, which reaches the origin exactly once; the card goes away."""
+    import threading
+
+    _h, page, port = live(ASK.replace("{timeout}", "20s"))
+    result: dict[str, subprocess.CompletedProcess] = {}
+    fetch = threading.Thread(target=lambda: result.update(r=curl(
+        "-x", f"http://127.0.0.1:{port}", "-o", "/dev/null", "-w", "%{http_code}", origin.url("/asked"),
+        timeout=60)))
+    fetch.start()
+    card = page.locator(".question")
+    card.wait_for(timeout=10_000)
+    assert "web wants to reach 127.0.0.1" in card.inner_text()
+    assert origin.accepts == []  # held while asked
+    shot(page, tmp_path, "ui-question.png")
+    card.locator("button.a-allow-once").click()
+    fetch.join(20)
+    assert result["r"].stdout == b"200"
+    assert origin.paths == ["/asked"] and len(origin.accepts) == 1
+    page.wait_for_function("() => document.querySelectorAll('.question').length === 0", timeout=5000)
+    assert page.locator("#questions-section").is_hidden()
+
+
+def test_a_question_left_alone_gets_its_fallback(live, origin):
+    _h, page, port = live(ASK.replace("{timeout}", "2s"))
+    start = time.monotonic()
+    out = curl("-x", f"http://127.0.0.1:{port}", "-o", "/dev/null", "-w", "%{http_code}", origin.url("/alone"),
+               timeout=30)
+    assert time.monotonic() - start >= 1.9  # it waited for an answer
+    assert out.stdout != b"200" and origin.accepts == []
+    page.wait_for_function("() => document.querySelectorAll('.question').length === 0", timeout=5000)
+    row = page.locator("#decisions tbody tr", has_text="/alone")
+    row.wait_for(timeout=5000)
+    assert row.locator("td.decision").inner_text() == "ask-timeout"

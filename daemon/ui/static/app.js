@@ -339,6 +339,8 @@ async function refreshState() {
 // ---- questions (the ask action) ----------------------------------------------------------
 
 const questions = new Map();
+const SCOPES = { once: "once", "1h": "for this site, 1 hour", restart: "for this site, until restart",
+                 always: "always (writes a rule)" };
 
 function renderQuestions() {
   const box = document.getElementById("questions");
@@ -346,9 +348,10 @@ function renderQuestions() {
     const card = el("div", { class: "question", "data-id": q.id },
       el("div", { class: "what", text: `${q.app} wants to reach ${q.host}` }),
       el("div", { class: "url", text: q.url || "" }),
-      el("div", { class: "rule", text: `${q.rule || ""} · ${q.waiting} waiting · ${q.fallback} after ${q.timeout}s` }));
+      el("div", { class: "rule", text: `${short(q.rule) || ""} · ${q.waiting} waiting · ${q.fallback} after ${q.timeout}s`,
+                  title: q.rule || "" }));
     for (const scope of q.scopes) {
-      const line = el("div", {}, el("span", { text: `${scope}: ` }));
+      const line = el("div", {}, el("span", { class: "scope", text: `${SCOPES[scope] || scope}: ` }));
       for (const verdict of q.verdicts) {
         line.append(el("button", { type: "button", class: `answer a-${verdict}-${scope}`, text: verdict,
           onclick: async () => {
