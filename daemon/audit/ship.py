@@ -81,7 +81,7 @@ FIELDS = (
 )
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 _KEPT_BACK = frozenset({"block", "superseded", "overflow", "shutdown", "abandoned", "tor-unavailable", "revoked",
-                        "refused"})
+                        "refused", "dropped"})  # dropped: a held flow dropped in the live view
 _STOP = object()
 
 
