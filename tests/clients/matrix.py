@@ -8,7 +8,8 @@ Usage (what the test's fixtures do)::
     alice = synapse.register("alice")        # via the admin shared secret
     hush = HushIn(world, policies, config)   # ``hush run`` inside the namespace
     world.trust(hush.ca_cert)                # NeoChat must trust hush's CA (Qt reads /etc/ssl/certs)
-    neochat = NeoChat(world, xvfb, proxy_port)
+    display = Display(size=NeoChat.SCREEN).start()  # tests/clients/display.py
+    neochat = NeoChat(world, display, proxy_port)    # or launch=hush.state: under hush launch
 
 Facts this is built on (measured here, issue 15):
 
@@ -24,7 +25,8 @@ Facts this is built on (measured here, issue 15):
   site's certificates) and, once hush has made it, hush's CA.
 - NeoChat's proxy is ``[NetworkProxy]`` in ``~/.config/neochatrc``
   (``ProxyType=1`` is HTTP).  It runs as root here (it does not refuse), under
-  Xvfb and a private session bus (``dbus-run-session``).
+  Xvfb and a private session bus; it keeps its access token in the Secret
+  Service, so an unlocked gnome-keyring of its own runs beside it.
 - The homeserver's ``server_name`` has no port, so the client finds it at
   ``https://NAME/.well-known/matrix/client``: Synapse listens with TLS on port
   443 of a loopback address of its own (root binds it), and a second, plain
@@ -32,10 +34,10 @@ Facts this is built on (measured here, issue 15):
 
 Everything runs on 127.0.0.0/8; the namespace only changes what these processes
 see in /etc, never the host's files.  ``hush launch --app element -- neochat``
-would make the proxy setting unnecessary, but hush itself still resolves the
-homeserver's name (the launch's fake DNS hands it the name), so the hosts file
-and the trust store are needed either way: ``NeoChat(..., launch=state_dir)``
-runs it so.
+makes the proxy setting unnecessary, but hush itself still resolves the
+homeserver's name (the launch's fake DNS hands it the name, not an address), so
+the hosts file and the trust store are needed either way:
+``NeoChat(..., launch=state_dir)`` runs it so.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ import shutil
 import signal
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import textwrap
@@ -60,14 +61,16 @@ import urllib.request
 from pathlib import Path
 
 import trustme
-from PIL import Image  # Pillow: a dependency of matrix-synapse[url-preview]
+from PIL import Image, ImageGrab  # Pillow: a dependency of matrix-synapse[url-preview]
 
+from tests.clients.display import Display
 from tests.integration.harness import Hush, free_port, wait_for
 
 SERVER_NAME = "hs.hushtest"
 SITE_NAME = "site.hushtest"  # the test site whose link is sent into the room
 PASSWORD = "correct horse battery staple"
 SYNAPSE = [sys.executable, "-m", "synapse.app.homeserver"]
+TOKEN = "HUSH_TEST_NEOCHAT"
 
 
 def prefixes(name: str) -> list[str]:
@@ -289,19 +292,19 @@ class HushIn(Hush):
 
 
 class NeoChat:
-    """NeoChat under ``display`` (an X server), with its own HOME, a private
-    session bus, and hush's listener as its HTTP proxy — in the world's
+    """NeoChat on ``display`` (tests/clients/display.py: Xvfb and a private
+    session bus, every process killed at its end), with its own HOME and an
+    unlocked keyring, hush's listener as its HTTP proxy — in the world's
     namespace.  ``launch=STATE_DIR`` runs it under ``hush launch --app element``
     instead (no proxy setting)."""
 
-    # where its fields are on a 1024x700 screen (its window's default size)
+    SCREEN = "1024x700x24"  # the display's size these positions are for (the window's default size)
     MATRIX_ID_FIELD = (502, 407)
     FIRST_ROOM = (62, 98)
 
-    def __init__(self, world: World, screen: Xvfb, proxy_port: int | None, launch: Path | None = None,
+    def __init__(self, world: World, display: Display, proxy_port: int | None, launch: Path | None = None,
                  name: str = "neochat"):
-        self.screen = screen
-        display = screen.display
+        self.display = display
         self.home = world.dir / f"{name}-home"
         config = self.home / ".config"
         config.mkdir(parents=True)
@@ -311,29 +314,26 @@ class NeoChat:
         (config / "neochatrc").write_text("\n".join(settings))
         runtime = self.home / "runtime"
         runtime.mkdir(mode=0o700)
-        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.home), "DISPLAY": display,
-                    "XDG_RUNTIME_DIR": str(runtime), "QT_QPA_PLATFORM": "xcb", "LANG": "C.UTF-8",
-                    "QT_QUICK_BACKEND": "software", "LIBGL_ALWAYS_SOFTWARE": "1"}
-        # the access token goes to the Secret Service: an unlocked keyring of its own on the private
-        # bus, or gnome-keyring asks for a new keyring's password in a dialog
+        self.token = f"{name}-{os.urandom(4).hex()}"  # finds its processes, the keyring daemon included
+        env = {"HOME": str(self.home), "XDG_RUNTIME_DIR": str(runtime), "QT_QPA_PLATFORM": "xcb",
+               "LANG": "C.UTF-8", "QT_QUICK_BACKEND": "software", "LIBGL_ALWAYS_SOFTWARE": "1", TOKEN: self.token}
+        # the access token goes to the Secret Service: an unlocked keyring of its own on the display's
+        # bus (which activates nothing), or gnome-keyring would ask for a new keyring's password
         keyring = 'printf %s hush | gnome-keyring-daemon --unlock --components=secrets >/dev/null && exec neochat'
-        cmd = ["dbus-run-session", "--", "sh", "-c", keyring]
+        cmd = ["sh", "-c", keyring]
         if launch is not None:
             cmd = [sys.executable, "-m", "hush.daemon.cli", "--state-dir", str(launch), "launch", "--app", "element",
                    "--", *cmd]
-        self.log_path = world.dir / f"{name}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(world.wrap(cmd), stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                         start_new_session=True)
-        self.display = display
+        self.log_path = display.dir / f"{name}.log"
+        self.proc = display.spawn(world.wrap(cmd), env=env, log=self.log_path.name, user=None)
+        self.window = ""
 
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def xdotool(self, *args: str) -> str:
-        out = subprocess.run(["xdotool", *args], capture_output=True, timeout=30, env={**self.env})
-        return out.stdout.decode()
+        return self.display.xdotool(*args)
 
     def _alive(self) -> None:
         if self.proc.poll() is not None:
@@ -351,7 +351,8 @@ class NeoChat:
         grey background before its QML has loaded, and a click then is lost)."""
         def drawn() -> bool:
             self._alive()
-            return self.screen.pixel(self.MATRIX_ID_FIELD[0] + 88, self.MATRIX_ID_FIELD[1]) == (255, 255, 255)
+            x, y = self.MATRIX_ID_FIELD
+            return screen(self.display).getpixel((x + 88, y)) == (255, 255, 255)
         wait_for(drawn, timeout=timeout, interval=0.3, message="NeoChat's login page")
 
     def type(self, text: str, delay_ms: int = 250) -> None:
@@ -400,48 +401,28 @@ class NeoChat:
         self.click(*self.FIRST_ROOM)
 
     def stop(self) -> None:
+        """Its processes, the keyring daemon (which leaves NeoChat's process group) included."""
         stop_group(self.proc)
+        for pid in pids_with(self.token):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pids_with(self.token), timeout=10, message=f"{self.token}'s processes to go")
 
 
-class Xvfb:
-    """An X server of the test's own, on a free display number."""
+def pids_with(token: str) -> list[int]:
+    """The processes whose environment carries ``TOKEN=token``."""
+    needle = f"{TOKEN}={token}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:  # gone, or a zombie
+            continue
+    return found
 
-    def __init__(self, tmp: Path):
-        for number in range(140, 240):
-            if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
-                break
-        self.display = f":{number}"
-        self.fbdir = tmp
-        # -noreset: by default Xvfb resets when its last client leaves, and a client connecting then
-        # (the next test's NeoChat) fails with "could not connect to display"
-        self.proc = subprocess.Popen(["Xvfb", self.display, "-screen", "0", "1024x700x24", "-nolisten", "tcp",
-                                      "-noreset", "-fbdir", str(tmp)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DISPLAY": self.display}
 
-        def answers() -> bool:  # its socket appears a moment before it accepts
-            if self.proc.poll() is not None:
-                raise AssertionError(f"Xvfb {self.display} exited {self.proc.returncode}")
-            return subprocess.run(["xdotool", "getmouselocation"], capture_output=True, env=env,
-                                  timeout=10).returncode == 0
-        wait_for(answers, timeout=20, interval=0.1, message=f"Xvfb {self.display}")
-
-    def image(self) -> Image.Image:
-        """The screen now: Xvfb's frame buffer (XWD, in ``-fbdir``), read as an image."""
-        data = (self.fbdir / "Xvfb_screen0").read_bytes()
-        header = struct.unpack(">25I", data[:100])
-        width, height, bytes_per_line, colours = header[4], header[5], header[12], header[19]
-        offset = header[0] + colours * 12
-        return Image.frombytes("RGB", (width, height), data[offset:offset + bytes_per_line * height], "raw", "BGRX",
-                               bytes_per_line)
-
-    def pixel(self, x: int, y: int) -> tuple[int, int, int]:
-        return self.image().getpixel((x, y))  # type: ignore[return-value]
-
-    def screenshot(self, path: Path) -> Path:
-        """The screen as a PNG (for a failing test's report)."""
-        self.image().save(path)
-        return path
-
-    def stop(self) -> None:
-        stop_group(self.proc)
+def screen(display: Display) -> Image.Image:
+    """What the display shows now (Pillow reads the X server)."""
+    return ImageGrab.grab(xdisplay=display.env["DISPLAY"])

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients.matrix import PASSWORD, SERVER_NAME, SITE_NAME, HushIn, NeoChat, Synapse, World, Xvfb, prefixes
+from tests.clients.display import Display
+from tests.clients.matrix import PASSWORD, SERVER_NAME, SITE_NAME, HushIn, NeoChat, Synapse, World, prefixes, screen
 from tests.integration.harness import Origin, curl, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -76,7 +77,7 @@ class Matrix:
                                       "invite": [f"@alice:{SERVER_NAME}"]}, token=self.bob)["room_id"]
         self.synapse.api("POST", f"/_matrix/client/v3/join/{urllib.parse.quote(self.room)}", {}, token=self.alice)
         self.site = self.started(Origin("127.0.0.1", self.world.tls_context(SITE_NAME)))
-        self.xvfb = self.started(Xvfb(tmp))
+        self.display = self.started(Display(size=NeoChat.SCREEN).start())
         self.hush = self.hush_with(ELEMENT.read_text(), "hush")
 
     def started(self, thing):
@@ -97,7 +98,7 @@ class Matrix:
     def neochat(self, hush: HushIn, name: str, launch: bool = False) -> NeoChat:
         """A NeoChat of its own (``name``: its HOME and log) with hush's listener as its proxy, or
         under ``hush launch --app element`` (no proxy setting)."""
-        client = self.started(NeoChat(self.world, self.xvfb, None if launch else hush.port,  # type: ignore[attr-defined]
+        client = self.started(NeoChat(self.world, self.display, None if launch else hush.port,  # type: ignore[attr-defined]
                                       launch=hush.state if launch else None, name=name))
         client.wait_window()
         client.wait_login_page()
@@ -105,13 +106,22 @@ class Matrix:
 
     def screenshot(self, name: str) -> str:
         try:
-            return str(self.xvfb.screenshot(self.world.dir / f"{name}.png"))
+            path = self.world.dir / f"{name}.png"
+            screen(self.display).save(path)
+            return str(path)
         except Exception as e:  # a screenshot only helps explain a failure
             return f"(no screenshot: {e!r})"
 
     def close(self) -> None:
+        """Stop everything, the last started first; one that fails to stop does not keep the others."""
+        errors = []
         for thing in reversed(self.stack):
-            thing.stop() if hasattr(thing, "stop") else thing.close()
+            try:
+                thing.stop() if hasattr(thing, "stop") else thing.close()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture(scope="module")
