@@ -376,7 +376,10 @@ class UIServer:
         try:
             head = _head(200, "text/event-stream", None, [("X-Accel-Buffering", "no")])
             writer.write(head + b"retry: 1000\n\n")
-            writer.write(sse("hello", {"records": list(self._recent), "questions": self.board.questions()}))
+            # up to RECENT records: ~1.6 MB of JSON, ~20 ms to encode — off the event loop (the
+            # records are not changed once published: a tunnel's later rows are new records)
+            hello = {"records": list(self._recent), "questions": self.board.questions()}
+            writer.write(await asyncio.to_thread(sse, "hello", hello))
             await writer.drain()
             while True:
                 try:
