@@ -568,16 +568,16 @@ class Shipper:
             self._queue.put_nowait(_STOP)
         if self._thread.is_alive():
             self._thread.join(deadline + 0.5)
+        while True:  # what the deadline left (a thread still in a send takes no more: its deadline passed)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                self.dropped += 1
         if self._thread.is_alive():
-            log.warning("audit shipping to %s did not finish within %.1fs", self.target, deadline)
+            log.warning("audit shipping to %s did not finish within %.1fs (a send is stalled)", self.target, deadline)
         else:
-            while True:  # what the deadline left
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not _STOP:
-                    self.dropped += 1
             self.transport.close()
         if self.dropped:
             log.info("audit shipping to %s: %d shipped, %d dropped", self.target, self.shipped, self.dropped)

@@ -13,6 +13,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -137,6 +138,14 @@ def test_records_arrive_with_their_fields_redacted_by_site(hush, origin, rsyslog
     assert bsd["decision"] == "block" and bsd["rule"].endswith("a.yaml:5") and bsd["ip_exposed"] == "0"
     assert "secret" not in r.out.read_text()
     assert allowed["msg"].startswith("a: allow GET http://localhost/")
+    st = h.status()
+    assert st["schema"] == "hush.status/1"
+    ship = st["audit"]["ship"]
+    assert ship["target"] == f"syslog tcp://127.0.0.1:{r.port}" and ship["redaction"] == "site"
+    assert ship["shipped"] == 2 and ship["dropped"] == 0 and ship["connected"] is True and ship["queued"] == 0
+    out = subprocess.run([sys.executable, "-m", "hush.daemon.cli", "status", "--state-dir", str(h.state), "--table"],
+                         capture_output=True, text=True, timeout=30).stdout
+    assert f"audit shipping to syslog tcp://127.0.0.1:{r.port} (site): 2 shipped, 0 queued, 0 dropped\n" in out
     h.stop()
     # the local audit keeps what audit.redaction says (full), whatever is shipped
     assert {row["url"] for row in h.audit()} == {origin.url("/ok?secret=1", host="localhost"),
@@ -251,3 +260,21 @@ def test_rsyslog_stopped_mid_burst(hush, origin, rsyslog, tmp_path):
     # proxying did not slow down while rsyslog was away (loose bounds: a shared 2-core CI machine)
     assert down["per_s"] >= 0.5 * up["per_s"], figures
     assert down["median_ms"] <= 2 * up["median_ms"] + 20, figures
+
+
+def test_sigterm_with_the_collector_gone_stops_at_once(hush, origin, rsyslog):
+    """Stopping never waits for a collector: rsyslog gone, records queued, SIGTERM → the daemon
+    exits within the shipping deadline (2 s) and says what it dropped."""
+    r = rsyslog()
+    port = free_port()
+    h = hush({"a": POLICY.format(port=port)}, config=_config(r.port, None))
+    r.stop()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for _ in range(20):
+        assert _get(conn, origin.url("/x")) == 200
+    wait_for(lambda: h.status()["audit"]["ship"]["failures"] >= 1, timeout=15, message="a failed connect")
+    t = time.monotonic()
+    assert h.stop() == 0
+    assert time.monotonic() - t < 8  # mitmproxy's own stop, the audit's, and at most 2 s of shipping
+    assert "audit shipping to syslog tcp://127.0.0.1:" in h.log and "dropped" in h.log
+    assert len(h.audit()) == 20  # the local audit has every record

@@ -436,6 +436,26 @@ def test_close_ships_what_is_queued():
     assert shipper.dropped == 1
 
 
+def test_close_never_waits_for_a_stalled_collector():
+    """A collector that accepts and never reads: sends block (the thread's), close returns at its deadline."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    shipper = Shipper(Target("tcp", "127.0.0.1", server.getsockname()[1]), "full", queue_max=20_000, timeout=5)
+    shipper.start()
+    for i in range(20_000):
+        shipper.submit(record(url=f"https://example.org/{i}/" + "a" * 900))
+    wait_until(lambda: shipper.pending < 20_000)
+    time.sleep(0.5)  # the kernel's buffers fill; the thread blocks in a send
+    assert shipper.pending > 0
+    t = time.perf_counter()
+    shipper.close(deadline=0.5)
+    assert time.perf_counter() - t < 1.5
+    assert shipper.dropped > 0 and shipper.shipped + shipper.dropped <= 20_000
+    server.close()
+
+
 def test_the_key_file(tmp_path):
     path = tmp_path / "ship.key"
     key = load_key(path)
