@@ -145,3 +145,42 @@ def test_a_real_journald_and_journalctl_file(hush, origin, journald):
     assert entries[0]["PRIORITY"] == "6" and entries[1]["PRIORITY"] == "5"
     assert [row["decision"] for row in h.audit()] == ["allow", "block"]  # the local audit, full
     assert "secret=1" in h.audit()[0]["url"]
+
+
+def test_shipping_keeps_more_than_the_local_audit_when_told(hush, origin, tmp_path):
+    """audit.redaction site here, audit.ship_redaction no-query: the shipped URL has its path (the
+    record is built again for shipping), the local one only the site; a CONNECT tunnel's rows are
+    shipped too, each write with the same conn."""
+    path = tmp_path / "journal.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.settimeout(10)
+    port, port_b = free_port(), free_port()
+    h = hush({"a": POLICY.format(port=port), "b": f"app: b\nlisten: {port_b}\ndefault: allow\n"},
+             config=f"audit:\n  redaction: site\n  ship: {{journald: {path}}}\n  ship_redaction: no-query\n")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", origin.url("/deep/page?secret=1", host="localhost"))
+    assert conn.getresponse().read()
+    with socket.create_connection(("127.0.0.1", port_b), timeout=10) as raw:  # b decides tunnels by name alone
+        raw.sendall(f"CONNECT localhost:{origin.port} HTTP/1.1\r\nHost: localhost:{origin.port}\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        raw.sendall(b"\x00\x01 not TLS, not HTTP: relayed as bytes\r\n\r\n")
+        raw.recv(4096)
+    wait_for(lambda: h.status()["audit"]["ship"]["shipped"] >= 3, timeout=15, message="3 records shipped")
+    h.stop()
+    entries = []
+    server.setblocking(False)
+    while True:
+        try:
+            entries.append(parse_journal_entry(server.recv(65536)))
+        except BlockingIOError:
+            break
+    server.close()
+    flow = next(e for e in entries if e.get("HUSH_METHOD") == b"GET")
+    assert flow["HUSH_URL"] == f"http://localhost:{origin.port}/deep/page".encode()
+    assert flow["HUSH_HOST"] == b"localhost" and b"secret" not in flow["HUSH_URL"]
+    rows = {row["method"]: row for row in h.audit()}
+    assert rows["GET"]["url"] == "http://localhost/"  # the local audit: site, as configured
+    tunnels = [e for e in entries if e.get("HUSH_METHOD") == b"CONNECT"]
+    assert tunnels and {e["HUSH_CONN"] for e in tunnels} == {rows["CONNECT"]["conn"].encode()}
+    assert tunnels[-1].get("HUSH_ENDED")  # the last write: the tunnel closed
