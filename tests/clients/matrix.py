@@ -275,6 +275,8 @@ class HushIn(Hush):
     """``hush run`` (tests/integration/harness.py's Hush) inside the world's
     namespace: it resolves the homeserver's names from the world's hosts file."""
 
+    port = 0  # the element policy's listener, as the test set it
+
     def __init__(self, world: World, tmp: Path, policies: dict[str, str], config: str):
         self.dir = tmp
         self.state = tmp / "state"
@@ -301,6 +303,7 @@ class NeoChat:
     SCREEN = "1024x700x24"  # the display's size these positions are for (the window's default size)
     MATRIX_ID_FIELD = (502, 407)
     FIRST_ROOM = (62, 98)
+    FIRST_ROOM_AVATAR = (24, 104)
 
     def __init__(self, world: World, display: Display, proxy_port: int | None, launch: Path | None = None,
                  name: str = "neochat"):
@@ -397,7 +400,13 @@ class NeoChat:
         self.type(password, delay_ms=20)
         self.key("Return")
 
-    def open_first_room(self) -> None:
+    def open_first_room(self, timeout: float = 30) -> None:
+        """Click the first room of the list once it is drawn (its avatar, a coloured disc, is there)."""
+        def drawn() -> bool:
+            self._alive()
+            colour = screen(self.display).getpixel(self.FIRST_ROOM_AVATAR)
+            return max(colour) - min(colour) > 60
+        wait_for(drawn, timeout=timeout, interval=0.3, message="NeoChat's room list")
         self.click(*self.FIRST_ROOM)
 
     def stop(self) -> None:

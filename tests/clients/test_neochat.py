@@ -90,7 +90,7 @@ class Matrix:
         home.mkdir()
         hush = self.started(HushIn(self.world, home, {"element": policy_on(port, policy)},
                                    f"upstream_ca: {self.world.ca_file}\naudit: {{redaction: full}}\n"))
-        hush.port = port  # type: ignore[attr-defined]
+        hush.port = port
         hush.wait_ready()
         self.world.trust(hush.ca_cert)  # NeoChat (Qt) trusts only /etc/ssl/certs: hush's CA goes there
         return hush
@@ -98,7 +98,7 @@ class Matrix:
     def neochat(self, hush: HushIn, name: str, launch: bool = False) -> NeoChat:
         """A NeoChat of its own (``name``: its HOME and log) with hush's listener as its proxy, or
         under ``hush launch --app element`` (no proxy setting)."""
-        client = self.started(NeoChat(self.world, self.display, None if launch else hush.port,  # type: ignore[attr-defined]
+        client = self.started(NeoChat(self.world, self.display, None if launch else hush.port,
                                       launch=hush.state if launch else None, name=name))
         client.wait_window()
         client.wait_login_page()
@@ -204,7 +204,7 @@ def test_every_preview_url_path_synapse_serves_is_blocked(matrix):
     assert {PREVIEW_PATHS[0], PREVIEW_PATHS[2], PREVIEW_PATHS[3]} <= set(served), served
     asked = len(matrix.synapse.requests("preview_url"))
     for path in served:
-        out = curl("-x", f"http://127.0.0.1:{matrix.hush.port}", "--cacert", str(matrix.hush.ca_cert),  # type: ignore[attr-defined]
+        out = curl("-x", f"http://127.0.0.1:{matrix.hush.port}", "--cacert", str(matrix.hush.ca_cert),
                    "-H", f"Authorization: Bearer {matrix.alice}", "-o", "/dev/null", "-w", "%{http_code}",
                    f"https://{SERVER_NAME}{path}?url={urllib.parse.quote(f'{site}/through-hush.html', safe='')}")
         assert out.stdout == b"403", (path, out)
