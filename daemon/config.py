@@ -46,9 +46,9 @@ from typing import Any
 
 import yaml
 
-from hush.daemon.audit.ship import DEFAULT_SHIP_REDACTION, SHIP_REDACTIONS, parse_syslog_url
-from hush.daemon.audit.ship import QUEUE_MAX as SHIP_QUEUE_MAX
-from hush.daemon.audit.ship import Target as ShipTarget
+from hush.daemon.audit.shipconfig import DEFAULT_SHIP_REDACTION, SHIP_REDACTIONS, parse_syslog_url
+from hush.daemon.audit.shipconfig import QUEUE_MAX as SHIP_QUEUE_MAX
+from hush.daemon.audit.shipconfig import Target as ShipTarget
 from hush.daemon.audit.store import DEFAULT_REDACTION, REDACTIONS
 from hush.daemon.policy.context import GENERIC_USER_AGENT, ParseContext
 from hush.daemon.tor import TorConfig

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -51,20 +50,23 @@ import socket
 import struct
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+# the config's part (read without importing what sends), and re-exported from here
+from hush.daemon.audit.shipconfig import DEFAULT_SHIP_REDACTION as DEFAULT_SHIP_REDACTION
+from hush.daemon.audit.shipconfig import JOURNAL_SOCKET as JOURNAL_SOCKET
+from hush.daemon.audit.shipconfig import QUEUE_MAX as QUEUE_MAX
+from hush.daemon.audit.shipconfig import SHIP_REDACTIONS as SHIP_REDACTIONS
+from hush.daemon.audit.shipconfig import Target as Target
+from hush.daemon.audit.shipconfig import parse_syslog_url as parse_syslog_url
 
 log = logging.getLogger("hush.audit")
 
-SHIP_REDACTIONS = ("full", "no-query", "site", "hash")
-DEFAULT_SHIP_REDACTION = "site"
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
 KEY_NAME = "ship.key"
 SD_ID = "hush@32473"  # 32473: the enterprise number RFC 5612 reserves for examples and documentation
 SCHEMA = "1"  # of the shipped fields (HUSH_SCHEMA, schema="1"): docs/fleet.md lists them
-QUEUE_MAX = 10_000
 BATCH = 200
 FACILITY_USER = 1
 UDP_MAX = 8192  # bytes of one datagram (RFC 5426 asks receivers for 2048 at least; loopback and LANs carry more)
@@ -83,42 +85,6 @@ _INDEX = {name: i for i, name in enumerate(FIELDS)}
 _KEPT_BACK = frozenset({"block", "superseded", "overflow", "shutdown", "abandoned", "tor-unavailable", "revoked",
                         "refused", "dropped"})  # dropped: a held flow dropped in the live view
 _STOP = object()
-
-
-# -- where to ------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    kind: Literal["journald", "tcp", "udp"]
-    host: str = ""
-    port: int = 0
-    path: str = JOURNAL_SOCKET  # journald's socket
-
-    def __str__(self) -> str:
-        if self.kind == "journald":
-            return "journald" if self.path == JOURNAL_SOCKET else f"journald ({self.path})"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"syslog {self.kind}://{host}:{self.port}"
-
-
-def parse_syslog_url(text: str) -> Target:
-    """``tcp://host:port`` or ``udp://host:port`` (``[v6]:port``).
-
-    :raises ValueError: saying what is wrong with ``text``
-    """
-    try:
-        parts = urllib.parse.urlsplit(text)
-        port = parts.port
-    except ValueError as e:
-        raise ValueError(f"not a syslog address ({e}): {text!r}; expected tcp://HOST:PORT or udp://HOST:PORT") from None
-    if parts.scheme not in ("tcp", "udp"):
-        raise ValueError(f"syslog address must start with tcp:// or udp://, not {text!r}")
-    if not parts.hostname or port is None or port == 0:
-        raise ValueError(f"syslog address needs a host and a port: {text!r}; expected {parts.scheme}://HOST:PORT")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"syslog address has more than HOST:PORT: {text!r}")
-    return Target(parts.scheme, parts.hostname, port)  # type: ignore[arg-type]
 
 
 # -- what -----------------------------------------------------------------------------

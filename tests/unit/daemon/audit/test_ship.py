@@ -25,7 +25,6 @@ from hush.daemon.audit.ship import (
     load_key,
     octet_frame,
     parse_journal_entry,
-    parse_syslog_url,
     sd_escape,
     ship_fields,
     syslog_message,
@@ -175,23 +174,6 @@ def test_octet_counting_framing():
 def test_header_fields_without_spaces():
     data = syslog_message(fields("site"), hostname="my host\n", pid=1)
     assert data.split(b" ")[2] == b"myhost"
-
-
-@pytest.mark.parametrize(("text", "error"), [
-    ("http://h:1", "must start with tcp:// or udp://"),
-    ("tcp://h", "needs a host and a port"),
-    ("tcp://:514", "needs a host and a port"),
-    ("tcp://h:99999", "not a syslog address"),
-    ("udp://h:514/path", "more than HOST:PORT"),
-])
-def test_bad_syslog_addresses(text, error):
-    with pytest.raises(ValueError, match=re.escape(error)):
-        parse_syslog_url(text)
-
-
-def test_syslog_addresses():
-    assert parse_syslog_url("tcp://127.0.0.1:514") == Target("tcp", "127.0.0.1", 514)
-    assert str(parse_syslog_url("udp://[::1]:5514")) == "syslog udp://[::1]:5514"
 
 
 # -- journald's native protocol ---------------------------------------------------------
