@@ -278,3 +278,6 @@ def test_sigterm_with_the_collector_gone_stops_at_once(hush, origin, rsyslog):
     assert time.monotonic() - t < 8  # mitmproxy's own stop, the audit's, and at most 2 s of shipping
     assert "audit shipping to syslog tcp://127.0.0.1:" in h.log and "dropped" in h.log
     assert len(h.audit()) == 20  # the local audit has every record
+    stopped = h.status()  # hush status --json with no daemon: the same schema, exit 7
+    assert stopped == {"schema": "hush.status/1", "running": False, "state_dir": str(h.state),
+                       "error": stopped["error"]} and "not running" in stopped["error"]
