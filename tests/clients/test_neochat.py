@@ -37,6 +37,16 @@ def rule_line(text: str, name_starts: str) -> int:
     raise AssertionError(f"no rule {name_starts!r} in {ELEMENT}")
 
 
+def without_rule(text: str, name_starts: str) -> str:
+    """The policy without that rule, and without its examples (they expect the rule: hush would refuse it)."""
+    start = rule_line(text, name_starts)
+    lines = text.splitlines(keepends=True)
+    end = next(i for i in range(start, len(lines)) if lines[i].strip().startswith("- name:")
+               or lines[i].startswith("examples:"))
+    control = "".join(lines[:start - 1] + lines[end:])
+    return control[:control.index("\nexamples:")] + "\n"
+
+
 def policy_on(port: int, text: str) -> str:
     """The shipped policy, its listener moved to ``port`` in place (every other line where it was)."""
     moved, n = re.subn(r"(?m)^listen: \d+$", f"listen: {port}", text)
@@ -138,19 +148,20 @@ class Login:
     or under ``hush launch``), with what the typing cost: the ``.well-known``
     lookups Synapse served and hush's rows for them."""
 
-    def __init__(self, matrix: Matrix, mode: str):
+    def __init__(self, matrix: Matrix, mode: str, hush: HushIn | None = None, name: str = ""):
         self.mode = mode
-        self.client = matrix.neochat(matrix.hush, f"neochat-{mode}", launch=mode == "launch")
-        before, since = len(matrix.synapse.requests(WELL_KNOWN)), last_id(matrix.hush)
+        hush = hush or matrix.hush
+        self.client = matrix.neochat(hush, name or f"neochat-{mode}", launch=mode == "launch")
+        before, since = len(matrix.synapse.requests(WELL_KNOWN)), last_id(hush)
         self.client.type_matrix_id(f"@alice:{SERVER_NAME}")
         # the last lookup leaves once typing has been quiet for the rule's 1.5 s
         wait_for(lambda: len(matrix.synapse.requests(WELL_KNOWN)) > before, timeout=20,
                  message=f"the homeserver's .well-known lookup ({matrix.screenshot(f'typed-{mode}')})")
         time.sleep(2)  # anything still held would have left by now
         self.served = matrix.synapse.requests(WELL_KNOWN)[before:]
-        self.rows = [r for r in audit(matrix.hush) if r["id"] > since and (r["url"] or "").endswith(WELL_KNOWN)]
+        self.rows = [r for r in audit(hush) if r["id"] > since and (r["url"] or "").endswith(WELL_KNOWN)]
         self.client.log_in(PASSWORD)
-        wait_for(lambda: [r for r in audit(matrix.hush)
+        wait_for(lambda: [r for r in audit(hush)
                           if r["id"] > since and "/sync" in (r["url"] or "") and r["status"] == 200],
                  timeout=60, message=f"NeoChat's first /sync ({matrix.screenshot(f'login-{mode}')})")
 
@@ -167,13 +178,7 @@ def login(matrix, request):
 def test_without_the_debounce_rule_each_keystroke_reaches_the_homeserver(matrix):
     """The control: the same typing with the shipped policy minus its debounce rule (first: the
     other tests' NeoChat opens on the same screen once this one is gone)."""
-    text = ELEMENT.read_text()
-    start = rule_line(text, "homeserver discovery")
-    lines = text.splitlines(keepends=True)
-    end = next(i for i in range(start, len(lines)) if lines[i].strip().startswith("- name:"))
-    control = "".join(lines[:start - 1] + lines[end:])
-    control = control[:control.index("\nexamples:")] + "\n"  # its examples expect the rule (hush refuses them)
-    hush = matrix.hush_with(control, "hush-undebounced")
+    hush = matrix.hush_with(without_rule(ELEMENT.read_text(), "homeserver discovery"), "hush-undebounced")
     client = matrix.neochat(hush, "neochat-undebounced")
     try:
         before = len(matrix.synapse.requests(WELL_KNOWN))
@@ -184,6 +189,29 @@ def test_without_the_debounce_rule_each_keystroke_reaches_the_homeserver(matrix)
         client.stop()  # before the other tests' NeoChat opens on the same screen
         hush.stop()
     assert len(served) >= len(prefixes(SERVER_NAME)) - 3, (served, matrix.screenshot("undebounced"))
+
+
+def test_without_the_preview_rule_the_homeserver_fetches_the_link(matrix):
+    """The control of the preview test: the shipped policy minus its preview rule. NeoChat's request
+    reaches Synapse, which fetches the link from the site with its own User-Agent — what the rule
+    prevents, seen where the other test sees nothing."""
+    hush = matrix.hush_with(without_rule(ELEMENT.read_text(), "URL previews"), "hush-previews")
+    client = None
+    try:
+        client = Login(matrix, "proxy", hush, "neochat-previews").client
+        client.open_first_room()
+        time.sleep(1.5)
+        link = f"https://{SITE_NAME}:{matrix.site.port}/allowed.html"
+        matrix.synapse.api("PUT", f"/_matrix/client/v3/rooms/{urllib.parse.quote(matrix.room)}/send/m.room.message/"
+                                  "allowed", {"msgtype": "m.text", "body": f"look {link}"}, token=matrix.bob)
+        seen = wait_for(lambda: [r for r in matrix.site.requests if r.path == "/allowed.html"], timeout=30,
+                        message=f"Synapse's fetch of the link ({matrix.screenshot('previews')})")
+    finally:
+        if client is not None:
+            client.stop()  # before the other tests' NeoChat opens on the same screen
+        hush.stop()
+    assert [line for line in matrix.synapse.requests("/_matrix/media/r0/preview_url") if "allowed.html" in line]
+    assert seen[0].headers["user-agent"].startswith("Synapse (bot; "), seen[0].headers
 
 
 PREVIEW_PATHS = [  # every preview_url path a Matrix server might serve (spec versions, MSC3916's unstable prefix)
