@@ -50,7 +50,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +80,6 @@ FIELDS = (
     "carried", "sent", "bytes_up", "bytes_down", "duration_ms", "error", "tor_exit", "held_ms",
     "superseded_by", "truncated", "process", "exe", "conn",
 )
-_INDEX = {name: i for i, name in enumerate(FIELDS)}
 _KEPT_BACK = frozenset({"block", "superseded", "overflow", "shutdown", "abandoned", "tor-unavailable", "revoked",
                         "refused", "dropped"})  # dropped: a held flow dropped in the live view
 _STOP = object()
@@ -121,16 +119,28 @@ def keyed_hash(key: bytes, value: str) -> str:
 
 _IPV4 = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f.]{0,15}(?![\w:.])")
+# a host name in free text (an error, a note naming the TLS name of a tunnel): labels, then a
+# top-level label of letters; not a policy file's name (a.yaml), which says nothing of a site
+_NAME = re.compile(r"(?<![\w.-])(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]{0,61}"
+                   r"[A-Za-z0-9](?![\w-])")
+_FILES = (".yaml", ".yml", ".json", ".py", ".pem", ".txt", ".conf")
 
 
-def _scrub(text: str | None, names: Iterable[tuple[str, str]]) -> str | None:
-    """``text`` with each name replaced, and every IP address hidden (an error
-    quoting the address it could not reach names the site as well as its name)."""
+def _scrub(text: str | None, mode: str) -> str | None:
+    """``text`` with every host name in it replaced by its site (``site``) or by
+    ``[host]`` (``hash``), and every IP address by ``[address]`` (an error quoting
+    the address it could not reach names the site as well as its name)."""
     if not text:
         return text
-    for name, instead in names:
-        if name:
-            text = text.replace(name, instead)
+    from hush.daemon.policy.hosts import site_of
+
+    def name(m: re.Match) -> str:
+        found = m.group(0)
+        if found.lower().endswith(_FILES):
+            return found
+        return site_of(found.lower()) if mode == "site" else "[host]"
+
+    text = _NAME.sub(name, text)
     return _IPV6.sub("[address]", _IPV4.sub("[address]", text))
 
 
@@ -187,18 +197,16 @@ def ship_fields(row: tuple, mode: str, key: bytes | None = None) -> dict[str, st
         values["host"] = None
         values["url"] = _redact_url(values.get("url"), "site", site)
         values["superseded_by"] = _redact_url(values.get("superseded_by"), "site", None)
-        names = [(host, site)] if host != site else []
-        values["error"] = _scrub(values.get("error"), names)
-        values["note"] = _scrub(values.get("note"), names)
+        values["error"] = _scrub(values.get("error"), "site")
+        values["note"] = _scrub(values.get("note"), "site")
     elif mode == "hash":
         if key is None:
             raise ValueError("hash redaction needs a key")
         values["host"] = values["site"] = values["url"] = values["superseded_by"] = None
         values["host_hash"] = keyed_hash(key, host) if host else None
         values["site_hash"] = keyed_hash(key, site) if site else None
-        names = sorted({(host, "[host]"), (site, "[site]")}, key=lambda x: -len(x[0]))
-        values["error"] = _scrub(values.get("error"), names)
-        values["note"] = _scrub(values.get("note"), names)
+        values["error"] = _scrub(values.get("error"), "hash")
+        values["note"] = _scrub(values.get("note"), "hash")
     elif mode != "full":
         raise ValueError(f"unknown ship redaction {mode!r}")
     if values.get("egress") is None:

@@ -85,6 +85,18 @@ def test_hash_needs_a_key():
         ship_fields(flatten(record()), "hash", None)
 
 
+@pytest.mark.parametrize(("mode", "note"), [
+    ("site", "refused: the TLS names example.net (block by rule 2 (/home/u/.config/hush/policies/a.yaml:5)), "
+             "not example.org"),
+    ("hash", "refused: the TLS names [host] (block by rule 2 (/home/u/.config/hush/policies/a.yaml:5)), not [host]"),
+])
+def test_other_names_in_free_text(mode, note):
+    """A note can name another host than the record's (a tunnel's TLS name): it goes too; a policy file stays."""
+    f = fields(mode, note="refused: the TLS names Other.Example.net (block by rule 2 "
+               "(/home/u/.config/hush/policies/a.yaml:5)), not mail.example.org")
+    assert f["note"] == note
+
+
 @pytest.mark.parametrize("mode", ["site", "hash"])
 def test_errors_and_notes_lose_names_and_addresses(mode):
     f = fields(mode, error="Server connection to ('mail.example.org', 443) failed: 93.184.216.34 and 2001:db8::1 "
