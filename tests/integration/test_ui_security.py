@@ -172,3 +172,17 @@ def test_the_default_address_taken_gives_any_free_port(hush, origin):
         assert parts.hostname == "127.0.0.1" and parts.port not in (None, 8100)
         status, headers, _ = ask(parts.port, "GET", f"/?{parts.query}", {"Host": parts.netloc})
         assert status == 303 and headers["Set-Cookie"].startswith(f"hush-ui-{parts.port}=")
+
+
+def test_hush_ui_opens_the_browser(daemon, tmp_path):
+    """`hush ui` hands the URL with its token to the browser (Python's webbrowser: $BROWSER first)."""
+    h, ui_port, token, _ = daemon
+    seen = tmp_path / "opened"
+    browser = tmp_path / "browser"
+    browser.write_text(f"#!/bin/sh\nprintf '%s' \"$1\" > {seen}\n")
+    browser.chmod(0o755)
+    out = subprocess.run([sys.executable, "-m", "hush.daemon.cli", "ui", "--state-dir", str(h.state)],
+                         capture_output=True, text=True, timeout=30, env={**os.environ, "BROWSER": str(browser)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"opened the live view: http://127.0.0.1:{ui_port}/\n"
+    assert seen.read_text() == f"http://127.0.0.1:{ui_port}/?token={token}"
