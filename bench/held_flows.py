@@ -21,7 +21,7 @@ also the event loop's longest stall and full garbage collections from
 ``hush status --json``.  Targets (issue 4): RSS ≤ 200 MB with 10,000 held;
 p99 ratio ≤ 1.5 with 1,000 held.
 
-Run:  .venv/bin/python bench/held_flows.py [--samples 300] [--rounds 3] [--tls] [--only hush]
+Run:  .venv/bin/python bench/held_flows.py [--samples 300] [--rounds 3] [--tls] [--only hush] [--steps 1000]
 Loopback only: an asyncio origin and the proxies on 127.0.0.1; held requests
 are never sent anywhere.
 """
@@ -79,15 +79,31 @@ def hush_status(state: Path) -> dict:
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
-def start_held_hush(tmp: Path) -> tuple[Proc, int, Path]:
-    """hush with one app whose policy holds ``/hold*`` for 600 s, bounds raised above 10,000."""
+# hush as it was before issue 16: full collections walk every held flow (no freezing of their survivors)
+GC_OFF = """
+import sys
+from hush.daemon import loopwatch
+init = loopwatch.LoopWatch.__init__
+loopwatch.LoopWatch.__init__ = lambda self, *a, **k: init(self, *a, **{**k, "freeze_survivors": False})
+from hush.daemon.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_held_hush(tmp: Path, gc_off: bool = False) -> tuple[Proc, int, Path]:
+    """hush with one app whose policy holds ``/hold*`` for 600 s, bounds raised above 10,000
+    (``gc_off``: without loopwatch's freezing of what survives a full collection)."""
     port = free_port()
     (tmp / "policies").mkdir()
     (tmp / "policies" / "b.yaml").write_text(
         f"app: b\nlisten: {port}\ndefault: allow\n"
         "rules:\n  - {match: {path: '/hold*'}, action: delay, delay: 600s}\n")
-    proc = start_hush(tmp, tmp / "policies", port, config="log_level: warning\ntiming:\n  max_held_per_app: 20000\n"
-                                                         "  max_held_total: 20000\n")
+    config = "log_level: warning\ntiming:\n  max_held_per_app: 20000\n  max_held_total: 20000\n"
+    if not gc_off:
+        return start_hush(tmp, tmp / "policies", port, config=config), port, tmp / "state"
+    (tmp / "config.yaml").write_text(config)
+    proc = Proc([sys.executable, "-c", GC_OFF, "run", "--policies", str(tmp / "policies"), "--state-dir",
+                 str(tmp / "state"), "--config", str(tmp / "config.yaml")], port, tmp / "hush.log")
     return proc, port, tmp / "state"
 
 
@@ -104,18 +120,30 @@ async def sample(port: int, allowed: str, args) -> tuple[float, float]:
     return statistics.median(pct(r, 50) for r in rounds), statistics.median(pct(r, 99) for r in rounds)
 
 
+def _loop(state: Path | None, since: float) -> dict | None:
+    """hush status's event loop, with ``window_ms``: the longest stall from ``since`` on (while
+    this row's latencies were measured, every held flow in)."""
+    loop = hush_status(state).get("loop") if state else None
+    if loop:
+        loop["window_ms"] = max((ms for second, ms in loop.get("recent_stalls_ms", []) if second >= int(since)),
+                                default=0.0)
+    return loop
+
+
 async def measure(name: str, proc: Proc, port: int, allowed: str, args, state: Path | None) -> list[tuple]:
     await latencies(port, allowed, True, 50, fresh=True)  # warm up
     rows, keep = [], []
     idle = rss_mb(proc.pid)
-    rows.append((name, 0, idle, await sample(port, allowed, args), None))
+    since = time.time()
+    lat = await sample(port, allowed, args)
+    rows.append((name, 0, idle, lat, _loop(state, since)))
     try:
-        for target in STEPS:
+        for target in args.steps:
             await open_held(port, target - len(keep), len(keep), keep, args.tls)
             await asyncio.sleep(1.0)
+            since = time.time()
             lat = await sample(port, allowed, args)
-            loop = hush_status(state).get("loop") if state else None
-            rows.append((name, target, rss_mb(proc.pid), lat, loop))
+            rows.append((name, target, rss_mb(proc.pid), lat, _loop(state, since)))
     finally:
         for w in keep:
             w.close()
@@ -128,11 +156,17 @@ async def main_async(args) -> None:
     allowed = f"http://127.0.0.1:{origin_port}/x"
     rows = []
     try:
-        if args.only in (None, "hush"):
-            (tmp / "hush").mkdir()
-            hush, port, state = start_held_hush(tmp / "hush")
+        for name, gc_off in (("hush", False), ("hush-gc-off", True)):
+            if args.only == "hush-gc-off" and not gc_off:
+                continue
+            if gc_off and args.only != name and not (args.gc_off and args.only in (None, "hush")):
+                continue
+            if not gc_off and args.only not in (None, "hush"):
+                continue
+            (tmp / name).mkdir()
+            hush, port, state = start_held_hush(tmp / name, gc_off)
             try:
-                rows += await measure("hush", hush, port, allowed, args, state)
+                rows += await measure(name, hush, port, allowed, args, state)
             finally:
                 hush.stop()
         if args.only in (None, "mitmproxy"):
@@ -145,7 +179,7 @@ async def main_async(args) -> None:
         origin.stop()
     print(f"held requests: {'HTTPS, intercepted' if args.tls else 'plain HTTP'}; "
           f"median of {args.rounds} rounds of {args.samples} requests per row")
-    print(f"{'proxy':<10} {'held':>6} {'RSS MB':>8} {'KB/held':>8} {'p50 ms':>7} {'p99 ms':>7} "
+    print(f"{'proxy':<11} {'held':>6} {'RSS MB':>8} {'KB/held':>8} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'p50÷base':>9} {'p99÷base':>9}  event loop (hush status)")
     base: dict[str, tuple] = {}
     for name, held, rss, (p50, p99), loop in rows:
@@ -153,9 +187,9 @@ async def main_async(args) -> None:
             base[name] = (rss, p50, p99)
         idle, b50, b99 = base[name]
         per = f"{(rss - idle) * 1024 / held:.1f}" if held else "-"
-        extra = (f"longest stall {loop['max_stall_ms']:.0f} ms, {loop['gc_full']} full GCs, "
-                 f"longest {loop['gc_full_max_ms']:.0f} ms") if loop else ""
-        print(f"{name:<10} {held:>6} {rss:>8.1f} {per:>8} {p50 * 1000:>7.2f} {p99 * 1000:>7.2f} "
+        extra = (f"longest stall {loop['max_stall_ms']:.0f} ms (while measuring {loop['window_ms']:.0f} ms), "
+                 f"{loop['gc_full']} full GCs, longest {loop['gc_full_max_ms']:.0f} ms") if loop else ""
+        print(f"{name:<11} {held:>6} {rss:>8.1f} {per:>8} {p50 * 1000:>7.2f} {p99 * 1000:>7.2f} "
               f"{p50 / b50:>9.2f} {p99 / b99:>9.2f}  {extra}")
 
 
@@ -164,7 +198,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tls", action="store_true", help="held requests are intercepted HTTPS")
-    parser.add_argument("--only", choices=("hush", "mitmproxy"))
+    parser.add_argument("--only", choices=("hush", "hush-gc-off", "mitmproxy"))
+    parser.add_argument("--gc-off", action="store_true",
+                        help="also hush without freezing what survives a full collection (before issue 16)")
+    parser.add_argument("--steps", type=lambda s: [int(n) for n in s.split(",")], default=list(STEPS),
+                        help="held flows at each step, comma-separated (default 1000,10000)")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10k held sockets, both ends

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
-import gc
 import logging
 import os
 import signal
@@ -183,7 +182,10 @@ class Daemon:
         self.launches = LaunchServer(state_dir, lambda: self.policyset.policies, policies=policies,
                                      record=self._record_tunnel)
         self._reloading = asyncio.Lock()
-        self.loopwatch = LoopWatch()
+        # full collections walk only what survived since the last one (held flows are frozen); the
+        # cycles among frozen objects are collected when no client connection is open (loopwatch.py)
+        self.connections = 0
+        self.loopwatch = LoopWatch(freeze_survivors=True, idle=lambda: self.connections == 0)
         self._listening = False  # every listener bound: a stop then says what it did
         self._quiet = _QuietBindErrors()
         self.ui = None  # the live view (daemon/ui, docs/ui.md): ui.listen, off with `ui: false`
@@ -202,6 +204,12 @@ class Daemon:
         return current
 
     # -- mitmproxy hooks (this object is also an addon) ------------------------------
+
+    def client_connected(self, client) -> None:
+        self.connections += 1
+
+    def client_disconnected(self, client) -> None:
+        self.connections -= 1
 
     def running(self):
         proxyserver = ctx.master.addons.get("proxyserver")
@@ -228,7 +236,7 @@ class Daemon:
         # Everything that exists now (modules, policies, mitmproxy's state) lives as long as
         # the daemon: move it out of the collector's way, so that a full collection does not
         # stall the event loop for tens of ms walking it (bench/audit_burst.py measured 56 ms).
-        gc.freeze()
+        self.loopwatch.freeze()
         self._listening = True
         log.info("hush is running: %d listener(s), policy set %s", len(by_spec), self.policyset.version)
         notify("READY=1", f"STATUS={self._summary()}", f"MAINPID={os.getpid()}")
