@@ -23,6 +23,7 @@ from collections.abc import Callable
 from mitmproxy import addonmanager, connection, ctx, exceptions, http, tcp
 
 from hush.addons.notes import conn_notes, notes
+from hush.daemon import peeruid
 from hush.daemon.launch.server import app_of_spec
 from hush.daemon.policy import load, procnet
 from hush.daemon.policy.holder import PolicyHolder
@@ -101,7 +102,7 @@ class Identify:
                 log.warning("connection to shared listener %s fails closed: %s", client.proxy_mode.full_spec, found)
                 state.unidentified = f"no policy identifies the process on this shared listener: {found}"
         elif check_uid:
-            entry = await asyncio.to_thread(procnet.uid_inode, client.peername, client.sockname)
+            entry = await peeruid.uid_inode(client.peername, client.sockname)  # no thread hop: docs/performance.md
             uid = entry[0] if entry else None
         if check_uid and uid != os.getuid():
             who = f"uid {uid}" if uid is not None else "an unknown process"
