@@ -355,3 +355,13 @@ def test_a_question_left_alone_gets_its_fallback(live, origin):
     row = page.locator("#decisions tbody tr", has_text="/alone")
     row.wait_for(timeout=5000)
     assert row.locator("td.decision").inner_text() == "ask-timeout"
+
+
+def test_a_restarted_daemon_asks_for_hush_ui_again(live, hush):
+    """A new daemon has a new token: the open page's cookie is refused, and the page says what to do."""
+    h, page, port = live()
+    ui_port = int(page.url.rstrip("/").rsplit(":", 1)[1])
+    assert h.stop() == 0
+    hush({"web": POLICY.format(port=port)}, config=f"ui:\n  listen: '127.0.0.1:{ui_port}'\n", state=h.state)
+    page.wait_for_selector("#notice.error", timeout=10_000)
+    assert "open the live view again with `hush ui`" in page.inner_text("#notice")

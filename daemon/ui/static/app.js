@@ -327,6 +327,10 @@ async function heldAction(id, what) {
 async function refreshState() {
   try {
     const r = await fetch("/api/state", { credentials: "same-origin" });
+    if (r.status === 403) {  // a daemon started since: its token is new
+      notice("This page's token is no longer valid (hush was restarted): open the live view again with `hush ui`.", true);
+      return;
+    }
     if (!r.ok) return;
     const first = state === null;
     state = await r.json();
