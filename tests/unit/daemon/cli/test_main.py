@@ -397,21 +397,26 @@ def test_explain_shows_both_layers_and_which_decided(policies, tmp_path, capsys)
 def test_audit_tail_follow_shows_a_connection_again_when_it_ends(tmp_path):
     """``audit tail -f`` prints a connection's row when it is decided, and again, with its bytes and
     duration, when the daemon completes the row in place (same id) at its close."""
-    import select
+    import queue
     import subprocess
     import sys
+    import threading
     import time
 
+    lines: queue.Queue[str] = queue.Queue()
+
     def line(proc) -> str:
-        ready, _, _ = select.select([proc.stdout], [], [], 10)
-        assert ready, "audit tail -f printed nothing for 10 s"
-        return proc.stdout.readline()
+        try:
+            return lines.get(timeout=60)
+        except queue.Empty:
+            raise AssertionError("audit tail -f printed nothing for 60 s") from None
 
     state = tmp_path / "state"
     tunnel = rec(level="connect", method="CONNECT", url=None, decision="passthrough", conn="c1", ip_exposed=True)
     _fill(state, [tunnel])
     tail = subprocess.Popen([sys.executable, "-m", "hush.daemon.cli", "audit", "tail", "-f", "--table",
                              "--state-dir", str(state)], stdout=subprocess.PIPE, text=True)
+    threading.Thread(target=lambda: [lines.put(x) for x in tail.stdout], daemon=True).start()
     try:
         assert line(tail).split()[:2] == ["id", "time"]
         opened = line(tail)
