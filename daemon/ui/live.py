@@ -27,6 +27,34 @@ if TYPE_CHECKING:
 log = logging.getLogger("hush.ui")
 
 DROPPED = "dropped"  # the outcome of a held flow dropped from the page
+HISTORY_HOURS = 24
+# what a record let reach the site: as the page's egressOf (app.js) counts a live record
+_HISTORY = """
+SELECT COALESCE(app, '?'), CAST(ts / 3600 AS INTEGER) * 3600,
+       CASE WHEN route = 'direct' THEN 'direct' WHEN route = 'tor' OR egress = 'tor' THEN 'tor'
+            WHEN egress = 'direct' THEN 'direct' ELSE 'none' END,
+       COUNT(*)
+FROM records WHERE ts >= ? GROUP BY 1, 2, 3 ORDER BY 2
+"""
+
+
+def history(state_dir: Path, now: float, hours: int = HISTORY_HOURS) -> dict[str, Any]:
+    """Per app and hour of the last ``hours``: flows kept from the site, via Tor, direct — from
+    audit.db (read-only; blocking: call in a thread)."""
+    from hush.daemon.audit.store import connect
+
+    path = Path(state_dir) / "audit.db"
+    since = (int(now) // 3600 - hours + 1) * 3600
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    if not path.exists():
+        return {"since": since, "hours": hours, "apps": out}
+    conn = connect(path, readonly=True)
+    try:
+        for app, hour, egress, count in conn.execute(_HISTORY, (since,)):
+            out.setdefault(app, {}).setdefault(str(int(hour)), {})[egress] = count
+    finally:
+        conn.close()
+    return {"since": since, "hours": hours, "apps": out}
 
 
 class DaemonBackend:
@@ -94,6 +122,11 @@ class DaemonBackend:
                         if decision is not None else None,
                         "then": then.name if then is not None else None})
         return out
+
+    async def history(self) -> dict[str, Any]:
+        """The last 24 hours from the audit, per app and hour (SQLite in a thread; what the
+        writer has not written yet comes a batch later)."""
+        return await asyncio.to_thread(history, self.daemon.state_dir, time.time())
 
     def held(self, flow_id: str, do: str) -> str | None:
         if do not in ("release", "drop"):

@@ -27,7 +27,8 @@ Every response carries a strict Content-Security-Policy (``default-src
 'self'``, no inline script or style, no remote source, no framing).
 
 Routes: ``GET /`` (the page), ``GET /static/NAME``, ``GET /api/state`` (apps,
-held flows, tor, open tunnels, policy set), ``GET /api/events`` (SSE:
+held flows, tor, open tunnels, policy set), ``GET /api/history`` (per app and
+hour of the last 24, from the audit: kept from the site, via Tor, direct), ``GET /api/events`` (SSE:
 ``hello`` with the recent records and open questions, then ``decision``,
 ``question``, ``question-closed``), ``POST /api/held`` (``{"id", "do":
 "release"|"drop"}``), ``POST /api/rule`` (``{"app", "match": "host"|"site",
@@ -90,6 +91,8 @@ class Backend(Protocol):
     def held(self, flow_id: str, do: str) -> str | None: ...  # None: done; else why not
 
     def make_rule(self, app: str, match: str, value: str, action: str) -> Awaitable[dict[str, Any]]: ...
+
+    def history(self) -> Awaitable[dict[str, Any]]: ...  # per app and hour, from the audit
 
 
 def authority(host: str, port: int) -> str:
@@ -292,7 +295,7 @@ class UIServer:
             except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                 return
             try:
-                await self._route(request, writer)
+                await self._route(request, reader, writer)
             except HTTPError as e:
                 await self._send(writer, e.status, e.message)
         except (ConnectionError, asyncio.CancelledError):
@@ -319,7 +322,7 @@ class UIServer:
             if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
                 raise HTTPError(415, "send JSON (Content-Type: application/json)")
 
-    async def _route(self, request: Request, writer: asyncio.StreamWriter) -> None:
+    async def _route(self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if request.method == "GET" and request.path == "/" and "token" in request.query:
             self._check_host_only(request)
             given = request.query["token"][0]
@@ -331,10 +334,13 @@ class UIServer:
         self._check(request)
         if request.method == "GET":
             if request.path == "/api/events":
-                await self._events(writer)
+                await self._events(reader, writer)
                 return
             if request.path == "/api/state":
                 await self._json(writer, 200, self.backend.state())
+                return
+            if request.path == "/api/history":
+                await self._json(writer, 200, await self.backend.history())
                 return
             name = "index.html" if request.path == "/" else request.path.removeprefix("/static/")
             if (request.path == "/" or request.path.startswith("/static/")) and name in self._static:
@@ -368,11 +374,14 @@ class UIServer:
         if request.headers.get("host", "").lower() != authority(self.host, self.port).lower():
             raise HTTPError(421, "the Host header names another server")
 
-    async def _events(self, writer: asyncio.StreamWriter) -> None:
+    async def _events(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._clients) >= MAX_CLIENTS:
             raise HTTPError(503, f"{MAX_CLIENTS} live views are open already; close one")
         client = Client()
         self._clients.add(client)
+        # a page sends nothing more on its event stream: the read ends (b"") when it goes away —
+        # a reloaded or closed page frees its place at once, not at the next event it fails to take
+        gone = asyncio.ensure_future(reader.read(1))
         try:
             head = _head(200, "text/event-stream", None, [("X-Accel-Buffering", "no")])
             writer.write(head + b"retry: 1000\n\n")
@@ -382,15 +391,19 @@ class UIServer:
             writer.write(await asyncio.to_thread(sse, "hello", hello))
             await writer.drain()
             while True:
-                try:
-                    data = await asyncio.wait_for(client.queue.get(), PING)
-                except TimeoutError:
-                    data = b": ping\n\n"
+                get = asyncio.ensure_future(client.queue.get())
+                done, _ = await asyncio.wait({get, gone}, timeout=PING, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                if gone in done:
+                    return
+                data = get.result() if get in done else b": ping\n\n"
                 if data is None:
                     return
                 writer.write(data)
                 await writer.drain()
         finally:
+            gone.cancel()
             self._clients.discard(client)
 
     async def _json(self, writer: asyncio.StreamWriter, status: int, data: Any) -> None:

@@ -151,6 +151,13 @@ def test_a_request_appears_within_a_second(live, origin, tmp_path):
     assert blocked.locator("td.rule").inner_text() == "web.yaml:7"
     assert len(origin.accepts) == 1
     page.wait_for_selector(".app[data-app=web] .chart rect.none")
+    # the 24-hour chart comes from the audit (read when the page opens, and each minute)
+    def audited() -> bool:
+        page.reload()
+        page.wait_for_selector(".app[data-app=web] svg.chart >> nth=1", timeout=10_000)  # history came
+        return page.locator(".app[data-app=web] svg.chart").nth(1).locator("rect.none").count() == 1
+    wait_for(audited, timeout=20, interval=1, message="the audit's chart never showed the blocked request")
+    assert page.locator(".app[data-app=web] svg.chart").nth(1).locator("rect.direct").count() == 1
     shot(page, tmp_path, "ui-live.png")
 
 

@@ -12,6 +12,7 @@ const tunnelRows = new Map();  // conn -> record (rows of a tunnel are written u
 const seenApps = new Set();
 const seenDecisions = new Set();
 let state = null;
+let history = null;            // GET /api/history: per app and hour, from the audit
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -184,36 +185,54 @@ function scheduleApps() {
 }
 
 function chart(list) {
+  // the last CHART_MINUTES minutes, per minute, from the records the page holds
   const now = Date.now() / 1000;
   const buckets = Array.from({ length: CHART_MINUTES }, () => ({ none: 0, tor: 0, direct: 0 }));
   for (const r of list) {
     const age = Math.floor((now - r.ts) / 60);
     if (age >= 0 && age < CHART_MINUTES) buckets[CHART_MINUTES - 1 - age][egressOf(r)] += 1;
   }
+  return bars(buckets, `${CHART_MINUTES} min ago`, "now",
+              i => `${CHART_MINUTES - 1 - i} min ago`, `flows per minute, last ${CHART_MINUTES} minutes`);
+}
+
+function hourly(app) {
+  // the last 24 hours, per hour, from the audit (GET /api/history)
+  if (!history) return null;
+  const counts = history.apps[app] || {};
+  const buckets = Array.from({ length: history.hours }, (_, i) => {
+    const c = counts[String(history.since + i * 3600)] || {};
+    return { none: c.none || 0, tor: c.tor || 0, direct: c.direct || 0 };
+  });
+  return bars(buckets, `${history.hours} h ago`, "this hour",
+              i => `${history.hours - 1 - i} h ago`, `flows per hour, last ${history.hours} hours (audit)`);
+}
+
+function bars(buckets, left, right, ago, label) {
+  const n = buckets.length;
   const max = Math.max(1, ...buckets.map(b => b.none + b.tor + b.direct));
-  const w = 300, h = 60, bw = w / CHART_MINUTES;
-  const s = svg("svg", { class: "chart", viewBox: `0 0 ${w} ${h + 10}`, role: "img",
-                         "aria-label": `flows per minute, last ${CHART_MINUTES} minutes` });
+  const w = 300, h = 60, bw = w / n;
+  const s = svg("svg", { class: "chart", viewBox: `0 0 ${w} ${h + 10}`, role: "img", "aria-label": label });
   buckets.forEach((b, i) => {
     let y = h;
     for (const k of ["none", "tor", "direct"]) {
       const bh = (b[k] / max) * h;
       if (bh > 0) {
         y -= bh;
-        const rect = svg("rect", { class: k, x: i * bw + 0.5, y, width: bw - 1, height: bh });
+        const rect = svg("rect", { class: k, x: i * bw + 0.5, y, width: Math.max(bw - 1, 0.5), height: bh });
         const t = svg("title", {});
-        t.textContent = `${CHART_MINUTES - 1 - i} min ago: ${b[k]} ${k === "none" ? "kept from the site" : k}`;
+        t.textContent = `${ago(i)}: ${b[k]} ${k === "none" ? "kept from the site" : k}`;
         rect.append(t);
         s.append(rect);
       }
     }
   });
   s.append(svg("line", { x1: 0, y1: h + 0.5, x2: w, y2: h + 0.5, stroke: "#999" }));
-  const label = svg("text", { x: 0, y: h + 9, "font-size": 8, fill: "#666" });
-  label.textContent = `${CHART_MINUTES} min ago`;
-  const nowLabel = svg("text", { x: w, y: h + 9, "font-size": 8, fill: "#666", "text-anchor": "end" });
-  nowLabel.textContent = "now";
-  s.append(label, nowLabel);
+  const l = svg("text", { x: 0, y: h + 9, "font-size": 8, fill: "#666" });
+  l.textContent = left;
+  const r = svg("text", { x: w, y: h + 9, "font-size": 8, fill: "#666", "text-anchor": "end" });
+  r.textContent = right;
+  s.append(l, r);
   return s;
 }
 
@@ -224,7 +243,8 @@ function renderApps() {
     if (!byApp.has(r.app)) byApp.set(r.app, []);
     byApp.get(r.app).push(r);
   }
-  const apps = new Set([...Object.keys((state && state.apps) || {}), ...byApp.keys()]);
+  const apps = new Set([...Object.keys((state && state.apps) || {}), ...byApp.keys(),
+                        ...Object.keys((history && history.apps) || {})]);
   const cards = [];
   for (const app of [...apps].sort()) {
     const list = byApp.get(app) || [];
@@ -248,7 +268,10 @@ function renderApps() {
       el("div", { class: "file", text: info.file ? `${info.file} (default: ${info.default})` : "no policy loaded" }),
       decisionList,
       el("div", { class: "prevented", text: `${kept} of ${list.length} kept from the site; ${held} held now` }),
+      el("div", { class: "chart-label", text: `last ${CHART_MINUTES} minutes` }),
       chart(list),
+      history ? el("div", { class: "chart-label", text: `last ${history.hours} hours (audit)` }) : null,
+      hourly(app),
       el("div", { class: "legend" }, el("span", { class: "none", text: "■ kept from the site" }),
          el("span", { class: "tor", text: "■ via Tor" }), el("span", { class: "direct", text: "■ direct" })),
       el("div", { text: "sites contacted:" }), siteList));
@@ -340,6 +363,15 @@ async function refreshState() {
   } catch (e) { /* the daemon is away: the event stream says so */ }
 }
 
+async function refreshHistory() {
+  try {
+    const r = await fetch("/api/history", { credentials: "same-origin" });
+    if (!r.ok) return;
+    history = await r.json();
+    scheduleApps();
+  } catch (e) { /* the daemon is away */ }
+}
+
 // ---- questions (the ask action) ----------------------------------------------------------
 
 const questions = new Map();
@@ -401,4 +433,6 @@ document.addEventListener("DOMContentLoaded", () => {
   connect();
   refreshState();
   setInterval(refreshState, STATE_EVERY_MS);
+  refreshHistory();
+  setInterval(refreshHistory, 60_000);
 });

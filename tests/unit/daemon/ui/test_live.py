@@ -94,3 +94,26 @@ def test_held_flows_are_sent_or_dropped(tmp_path: Path) -> None:
         assert backend.held("a", "drop") == "no such held flow (sent, dropped or timed out already)"
         assert backend.held("a", "later") == "do must be release or drop"
     asyncio.run(main())
+
+
+def test_history_counts_the_audit_per_app_and_hour(tmp_path: Path) -> None:
+    from hush.daemon.audit.store import AuditWriter
+    from hush.daemon.ui.live import history
+
+    now = 1_800_000_000.0  # 2027-01-15 08:00 UTC
+    hour = int(now) // 3600 * 3600
+    writer = AuditWriter(tmp_path / "audit.db")
+    for ts, app, decision, egress, route in [
+        (now, "a", "block", "none", "none"), (now, "a", "block", "none", "none"),
+        (now - 3600, "a", "tor", "tor", "tor"), (now, "a", "allow", "direct", "direct"),
+        (now, "b", "tor-unavailable", "none", "none"),
+        (now - 30 * 3600, "a", "allow", "direct", "direct"),  # older than 24 h: not counted
+    ]:
+        writer.submit({"ts": ts, "app": app, "decision": decision, "egress": egress, "route": route,
+                       "host": "x.org", "port": 443, "ip_exposed": route == "direct"})
+    writer.close()
+    got = history(tmp_path, now)
+    assert got["hours"] == 24 and got["since"] == hour - 23 * 3600
+    assert got["apps"] == {"a": {str(hour): {"none": 2, "direct": 1}, str(hour - 3600): {"tor": 1}},
+                           "b": {str(hour): {"none": 1}}}
+    assert history(tmp_path / "nothing", now)["apps"] == {}  # no audit yet

@@ -32,6 +32,9 @@ class Backend:
         self.done.append(("held", flow_id, do))
         return None
 
+    async def history(self) -> dict:
+        return {"since": 0, "hours": 24, "apps": {}}
+
     async def make_rule(self, app: str, match: str, value: str, action: str) -> dict:
         self.done.append(("rule", app, match, value, action))
         return {"ok": True, "file": "a.yaml:3", "version": "v2"}
@@ -243,3 +246,21 @@ def test_a_port_in_use_is_an_oserror(tmp_path: Path) -> None:
             with pytest.raises(OSError):
                 await ui.start()
         asyncio.run(main())
+
+
+@run
+async def test_a_page_that_goes_frees_its_place_at_once(tmp_path: Path) -> None:
+    """A reloaded page's old event stream is closed by the browser: its place is free before
+    any event is sent (else eight reloads would lock the page out until the next ping)."""
+    async with serving(tmp_path) as ui:
+        for _ in range(ui_server.MAX_CLIENTS * 2):
+            reader, writer = await asyncio.open_connection(ui.host, ui.port)
+            writer.write(request(ui, path="/api/events"))
+            await reader.readuntil(b"event: hello")
+            writer.close()
+            for _ in range(100):
+                if not ui._clients:
+                    break
+                await asyncio.sleep(0.01)
+            assert not ui._clients
+        assert not ui.board.listening()
