@@ -264,3 +264,25 @@ async def test_a_page_that_goes_frees_its_place_at_once(tmp_path: Path) -> None:
                 await asyncio.sleep(0.01)
             assert not ui._clients
         assert not ui.board.listening()
+
+
+def test_on_ipv6_loopback(tmp_path: Path) -> None:
+    """ui.listen [::1]:PORT: the page's Host and Origin are [::1]:PORT."""
+    async def main() -> None:
+        ui = UIServer("::1", 0, tmp_path, Backend(), Board())
+        await ui.start()
+        try:
+            assert ui.url == f"http://[::1]:{ui.port}/"
+            reader, writer = await asyncio.open_connection("::1", ui.port)
+            writer.write(request(ui, host=f"[::1]:{ui.port}"))
+            await writer.drain()
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            writer.close()
+            reader, writer = await asyncio.open_connection("::1", ui.port)
+            writer.write(request(ui))  # Host: 127.0.0.1:PORT is not this page's
+            await writer.drain()
+            assert (await reader.readline()).startswith(b"HTTP/1.1 421")
+            writer.close()
+        finally:
+            await ui.stop()
+    asyncio.run(main())
