@@ -75,8 +75,9 @@ def _machine_id_setup(directory: Path) -> str:
 
 
 class Journald:
-    """systemd-journald for namespace ``name``, in a private mount namespace whose
-    /run/systemd and /var/log/journal are the test's directories."""
+    """systemd-journald for namespace ``name``, in a private user and mount namespace
+    whose /run/systemd and /var/log/journal are the test's directories (nothing of the
+    machine's changes; it also runs so as an unprivileged user, measured as hushdev)."""
 
     def __init__(self, directory: Path):
         self.name = f"hushtest{os.getpid()}"
@@ -87,7 +88,9 @@ class Journald:
                   f"mount --bind {self.log} /var/log/journal && {_machine_id_setup(directory)}"
                   f"exec {JOURNALD} {self.name}")
         with open(directory / "journald.log", "wb") as out:
-            self.proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=out, stderr=out)
+            # a user namespace too: no CAP_SYS_ADMIN needed (a CI container), as for hush launch
+            self.proc = subprocess.Popen(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                                         stdout=out, stderr=out)
         self.out = directory / "journald.log"
         self.socket = self.run / f"journal.{self.name}" / "socket"
         wait_for(lambda: self.socket.exists() or self.proc.poll() is not None, timeout=15,
