@@ -273,7 +273,8 @@ def _run(root: Path, say, lab) -> int:
     shipped = paths.shipped_policies()
     *listeners, control = free_ports(len(list(shipped.glob("*.yaml"))) + 1)
     ports = rewrite_ports(shipped, root / "policies", listeners)
-    (root / "config.yaml").write_text(_tor_config(lab, control) + "audit:\n  redaction: no-query\n")
+    (root / "config.yaml").write_text(_tor_config(lab, control) + "audit:\n  redaction: no-query\n"
+                                      "ui: false\n")  # the demo shows its rows itself; no live view to bind
     site = Site()
     with open(root / "hush.log", "wb") as log:
         daemon = subprocess.Popen(
