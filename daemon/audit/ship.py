@@ -489,7 +489,11 @@ class Shipper:
         self.queue_max = queue_max
         self.backoff = backoff
         self.shipped = 0
-        self.dropped = 0  # the queue was full, a send failed, or stopping left them
+        # dropped: the queue was full (counted by submit, on the event loop), or a send failed or
+        # stopping left them (counted by the thread and close, under a lock): two counters, no lost +=
+        self._dropped_full = 0
+        self._dropped_other = 0
+        self._count_lock = threading.Lock()
         self.failures = 0  # sends and connects that failed
         self.connected = False
         self.last_error: str | None = None
@@ -519,12 +523,20 @@ class Shipper:
     def submit(self, record: dict[str, Any]) -> None:
         """Queue one record (on the event loop: never blocks, never raises for a full queue)."""
         if self._closed:
-            self.dropped += 1
+            self._dropped_full += 1
             return
         try:
             self._queue.put_nowait(flatten(record))
         except queue.Full:
-            self.dropped += 1
+            self._dropped_full += 1
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped_full + self._dropped_other
+
+    def _drop(self, n: int) -> None:
+        with self._count_lock:
+            self._dropped_other += n
 
     def status(self) -> dict[str, Any]:
         return {"target": str(self.target), "redaction": self.redaction, "connected": self.connected,
@@ -548,7 +560,7 @@ class Shipper:
             except queue.Empty:
                 break
             if item is not _STOP:
-                self.dropped += 1
+                self._drop(1)
         if self._thread.is_alive():
             log.warning("audit shipping to %s did not finish within %.1fs (a send is stalled)", self.target, deadline)
         else:
@@ -589,12 +601,12 @@ class Shipper:
                     try:
                         batch.append(self.encode(row))
                     except Exception:
-                        self.dropped += 1
+                        self._drop(1)
                         log.exception("audit shipping: could not encode a record")
                 if stop:
                     self._stop.set()
             if self._stop.is_set() and time.monotonic() > self._deadline:
-                self.dropped += len(batch)
+                self._drop(len(batch))
                 return
             if not batch:
                 continue
@@ -608,7 +620,7 @@ class Shipper:
                 self.connected = False
                 self.transport.close()
                 if self._stop.is_set():
-                    self.dropped += len(batch)
+                    self._drop(len(batch))
                     return
                 self._stop.wait(delay)  # the batch is kept; the queue takes more until it is full
                 delay = min(delay * 2, self.backoff[1])
@@ -617,7 +629,7 @@ class Shipper:
                 self.transport.send(batch)
             except OSError as e:
                 self._failed(e, "send")
-                self.dropped += len(batch)  # some may have arrived: not sent twice
+                self._drop(len(batch))  # some may have arrived: not sent twice
                 batch = []
                 self.connected = False
                 self.transport.close()
