@@ -29,7 +29,7 @@ from mitmproxy.proxy import server_hooks
 from hush.addons.actions.base import Holding, Services, local_response
 from hush.addons.flowinfo import fail_closed
 from hush.addons.notes import conn_notes, notes
-from hush.addons.tunnel import Tunnel
+from hush.addons.tunnel import Tunnel, stop_relay
 from hush.daemon.policy.hosts import normalize
 from hush.daemon.policy.model import Decision, PolicySet, stricter
 
@@ -223,6 +223,7 @@ class Act:
     def _close(self, tunnel: Tunnel, why: str) -> None:
         if tunnel.client is not None:
             self.revoke(tunnel.client)  # nothing new leaves, whatever the close below does
+        stop_relay(tunnel.client_id)  # a spliced tunnel: both sockets shut down now
         self._unrelay(tunnel.client)
         self._tunnels.pop(tunnel.key, None)
         tunnel.outcome, tunnel.error = REVOKED, why

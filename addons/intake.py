@@ -42,7 +42,7 @@ from mitmproxy.proxy.layers.http._http1 import Http1Server
 
 from hush.addons.flowinfo import fail_closed
 from hush.addons.notes import conn_notes, notes
-from hush.addons.tunnel import HushTunnelHook, Tunnel
+from hush.addons.tunnel import HushTunnelHook, Tunnel, stop_relay
 from hush.daemon.policy.model import PolicySet
 
 if TYPE_CHECKING:
@@ -380,6 +380,7 @@ class Intake:
             self.audit.record(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
+        stop_relay(client.id)  # a spliced tunnel ends with its connection
         state = conn_notes(client)
         watch, decided, in_flight = state.watch, state.decided, state.in_flight
         state.watch, state.decided, state.in_flight = None, False, None

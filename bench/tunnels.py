@@ -13,7 +13,10 @@ Contenders (all on 127.0.0.1):
 - mitmproxy: mitmdump of the same version, ``connection_strategy=lazy``,
   ``ignore_hosts`` matching everything (every CONNECT relayed untouched);
 - hush-connect: hush, an HTTP listener whose policy is ``default: passthrough``;
-- hush-socks5: hush, a SOCKS5 listener with the same policy.
+- hush-socks5: hush, a SOCKS5 listener with the same policy;
+- with --no-splice, also hush-connect/mitm and hush-socks5/mitm: a second hush
+  whose tunnels mitmproxy relays (``addons/tunnel.py``'s ``SPLICE`` off), as
+  before the splice relay.
 
 For each of --rounds rounds, each contender in turn: a bulk download of
 --bulk-mb MB through a fresh tunnel (MB/s, and the CPU seconds the proxy's
@@ -30,7 +33,7 @@ Medians over rounds; ratios against Privoxy and bare mitmproxy.  Targets
 (issue 16): hush's new-connection p50 ≤ Privoxy's + 0.5 ms; bulk ≥ Privoxy's;
 intercepted requests/s ≥ 0.90 × bare mitmproxy's.
 
-Run:  .venv/bin/python bench/tunnels.py [--rounds 3] [--bulk-mb 200] [--samples 40]
+Run:  .venv/bin/python bench/tunnels.py [--rounds 3] [--bulk-mb 200] [--samples 40] [--no-splice]
 Loopback only.
 """
 
@@ -203,12 +206,27 @@ def start_tunnel_origin(size: int) -> tuple[Proc, int, int]:
     return proc, lat, blk
 
 
-def start_tunnel_hush(tmp: Path) -> tuple[Proc, dict[str, int]]:
+# hush with its decided tunnels relayed by mitmproxy, not handed to the splice relay (before issue 16)
+NO_SPLICE = """
+import sys
+from hush.addons import tunnel
+tunnel.SPLICE = False
+from hush.daemon.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_tunnel_hush(tmp: Path, splice: bool = True) -> tuple[Proc, dict[str, int]]:
     ports = {"connect": free_port(), "socks": free_port(), "web": free_port()}
     (tmp / "policies").mkdir(parents=True)
     for name, text in POLICIES.items():
         (tmp / "policies" / name).write_text(text % ports)
-    return start_hush(tmp, tmp / "policies", ports["web"]), ports
+    if splice:
+        return start_hush(tmp, tmp / "policies", ports["web"]), ports
+    (tmp / "config.yaml").write_text("log_level: warning\n")
+    proc = Proc([sys.executable, "-c", NO_SPLICE, "run", "--policies", str(tmp / "policies"), "--state-dir",
+                 str(tmp / "state"), "--config", str(tmp / "config.yaml")], ports["web"], tmp / "hush.log")
+    return proc, ports
 
 
 def load_note() -> str:
@@ -226,10 +244,15 @@ async def run(args) -> None:
     mitm, mitm_port = start_mitmdump(tmp / "m1", "--set", "ignore_hosts=.*")
     mitm_http, mitm_http_port = start_mitmdump(tmp / "m2")
     privoxy, privoxy_port = start_privoxy(tmp)
+    extra = []
+    if args.no_splice:
+        plain, plain_ports = start_tunnel_hush(tmp / "hush-no-splice", splice=False)
+        extra = [("hush-connect/mitm", "connect", plain_ports["connect"], plain.pid),
+                 ("hush-socks5/mitm", "socks5", plain_ports["socks"], plain.pid)]
     contenders = [("direct", "direct", 0, None), ("privoxy", "connect", privoxy_port, privoxy.pid),
                   ("mitmproxy", "connect", mitm_port, mitm.pid),
                   ("hush-connect", "connect", ports["connect"], hush.pid),
-                  ("hush-socks5", "socks5", ports["socks"], hush.pid)]
+                  ("hush-socks5", "socks5", ports["socks"], hush.pid), *extra]
     res: dict[str, dict[str, list[float]]] = {c[0]: {"mbs": [], "cpu": [], "p50": [], "p90": []} for c in contenders}
     url = f"http://127.0.0.1:{http_port}/x"
     inter = {"mitmproxy": (mitm_http_port, []), "hush": (ports["web"], [])}
@@ -254,13 +277,15 @@ async def run(args) -> None:
     finally:
         for p in (hush, mitm, mitm_http, privoxy, origin, http_origin):
             p.stop()
+        if args.no_splice:
+            plain.stop()
     m = {name: {k: median(v) for k, v in r.items()} for name, r in res.items()}
     pv, mi = m["privoxy"], m["mitmproxy"]
-    print(f"{'contender':<13} {'bulk MB/s':>9} {'÷privoxy':>8} {'÷mitm':>6} {'CPU s/GB':>9} "
+    print(f"{'contender':<17} {'bulk MB/s':>9} {'÷privoxy':>8} {'÷mitm':>6} {'CPU s/GB':>9} "
           f"{'p50 ms':>7} {'p90 ms':>7} {'p50−privoxy':>11} {'p50−mitm':>9}")
     for name, r in m.items():
         cpu = f"{r['cpu']:>9.2f}" if name != "direct" else f"{'-':>9}"
-        print(f"{name:<13} {r['mbs']:>9.0f} {r['mbs'] / pv['mbs']:>8.2f} {r['mbs'] / mi['mbs']:>6.2f} {cpu} "
+        print(f"{name:<17} {r['mbs']:>9.0f} {r['mbs'] / pv['mbs']:>8.2f} {r['mbs'] / mi['mbs']:>6.2f} {cpu} "
               f"{r['p50']:>7.2f} {r['p90']:>7.2f} {r['p50'] - pv['p50']:>+11.2f} {r['p50'] - mi['p50']:>+9.2f}")
     rps = {name: median(out) for name, (_, out) in inter.items()}
     print(f"intercepted flows: hush {rps['hush']:.0f} req/s, bare mitmproxy {rps['mitmproxy']:.0f} req/s, "
@@ -277,6 +302,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--no-splice", action="store_true",
+                        help="also hush with its tunnels relayed by mitmproxy (no splice relay), same run")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -122,3 +122,61 @@ def test_an_addon_gets_the_tunnel_through_the_addon_manager():
         tctx.master.addons.trigger(HushTunnelHook(tunnel))
         tctx.master.addons.trigger(HushTunnelEndHook(tunnel))
     assert listener.seen == [("start", tunnel), ("end", tunnel)]
+
+
+# -- the hand-over to the splice relay: the private APIs it reads (a contract test) -------------
+
+def test_contract_mitmproxys_connection_handler_as_the_relay_reads_it():
+    """The hand-over reads the proxyserver addon's ``connections`` (client id → handler), each
+    handler's ``transports`` (connection → ConnectionIO with ``reader``/``writer``) and its
+    ``timeout_watchdog.register_activity``: if mitmproxy renames them, this fails, not the relay."""
+    from mitmproxy.addons import proxyserver
+    from mitmproxy.proxy import server
+
+    assert "connections" in vars(proxyserver.Proxyserver())
+    assert {f.name for f in dataclasses.fields(server.ConnectionIO)} >= {"handler", "reader", "writer"}
+    assert "transports" in inspect.signature(server.ConnectionHandler.__init__).parameters or \
+        "transports" in server.ConnectionHandler.__annotations__
+    assert callable(server.TimeoutWatchdog.register_activity)
+    assert "timeout_watchdog" in server.ConnectionHandler.__annotations__
+
+
+def test_contract_asyncio_streams_idle_and_buffer():
+    """An idle stream (its reader waits in read(), nothing buffered) is told apart from one whose
+    reader holds data; what the stream buffered is taken, once."""
+    import asyncio
+
+    from hush.addons.tunnel import _idle, _take
+
+    async def go():
+        reader = asyncio.StreamReader()
+        task = asyncio.ensure_future(reader.read(100))
+        await asyncio.sleep(0)
+        assert _idle(reader)  # waiting in read()
+        reader.feed_data(b"abc")
+        assert not _idle(reader)  # woken with data: its task has a chunk on the way
+        assert await task == b"abc"
+        reader.feed_data(b"left")  # read from the socket, not consumed yet
+        assert not _idle(reader) and _take(reader) == b"left" and _take(reader) == b""
+        reader.feed_eof()
+        assert not _idle(reader)
+
+    asyncio.run(go())
+
+
+def test_only_layers_that_relay_untouched_are_handed_to_the_relay():
+    from mitmproxy.proxy.layers import tls
+
+    from hush.addons.tunnel import only_relays
+
+    with taddons.context() as tctx:
+        ctx = new_context(tctx)
+        assert only_relays(layers.TCPLayer(ctx, ignore=True))
+        assert not only_relays(layers.TCPLayer(ctx))  # a TCP flow: its hooks see every message
+        client_tls = tls.ClientTLSLayer(ctx)
+        client_tls.child_layer = layers.TCPLayer(ctx, ignore=True)
+        assert not only_relays(client_tls)  # TLS still to be read (or intercepted)
+        client_tls.conn = connection.Client(peername=("ignore-conn", 0), sockname=("ignore-conn", 0))
+        assert only_relays(client_tls)  # what mitmproxy makes of it when tls_clienthello ignores it
+        assert not only_relays(layers.HttpLayer(ctx, layers.http.HTTPMode.transparent))
+        assert not only_relays(None)
