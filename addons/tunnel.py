@@ -85,6 +85,10 @@ log = logging.getLogger("hush.tunnel")
 # Hand decided tunnels over to the splice relay (daemon/relay.py); False: mitmproxy relays them
 # (bench/tunnels.py measures both).
 SPLICE = True
+# … once they have carried this many bytes through mitmproxy: starting a relay (a thread, two pipes)
+# costs a new connection ~2 ms before its first answer (bench/tunnels.py), which short exchanges
+# should not pay; a bulk transfer passes this within its first milliseconds.
+SPLICE_AFTER = 256 * 1024
 
 # the splice relays running, by client connection id
 _relays: dict[str, Relay] = {}
@@ -114,8 +118,9 @@ class Counted(layer.Layer):
     It is also where a tunnel leaves mitmproxy's layers: once the layers under
     it only relay (``TCPLayer(ignore=True)``, under TLS layers that pass the
     bytes through), the site is connected (the egress guard let the dial
-    through), and the tunnel was decided at connection level to go direct
-    (not through tor), both sockets are handed to a splice relay
+    through), the tunnel was decided at connection level to go direct
+    (not through tor) and it has carried ``SPLICE_AFTER`` bytes, both sockets
+    are handed to a splice relay
     (``daemon/relay.py``); mitmproxy keeps the connection (paused) and sees its
     end when the relay has passed both EOFs on.  This reads mitmproxy's
     connection handler (its transports and timeout watchdog) and asyncio's
@@ -158,8 +163,8 @@ class Counted(layer.Layer):
 
     def _eligible(self) -> bool:
         context = self.context
-        return (context.server.connected and context.client.connected and only_relays(self.inner)
-                and self._decided_direct())
+        return (self.tally.up + self.tally.down >= SPLICE_AFTER and context.server.connected
+                and context.client.connected and only_relays(self.inner) and self._decided_direct())
 
     def _hand_over(self) -> None:
         """Hand both sockets to a splice relay, if mitmproxy holds no byte of them now: both
