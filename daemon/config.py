@@ -51,7 +51,7 @@ from hush.daemon.audit.shipconfig import QUEUE_MAX as SHIP_QUEUE_MAX
 from hush.daemon.audit.shipconfig import Target as ShipTarget
 from hush.daemon.audit.store import DEFAULT_REDACTION, REDACTIONS
 from hush.daemon.policy.context import GENERIC_USER_AGENT, ParseContext
-from hush.daemon.tor import TorConfig
+from hush.daemon.torconfig import TorConfig
 from hush.daemon.yamlschema import INT, STR, LoadError, LocatedError, Location, Reader
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
