@@ -46,10 +46,10 @@ from typing import Any
 
 import yaml
 
+from hush.daemon.audit.redaction import DEFAULT_REDACTION, REDACTIONS
 from hush.daemon.audit.shipconfig import DEFAULT_SHIP_REDACTION, SHIP_REDACTIONS, parse_syslog_url
 from hush.daemon.audit.shipconfig import QUEUE_MAX as SHIP_QUEUE_MAX
 from hush.daemon.audit.shipconfig import Target as ShipTarget
-from hush.daemon.audit.store import DEFAULT_REDACTION, REDACTIONS
 from hush.daemon.policy.context import GENERIC_USER_AGENT, ParseContext
 from hush.daemon.torconfig import TorConfig
 from hush.daemon.yamlschema import INT, STR, LoadError, LocatedError, Location, Reader

@@ -17,13 +17,16 @@ the file holds the daemon's pid, for the message a second daemon prints.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the server side runs in the daemon; the CLI's side (request, stop) needs no event loop
+    import asyncio
 
 log = logging.getLogger("hush")
 
@@ -131,6 +134,8 @@ class ControlServer:
         self.path.unlink(missing_ok=True)
         old = os.umask(0o177)
         try:
+            import asyncio
+
             self._server = await asyncio.start_unix_server(self._handle, path=str(self.path))
         finally:
             os.umask(old)
@@ -144,6 +149,8 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
+
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
             command = self.commands.get(line.decode(errors="replace").strip())

@@ -25,10 +25,11 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from hush.daemon.audit.redaction import DEFAULT_REDACTION, REDACTIONS
+
 log = logging.getLogger("hush.audit")
 
-REDACTIONS = ("full", "no-query", "site")
-DEFAULT_REDACTION = "site"
+__all__ = ["DEFAULT_REDACTION", "REDACTIONS", "AuditWriter", "redact"]
 
 COLUMNS = (
     "ts", "app", "listener", "level", "method", "scheme", "host", "port", "site", "url", "kind",

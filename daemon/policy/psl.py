@@ -42,10 +42,12 @@ def _rules() -> tuple[frozenset[str], frozenset[str]]:
     ``*.ck`` → ``ck``, ``*.ck``; ``!www.ck`` → ``ck``, ``!www.ck``): the nodes
     of the list's tree, each named by its path."""
     rules = frozenset(_RULE.findall(snapshot_path().read_text(encoding="utf-8")))
-    paths: set[str] = set()
+    paths = set(rules)
     for rule in rules:
-        labels = rule.split(".")
-        paths.update(".".join(labels[i:]) for i in range(len(labels)))
+        dot = rule.find(".")
+        while dot >= 0:
+            paths.add(rule[dot + 1:])
+            dot = rule.find(".", dot + 1)
     return rules, frozenset(paths)
 
 

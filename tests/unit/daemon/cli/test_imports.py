@@ -80,3 +80,9 @@ def test_the_policy_commands_import_no_mitmproxy(argv):
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["policy", "--help"]])
 def test_help_and_version_load_no_yaml_and_no_sqlite(argv):
     assert not imported(*argv) & {"yaml", "sqlite3", "asyncio", "mitmproxy"}
+
+
+def test_status_asks_the_daemon_without_an_event_loop_or_sqlite(state):
+    """``hush status`` is a line over a unix socket: the control module's server side (asyncio) and
+    the audit store (SQLite) stay out."""
+    assert not imported("status", "--state-dir", str(state)) & {"asyncio", "sqlite3", "mitmproxy"}
