@@ -21,8 +21,9 @@ Two ways out, both of which the log pipeline of an organisation already reads:
 What is shipped is redacted on its own (``audit.ship_redaction``), whatever
 the local audit keeps: ``site`` (default) ships the registrable domain only,
 ``hash`` not even that, but a keyed hash (HMAC-SHA256 with a per-install key,
-``STATE_DIR/ship.key``) so that repeats can be counted without names;
-``no-query`` and ``full`` ship URLs.
+``STATE_DIR/ship.key``) so that repeats can be counted without names; both
+ship an error or a note as its class only (:func:`error_class`), never its
+text, which can name any host; ``no-query`` and ``full`` ship URLs and the text.
 
 The sending is a thread's: the event loop only puts a flat tuple in a bounded
 queue.  A collector that is down or slow costs nothing but the records
@@ -117,31 +118,79 @@ def keyed_hash(key: bytes, value: str) -> str:
     return hmac.new(key, value.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:32]
 
 
-_IPV4 = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])")
-_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f.]{0,15}(?![\w:.])")
-# a host name in free text (an error, a note naming the TLS name of a tunnel): labels, then a
-# top-level label of letters; not a policy file's name (a.yaml), which says nothing of a site
-_NAME = re.compile(r"(?<![\w.-])(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]{0,61}"
-                   r"[A-Za-z0-9](?![\w-])")
-_FILES = (".yaml", ".yml", ".json", ".py", ".pem", ".txt", ".conf")
+# What ``site`` and ``hash`` ship of an error or a note: not its text, which can
+# name any host (a tunnel's TLS name, a single-label intranet name, an IDN, an
+# address, a name ending in a label that looks like a file's suffix), but its
+# class, from the closed vocabulary below (docs/fleet.md lists it).  The
+# patterns are matched against the text; what is shipped is only the class
+# beside the first that matches, or ``other``: nothing of the text itself.
+# They follow where hush makes errors and notes (grep ``tunnel.error =``,
+# ``error=``, ``note=``, ``fail_closed(`` in addons/ and daemon/) and the
+# messages of mitmproxy and the OS a flow's error can carry.
+_CLASSES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p, re.IGNORECASE | re.DOTALL), c) for p, c in (
+    # notes: decisions no rule made (daemon/policy/model.py refused, addons/flowinfo.py fail_closed)
+    (r"refused: .*carries an IPv6 zone id", "refused-ipv6-zone"),
+    (r"refused: no destination host", "refused-no-host"),
+    (r"refused: .*is not a valid host name or address", "refused-invalid-host"),
+    (r"refused: .*is not one valid authority", "refused-invalid-authority"),
+    # errors: a tunnel's TLS name (addons/decide.py)
+    (r"refused: the TLS names .*\(block by ", "refused-tls-name-blocked"),
+    (r"refused: the TLS names ", "refused-tls-name-mismatch"),
+    (r"refused: the tunnel's TLS ClientHello cannot be read", "refused-clienthello-unreadable"),
+    (r"refused", "refused"),
+    (r"fail-closed: no policy loaded", "fail-closed-no-policy-loaded"),
+    (r"fail-closed: no policy owns this listener", "fail-closed-no-policy-owns-listener"),
+    (r"fail-closed: no policy identifies the process", "fail-closed-unidentified-process"),
+    (r"fail-closed: (?:error while deciding|cannot decide under policy set)", "fail-closed-decide-error"),
+    (r"fail-closed: (?:not decided|no decision was made)", "fail-closed-not-decided"),
+    (r"fail-closed: request headers over the limit", "fail-closed-headers-over-limit"),
+    (r"fail-closed: refused by mitmproxy", "fail-closed-refused-by-mitmproxy"),
+    (r"fail-closed: (?:hush )?failed to apply", "fail-closed-apply-failed"),
+    (r"fail-closed: rules need HTTP", "fail-closed-not-http"),
+    (r"fail-closed: the tunnel's TLS cannot be read", "fail-closed-tls-unreadable"),
+    (r"fail-closed: the connection is not .*'s under policy set", "fail-closed-app-changed"),
+    (r"fail-closed: (?:hush: )?no original destination", "fail-closed-no-original-destination"),
+    (r"fail-closed: (?:hush: )?a connection made straight to hush's socket", "fail-closed-straight-to-socket"),
+    (r"fail-closed: (?:hush: )?a fake address no name was given out for", "fail-closed-unknown-fake-address"),
+    (r"fail-closed", "fail-closed"),
+    # errors made by hush (addons/act.py, decide.py, identify.py, daemon/launch, addons/actions/tor.py)
+    (r"revoked on reload", "revoked-on-reload"),
+    (r".*hush: no decision permits a direct connection", "egress-refused"),
+    (r".*hush: egress check failed", "egress-check-failed"),
+    (r"hush: the TLS name .* was not decided", "tls-name-undecided"),
+    (r"hush: connection from .* refused", "client-refused"),
+    (r"hush failed to apply", "apply-failed"),
+    (r"the tunnel's TLS cannot be read", "tls-unreadable"),
+    (r"mitmproxy could not handle the request", "mitmproxy-failed"),
+    (r"hush: ", "hush-refused"),
+    (r"tor routing is not loaded", "tor-not-loaded"),
+    (r".*\btor\b", "tor-unavailable"),
+    # the network's and mitmproxy's (a flow's error; daemon/relay.py's errno)
+    (r"connection killed", "killed"),
+    (r"client disconnected", "client-disconnected"),
+    (r"server disconnected|connection closed by peer", "server-disconnected"),
+    (r".*(?:ECONNREFUSED|connection refused)", "connection-refused"),
+    (r".*(?:ECONNRESET|connection reset)", "connection-reset"),
+    (r".*(?:connect call failed|connection failed|failed to connect)", "connection-failed"),
+    (r".*(?:ETIMEDOUT|timed out|timeout)", "timeout"),
+    (r".*(?:EHOSTUNREACH|ENETUNREACH|unreachable)", "unreachable"),
+    (r".*(?:name or service not known|name resolution|nodename nor servname|no address associated)", "dns"),
+    (r".*(?:EPIPE|broken pipe)", "broken-pipe"),
+    (r".*(?:certificate|\bTLS\b|\bSSL\b|handshake)", "tls"),
+))
+ERROR_CLASSES = frozenset(c for _, c in _CLASSES) | {"other"}  # all that site and hash can ship of a text
 
 
-def _scrub(text: str | None, mode: str) -> str | None:
-    """``text`` with every host name in it replaced by its site (``site``) or by
-    ``[host]`` (``hash``), and every IP address by ``[address]`` (an error quoting
-    the address it could not reach names the site as well as its name)."""
+def error_class(text: str | None) -> str | None:
+    """The class of an error or a note, from :data:`ERROR_CLASSES` (``other`` for
+    what matches no pattern): what ``site`` and ``hash`` ship in its place."""
     if not text:
-        return text
-    from hush.daemon.policy.hosts import site_of
-
-    def name(m: re.Match) -> str:
-        found = m.group(0)
-        if found.lower().endswith(_FILES):
-            return found
-        return site_of(found.lower()) if mode == "site" else "[host]"
-
-    text = _NAME.sub(name, text)
-    return _IPV6.sub("[address]", _IPV4.sub("[address]", text))
+        return None
+    head = text[:2048]  # bounded: the patterns look at the start
+    for pattern, name in _CLASSES:
+        if pattern.match(head):
+            return name
+    return "other"
 
 
 def _redact_url(url: str | None, mode: str, site: str | None) -> str | None:
@@ -197,16 +246,16 @@ def ship_fields(row: tuple, mode: str, key: bytes | None = None) -> dict[str, st
         values["host"] = None
         values["url"] = _redact_url(values.get("url"), "site", site)
         values["superseded_by"] = _redact_url(values.get("superseded_by"), "site", None)
-        values["error"] = _scrub(values.get("error"), "site")
-        values["note"] = _scrub(values.get("note"), "site")
+        values["error"] = error_class(values.get("error"))
+        values["note"] = error_class(values.get("note"))
     elif mode == "hash":
         if key is None:
             raise ValueError("hash redaction needs a key")
         values["host"] = values["site"] = values["url"] = values["superseded_by"] = None
         values["host_hash"] = keyed_hash(key, host) if host else None
         values["site_hash"] = keyed_hash(key, site) if site else None
-        values["error"] = _scrub(values.get("error"), "hash")
-        values["note"] = _scrub(values.get("note"), "hash")
+        values["error"] = error_class(values.get("error"))
+        values["note"] = error_class(values.get("note"))
     elif mode != "full":
         raise ValueError(f"unknown ship redaction {mode!r}")
     if values.get("egress") is None:

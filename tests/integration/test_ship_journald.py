@@ -6,6 +6,7 @@ whose journal file ``journalctl --file`` then reads."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -187,3 +188,52 @@ def test_shipping_keeps_more_than_the_local_audit_when_told(hush, origin, tmp_pa
     tunnels = [e for e in entries if e.get("HUSH_METHOD") == b"CONNECT"]
     assert tunnels and {e["HUSH_CONN"] for e in tunnels} == {rows["CONNECT"]["conn"].encode()}
     assert tunnels[-1].get("HUSH_ENDED")  # the last write: the tunnel closed
+
+
+# A security review's case: a tunnel to an address whose TLS names a host a rule blocks
+# shipped the name in clear in its error (the free-text scrubber knew names of letters
+# with a dot only).  Under site and hash an error or a note is shipped as its class.
+NAMES = ("secret-intranet", "www.clinic.com.py", "bücher.example")
+
+
+@pytest.mark.parametrize("redaction", ["site", "hash"])
+def test_blocked_tls_names_never_shipped(hush, tmp_path, redaction):
+    import ssl
+
+    from hush.daemon.audit.ship import ERROR_CLASSES
+
+    path = tmp_path / "journal.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    port = free_port()
+    policy = (f"app: a\nlisten: {port}\ndefault: allow\nrules:\n"
+              f"  - {{match: {{host: [secret-intranet, www.clinic.com.py, xn--bcher-kva.example]}}, action: block}}\n")
+    h = hush({"a": policy}, config=f"audit:\n  ship: {{journald: {path}}}\n  ship_redaction: {redaction}\n")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    for name in NAMES:  # openssl s_client -proxy … -connect 127.0.0.1:9 -servername NAME
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
+            assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+            with contextlib.suppress(OSError), context.wrap_socket(raw, server_hostname=name):
+                pass
+    wait_for(lambda: h.status()["audit"]["ship"]["shipped"] >= len(NAMES), timeout=15,
+             message=f"{len(NAMES)} records shipped")
+    h.stop()
+    data = []
+    server.setblocking(False)
+    while True:
+        try:
+            data.append(server.recv(65536))
+        except BlockingIOError:
+            break
+    server.close()
+    entries = [parse_journal_entry(d) for d in data]
+    errors = [e["HUSH_ERROR"].decode() for e in entries if "HUSH_ERROR" in e]
+    assert errors.count("refused-tls-name-blocked") >= len(NAMES), entries
+    assert all(e in ERROR_CLASSES for e in errors) and all(
+        e["HUSH_NOTE"].decode() in ERROR_CLASSES for e in entries if "HUSH_NOTE" in e)
+    for secret in ("secret-intranet", "clinic", "bücher", "xn--bcher", "127.0.0.1:9"):
+        assert not any(secret.encode() in d for d in data), secret
+    local = [row["error"] or "" for row in h.audit()]  # the local audit (site) keeps its text
+    assert any("secret-intranet" in e for e in local), local
