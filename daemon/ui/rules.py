@@ -27,8 +27,9 @@ from typing import Any
 
 ACTIONS = ("block", "tor", "allow", "passthrough")
 MATCHES = ("host", "site")
-_HOST = re.compile(r"^(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.?$"
-                   r"|^[0-9a-f:.]+$")
+# matched whole (fullmatch: `$` would let a final newline through, and it would split the log line)
+_HOST = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.?"
+                   r"|[0-9a-f:.]+")
 
 
 class RuleError(ValueError):
@@ -57,8 +58,10 @@ def check(app: str, match: str, value: str, action: str) -> str:
         raise RuleError(f"match must be one of {', '.join(MATCHES)}, not {match!r}")
     if action not in ACTIONS:
         raise RuleError(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
-    value = value.strip().lower().strip("[]")
-    if not value or len(value) > 253 or not _HOST.match(value):
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        raise RuleError(f"{value!r} is not a host name or address (it holds a control character)")
+    value = value.strip(" ").strip("[]").lower()  # brackets first: "[::1] " and " [::1]" both, "a\n]" never
+    if not value or len(value) > 253 or not _HOST.fullmatch(value):
         raise RuleError(f"{value!r} is not a host name or address")
     return value
 

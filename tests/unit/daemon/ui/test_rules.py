@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hush.daemon.ui.rules import RuleError, add_rule, undo, write_rule
+from hush.daemon.ui.rules import RuleError, add_rule, check, undo, write_rule
 
 POLICIES = Path(__file__).parents[4] / "policies"
 
@@ -91,3 +91,20 @@ def test_write_keeps_the_mode_and_undo_puts_it_back(tmp_path: Path) -> None:
     path.write_text(new + "# edited meanwhile\n")
     assert not undo(path, old, new)  # someone else's edit is not overwritten
     assert [p.name for p in tmp_path.iterdir()] == ["signal.yaml"]  # no temporary file left
+
+
+@pytest.mark.parametrize("value", ["evil.test\n]", "evil.test\n", "[evil.test\n]", "evil.test\r", "a\x00b.test",
+                                   "evil.test\x85", "evil.test\u2028", "\nevil.test", "evil.test\t", "a b.test"])
+def test_a_value_with_a_control_character_or_a_line_break_is_refused(value: str) -> None:
+    """The value is matched whole: `$` let a final newline through (and `.strip("[]")` after `.strip()`
+    let "evil.test\\n]" become "evil.test\\n"): written safely escaped, but it split the daemon's log line."""
+    with pytest.raises(RuleError, match="is not a host name or address"):
+        check("web", "host", value, "block")
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("Example.COM", "example.com"), (" example.com ", "example.com"), ("[::1]", "::1"), (" [::1] ", "::1"),
+    ("example.com.", "example.com."),
+])
+def test_a_value_is_normalised(value: str, expected: str) -> None:
+    assert check("web", "host", value, "block") == expected
