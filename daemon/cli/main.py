@@ -439,14 +439,15 @@ def cmd_reload(args, config: Config) -> int:
 
 
 def cmd_ui(args, config: Config) -> int:
-    """``hush ui``: the running daemon's live view, opened with its token (docs/ui.md).
+    """``hush ui``: the running daemon's live view, opened with a one-time nonce made with its
+    token (the token itself never goes on the browser's command line: docs/ui.md).
 
-    Example:  hush ui --print-url   →   http://127.0.0.1:8100/?token=…
+    Example:  hush ui --print-url   →   http://127.0.0.1:8100/?token=NONCE (works once, within 60 s)
     """
     import urllib.parse
 
     from hush.daemon import control
-    from hush.daemon.ui.token import read_token
+    from hush.daemon.ui.token import make_nonce, read_token
 
     state = _state(args, config)
     try:
@@ -462,7 +463,7 @@ def cmd_ui(args, config: Config) -> int:
         print("hush ui: the running daemon serves no live view (`ui: false` in its config, or it could not "
               "listen: see its log)", file=sys.stderr)
         return ExitStatus.ERROR
-    url = f"{st['ui']['url']}?{urllib.parse.urlencode({'token': token})}"
+    url = f"{st['ui']['url']}?{urllib.parse.urlencode({'token': make_nonce(token)})}"
     if args.print_url:
         print(url)
         return ExitStatus.OK

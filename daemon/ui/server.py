@@ -10,15 +10,21 @@ of them.  Bounded everywhere: the request head (``MAX_HEAD`` bytes,
 client's queue (``QUEUE``: a page that does not read is dropped and
 reconnects).
 
+Every connection, when it is accepted: the uid holding its client end
+(asked of the kernel, daemon/peeruid.py) must be the daemon's own; another
+user's (root's too, unless the daemon runs as root), or one the kernel cannot
+name, is closed with no answer before it counts against ``MAX_CONNECTIONS``.
+
 Every request, in this order:
 
 1. ``Host`` must be the UI's own address and port (``127.0.0.1:8100``):
    a page from another site that rebinds its name to 127.0.0.1 gets 421.
 2. The token: the cookie ``hush-ui-PORT`` (``HttpOnly; SameSite=Strict``)
    must hold the daemon's secret (``STATE_DIR/ui-token``, 0600, new at each
-   start).  ``GET /?token=SECRET`` (the URL ``hush ui`` opens) sets that
-   cookie and redirects to ``/``, so the secret leaves the address bar.
-   No token, or a wrong one: 403.
+   start).  ``GET /?token=NONCE`` (the URL ``hush ui`` opens) carries not the
+   secret but a one-time nonce made with it (daemon/ui/token.py): taken once,
+   within ``NONCE_TTL`` seconds, it sets that cookie and redirects to ``/``.
+   A used, expired or forged nonce, no cookie, or a wrong one: 403.
 3. A state-changing request (POST) needs the token *and* ``Origin`` equal to
    the UI's own origin (``http://127.0.0.1:8100``), and a JSON body: 403
    otherwise.
@@ -43,13 +49,16 @@ import contextlib
 import hmac
 import json
 import logging
+import os
+import time
 import urllib.parse
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
+from hush.daemon import peeruid
 from hush.daemon.ui.questions import BOARD, Board
-from hush.daemon.ui.token import token_path, write_token
+from hush.daemon.ui.token import NONCE_SKEW, NONCE_TTL, check_nonce, token_path, write_token
 
 log = logging.getLogger("hush.ui")
 
@@ -63,6 +72,8 @@ QUEUE = 1000  # events waiting for one client
 RECENT = 2000  # decisions kept for a page that opens now
 HEAD_TIMEOUT = 10.0
 PING = 15.0  # seconds between keep-alive comments on an idle event stream
+MAX_USED = 1024  # one-time nonces remembered as used (until they expire); only the token's holder makes them
+REFUSAL_LOG = 10.0  # seconds between log lines about other users' connections refused
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "font-src 'none'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
@@ -200,6 +211,9 @@ class UIServer:
         self._seq = 0
         self._static: dict[str, tuple[bytes, str]] = {}
         self.dropped = 0  # event-stream clients dropped for not reading
+        self.refused = 0  # connections from another uid, closed unanswered
+        self._logged_refusal = -REFUSAL_LOG
+        self._used: dict[str, float] = {}  # nonce's random part → when it expires (monotonic)
 
     # -- life ---------------------------------------------------------------------------
 
@@ -247,7 +261,7 @@ class UIServer:
         return f"hush-ui-{self.port}"
 
     def status(self) -> dict[str, Any]:
-        return {"url": self.url, "clients": len(self._clients), "dropped": self.dropped}
+        return {"url": self.url, "clients": len(self._clients), "dropped": self.dropped, "refused": self.refused}
 
     # -- events -------------------------------------------------------------------------
 
@@ -282,6 +296,9 @@ class UIServer:
     # -- HTTP ---------------------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not await self._same_user(writer):
+            writer.transport.abort()  # no answer, and nothing counted
+            return
         if self._connections >= MAX_CONNECTIONS:
             writer.close()
             return
@@ -308,6 +325,38 @@ class UIServer:
             self._connections -= 1
             writer.close()
 
+    async def _same_user(self, writer: asyncio.StreamWriter) -> bool:
+        """Whether the connection's client end is held by the daemon's own uid (the kernel says;
+        an answer it cannot give is a no).  Root is another user unless the daemon is root."""
+        peer, local = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+        try:
+            entry = await peeruid.uid_inode(peer, local) if peer and local else None
+        except Exception:  # netlink and /proc both failed: fail closed
+            log.exception("ui: cannot tell whose connection this is")
+            entry = None
+        uid = entry[0] if entry else None
+        if uid == os.geteuid():
+            return True
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._logged_refusal >= REFUSAL_LOG:
+            self._logged_refusal = now
+            log.warning("ui: refused a connection from %s (%d so far): the live view serves only uid %d",
+                        f"uid {uid}" if uid is not None else "an unknown process", self.refused, os.geteuid())
+        return False
+
+    def _redeem(self, nonce: str) -> bool:
+        """Take a one-time nonce from `hush ui`'s URL: made with the token, not expired, not used."""
+        now = time.monotonic()
+        for used, until in list(self._used.items()):
+            if until < now:
+                del self._used[used]
+        key = check_nonce(self.token, nonce)
+        if key is None or key in self._used or len(self._used) >= MAX_USED:
+            return False
+        self._used[key] = now + NONCE_TTL + NONCE_SKEW  # longer than it could be taken for
+        return True
+
     def _check(self, request: Request) -> None:
         host = request.headers.get("host", "").lower()
         if host != authority(self.host, self.port).lower():
@@ -325,9 +374,9 @@ class UIServer:
     async def _route(self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if request.method == "GET" and request.path == "/" and "token" in request.query:
             self._check_host_only(request)
-            given = request.query["token"][0]
-            if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
-                raise HTTPError(403, "wrong token: this URL is from another run of hush; run `hush ui` again")
+            if not self._redeem(request.query["token"][0]):
+                raise HTTPError(403, "this URL has been used, has expired (it works once, for "
+                                     f"{NONCE_TTL} s) or is from another run of hush: run `hush ui` again")
             cookie = f"{self.cookie_name}={self.token}; Path=/; HttpOnly; SameSite=Strict"
             await self._send(writer, 303, "", extra=[("Location", "/"), ("Set-Cookie", cookie)])
             return

@@ -1,6 +1,8 @@
 """The live view's refusals, seen by a raw HTTP client (http.client) against a real
-daemon: no token, another Host (DNS rebinding), a change from another Origin; and
-the token file, `ui: false`, a non-loopback address, `hush ui` with no daemon."""
+daemon: another local user (closed unanswered, even with the token), no token,
+another Host (DNS rebinding), a change from another Origin, a used or expired
+nonce; and the token file, `ui: false`, a non-loopback address, `hush ui` with no
+daemon."""
 
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import urllib.parse
 
 import pytest
 
-from hush.daemon.ui.token import token_path
+from hush.daemon.ui.token import NONCE_TTL, make_nonce, read_token, token_path
+from tests.unit.daemon.ui import otheruser
 
 from .harness import curl, free_port
 
@@ -33,9 +37,13 @@ def cli(*argv: str) -> subprocess.CompletedProcess:
 def daemon(hush):
     port, ui_port = free_port(), free_port()
     h = hush({"web": POLICY.format(port=port)}, config=f"ui:\n  listen: '127.0.0.1:{ui_port}'\n")
-    url = cli("ui", "--print-url", "--state-dir", str(h.state)).stdout.strip()
-    token = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["token"][0]
-    return h, ui_port, token, port
+    return h, ui_port, read_token(h.state), port
+
+
+def print_url(h) -> str:
+    out = cli("ui", "--print-url", "--state-dir", str(h.state))
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
 
 
 def ask(ui_port: int, method: str, path: str, headers: dict[str, str], body: bytes | None = None):
@@ -72,7 +80,7 @@ def test_another_host_is_refused_even_with_the_token(daemon):
     for host in (f"evil.example:{ui_port}", f"localhost:{ui_port}", "127.0.0.1", f"127.0.0.1:{ui_port + 1}"):
         status, headers, _ = ask(ui_port, "GET", "/api/state", {"Host": host, **cookie})
         assert status == 421, host
-        status, headers, _ = ask(ui_port, "GET", f"/?token={token}", {"Host": host})
+        status, headers, _ = ask(ui_port, "GET", f"/?token={make_nonce(token)}", {"Host": host})
         assert status == 421 and "Set-Cookie" not in headers, host
 
 
@@ -106,7 +114,9 @@ def test_the_token_file(daemon):
     path = token_path(h.state)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert path.read_text().strip() == token
-    status, headers, _ = ask(ui_port, "GET", f"/?token={token}", {"Host": f"127.0.0.1:{ui_port}"})
+    url = urllib.parse.urlsplit(print_url(h))
+    assert token not in url.query  # the secret is never on a command line
+    status, headers, _ = ask(ui_port, "GET", f"/?{url.query}", {"Host": f"127.0.0.1:{ui_port}"})
     assert status == 303 and headers["Location"] == "/"
     assert headers["Set-Cookie"] == f"hush-ui-{ui_port}={token}; Path=/; HttpOnly; SameSite=Strict"
     assert "default-src 'self'" in headers["Content-Security-Policy"]
@@ -185,4 +195,68 @@ def test_hush_ui_opens_the_browser(daemon, tmp_path):
                          capture_output=True, text=True, timeout=30, env={**os.environ, "BROWSER": str(browser)})
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"opened the live view: http://127.0.0.1:{ui_port}/\n"
-    assert seen.read_text() == f"http://127.0.0.1:{ui_port}/?token={token}"
+    opened = seen.read_text()
+    assert opened.startswith(f"http://127.0.0.1:{ui_port}/?token=") and token not in opened
+    query = urllib.parse.urlsplit(opened).query
+    status, headers, _ = ask(ui_port, "GET", f"/?{query}", {"Host": f"127.0.0.1:{ui_port}"})
+    assert status == 303 and headers["Set-Cookie"].startswith(f"hush-ui-{ui_port}={token};")
+
+
+def test_the_url_works_once_and_not_after_it_expires(daemon):
+    """What another user reads from the browser's /proc/PID/cmdline is a nonce: used once, it is dead;
+    unused, it dies after NONCE_TTL seconds.  `hush ui --print-url` makes a new one each time."""
+    h, ui_port, token, _ = daemon
+    host = {"Host": f"127.0.0.1:{ui_port}"}
+    first, second = urllib.parse.urlsplit(print_url(h)).query, urllib.parse.urlsplit(print_url(h)).query
+    assert first != second
+    status, headers, _ = ask(ui_port, "GET", f"/?{first}", host)
+    assert status == 303 and headers["Set-Cookie"].startswith(f"hush-ui-{ui_port}={token};")
+    status, headers, body = ask(ui_port, "GET", f"/?{first}", host)
+    assert status == 403 and "Set-Cookie" not in headers and b"run `hush ui` again" in body
+    assert ask(ui_port, "GET", f"/?{second}", host)[0] == 303  # another, unused: works once too
+    expired = make_nonce(token, time.time() - NONCE_TTL - 1)
+    status, headers, _ = ask(ui_port, "GET", f"/?token={expired}", host)
+    assert status == 403 and "Set-Cookie" not in headers
+    status, headers, _ = ask(ui_port, "GET", f"/?token={token}", host)  # the secret itself is no nonce
+    assert status == 403 and "Set-Cookie" not in headers
+
+
+def test_another_user_gets_no_answer_even_with_the_token(daemon, origin):
+    """The review's reproduction: uid 1001 read the URL from /proc and POSTed /api/rule.  Now, even
+    holding the long-lived token itself, its connection is closed at accept with no answer; the
+    policy file and the proxy's behaviour are unchanged, and the daemon's log says why."""
+    h, ui_port, token, port = daemon
+    policy_file = h.policies / "web.yaml"
+    before = policy_file.read_text()
+    rule = json.dumps({"app": "web", "match": "site", "value": "127.0.0.1", "action": "block"}).encode()
+    attack = (f"POST /api/rule HTTP/1.1\r\nHost: 127.0.0.1:{ui_port}\r\nCookie: hush-ui-{ui_port}={token}\r\n"
+              f"Origin: http://127.0.0.1:{ui_port}\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(rule)}\r\n\r\n").encode() + rule
+    proc = otheruser.start("127.0.0.1", ui_port, 1, attack)
+    try:
+        assert otheruser.report(proc) == {"uid": 1001, "closed": 1, "answered": ""}
+    finally:
+        otheruser.end(proc)
+    assert policy_file.read_text() == before
+    assert "ui: refused a connection from uid 1001" in h.log
+    assert curl("-x", f"http://127.0.0.1:{port}", origin.url("/still")).returncode == 0
+    assert len(origin.accepts) == 1  # the rule that would block it was never written
+
+
+def test_another_users_idle_connections_do_not_block_the_owner(daemon):
+    """80 half-sent requests from uid 1001 (more than the 64 the view takes at once), held open at
+    its end: each is closed at accept, none counts, and the owner is served while they are held."""
+    h, ui_port, token, _ = daemon
+    count = 80
+    proc = otheruser.start("127.0.0.1", ui_port, count, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{ui_port}\r\n".encode())
+    try:
+        assert otheruser.report(proc) == {"uid": 1001, "closed": count, "answered": ""}
+        started = time.monotonic()
+        status, _, body = ask(ui_port, "GET", "/api/state", {"Host": f"127.0.0.1:{ui_port}",
+                                                              "Cookie": f"hush-ui-{ui_port}={token}"})
+        assert status == 200 and "web" in json.loads(body)["apps"]
+        assert time.monotonic() - started < 2  # not after the 10 s head timeout
+    finally:
+        otheruser.end(proc)
+    status = json.loads(cli("status", "--json", "--state-dir", str(h.state)).stdout)
+    assert status["ui"]["refused"] == count

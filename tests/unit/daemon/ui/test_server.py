@@ -11,6 +11,8 @@ import json
 import os
 import socket
 import stat
+import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,8 @@ import pytest
 from hush.daemon.ui import server as ui_server
 from hush.daemon.ui.questions import Board, Question
 from hush.daemon.ui.server import CSP, UIServer
-from hush.daemon.ui.token import read_token, token_path
+from hush.daemon.ui.token import NONCE_TTL, check_nonce, make_nonce, read_token, token_path
+from tests.unit.daemon.ui import otheruser
 
 
 class Backend:
@@ -124,13 +127,96 @@ async def test_no_token_is_403(tmp_path: Path) -> None:
 
 
 @run
-async def test_the_url_token_becomes_a_cookie(tmp_path: Path) -> None:
+async def test_the_url_nonce_becomes_a_cookie_once(tmp_path: Path) -> None:
+    """The URL `hush ui` opens carries a one-time nonce, never the token (another local user can
+    read a browser's command line in /proc): taken once it is the cookie; a second time, 403."""
     async with serving(tmp_path) as ui:
-        status, headers, _ = await raw(ui, request(ui, path=f"/?token={ui.token}", cookie=False))
+        nonce = make_nonce(ui.token)
+        assert ui.token not in nonce
+        status, headers, _ = await raw(ui, request(ui, path=f"/?token={nonce}", cookie=False))
         assert status == 303 and headers["location"] == "/"
         assert headers["set-cookie"] == f"{ui.cookie_name}={ui.token}; Path=/; HttpOnly; SameSite=Strict"
-        status, headers, _ = await raw(ui, request(ui, path="/?token=wrong", cookie=False))
-        assert status == 403 and "set-cookie" not in headers
+        status, headers, body = await raw(ui, request(ui, path=f"/?token={nonce}", cookie=False))
+        assert status == 403 and "set-cookie" not in headers and b"has been used" in body
+        assert (await raw(ui, request(ui, path=f"/?token={make_nonce(ui.token)}", cookie=False)))[0] == 303
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda token: make_nonce(token, time.time() - NONCE_TTL - 2), id="expired"),
+    pytest.param(lambda token: make_nonce(token, time.time() + 60), id="from-the-future"),
+    pytest.param(lambda token: make_nonce("another daemon's token"), id="another-token"),
+    pytest.param(lambda token: token, id="the-token-itself"),
+    pytest.param(lambda token: "wrong", id="garbage"),
+    pytest.param(lambda token: make_nonce(token)[:-1] + "0", id="tampered"),
+])
+def test_a_bad_nonce_is_403(tmp_path: Path, make) -> None:
+    async def main() -> None:
+        async with serving(tmp_path) as ui:
+            path = "/?" + urllib.parse.urlencode({"token": make(ui.token)})
+            status, headers, _ = await raw(ui, request(ui, path=path, cookie=False))
+            assert status == 403 and "set-cookie" not in headers
+    asyncio.run(main())
+
+
+def test_a_nonce_lasts_its_ttl() -> None:
+    token = "t" * 43
+    now = 1_800_000_000
+    nonce = make_nonce(token, now)
+    assert check_nonce(token, nonce, now + NONCE_TTL) is not None
+    assert check_nonce(token, nonce, now + NONCE_TTL + 1) is None
+    assert check_nonce(token, nonce, now - 5) is not None and check_nonce(token, nonce, now - 6) is None
+    assert check_nonce("", nonce, now) is None
+
+
+@run
+async def test_another_users_connection_is_closed_unanswered_and_not_counted(tmp_path: Path) -> None:
+    """uid 1001 — even with the token — gets no answer: its connections are closed at accept, and
+    80 of them (more than MAX_CONNECTIONS), held open at its end, do not keep the owner out."""
+    async with serving(tmp_path) as ui:
+        rule = json.dumps({"app": "a", "match": "site", "value": "evil.test", "action": "allow"}).encode()
+        attack = request(ui, "POST", "/api/rule", origin=ui.origin, body=rule)
+        proc = await asyncio.to_thread(otheruser.start, ui.host, ui.port, 1, attack)
+        try:
+            seen = await asyncio.to_thread(otheruser.report, proc)
+        finally:
+            await asyncio.to_thread(otheruser.end, proc)
+        assert seen == {"uid": 1001, "closed": 1, "answered": ""}
+        assert ui.backend.done == []  # type: ignore[attr-defined]
+        count = ui_server.MAX_CONNECTIONS + 16
+        proc = await asyncio.to_thread(otheruser.start, ui.host, ui.port, count, b"GET / HTTP/1.1\r\n")  # half-sent
+        try:
+            seen = await asyncio.to_thread(otheruser.report, proc)
+            assert seen == {"uid": 1001, "closed": count, "answered": ""}
+            status, _, _ = await raw(ui, request(ui, path="/api/state"))  # its sockets still open at its end
+            assert status == 200
+        finally:
+            await asyncio.to_thread(otheruser.end, proc)
+        assert ui.refused == count + 1 and ui.status()["refused"] == count + 1
+        assert ui._connections == 0
+
+
+@run
+async def test_the_owners_idle_connections_time_out(tmp_path: Path) -> None:
+    """The owner's own half-sent requests hold a place for HEAD_TIMEOUT at most."""
+    old = ui_server.HEAD_TIMEOUT
+    ui_server.HEAD_TIMEOUT = 0.3
+    try:
+        async with serving(tmp_path) as ui:
+            idle = [await asyncio.open_connection(ui.host, ui.port) for _ in range(ui_server.MAX_CONNECTIONS)]
+            for _reader, writer in idle:
+                writer.write(b"GET / HTTP/1.1\r\n")
+            await asyncio.sleep(0.1)
+            assert ui._connections == ui_server.MAX_CONNECTIONS
+            reader, writer = await asyncio.open_connection(ui.host, ui.port)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # full: closed
+            writer.close()
+            for reader, _writer in idle:
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            for _reader, writer in idle:
+                writer.close()
+            assert (await raw(ui, request(ui)))[0] == 200
+    finally:
+        ui_server.HEAD_TIMEOUT = old
 
 
 @pytest.mark.parametrize("host", ["evil.example:{port}", "localhost:{port}", "127.0.0.1", "127.0.0.1:1",
@@ -140,7 +226,7 @@ def test_another_host_is_refused(tmp_path: Path, host: str) -> None:
     sends Host: evil.example:PORT — with the token even (it has none), it is refused."""
     async def main() -> None:
         async with serving(tmp_path) as ui:
-            for path in ("/", f"/?token={ui.token}", "/api/state"):
+            for path in ("/", f"/?token={make_nonce(ui.token)}", "/api/state"):
                 status, headers, _ = await raw(ui, request(ui, path=path, host=host.format(port=ui.port)))
                 assert status == 421, (host, path)
                 assert "set-cookie" not in headers
