@@ -15,7 +15,15 @@ rule for the site as well.  No answer before the timeout: ``fallback``,
 audited ``ask-timeout``.  No one to ask (no page open, no notification
 service): ``fallback`` at once, audited ``ask-unavailable``.  Anything failing
 in the asker: ``fallback``, audited ``ask-failed`` — never a direct
-connection unless ``fallback`` says so.  Request level (like ``delay``: on
+connection unless ``fallback`` says so.
+
+The question names the host hush dials (``flow.request.host``: the
+absolute-form target, a tunnel's target), never the ``Host`` header's.  A
+request that names another host besides (its ``Host`` header, an authority
+inside a tunnel, the TLS name of an intercepted tunnel) is not asked about:
+it is blocked at once (the fallback's status if the fallback is ``block``),
+audited ``ask-mismatch`` — the user would be asked about one site while the
+connection goes to another, and it would join that other site's question.  Request level (like ``delay``: on
 HTTPS it needs TLS interception).
 """
 
@@ -68,6 +76,29 @@ def verdict_action(verdict: str) -> Action:
     return REGISTRY[verdict]()
 
 
+def other_name(flow: http.HTTPFlow, host: str) -> str | None:
+    """A name the request carries that is not ``host``, the one dialled: its
+    ``Host`` header (HTTP/2's ``:authority``), an absolute-form target inside a
+    tunnel, the TLS name (SNI) an intercepted tunnel's ClientHello asked for
+    and hush sends on.  None when every one names ``host`` (or is absent)."""
+    from hush.addons.notes import conn_notes
+    from hush.daemon.policy.hosts import normalize, parse_authority
+
+    for value in (flow.request.host_header, flow.request.authority):
+        if not value or value.isspace():
+            continue
+        try:
+            name, _ = parse_authority(value)
+        except ValueError:
+            return value  # decide refuses these already: never asked about on a guess either
+        if name != host:
+            return name
+    sni = conn_notes(flow.client_conn).sni
+    if sni and normalize(sni) != host:
+        return normalize(sni)
+    return None
+
+
 @register
 @dataclasses.dataclass(frozen=True)
 class Ask(Holding):
@@ -99,15 +130,23 @@ class Ask(Holding):
 
         from hush.addons.notes import notes
         from hush.daemon.policy import ask
-        from hush.daemon.policy.hosts import site_of
+        from hush.daemon.policy.hosts import normalize, site_of
 
         if services.timing is None:
             raise RuntimeError("no timing addon in the chain to hold the flow")
         n = notes(flow)
-        host = flow.request.pretty_host
+        # the host mitmproxy dials (the absolute-form target, a tunnel's), not the Host header's
+        host = normalize(flow.request.host)
+        other = other_name(flow, host)
+        if other is not None:  # the user would be asked about one site while the IP goes to another
+            n.decision = dataclasses.replace(
+                decision, action=self.fallback if self.fallback.name == "block" else verdict_action("block"))
+            n.outcome = "ask-mismatch"
+            log.warning("%s: not asking about %s: the request names %s (blocked)", decision.app, host, other)
+            return None
         held = asyncio.ensure_future(services.timing.delay(flow, decision.app, self.timeout + _GRACE))
         asked = asyncio.ensure_future(ask.ASKER.ask(
-            app=decision.app, host=host, site=site_of(host), url=flow.request.pretty_url, rule=decision.ref,
+            app=decision.app, host=host, site=site_of(host), url=flow.request.url, rule=decision.ref,
             timeout=self.timeout, fallback=self.fallback.name))
         try:
             await asyncio.wait({held, asked}, return_when=asyncio.FIRST_COMPLETED)

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 import threading
 import time
-import urllib.parse
 
 import pytest
+
+from hush.daemon.ui.token import read_token
 
 from .harness import curl, free_port
 
@@ -24,9 +23,8 @@ def start(hush, fallback="block"):
     port, ui_port = free_port(), free_port()
     h = hush({"asker": f"app: asker\nlisten: {port}\ndefault: {{action: ask, timeout: 10s, fallback: {fallback}}}\n"},
              config=f"ui:\n  listen: '127.0.0.1:{ui_port}'\n", env={"DBUS_SESSION_BUS_ADDRESS": ""})
-    url = subprocess.run([sys.executable, "-m", "hush.daemon.cli", "ui", "--print-url", "--state-dir", str(h.state)],
-                         capture_output=True, text=True, timeout=30).stdout.strip()
-    token = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["token"][0]
+    # the cookie a page holds is the daemon's secret (what `hush ui`'s URL gives is only good once)
+    token = read_token(h.state)
     return h, port, ui_port, {"Host": f"127.0.0.1:{ui_port}", "Cookie": f"hush-ui-{ui_port}={token}"}
 
 

@@ -135,3 +135,57 @@ def test_revoked_by_the_rule_its_own_answer_added_takes_the_answer(monkeypatch):
     monkeypatch.setattr(asking.ASKER, "ask", allowed_soon)
     out = asyncio.run(decision.action.hold(flow, decision, Services(Revoking(blocked))))
     assert out == "revoked" and notes(flow).decision is decision
+
+
+def mismatched(monkeypatch, url, text="ask", host_header=None, sni=None):
+    """hold() on a flow that dials ``url``'s host; returns (out, notes, what the asker was asked)."""
+    from hush.addons.notes import conn_notes
+    from hush.daemon.policy import RequestInfo
+
+    ps = policy(text)
+    decision = ps.decide("x", RequestInfo.from_url(url))
+    flow = tflow.tflow()
+    flow.request.url = url
+    if host_header is not None:
+        flow.request.headers["Host"] = host_header
+    conn_notes(flow.client_conn).sni = sni
+    n = notes(flow)
+    n.decision = decision
+    asked = []
+
+    async def fake_ask(**kw):
+        asked.append(kw)
+        return asking.Result(Answer("allow", "once", "page"))
+
+    monkeypatch.setattr(asking.ASKER, "ask", fake_ask)
+    out = asyncio.run(decision.action.hold(flow, decision, Services(FakeTiming())))
+    return out, n, asked
+
+
+def test_the_question_names_the_host_dialled_not_the_host_header(monkeypatch):
+    # the same host, spelled otherwise in the Host header: asked about the dialled one, its URL built from it
+    out, n, [kw] = mismatched(monkeypatch, "http://tracker.example:8080/a?b", host_header="Tracker.Example.:8080")
+    assert out is None and n.decision.action.name == "allow"
+    assert kw["host"] == "tracker.example" and kw["site"] == "tracker.example"
+    assert kw["url"] == "http://tracker.example:8080/a?b"
+
+
+@pytest.mark.parametrize("fallback", ["allow", "tor", "block"])
+def test_a_host_header_naming_another_site_is_blocked_never_asked(monkeypatch, fallback):
+    out, n, asked = mismatched(monkeypatch, "http://tracker.evil/a", f"{{action: ask, fallback: {fallback}}}",
+                               host_header="trusted-bank.example")
+    assert asked == [] and out is None and n.outcome == "ask-mismatch"
+    assert n.decision.action.name == "block"  # whatever the fallback: the user was not asked about it
+
+
+def test_a_tls_name_naming_another_site_is_blocked_never_asked(monkeypatch):
+    _, n, asked = mismatched(monkeypatch, "https://tracker.evil/a", sni="trusted-bank.example")
+    assert asked == [] and n.outcome == "ask-mismatch" and n.decision.action.name == "block"
+    _, n, [kw] = mismatched(monkeypatch, "https://tracker.evil/a", sni="tracker.evil")
+    assert kw["host"] == "tracker.evil" and n.outcome is None
+
+
+def test_a_block_fallback_keeps_its_status_on_a_mismatch(monkeypatch):
+    _, n, _ = mismatched(monkeypatch, "http://tracker.evil/a", "{action: ask, fallback: {action: block, status: 204}}",
+                         host_header="trusted-bank.example")
+    assert n.decision.action.describe() == "block (answer 204)"
