@@ -17,10 +17,14 @@ answers first settles it; the asker then applies the answer's scope once:
 
 Nobody to ask (no page open and no notification service answering ``Notify``)
 gives ``ask-unavailable`` at once; no answer by the deadline ``ask-timeout``
-(the question is withdrawn).  Everything here runs on the daemon's event loop
-and never blocks it (the file is written in a thread).  One asker per process
-(``ASKER``), configured by the daemon; unconfigured (an addon file loaded
-alone), it asks the page only.
+(the question is withdrawn at its deadline by a timer of its own, whether or
+not any flow still waits).  A question whose flows all went away (the app
+closed them) is withdrawn at once (``abandoned``), so questions never pile up
+on the board; and one app holds at most ``questions.MAX_PER_APP`` of the
+board's ``MAX_PENDING`` places, so it cannot leave another app unanswerable.
+Everything here runs on the daemon's event loop and never blocks it (the file
+is written in a thread).  One asker per process (``ASKER``), configured by the
+daemon; unconfigured (an addon file loaded alone), it asks the page only.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class Asker:
         self.reload: Callable[[str], Awaitable[bool]] | None = None
         self._why: weakref.WeakKeyDictionary[Question, str] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # question id -> its withdrawal at the deadline
         self.asked = 0  # questions put, since start (hush status)
 
     def configure(self, holder: PolicyHolder | None, prompt: Prompt | None,
@@ -99,10 +104,18 @@ class Asker:
             except questions.Full as e:
                 return Result(None, "ask-unavailable", str(e))
             self.asked += 1
+            # withdrawn at its deadline whoever waits on it (or nobody: flows that went away)
+            self._timers[question.id] = asyncio.get_running_loop().call_later(
+                max(0.0, question.asked + question.timeout - time.time()), self._withdraw, question, "ask-timeout")
             question.answer.add_done_callback(functools.partial(self._settled, question))
             # its own task: the question is shown (or found unanswerable) whatever becomes of this flow
             self._spawn(self._show(question))
-        return await self._wait(question)
+        try:
+            return await self._wait(question)
+        finally:  # answered, timed out, or this flow went away (its wait cancelled)
+            question.waiting -= 1
+            if question.waiting <= 0 and not question.answer.done():
+                self._withdraw(question, "ask-abandoned")  # nobody left to answer
 
     async def _show(self, question: Question) -> None:
         shown = False
@@ -113,6 +126,8 @@ class Asker:
                 log.warning("desktop prompt failed: %r", e)
         if not shown and not self.board.listening() and not question.answer.done():
             self._withdraw(question, "ask-unavailable")
+        elif shown and question.answer.done() and self.prompt is not None:
+            await self.prompt.close(question)  # settled (abandoned, say) while it was being shown
 
     async def _wait(self, question: Question) -> Result:
         remaining = question.asked + question.timeout - time.time()
@@ -131,6 +146,9 @@ class Asker:
     # -- once per question: what the answer does beyond the flows waiting ----------------
 
     def _settled(self, question: Question, fut: asyncio.Future[Answer]) -> None:
+        timer = self._timers.pop(question.id, None)
+        if timer is not None:
+            timer.cancel()
         if self.prompt is not None:
             self._spawn(self.prompt.close(question))
         if fut.cancelled() or fut.exception() is not None:
@@ -217,6 +235,9 @@ class Asker:
             self.board.withdraw(question["id"], "shutdown")
         for task in list(self._tasks):
             task.cancel()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
 
 
 ASKER = Asker()

@@ -33,7 +33,8 @@ timeout (``withdraw``)::
 Contract:
 
 - ``post(question) -> None``.  Raises :class:`Full` when ``MAX_PENDING``
-  questions are open already (the asker then applies its fallback at once).
+  questions are open already, or ``MAX_PER_APP`` of the question's app (the
+  asker then applies its fallback at once).
   Posting a question whose id is open already is a no-op.
 - ``question.answer`` is an :class:`asyncio.Future` resolving to an
   :class:`Answer`; it is created with the question (on the running loop).  The
@@ -78,6 +79,7 @@ Scope = Literal["once", "1h", "restart", "always"]
 VERDICTS: tuple[str, ...] = ("allow", "tor", "block")
 SCOPES: tuple[str, ...] = ("once", "1h", "restart", "always")
 MAX_PENDING = 256  # open questions at once, in all
+MAX_PER_APP = 32  # open questions at once, per app: one app's flood leaves room for the others
 
 
 class Full(Exception):
@@ -134,6 +136,8 @@ class Board:
             return
         if len(self._open) >= MAX_PENDING:
             raise Full(f"{MAX_PENDING} questions are open already")
+        if sum(q.app == question.app for q in self._open.values()) >= MAX_PER_APP:
+            raise Full(f"{question.app} has {MAX_PER_APP} questions open already")
         self._open[question.id] = question
         question.answer.add_done_callback(functools.partial(self._settled, question))
         self._publish("question", self.describe(question))

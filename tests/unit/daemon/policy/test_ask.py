@@ -6,7 +6,7 @@ import time
 from hush.daemon.policy import RequestInfo, build
 from hush.daemon.policy.ask import Asker
 from hush.daemon.policy.holder import PolicyHolder
-from hush.daemon.ui.questions import Board
+from hush.daemon.ui.questions import MAX_PENDING, MAX_PER_APP, Board
 
 POLICY = "app: x\ndefault: {action: ask, timeout: 5s}\nrules:\n  - match: {host: other.example}\n    action: block\n"
 
@@ -157,5 +157,76 @@ def test_the_question_is_shown_even_if_the_flow_that_put_it_goes_away():
         result = await ask(a, timeout=30)  # shares the question: still told at once that nobody can answer
         assert result.outcome == "ask-unavailable" and time.monotonic() - started < 1
         assert len(prompt.shown) == 1
+
+    asyncio.run(main())
+
+
+def test_flows_that_go_away_leave_no_question_behind():
+    async def main():
+        a, board = asker(Prompt())
+        waiters = [asyncio.ensure_future(ask(a, f"s{i}.example", timeout=30)) for i in range(20)]
+        shared = [asyncio.ensure_future(ask(a, "s0.example", timeout=30)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert len(board.questions()) == 20 and board.pending("x", "s0.example").waiting == 3
+        for w in waiters:
+            w.cancel()  # their app closed them (timing: abandoned)
+        await asyncio.sleep(0.01)
+        assert len(board.questions()) == 1  # s0.example: two flows still wait on it
+        for w in shared:
+            w.cancel()
+        await asyncio.sleep(0.01)
+        assert board.questions() == [] and a._timers == {}
+        seen = []
+        board.subscribe(lambda event, data: seen.append((event, data)))
+        waiter = asyncio.ensure_future(ask(a, "again.example", timeout=30))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        await asyncio.sleep(0.01)
+        assert seen[-1] == ("question-closed", {"id": seen[0][1]["id"], "reason": "abandoned"})
+
+    asyncio.run(main())
+
+
+def test_a_question_is_withdrawn_at_its_deadline_whoever_waits():
+    async def main():
+        a, board = asker(Prompt())
+
+        async def stuck(question):  # a waiter that never times out by itself
+            await asyncio.sleep(30)
+
+        a._wait = stuck
+        waiter = asyncio.ensure_future(ask(a, timeout=0.2))
+        await asyncio.sleep(0.05)
+        assert len(board.questions()) == 1
+        await asyncio.sleep(0.3)
+        assert board.questions() == [] and a._timers == {}
+        waiter.cancel()
+
+    asyncio.run(main())
+
+
+def test_one_apps_flood_does_not_make_another_apps_question_unavailable():
+    async def main():
+        a, board = asker(Prompt())
+        flood = [asyncio.ensure_future(a.ask(app="t2", host=f"s{i}.example", site=f"s{i}.example", url=None,
+                                             rule=None, timeout=30, fallback="allow")) for i in range(MAX_PENDING)]
+        await asyncio.sleep(0.05)
+        refused = [w.result() for w in flood if w.done()]
+        assert len(board.questions()) == MAX_PER_APP
+        assert len(refused) == MAX_PENDING - MAX_PER_APP and {r.outcome for r in refused} == {"ask-unavailable"}
+        mine = asyncio.ensure_future(ask(a))  # app x
+        await asyncio.sleep(0.05)
+        assert not mine.done() and board.pending("x", "example.com") is not None
+        board.answer(board.pending("x", "example.com").id, "allow", "once")
+        assert (await mine).answer.verdict == "allow"
+        for w in flood:
+            w.cancel()
+        await asyncio.sleep(0.01)
+        assert board.questions() == []  # and t2's abandoned ones are gone: t2 is asked again
+        again = asyncio.ensure_future(a.ask(app="t2", host="s0.example", site="s0.example", url=None, rule=None,
+                                            timeout=30, fallback="allow"))
+        await asyncio.sleep(0.01)
+        assert not again.done() and len(board.questions()) == 1
+        again.cancel()
 
     asyncio.run(main())

@@ -7,7 +7,7 @@ import functools
 
 import pytest
 
-from hush.daemon.ui.questions import MAX_PENDING, Answer, Board, Full, Question
+from hush.daemon.ui.questions import MAX_PENDING, MAX_PER_APP, Answer, Board, Full, Question
 
 
 def run(test):
@@ -86,7 +86,19 @@ async def test_bounded_and_listening() -> None:
     assert not board.listening()
     board.count_pages(lambda: 2)
     assert board.listening()
-    for _ in range(MAX_PENDING):
-        board.post(q())
+    for i in range(MAX_PENDING):
+        board.post(q(app=f"app{i // MAX_PER_APP}"))
     with pytest.raises(Full):
-        board.post(q())
+        board.post(q(app="another"))
+
+
+@run
+async def test_one_app_holds_at_most_its_share_of_the_board() -> None:
+    assert MAX_PER_APP < MAX_PENDING
+    board = Board()
+    for i in range(MAX_PER_APP):
+        board.post(q(site=f"s{i}.example"))
+    with pytest.raises(Full, match="signal has"):
+        board.post(q(site="one-more.example"))
+    board.post(q(app="other"))  # another app is still asked
+    assert len(board.questions()) == MAX_PER_APP + 1
