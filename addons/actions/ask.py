@@ -30,7 +30,6 @@ HTTPS it needs TLS interception).
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import TYPE_CHECKING
 
 from hush.addons.actions.base import Action, Holding, ParseContext, Services, parse_duration, register
@@ -41,7 +40,14 @@ if TYPE_CHECKING:
 
     from hush.daemon.policy.model import Decision
 
-log = logging.getLogger("hush.ask")
+
+
+def _log():
+    """hush.ask's logger, imported when a flow is asked about: the policy commands load this
+    action to read policies and need no logging (they start fast: bench/cli.py)."""
+    import logging
+
+    return logging.getLogger("hush.ask")
 
 FALLBACKS = ("allow", "tor", "block")
 TIMEOUT = 30.0
@@ -142,7 +148,7 @@ class Ask(Holding):
             n.decision = dataclasses.replace(
                 decision, action=self.fallback if self.fallback.name == "block" else verdict_action("block"))
             n.outcome = "ask-mismatch"
-            log.warning("%s: not asking about %s: the request names %s (blocked)", decision.app, host, other)
+            _log().warning("%s: not asking about %s: the request names %s (blocked)", decision.app, host, other)
             return None
         held = asyncio.ensure_future(services.timing.delay(flow, decision.app, self.timeout + _GRACE))
         asked = asyncio.ensure_future(ask.ASKER.ask(
@@ -162,7 +168,7 @@ class Ask(Holding):
             try:
                 result = asked.result()
             except Exception as e:  # the asker failed: fail closed to the fallback
-                log.exception("asking about %s failed", host)
+                _log().exception("asking about %s failed", host)
                 result = ask.Result(None, "ask-failed", f"{e!r}")
         if held.done():
             outcome = held.result()
@@ -183,10 +189,10 @@ class Ask(Holding):
                     return "revoked"  # a reload decides it more strictly than the answer: never sent
                 n.outcome = n.revoked_by = None  # revoked by the rule this very answer added
             n.decision = answered
-            log.info("%s: %s %s (%s, %s)", decision.app, result.answer.verdict, host, result.answer.scope,
+            _log().info("%s: %s %s (%s, %s)", decision.app, result.answer.verdict, host, result.answer.scope,
                      result.answer.source)
         else:
             n.decision = dataclasses.replace(decision, action=self.fallback)
             n.outcome = result.outcome
-            log.info("%s: %s %s: %s", decision.app, result.outcome, host, self.fallback.describe())
+            _log().info("%s: %s %s: %s", decision.app, result.outcome, host, self.fallback.describe())
         return None

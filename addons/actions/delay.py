@@ -11,7 +11,6 @@ it needs TLS interception.
 from __future__ import annotations
 
 import dataclasses
-import random
 from typing import TYPE_CHECKING
 
 import yaml
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from hush.daemon.policy.model import Decision
 
 THEN = ("allow", "strip", "tor")
-_random = random.SystemRandom()
 
 
 def parse_then(reader: Reader, fields: dict[str, Field], ctx: ParseContext) -> Action | None:
@@ -76,7 +74,11 @@ class Delay(Holding):
         return f"delay {span}, then {self.then.describe()}"
 
     def seconds(self) -> float:
-        return self.min if self.min == self.max else _random.uniform(self.min, self.max)
+        if self.min == self.max:
+            return self.min
+        import random  # here: the policy commands read this action and never draw a delay
+
+        return random.SystemRandom().uniform(self.min, self.max)
 
     async def hold(self, flow: http.HTTPFlow, decision: Decision, services: Services) -> str | None:
         if services.timing is None:

@@ -429,3 +429,14 @@ def test_audit_tail_follow_shows_a_connection_again_when_it_ends(tmp_path):
     finally:
         tail.kill()
         tail.wait()
+
+
+def test_main_leaves_the_garbage_collector_as_it_found_it(capsys):
+    """main() turns collection off while a short command runs (start-up time) and back on after."""
+    import gc
+
+    assert gc.isenabled()
+    assert main(["policy", "check", "--json"]) in (0, 5)
+    assert gc.isenabled()
+    assert main(["--state-dir", "/nonexistent", "nosuch"]) == 2
+    assert gc.isenabled()
