@@ -16,7 +16,7 @@ try:
     code = main(sys.argv[1:])
 finally:  # --help exits in argparse
     heavy = sorted(m for m in ("mitmproxy", "hush.addons", "hush.daemon.policy.loader", "tldextract", "requests",
-                               "asyncio", "yaml", "sqlite3") if m in sys.modules)
+                               "asyncio", "yaml", "sqlite3", "logging") if m in sys.modules)
     print("IMPORTED", ",".join(heavy), file=sys.stderr)
 sys.exit(code)
 """
@@ -74,7 +74,7 @@ def test_the_policy_commands_import_no_mitmproxy(argv):
     """They load the actions and classify a request, but hold no flow: mitmproxy stays out, and the
     Public Suffix List is read without tldextract's code (requests, urllib3)."""
     heavy = imported(*argv)
-    assert not heavy & {"mitmproxy", "tldextract", "requests", "asyncio"}, heavy
+    assert not heavy & {"mitmproxy", "tldextract", "requests", "asyncio", "logging"}, heavy
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["policy", "--help"]])
