@@ -203,16 +203,21 @@ class TorLab:
                     node.proc.kill()
 
 class ExitDNS:
-    """A tiny DNS server for the private network's exit: it knows a few names.
+    """A tiny DNS server for the private network's exit: it knows a few names
+    (A records), answers NXDOMAIN for the rest, and records every question.
 
     Tor randomises the letter case of queries (0x20); the question is echoed
-    back as it came."""
+    back as it came.  ``sock``: a UDP socket already bound where it should
+    answer (the launch tests' world binds one inside its network namespace);
+    by default a free port on 127.0.0.1."""
 
-    def __init__(self, names: dict[str, str]):
+    def __init__(self, names: dict[str, str], sock: socket.socket | None = None):
         self.names = {k.lower().rstrip("."): v for k, v in names.items()}
         self.queries: list[str] = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        if sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+        self.sock = sock
         self.port = self.sock.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()

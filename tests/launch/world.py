@@ -40,8 +40,7 @@ import threading
 import time
 from pathlib import Path
 
-from dnslib import QTYPE, RCODE, RR, A, DNSRecord
-
+from hush.daemon.torlab import ExitDNS
 from tests.integration import harness
 
 NOBODY = 65534
@@ -229,37 +228,12 @@ class TCPSink:
         self.sock.close()
 
 
-class WorldDNS:
+class WorldDNS(ExitDNS):
     """The world's resolver (127.0.0.1:53, named by its /etc/resolv.conf): answers
     the names it knows, NXDOMAIN for the rest, and records every question."""
 
     def __init__(self, world: World, names: dict[str, str]):
-        self.names = {k.lower(): v for k, v in names.items()}
-        self.queries: list[str] = []
-        self.sock = world.in_net(UDPSink._bind, socket.AF_INET, "127.0.0.1", 53)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            try:
-                query = DNSRecord.parse(data)
-            except Exception:
-                continue
-            name = str(query.q.qname).lower().rstrip(".")
-            self.queries.append(name)
-            reply = query.reply()
-            if name in self.names and query.q.qtype == QTYPE.A:
-                reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=A(self.names[name]), ttl=5))
-            elif name not in self.names:
-                reply.header.rcode = RCODE.NXDOMAIN
-            self.sock.sendto(reply.pack(), peer)
-
-    def close(self):
-        self.sock.close()
+        super().__init__(names, world.in_net(UDPSink._bind, socket.AF_INET, "127.0.0.1", 53))
 
 
 # -- the world ------------------------------------------------------------------------

@@ -35,28 +35,31 @@ def test_writer_batches_and_close_writes_everything(tmp_path):
     assert (tmp_path / "a" / "audit.db").stat().st_mode & 0o777 == 0o600
 
 
-def test_writer_keeps_records_while_the_disk_refuses(tmp_path, monkeypatch):
+class Refusing:
+    """The writer's connection, whose writes fail ("disk full") while ``refuses()`` says so."""
+
+    def __init__(self, real: sqlite3.Connection, refuses):
+        self.real, self.refuses = real, refuses
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __enter__(self):
+        return self.real.__enter__()
+
+    def __exit__(self, *a):
+        return self.real.__exit__(*a)
+
+    def executemany(self, *a):
+        if self.refuses():
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.real.executemany(*a)
+
+
+def test_writer_keeps_records_while_the_disk_refuses(tmp_path):
     writer = AuditWriter(tmp_path / "audit.db", retry_after=0.01)
-    real = writer._conn
-    calls = {"n": 0}
-
-    class Flaky:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def __enter__(self):
-            return real.__enter__()
-
-        def __exit__(self, *a):
-            return real.__exit__(*a)
-
-        def executemany(self, *a):
-            calls["n"] += 1
-            if calls["n"] <= 3:
-                raise sqlite3.OperationalError("database or disk is full")
-            return real.executemany(*a)
-
-    writer._conn = Flaky()
+    calls = iter(range(1, 1000))
+    writer._conn = Refusing(writer._conn, lambda: next(calls) <= 3)
     for i in range(10):
         writer.submit({"ts": i, "decision": "block", "ip_exposed": False})
     writer.close()
@@ -68,26 +71,9 @@ def test_the_queue_is_bounded_while_the_disk_refuses(tmp_path):
     """Past max_pending queued rows, new records are dropped and counted, not kept until memory runs out;
     once the disk writes again, what was queued is written and new records are queued again."""
     writer = AuditWriter(tmp_path / "audit.db", retry_after=0.01, max_pending=50)
-    real = writer._conn
     refusing = threading.Event()
     refusing.set()
-
-    class Full:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def __enter__(self):
-            return real.__enter__()
-
-        def __exit__(self, *a):
-            return real.__exit__(*a)
-
-        def executemany(self, *a):
-            if refusing.is_set():
-                raise sqlite3.OperationalError("database or disk is full")
-            return real.executemany(*a)
-
-    writer._conn = Full()
+    writer._conn = Refusing(writer._conn, refusing.is_set)
     writer.submit({"ts": 0, "decision": "block", "ip_exposed": False})  # the batch the writer retries
     deadline = time.monotonic() + 5
     while not writer.failures and time.monotonic() < deadline:
