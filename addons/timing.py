@@ -5,7 +5,8 @@ never a sleep: other flows keep moving.  Each held flow ends one way:
 
 - ``None`` — released: the rule's ``then`` action is applied and it goes on;
 - ``"superseded"`` — a newer request of the same app extended (or shared a
-  typed prefix with) its URL: only the URL standing when typing stops leaves;
+  typed prefix with) its URL, or typed its host further with the same path
+  (:func:`related`): only the URL standing when typing stops leaves;
 - ``"overflow"`` — too many flows held already (per app, or in total): it is
   refused at once, never sent early;
 - ``"shutdown"`` — hush is stopping: answered locally, never released;

@@ -3,7 +3,9 @@
 Clients that fetch a preview per typed character (``/f``, ``/fi``, ``/fil``…)
 send requests whose URLs extend one another.  Each is held for ``quiet``
 (default 1.5s); a newer request of the same app whose URL extends — or is
-extended by — a held one supersedes it.  Only the URL standing when typing
+extended by — a held one supersedes it, and so does one whose host extends
+(or is extended by) the held one's with the same path (``https://m/.well-known/…``,
+``https://ma/.well-known/…``: ``timing.related()``).  Only the URL standing when typing
 stops reaches the site, through ``then`` (``allow``, ``strip`` or ``tor``).
 Superseded requests are answered locally with ``status`` (default 204) and
 audited ``superseded``, naming the URL that replaced them.
