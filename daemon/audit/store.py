@@ -265,7 +265,8 @@ class AuditWriter:
         return True
 
 
-_KEPT_BACK = frozenset({"block", "superseded", "overflow", "shutdown", "abandoned", "tor-unavailable", "revoked"})
+_KEPT_BACK = frozenset({"block", "superseded", "overflow", "shutdown", "abandoned", "tor-unavailable", "revoked",
+                        "dropped", "ask-mismatch"})
 
 
 def egress_of(record: dict[str, Any]) -> str:
