@@ -360,7 +360,11 @@ def run_checks(policies_flag, state_flag, config_flag, running: bool) -> list[Fi
     config_finding, config = check_config(paths.config_file(config_flag))
     findings.append(config_finding)
     config = config or Config()
-    policy_finding, policyset = check_policies(paths.policies(policies_flag, config.policies), config)
+    try:
+        policy_finding, policyset = check_policies(paths.policies(policies_flag, config.policies), config)
+    except paths.PolicyDirMissing as e:  # one finding among the others, not the end of the check-up
+        policy_finding, policyset = Finding("fail", "policies", str(e),
+                                            "create it, or name an existing one (--policies DIR)"), None
     findings.append(policy_finding)
     state = paths.state_dir(state_flag, config.state_dir)
     status = _daemon_status(state) if running else None

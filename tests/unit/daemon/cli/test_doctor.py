@@ -183,3 +183,15 @@ def test_check_ship_asks_the_running_daemon(tmp_path):
     status["audit"]["ship"].update(connected=True, dropped=0)
     [f] = check_ship(config, status, probe=False)
     assert f.level == "ok" and f.message == "syslog tcp://127.0.0.1:9 (site): 3 shipped, none dropped"
+
+
+def test_a_missing_policy_directory_is_one_finding_among_the_others(tmp_path, capsys):
+    """doctor goes on after a policy directory that does not exist: it says so as a failed check
+    with its fix, and still checks the rest (hush run stops there; a check-up should not)."""
+    code = main(["doctor", "--policies", str(tmp_path / "nosuch"), "--state-dir", str(tmp_path / "s"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == ExitStatus.ERROR and report["ok"] is False
+    [policies] = [f for f in report["findings"] if f["check"] == "policies"]
+    assert policies["level"] == "fail"
+    assert f"{tmp_path / 'nosuch'} does not exist (from --policies)" in policies["message"]
+    assert {"python", "config", "tor", "state"} <= {f["check"] for f in report["findings"]}
