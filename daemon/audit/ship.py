@@ -237,6 +237,10 @@ def ship_fields(row: tuple, mode: str, key: bytes | None = None) -> dict[str, st
     if mode not in ("full",):
         values["carried"] = _present(values.get("carried"))
         values["sent"] = _present(values.get("sent"))
+        # the policy file by its name, as X-Hush-Decision names it: its directory is
+        # the user's home (/home/alice/.config/hush/policies/x.yaml:12 → x.yaml:12)
+        if values.get("rule"):
+            values["rule"] = str(values["rule"]).rsplit("/", 1)[-1]
     if mode in ("site", "hash"):
         values["dest"] = None
     if mode == "no-query":

@@ -509,3 +509,20 @@ def test_docs_list_every_class():
 
     docs = (Path(__file__).parents[4] / "docs" / "fleet.md").read_text()
     assert [c for c in sorted(ship.ERROR_CLASSES) if f"`{c}`" not in docs] == []
+
+
+
+@pytest.mark.parametrize("mode", ["no-query", "site", "hash"])
+def test_the_rule_is_shipped_by_its_file_name_not_the_users_home(mode):
+    """The local audit keeps the rule's whole path; what leaves the machine names the file as
+    X-Hush-Decision does: the directory is the user's home, which names the user."""
+    for rule, shipped in (("/home/alice/.config/hush/policies/whatsapp.yaml:14", "whatsapp.yaml:14"),
+                          ("/etc/hush/policies/whatsapp.yaml:3 (organisation)", "whatsapp.yaml:3 (organisation)")):
+        record = {"ts": 1.0, "app": "whatsapp", "decision": "block", "host": "a.example", "site": "a.example",
+                  "rule": rule, "ip_exposed": False}
+        fields = ship_fields(flatten(record), mode, key=b"k" * 32)
+        assert fields["rule"] == shipped
+        assert all("alice" not in v for v in fields.values())
+    full = ship_fields(flatten({"ts": 1.0, "decision": "block", "rule": "/home/alice/p/x.yaml:1", "ip_exposed": False}),
+                       "full")
+    assert full["rule"] == "/home/alice/p/x.yaml:1"  # full ships what the local audit has
