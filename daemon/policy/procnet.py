@@ -73,11 +73,9 @@ NLM_F_REQUEST = 1
 _NOCOOKIE = 0xFFFFFFFF
 
 
-def sock_diag(local: tuple, remote: tuple) -> tuple[int, int] | None:
-    """(uid, inode) of the TCP socket local→remote, asked of the kernel directly.
-
-    :raises OSError: if netlink sock_diag is not available.
-    """
+def sock_diag_request(local: tuple, remote: tuple) -> bytes | None:
+    """The netlink ``SOCK_DIAG_BY_FAMILY`` request for the TCP socket local→remote
+    (None: the two addresses are of different families)."""
     lhost, rhost = ipaddress.ip_address(local[0]), ipaddress.ip_address(remote[0])
     if lhost.version != rhost.version:
         return None
@@ -86,17 +84,33 @@ def sock_diag(local: tuple, remote: tuple) -> tuple[int, int] | None:
     dst = rhost.packed.ljust(16, b"\0")
     sockid = struct.pack("!HH", local[1], remote[1]) + src + dst + struct.pack("=III", 0, _NOCOOKIE, _NOCOOKIE)
     req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
-    header = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
-        nl.settimeout(1.0)
-        nl.sendto(header + req, (0, 0))
-        data = nl.recv(65536)
+    return struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0) + req
+
+
+def sock_diag_answer(data: bytes) -> tuple[int, int] | None:
+    """(uid, inode) from a ``sock_diag`` answer; None for an error (no such socket:
+    it closed, or is in another namespace)."""
     _length, kind = struct.unpack_from("=IH", data)  # nlmsghdr: length, type
     if kind == NLMSG_ERROR:
-        return None  # no such socket (it closed, or is in another namespace)
+        return None
     # inet_diag_msg: family, state, timer, retrans (4 B), sockid (48 B), expires, rqueue, wqueue, uid, inode
     uid, inode = struct.unpack_from("=II", data, 16 + 4 + 48 + 12)
     return uid, inode
+
+
+def sock_diag(local: tuple, remote: tuple) -> tuple[int, int] | None:
+    """(uid, inode) of the TCP socket local→remote, asked of the kernel directly.
+
+    :raises OSError: if netlink sock_diag is not available.
+    """
+    message = sock_diag_request(local, remote)
+    if message is None:
+        return None
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(1.0)
+        nl.sendto(message, (0, 0))
+        data = nl.recv(65536)
+    return sock_diag_answer(data)
 
 
 def socket_entry(host: str, port: int, proc: str = "/proc") -> tuple[int, int] | None:
