@@ -206,9 +206,10 @@ class Act:
     def _revoke_tunnel(self, tunnel: Tunnel, new: PolicySet) -> bool:
         app = tunnel.app
         handler = self._handler(tunnel.client_id)
-        if self.identify is not None and handler is not None:
+        client = handler.client if handler is not None else tunnel.client  # the front door's has no handler
+        if self.identify is not None and client is not None:
             # a shared listener's policies may name it otherwise now
-            app = self.identify.app_for(handler.client, new)[0]
+            app = self.identify.app_for(client, new)[0]
         decision = tunnel_decision(new, tunnel, app) if app == tunnel.app else None
         if tunnel.decision is None or not more_strictly(tunnel.decision, decision):
             return False
@@ -231,6 +232,8 @@ class Act:
         handler = self._handler(tunnel.client_id)
         if handler is not None:
             handler.close_connection(handler.client)  # its end: client_disconnected, hush_tunnel_end, the audit
+        elif tunnel.close is not None:
+            tunnel.close()  # relayed by the front door: the same end, from there
 
     @staticmethod
     def _handler(client_id: str) -> ConnectionHandler | None:

@@ -21,9 +21,10 @@ import dataclasses
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mitmproxy import connection, ctx, http, tcp, tls
+from mitmproxy import connection, ctx, hooks, http, tcp, tls
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
@@ -90,6 +91,15 @@ class Decide:
         # every connection's tunnel is its own state (conn_notes); these are the
         # ones still open (by key, in the order they were decided), ended here if hush stops first
         self._tunnels: weakref.WeakValueDictionary[str, Tunnel] = weakref.WeakValueDictionary()
+        # how hush_tunnel / hush_tunnel_end reach the addons: mitmproxy's addon manager, or the
+        # daemon's front door, which calls the same methods without its per-call cost (daemon/frontdoor.py)
+        self.announce: Callable[[hooks.Hook], None] | None = None
+
+    def trigger(self, hook: hooks.Hook) -> None:
+        if self.announce is not None:
+            self.announce(hook)
+        else:
+            ctx.master.addons.trigger(hook)
 
     def configure(self, updated: set[str]) -> None:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
@@ -101,12 +111,12 @@ class Decide:
 
     def _open(self, tunnel: Tunnel, policyset: PolicySet | None, decision: Decision | None = None) -> None:
         tunnel.decision = decision or connect_decision(policyset, tunnel.app, tunnel.host, tunnel.port)
-        self._keep(tunnel)
+        self.keep(tunnel)
         if tunnel.decision is not None:
-            ctx.master.addons.trigger(HushTunnelHook(tunnel))
+            self.trigger(HushTunnelHook(tunnel))
 
-    def _keep(self, tunnel: Tunnel) -> None:
-        """The tunnel of its connection, until the connection ends."""
+    def keep(self, tunnel: Tunnel) -> None:
+        """The tunnel of its connection, until the connection ends (the front door's too)."""
         if tunnel.client is not None:
             state = conn_notes(tunnel.client)
             if state.tunnel is not None:
@@ -169,7 +179,7 @@ class Decide:
             # a rule needs the requests: they are inspected, each decided on the
             # address, its Host and the SNI's name (requestheaders), the stricter applying
             tunnel.decision = None
-            self._keep(tunnel)
+            self.keep(tunnel)
             return tunnel
         self._open(tunnel, policyset, stricter(*decided) if len(decided) == 2 else decided[0])
         return tunnel
@@ -311,7 +321,7 @@ class Decide:
         tunnel.decision = by_name
         tunnel.error = f"refused: the TLS names {name} (block by {by_name.describe()}), not {tunnel.host}"
         log.warning("refused a tunnel to %s:%s whose TLS names %s (blocked)", tunnel.host, tunnel.port, name)
-        ctx.master.addons.trigger(HushTunnelHook(tunnel))
+        self.trigger(HushTunnelHook(tunnel))
 
     @staticmethod
     def sni_decision(flow: http.HTTPFlow, policyset: PolicySet, app: str, req: RequestInfo,
@@ -374,7 +384,7 @@ class Decide:
         self._revoke(tunnel.client)
         tunnel.decision = fail_closed(tunnel.app, reason, getattr(tunnel.policyset, "version", ""), "connect")
         log.warning("closed a tunnel to %s:%s: %s", tunnel.host, tunnel.port, reason)
-        ctx.master.addons.trigger(HushTunnelHook(tunnel))
+        self.trigger(HushTunnelHook(tunnel))
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
         """An inspected tunnel whose TLS hush cannot read (a ClientHello that
@@ -389,7 +399,7 @@ class Decide:
         tunnel = conn_notes(client).tunnel
         if tunnel is None:  # SOCKS5: no ClientHello, so never decided; nothing was relayed
             tunnel, _ = self._flowless(client, data.context.server, None)
-            self._keep(tunnel)
+            self.keep(tunnel)
         if tunnel.decision is None:
             self._not_readable(tunnel, reason)
         elif tunnel.error is None and tunnel.outcome is None:
@@ -398,7 +408,7 @@ class Decide:
     def _end(self, tunnel: Tunnel) -> None:
         if tunnel.decision is not None and tunnel.ended is None:
             tunnel.ended = time.time()
-            ctx.master.addons.trigger(HushTunnelEndHook(tunnel))
+            self.trigger(HushTunnelEndHook(tunnel))
 
     def client_disconnected(self, client: connection.Client) -> None:
         state = conn_notes(client)

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mitmproxy import connection, hooks, http
@@ -55,6 +56,8 @@ class Tunnel:
     key: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     # the client connection (None for a connection refused before mitmproxy saw it)
     client: connection.Client | None = None
+    # a connection the front door relays itself (daemon/frontdoor.py), not mitmproxy: how to close it
+    close: Callable[[], None] | None = None
 
 
 @dataclasses.dataclass
@@ -92,6 +95,11 @@ SPLICE_AFTER = 256 * 1024
 
 # the splice relays running, by client connection id
 _relays: dict[str, Relay] = {}
+
+
+def register_relay(client_id: str, relay: Relay) -> None:
+    """A splice relay the front door started (daemon/frontdoor.py): stopped like the others."""
+    _relays[client_id] = relay
 
 
 def stop_relay(client_id: str) -> None:

@@ -15,8 +15,9 @@ Contenders (all on 127.0.0.1):
 - hush-connect: hush, an HTTP listener whose policy is ``default: passthrough``;
 - hush-socks5: hush, a SOCKS5 listener with the same policy;
 - with --no-splice, also hush-connect/mitm and hush-socks5/mitm: a second hush
-  whose tunnels mitmproxy relays (``addons/tunnel.py``'s ``SPLICE`` off), as
-  before the splice relay.
+  as it was before issue 16, every connection set up and relayed by mitmproxy
+  (``daemon/frontdoor.py``'s ``ENABLED`` and ``addons/tunnel.py``'s ``SPLICE``
+  off).
 
 For each of --rounds rounds, each contender in turn: a bulk download of
 --bulk-mb MB through a fresh tunnel (MB/s, and the CPU seconds the proxy's
@@ -206,11 +207,14 @@ def start_tunnel_origin(size: int) -> tuple[Proc, int, int]:
     return proc, lat, blk
 
 
-# hush with its decided tunnels relayed by mitmproxy, not handed to the splice relay (before issue 16)
+# hush as it was before issue 16: every connection set up and relayed by mitmproxy (no front door,
+# no splice relay)
 NO_SPLICE = """
 import sys
 from hush.addons import tunnel
+from hush.daemon import frontdoor
 tunnel.SPLICE = False
+frontdoor.ENABLED = False
 from hush.daemon.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """

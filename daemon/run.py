@@ -38,7 +38,7 @@ from mitmproxy import ctx, options
 from mitmproxy.master import Master
 
 from hush.addons import Pipeline, chain
-from hush.daemon import paths
+from hush.daemon import frontdoor, paths
 from hush.daemon.audit.ship import ShipError, make_shipper
 from hush.daemon.config import Config
 from hush.daemon.control import STATUS_SCHEMA, AlreadyRunning, ControlServer, StateLock
@@ -173,6 +173,9 @@ class Daemon:
         if self.shipper is not None and self.hush.audit is not None:
             self.hush.audit.shipper = self.shipper
         self.master.addons.add(Pipeline([*self.hush, self]))
+        # hush's listeners take the plain connection-level tunnels themselves, the rest goes to mitmproxy
+        self.frontdoor = frontdoor.FrontDoor(self.master, self.hush, enabled=frontdoor.ENABLED)
+        frontdoor.install(self.frontdoor)
         self.master.options.update(**mitmproxy_options(policyset, config, state_dir))
         self.exit_status = ExitStatus.OK
         self.started = time.time()
@@ -258,6 +261,7 @@ class Daemon:
         await self.control.start()
         await self.launches.start()
         self.loopwatch.start()
+        self.frontdoor.start()
         await self._start_ui()
         if self.shipper is not None:
             self.shipper.start()
@@ -272,6 +276,8 @@ class Daemon:
             watcher.cancel()
             logging.getLogger("mitmproxy.addons.proxyserver").removeFilter(self._quiet)
             self.loopwatch.stop()
+            self.frontdoor.close_all()
+            frontdoor.uninstall()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.launches.stop()
@@ -324,6 +330,7 @@ class Daemon:
     def _stop(self) -> None:
         notify("STOPPING=1")
         self.tor.stopping()  # from now on tor going away is expected: no restart, no warning
+        self.frontdoor.close_all()  # its tunnels end (their rows completed) before the audit's last write
         self.master.shutdown()
 
     def stop_command(self) -> dict:
@@ -439,6 +446,7 @@ class Daemon:
             "launches": self.launches.status(),
             "ui": self.ui.status() if self.ui is not None and self.ui.running else None,  # the live view
             "loop": self.loopwatch.status(),
+            "frontdoor": self.frontdoor.status(),
             "audit": {
                 "pending": writer.pending if writer else None,
                 "written": writer.written if writer else None,

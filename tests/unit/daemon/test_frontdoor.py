@@ -285,26 +285,42 @@ class Transport:
 OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
+class Replay:
+    """Counts the answers _Answered reports (the real one replays the next message)."""
+
+    def __init__(self):
+        self.answered_count = 0
+
+    def answered(self):
+        self.answered_count += 1
+
+
+def answered(t, *answers):
+    replay = Replay()
+    return frontdoor._Answered(t, list(answers), replay), replay
+
+
 def test_answered_drops_exactly_the_answer_across_split_writes():
     t = Transport()
-    a = frontdoor._Answered(t, OK)
+    a, replay = answered(t, OK)
     a.write(OK[:3])
     a.write(memoryview(OK[3:10]))
-    assert t.written == b""
+    assert t.written == b"" and replay.answered_count == 0
     a.write(OK[10:] + b"\x16\x03\x03")  # the end of the answer, then the site's first bytes
-    assert t.written == b"\x16\x03\x03"
+    assert t.written == b"\x16\x03\x03" and replay.answered_count == 1
     a.write(OK)  # after the answer everything goes through, even the same bytes
     a.writelines([b"a", b"b"])
-    assert t.written == b"\x16\x03\x03" + OK + b"ab" and not t.aborted
+    assert t.written == b"\x16\x03\x03" + OK + b"ab" and not t.aborted and replay.answered_count == 1
     assert a.get_extra_info("peername") == "x"  # the rest is the transport's
 
 
-def test_answered_socks5_replies():
+def test_answered_socks5_replies_one_by_one():
     t = Transport()
-    a = frontdoor._Answered(t, handshake.SOCKS5_GREETING_REPLY + handshake.SOCKS5_GRANTED)
+    a, replay = answered(t, handshake.SOCKS5_GREETING_REPLY, handshake.SOCKS5_GRANTED)
     a.write(handshake.SOCKS5_GREETING_REPLY)
+    assert replay.answered_count == 1  # the request is replayed only now
     a.write(handshake.SOCKS5_GRANTED + b"data")
-    assert t.written == b"data" and not t.aborted
+    assert t.written == b"data" and not t.aborted and replay.answered_count == 2
 
 
 @pytest.mark.parametrize("writes", [
@@ -315,18 +331,57 @@ def test_answered_socks5_replies():
 ], ids=["403", "split-then-403", "last-byte", "version"])
 def test_answered_a_different_answer_aborts(writes):
     t = Transport()
-    a = frontdoor._Answered(t, OK)
+    a, replay = answered(t, OK)
     for data in writes:
         a.write(data)
-    assert t.aborted and t.written == b""
+    assert t.aborted and t.written == b"" and replay.answered_count == 0
 
 
 def test_answered_socks5_refusal_after_a_grant_aborts():
     t = Transport()
-    a = frontdoor._Answered(t, handshake.SOCKS5_GREETING_REPLY + handshake.SOCKS5_GRANTED)
+    a, replay = answered(t, handshake.SOCKS5_GREETING_REPLY, handshake.SOCKS5_GRANTED)
     a.write(handshake.SOCKS5_GREETING_REPLY)
     a.write(b"\x05\x02\x00\x01\x00\x00\x00\x00\x00\x00")
-    assert t.aborted and t.written == b""
+    assert t.aborted and t.written == b"" and replay.answered_count == 1
+
+
+class Paused(Transport):
+    def __init__(self):
+        super().__init__()
+        self.paused = False
+
+    def pause_reading(self):
+        self.paused = True
+
+    def resume_reading(self):
+        self.paused = False
+
+    def is_closing(self):
+        return False
+
+
+def test_replay_feeds_each_message_after_its_answer_and_holds_what_arrives_meanwhile():
+    """mitmproxy reads the bytes after a CONNECT as tunnel bytes only if they come after its own
+    200 (a leading CRLF fed with the head is skipped as part of it): the replay keeps that order,
+    and what the client sends meanwhile (and its EOF) comes after everything replayed."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        t = Paused()
+        replay = frontdoor._Replay(reader, loop, t, [b"REQUEST"], b"\r\nrest", eof=False)
+        replay.connection_made(t)
+        reader.feed_data(b"GREETING")
+        replay.data_received(b"+late")  # the client's next bytes, while mitmproxy has not answered
+        replay.eof_received()
+        assert await reader.read(100) == b"GREETING"
+        replay.answered()
+        assert await reader.read(100) == b"REQUEST"
+        replay.answered()
+        assert await reader.read(100) == b"\r\nrest+late"
+        assert await asyncio.wait_for(reader.read(100), 1) == b""  # then the EOF
+
+    asyncio.run(main())
 
 
 # -- the contract with mitmproxy -------------------------------------------------------------------
