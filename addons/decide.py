@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from mitmproxy import connection, ctx, hooks, http, tcp, tls
 from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy.layers.tcp import TCPLayer
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
@@ -61,7 +62,9 @@ def client_hello_sni(data: bytes):
     if data[:1] == b"\x16" and len(data) < 3 and (len(data) < 2 or data[1] == 3):
         return None  # the start of a TLS record
     if not starts_like_tls_record(data):
-        return (None,)
+        # a handshake record mitmproxy does not take for TLS (a record version above 0x0303): a
+        # server may (OpenSSL takes any minor version), and read a name no one checked
+        return UNREADABLE if data[:1] == b"\x16" else (None,)
     try:
         hello = parse_client_hello(data)
     except ValueError:
@@ -194,6 +197,16 @@ class Decide:
         context = nextlayer.context
         client = context.client
         state = conn_notes(client)
+        if isinstance(nextlayer.layer, TCPLayer) and context.server.address is not None:
+            data = nextlayer.data_client()
+            if data[:1] == b"\x16" and not starts_like_tls_record(data):
+                # mitmproxy relays as raw TCP a first read shorter than a record header, and a
+                # handshake record whose version it does not take for TLS; a server may take it
+                # for TLS (OpenSSL takes any minor version) and serve a name never checked
+                if len(data) < 3:
+                    nextlayer.layer = None  # the record header is still arriving: ask again
+                    return
+                state.tls_unreadable = True  # tcp_start closes it, whatever was decided
         tunnel = state.tunnel
         if tunnel is not None and tunnel.route is not None and not state.hello_read:
             self._tor_hello(nextlayer, tunnel)  # a CONNECT routed into tor
@@ -374,6 +387,11 @@ class Decide:
         if decision.action.egress == "none":
             self._revoke(tunnel.client)
             flow.kill()
+        elif conn_notes(flow.client_conn).tls_unreadable:
+            self._revoke(tunnel.client)
+            tunnel.error = "refused: the tunnel's TLS record cannot be read (its name cannot be checked)"
+            log.warning("refused a tunnel to %s:%s: a TLS record hush cannot read", tunnel.host, tunnel.port)
+            flow.kill()
 
     def _revoke(self, client: connection.Client | None) -> None:
         if self.act is not None and client is not None:
@@ -412,7 +430,7 @@ class Decide:
 
     def client_disconnected(self, client: connection.Client) -> None:
         state = conn_notes(client)
-        state.socks_seen, state.sni, state.hello_read = False, None, False
+        state.socks_seen, state.sni, state.hello_read, state.tls_unreadable = False, None, False, False
         tunnel, state.tunnel = state.tunnel, None
         if tunnel is not None:
             self._tunnels.pop(tunnel.key, None)

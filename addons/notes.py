@@ -90,6 +90,7 @@ class ConnNotes:
     socks_seen: bool = False  # next_layer looked at this SOCKS5/transparent connection
     sni: str | None = None  # an inspected tunnel: the name its ClientHello asked for
     hello_read: bool = False  # a Tor-routed tunnel: its ClientHello was checked
+    tls_unreadable: bool = False  # its first bytes are a TLS record mitmproxy does not read: never relayed
     # act: where a connection is permitted, and the tunnel it relays
     permits: set[tuple[str, int]] = dataclasses.field(default_factory=set)
     relayed: Tunnel | None = None
