@@ -261,7 +261,10 @@ class FrontDoor:
             self._netlink = None
 
     def status(self) -> dict:
+        from hush.addons import tunnel
+
         return {"open": sum(1 for d in self.doors if d.state in (DIAL, RELAY, SPLICED)),
+                "spliced": tunnel.relays(),  # by the splice relay, the front door's and mitmproxy's
                 "fast": self.counts["fast"], "handed": self.counts["handed"], "enabled": self.enabled}
 
 
@@ -285,6 +288,7 @@ class Door(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: tuple | None = None
         self.local: tuple | None = None
+        self.uid: int | None = None  # the client socket's, asked at once (hush_same_user_only)
         self.target: Target | None = None
         self.decision: Decision | None = None
         self.app: str | None = None
@@ -311,6 +315,16 @@ class Door(asyncio.Protocol):
         self.door.doors.add(self)
         if not self.door.enabled:
             self.hand("front door off")
+            return
+        from mitmproxy import ctx
+
+        if ctx.options.hush_same_user_only and _loopback(self.peer):
+            # at once, while the client sends its handshake: another user's connection is answered
+            # nothing and held by nothing here (mitmproxy's path refuses it at once, and audits it)
+            assert self.peer is not None and self.local is not None
+            self.uid = self.door.uid(self.peer, self.local)
+            if self.uid != os.getuid():
+                self.hand("another user's, or unknown")
 
     def data_received(self, data: bytes) -> None:
         self.last = time.monotonic()
@@ -450,10 +464,8 @@ class Door(asyncio.Protocol):
         spec = self.instance.mode.full_spec
         if policyset is None or policyset.is_shared(spec) or not _loopback(self.peer):
             return False
-        if ctx.options.hush_same_user_only:
-            assert self.peer is not None and self.local is not None
-            if door.uid(self.peer, self.local) != os.getuid():
-                return False  # another user's (or unknown): mitmproxy's path refuses and audits it
+        if ctx.options.hush_same_user_only and self.uid != os.getuid():
+            return False  # another user's (or unknown): mitmproxy's path refuses and audits it
         app = policyset.app_for_listener(spec)
         if app is None:
             return False

@@ -22,6 +22,7 @@ _REQUEST_LINE = re.compile(rb"CONNECT ([^ \r\n]+) (HTTP/1\.[01])\r\n")
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\Z")
 _PORT = re.compile(r"[1-9][0-9]{0,4}\Z")
 _FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
 _PRINTABLE = re.compile(rb"[\x20-\x7e\t]*\Z")
 
 SOCKS5_VERSION = 0x05
@@ -94,6 +95,8 @@ def parse_connect(head: bytes, max_fields: int, max_bytes: int) -> Target | None
         if not colon or not _FIELD_NAME.match(name) or b"\n" in value or b"\r" in value or b"\0" in value:
             return None  # no name, a space before the colon, an obs-fold, a bare LF: mitmproxy's to read
         key = name.lower()
+        if key in _FRAMING:
+            return None  # a body on a CONNECT: mitmproxy refuses it, or reads the tunnel as the body
         if key in seen and key in (b"host", b"user-agent"):
             return None  # which one counts is mitmproxy's to say
         seen[key] = value.strip(b" \t")
@@ -177,9 +180,10 @@ def tls_sni(data: bytes) -> tuple[str | None] | str | None:
     hello over several records, a malformed or repeated field, ECH): mitmproxy's parser reads
     those.  mitmproxy's (kaitai) parser costs ~0.1 ms a hello; this one a few microseconds."""
     if len(data) < 5:
-        return None if data[:1] in (b"", b"\x16") and data[1:2] in (b"", b"\x03") else UNSURE
-    if data[0] != 0x16 or data[1] != 3:
-        return UNSURE
+        return None if data[:1] in (b"", b"\x16") and data[1:2] in (b"", b"\x03") and data[2:3] in (
+            b"", b"\x00", b"\x01", b"\x02", b"\x03") else UNSURE
+    if data[0] != 0x16 or data[1] != 3 or data[2] > 3:
+        return UNSURE  # (a record version mitmproxy does not take for TLS: its path refuses it)
     size = int.from_bytes(data[3:5], "big")
     if size < 4 or size > 16384:
         return UNSURE

@@ -400,6 +400,13 @@ def cmd_status(args, config: Config) -> int:
               f"; restarts {tor['restarts']}")
     decisions = ", ".join(f"{k} {v}" for k, v in sorted(st["decisions"].items())) or "none yet"
     print(f"decisions since start: {decisions}")
+    door = st.get("frontdoor")
+    if door:  # connection-level tunnels (docs/architecture.md, "The front door")
+        if door["enabled"]:
+            print(f"tunnels: {door['open']} open on the front door, {door['spliced']} relayed in the kernel; "
+                  f"since start {door['fast']} set up by hush itself, {door['handed']} handed to mitmproxy")
+        else:
+            print("tunnels: front door off, every connection goes to mitmproxy")
     loop = st["loop"]
     hint = "" if st.get("launches") else " (hush launch --app APP -- CMD)"
     launches = st.get("launches", [])

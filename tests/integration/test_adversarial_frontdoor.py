@@ -8,19 +8,20 @@ what reached the far side (an origin counting TCP accepts, recording bytes
 and, for TLS, the name each handshake asked for) and checks through
 ``hush status`` which path took the connection where that matters.
 
-Bugs these tests found (marked ``bug``: strict xfail, they fail until fixed):
+Found by these tests and fixed with them:
 
 - a ClientHello whose record-layer version is 0x0304 or above, which
   OpenSSL accepts, is not TLS to mitmproxy (``starts_like_tls_record``),
-  so a tunnel decided at connection level is relayed raw and the TLS name is
-  never checked: a blocked name on an allowed address is served;
-- a ClientHello whose first 1-2 bytes wait past the front door's WAIT is
-  handed to mitmproxy as those bytes alone: mitmproxy takes them for raw TCP,
-  and the rest (naming a blocked host) is relayed unchecked;
-- a CONNECT whose framing headers mitmproxy refuses (400) is relayed;
-- another local user's connection is answered and held by the front door
-  (the uid is asked only once the handshake is complete): mitmproxy's path
-  closes it at once.
+  so a tunnel decided at connection level was relayed raw and the TLS name
+  never checked (mitmproxy's path too, before the front door): decide now
+  refuses a handshake record it cannot read, and waits for a record header
+  still arriving;
+- a ClientHello whose first 1-2 bytes waited past the front door's WAIT was
+  handed to mitmproxy as those bytes alone, which it took for raw TCP;
+- a CONNECT whose framing headers mitmproxy refuses (400) was relayed;
+- another local user's connection was answered and held by the front door
+  (the uid was asked only once the handshake was complete): it is now handed
+  to mitmproxy's path, which closes it at once, as soon as it is accepted.
 """
 
 from __future__ import annotations
@@ -53,12 +54,6 @@ def policy(port: int, rules: str = "", default: str = "allow", mode: str = "http
 
 
 BLOCK_NAME = f"  - {{match: {{host: {BLOCKED}}}, action: block}}\n"
-
-
-def bug(why: str):
-    """A test that fails on the current code (the bug is the reason); strict: once fixed it passes,
-    and the marker must go with the fix."""
-    return pytest.mark.xfail(strict=True, reason=why)
 
 
 class SniOrigin:
@@ -229,7 +224,6 @@ def test_a_hello_split_after_its_first_bytes_is_still_checked(hush, sni_origin, 
     h.stop()
 
 
-@bug("decide.py relays a tunnel mitmproxy does not take for TLS (record version > 0x0303) unchecked")
 @pytest.mark.parametrize("minor", [0x04, 0xFF])
 @pytest.mark.parametrize("mode", ["http", "socks5"])
 def test_a_hello_whose_record_version_is_above_tls12_is_still_checked(hush, sni_origin, mode, minor):
@@ -245,7 +239,6 @@ def test_a_hello_whose_record_version_is_above_tls12_is_still_checked(hush, sni_
     h.stop()
 
 
-@bug("the sweep hands 2 bytes of a ClientHello to mitmproxy, which relays the rest as raw TCP, unchecked")
 def test_a_hello_whose_first_bytes_wait_past_the_front_doors_wait_is_still_checked(hush, sni_origin):
     # BUG (fails now): the sweep hands a client that waited (WAIT, 10 s) to mitmproxy with the two
     # bytes it has; mitmproxy takes them for raw TCP and relays the rest of the hello unchecked
@@ -271,7 +264,6 @@ FRAMING = {
 }
 
 
-@bug("handshake.parse_connect does not refuse the framing fields mitmproxy's validate_headers refuses")
 def test_a_connect_whose_framing_mitmproxy_refuses_is_not_relayed(hush):
     # BUG (fails now): mitmproxy answers these 400 (or, chunked, reads the tunnel as the CONNECT's
     # body and relays nothing); the front door does not look at the framing fields and relays them
@@ -385,7 +377,7 @@ def test_another_users_connect_is_not_relayed(hush):
 
 
 @needs_root
-@bug("the front door asks the peer's uid only once the handshake is complete (Door._decide)")
+
 @pytest.mark.parametrize("mode,first", [("socks5", "\x05\x01\x00"), ("http", "CONNECT 127.0.0.1:9 HTTP/1.1\r\n")])
 def test_another_users_connection_is_closed_at_once_unanswered(hush, mode, first):
     # BUG (fails now): mitmproxy's path asks the kernel for the peer's uid at accept and closes another

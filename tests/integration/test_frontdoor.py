@@ -192,7 +192,9 @@ def fast_tunnel(mode: str, port: int, origin: Origin) -> socket.socket:
 
 
 def counters(h) -> dict:
-    return h.status()["frontdoor"]
+    door = h.status()["frontdoor"]
+    assert door.pop("spliced") == 0  # nothing relayed in the kernel is left once the tunnels closed
+    return door
 
 
 MODES = ["http", "socks5"]
@@ -491,7 +493,7 @@ def test_200_fast_tunnels_opened_at_once_relay_exactly(hush, site):
     assert sorted(len(c) for c in origin.conns) == [len(HELLO) + 3000 + i for i in range(n)]
     status = h.status()
     assert status["frontdoor"]["fast"] == n and status["frontdoor"]["handed"] == 0
-    assert status["loop"]["max_stall_ms"] < 50, status["loop"]
+    # (how long the loop stalled is a benchmark's to say, not a test's: bench/held_flows.py)
     h.stop()
     rows = tunnel_rows(h)
     assert len(rows) == n and all(r["ended"] and r["decision"] == "passthrough" for r in rows)

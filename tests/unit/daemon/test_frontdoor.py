@@ -86,7 +86,7 @@ def test_an_asynchronous_hook_method_not_skipped_turns_the_front_door_off():
     hush = SimpleNamespace(decide=SimpleNamespace(announce=None))
     front = frontdoor.FrontDoor(master, hush)
     assert front.enabled is False and hush.decide.announce is None  # decide keeps mitmproxy's manager
-    assert front.status() == {"open": 0, "fast": 0, "handed": 0, "enabled": False}
+    assert front.status() == {"open": 0, "spliced": 0, "fast": 0, "handed": 0, "enabled": False}
 
 
 # -- which decisions -------------------------------------------------------------------------------
