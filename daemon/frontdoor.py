@@ -53,6 +53,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -562,31 +563,67 @@ class Door(asyncio.Protocol):
         if server.error:
             self.finish()
             return
-        task = asyncio.ensure_future(self._dial(server))
-        door._tasks.add(task)
-        task.add_done_callback(door._tasks.discard)
+        self._dial(server)
 
-    async def _dial(self, server: connection.Server) -> None:
+    def _dial(self, server: connection.Server) -> None:
+        """Connect to the site.  An IP address is connected here: on loopback the kernel completes
+        the connection within ``connect()``, and the transport is then made and the ClientHello
+        sent in this same turn of the loop; otherwise (a name to resolve, a handshake under way)
+        a task waits for it."""
+        assert server.address is not None
+        host, port = server.address
+        server.timestamp_start = time.time()
+        sock = None
+        try:
+            sock = _address_socket(host, server.sockname)
+            if sock is not None and _connect_now(sock, (host, port)):
+                up = _transport(sock, Upstream(self))
+                if up is not None:
+                    self._connected(up)
+                    return
+        except OSError as e:
+            if sock is not None:
+                sock.close()
+            self._not_connected(server, e)
+            return
+        task = asyncio.ensure_future(self._dial_later(server, sock))
+        self.door._tasks.add(task)
+        task.add_done_callback(self.door._tasks.discard)
+
+    async def _dial_later(self, server: connection.Server, sock: socket.socket | None) -> None:
+        loop = asyncio.get_running_loop()
+        assert server.address is not None
+        host, port = server.address
+        try:
+            if sock is None:  # a name: resolved as mitmproxy's path resolves it (getaddrinfo, in a thread)
+                up, _ = await loop.create_connection(lambda: Upstream(self), host, port,
+                                                     local_addr=server.sockname or None)
+            else:
+                await _until_connected(loop, sock)
+                up = _transport(sock, Upstream(self)) or (
+                    await loop.create_connection(lambda: Upstream(self), sock=sock))[0]
+        except (OSError, ValueError) as e:
+            if sock is not None:
+                sock.close()
+            self._not_connected(server, e)
+            return
+        assert isinstance(up, asyncio.Transport)
+        self._connected(up)
+
+    def _not_connected(self, server: connection.Server, e: Exception) -> None:
+        server.error = str(e) or repr(e)
+        log.info("front door: cannot connect to %s: %s", server.address, server.error)
+        self.finish()
+
+    def _connected(self, up: asyncio.Transport) -> None:
         from mitmproxy.connection import ConnectionState
 
         from hush.addons.notes import conn_notes
 
-        loop = asyncio.get_running_loop()
-        assert server.address is not None
-        host, port = server.address
-        server.timestamp_start = time.time()
-        try:
-            up = await _connect(loop, lambda: Upstream(self), host, port, server.sockname)
-        except (OSError, ValueError) as e:
-            server.error = str(e) or repr(e)
-            log.info("front door: cannot connect to %s:%s: %s", host, port, server.error)
-            self.finish()
-            return
-        assert isinstance(up, asyncio.Transport)
-        tunnel, client = self.tunnel, self.client
-        assert tunnel is not None and client is not None and self.tally is not None
+        tunnel, client, server = self.tunnel, self.client, self.server
+        assert tunnel is not None and client is not None and server is not None and self.tally is not None
         if self.state != DIAL or tunnel.outcome or tunnel.error \
-                or (host, port) not in conn_notes(client).permits:
+                or tuple(server.address or ()) not in conn_notes(client).permits:
             up.abort()  # closed, or revoked by a reload while dialling: nothing is sent
             self.finish()
             return
@@ -741,26 +778,69 @@ class Upstream(asyncio.Protocol):
             self.door._splice()
 
 
-async def _connect(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol], host: str, port: int,
-                   local: tuple | None) -> asyncio.BaseTransport:
-    """``loop.create_connection``, without its name resolution and address interleaving for an IP
-    address (the decided host is one when the app gave one): ~25 µs less per tunnel."""
+def _address_socket(host: str, local: tuple | None) -> socket.socket | None:
+    """A non-blocking TCP socket for an IP address (None for a name)."""
     try:
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:  # a name: resolved as mitmproxy's path resolves it (getaddrinfo, in a thread)
-        transport, _ = await loop.create_connection(factory, host, port, local_addr=local)
-        return transport
+    except ValueError:
+        return None
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         if local:
             sock.bind(local)
-        await loop.sock_connect(sock, (host, port))
-        transport, _ = await loop.create_connection(factory, sock=sock)
-    except BaseException:
+    except OSError:
         sock.close()
         raise
-    return transport
+    return sock
+
+
+def _connect_now(sock: socket.socket, address: tuple[str, int]) -> bool:
+    """Start connecting; True if the connection is already made (loopback: the kernel completes the
+    handshake within connect()), False while it is under way.  OSError if it failed."""
+    try:
+        sock.connect(address)
+        return True
+    except BlockingIOError:
+        pass
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    if not poller.poll(0):
+        return False
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
+    return True
+
+
+async def _until_connected(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Wait for a connection under way (``loop.sock_connect`` would call connect() again)."""
+    done = loop.create_future()
+    fd = sock.fileno()
+
+    def writable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_writer(fd, writable)
+    try:
+        await done
+    finally:
+        loop.remove_writer(fd)
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
+
+
+def _transport(sock: socket.socket, protocol: asyncio.Protocol) -> asyncio.Transport | None:
+    """asyncio's transport for a connected socket, made now (its private ``_make_socket_transport``,
+    which ``create_connection(sock=)`` calls after a turn of the loop; pinned by
+    tests/unit/daemon/test_frontdoor.py).  None where the loop has none."""
+    make = getattr(asyncio.get_running_loop(), "_make_socket_transport", None)
+    if make is None:
+        return None
+    transport = make(sock, protocol)
+    return transport if isinstance(transport, asyncio.Transport) else None
 
 
 def _loopback(peer: tuple | None) -> bool:

@@ -498,3 +498,70 @@ def test_mitmproxy_answers_socks5_with_the_front_doors_replies(mitmdump, request
         got = _read_for(s, len(handshake.SOCKS5_GRANTED) + 1, timeout=0.3)
         assert got == handshake.SOCKS5_GRANTED
 
+
+
+# -- dialling -------------------------------------------------------------------------------------
+
+
+def test_an_address_is_connected_at_once_on_loopback_and_gets_asyncios_transport():
+    """The front door dials an IP address itself: on loopback the kernel completes the connection
+    within connect(), and the transport is made in the same turn by asyncio's private
+    ``_make_socket_transport`` (pinned here: if it goes, the front door waits a turn instead)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        assert callable(getattr(loop, "_make_socket_transport", None))
+        sock = frontdoor._address_socket("127.0.0.1", None)
+        assert sock is not None and frontdoor._address_socket("example.com", None) is None
+        assert frontdoor._connect_now(sock, ("127.0.0.1", port)) is True
+        received = []
+
+        class Proto(asyncio.Protocol):
+            def data_received(self, data):
+                received.append(data)
+
+        transport = frontdoor._transport(sock, Proto())
+        assert isinstance(transport, asyncio.Transport)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        peer, _ = await asyncio.to_thread(server.accept)
+        transport.write(b"hello")  # before connection_made has run: a transport takes it
+        assert await asyncio.to_thread(peer.recv, 5) == b"hello"
+        peer.sendall(b"back")
+        for _ in range(100):
+            if received:
+                break
+            await asyncio.sleep(0.01)
+        assert received == [b"back"]
+        transport.close()
+        peer.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.close()
+
+
+def test_a_refused_connection_is_an_error_at_once_and_one_under_way_is_awaited():
+    closed = socket.create_server(("127.0.0.1", 0))
+    dead = closed.getsockname()[1]
+    closed.close()
+    sock = frontdoor._address_socket("127.0.0.1", None)
+    assert sock is not None
+    with pytest.raises(OSError):
+        frontdoor._connect_now(sock, ("127.0.0.1", dead))
+    sock.close()
+    server = socket.create_server(("127.0.0.1", 0))
+
+    async def main():
+        s = frontdoor._address_socket("127.0.0.1", None)
+        assert s is not None
+        s.connect_ex(server.getsockname())
+        await asyncio.wait_for(frontdoor._until_connected(asyncio.get_running_loop(), s), 5)
+        s.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.close()
