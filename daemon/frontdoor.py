@@ -784,7 +784,8 @@ def _address_socket(host: str, local: tuple | None) -> socket.socket | None:
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     except ValueError:
         return None
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, as getaddrinfo names it: asyncio's transport then turns Nagle off (TCP_NODELAY)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setblocking(False)
         if local:
