@@ -59,17 +59,27 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from mitmproxy import connection, ctx
+from mitmproxy.addonmanager import traverse
+from mitmproxy.connection import ConnectionState
+from mitmproxy.proxy import mode_servers
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+
+from hush.addons import tunnel as tunnels
+from hush.addons.actions.base import Action, Holding
+from hush.addons.audit import Wire
+from hush.addons.decide import connect_decision
+from hush.addons.notes import conn_notes
+from hush.addons.tunnel import Tally, Tunnel
 from hush.daemon import handshake
 from hush.daemon.handshake import Target
+from hush.daemon.policy import procnet
+from hush.daemon.policy.hosts import normalize
+from hush.daemon.relay import Relay
 
 if TYPE_CHECKING:
-    from mitmproxy import connection
-    from mitmproxy.proxy.server_hooks import ServerConnectionHookData
-
     from hush.addons import Chain
-    from hush.addons.tunnel import Tally, Tunnel
     from hush.daemon.policy.model import Decision, PolicySet
-    from hush.daemon.relay import Relay
 
 log = logging.getLogger("hush.frontdoor")
 
@@ -136,7 +146,6 @@ def eligible(decision: Decision | None) -> bool:
     action does nothing at connection level (no response to a CONNECT, no hold, no tor)."""
     if decision is None or decision.action.egress != "direct" or decision.action.name not in FAST_ACTIONS:
         return False
-    from hush.addons.actions.base import Action, Holding
 
     action = type(decision.action)
     return (not issubclass(action, Holding) and action.on_tunnel is Action.on_tunnel
@@ -148,7 +157,6 @@ class FrontDoor:
     addons (``hush``: :func:`hush.addons.chain`'s)."""
 
     def __init__(self, master: Any, hush: Chain, enabled: bool = True):
-        from mitmproxy.addonmanager import traverse
 
         self.master = master
         self.hush = hush
@@ -212,7 +220,6 @@ class FrontDoor:
     def uid(self, peer: tuple, local: tuple) -> int | None:
         """The uid holding the client's end of a loopback connection, if the kernel says so at once
         (netlink ``sock_diag`` answers while the request is sent); None otherwise."""
-        from hush.daemon.policy import procnet
 
         try:
             message = procnet.sock_diag_request(peer, local)
@@ -262,10 +269,9 @@ class FrontDoor:
             self._netlink = None
 
     def status(self) -> dict:
-        from hush.addons import tunnel
 
         return {"open": sum(1 for d in self.doors if d.state in (DIAL, RELAY, SPLICED)),
-                "spliced": tunnel.relays(),  # by the splice relay, the front door's and mitmproxy's
+                "spliced": tunnels.relays(),  # by the splice relay, the front door's and mitmproxy's
                 "fast": self.counts["fast"], "handed": self.counts["handed"], "enabled": self.enabled}
 
 
@@ -317,7 +323,6 @@ class Door(asyncio.Protocol):
         if not self.door.enabled:
             self.hand("front door off")
             return
-        from mitmproxy import ctx
 
         if ctx.options.hush_same_user_only and _loopback(self.peer):
             # at once, while the client sends its handshake: another user's connection is answered
@@ -437,7 +442,6 @@ class Door(asyncio.Protocol):
             self._prepare()
 
     def _hello(self) -> None:
-        from hush.daemon.policy.hosts import normalize
 
         found = handshake.tls_sni(bytes(self.buf[self.start:]))
         if found is None:
@@ -456,9 +460,7 @@ class Door(asyncio.Protocol):
     def _decide(self, target: Target) -> bool:
         """The decision mitmproxy's path would make for this connection at connection level, if
         the front door may carry it out (no refusal here: mitmproxy's path makes those)."""
-        from mitmproxy import ctx
 
-        from hush.addons.decide import connect_decision
 
         door = self.door
         policyset = door.hush.identify.holder.current
@@ -488,7 +490,6 @@ class Door(asyncio.Protocol):
         self.door.admit(lambda: self._hand(why))
 
     def _hand(self, why: str) -> None:
-        from mitmproxy.connection import ConnectionState
 
         door = self.door
         door.doors.discard(self)
@@ -512,11 +513,7 @@ class Door(asyncio.Protocol):
         """While the client sends its ClientHello (the reply is on its way): the connection as
         mitmproxy's hooks know it.  Its ``client_connected`` is called now; a hand-over to mitmproxy
         later ends it first (``client_disconnected``: nothing was decided on it)."""
-        from mitmproxy import connection
 
-        from hush.addons.audit import Wire
-        from hush.addons.notes import conn_notes
-        from hush.addons.tunnel import Tally
 
         target = self.target
         assert target is not None and self.peer is not None and self.local is not None
@@ -530,9 +527,7 @@ class Door(asyncio.Protocol):
 
     def _commit(self) -> None:
         """The tunnel is taken here: announced, guarded, dialled."""
-        from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-        from hush.addons.tunnel import Tunnel
 
         transport, target, door, client, server = self.transport, self.target, self.door, self.client, self.server
         assert transport is not None and target is not None and self.decision is not None
@@ -616,9 +611,7 @@ class Door(asyncio.Protocol):
         self.finish()
 
     def _connected(self, up: asyncio.Transport) -> None:
-        from mitmproxy.connection import ConnectionState
 
-        from hush.addons.notes import conn_notes
 
         tunnel, client, server = self.tunnel, self.client, self.server
         assert tunnel is not None and client is not None and server is not None and self.tally is not None
@@ -665,7 +658,6 @@ class Door(asyncio.Protocol):
     def _splice(self) -> None:
         """Past SPLICE_AFTER bytes, with nothing left to write on either side, both sockets go to
         the splice relay."""
-        from hush.addons import tunnel as tunnels
 
         tally, up, transport = self.tally, self.up, self.transport
         assert tally is not None and transport is not None
@@ -677,7 +669,6 @@ class Door(asyncio.Protocol):
         where = up.get_extra_info("peername")
         if csock is None or ssock is None:
             return
-        from hush.daemon.relay import Relay
 
         transport.pause_reading()
         up.pause_reading()
@@ -725,9 +716,7 @@ class Door(asyncio.Protocol):
             return
         self.state = DONE
         self.door.doors.discard(self)
-        from mitmproxy.connection import ConnectionState
 
-        from hush.addons import tunnel as tunnels
 
         if self.client is not None:
             tunnels.stop_relay(self.client.id)
@@ -862,7 +851,6 @@ _ORIGINAL: dict[Any, Callable] = {}
 def install(front: FrontDoor) -> None:
     """Serve the HTTP and SOCKS5 listeners mitmproxy starts from now on through ``front``."""
     global _FRONT
-    from mitmproxy.proxy import mode_servers
 
     _FRONT = front
     classes: tuple[Any, ...] = (mode_servers.RegularInstance, mode_servers.Socks5Instance)
