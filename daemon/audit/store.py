@@ -261,7 +261,7 @@ class AuditWriter:
     def _write(self, rows: list[tuple]) -> bool:
         try:
             with self._conn:
-                self._conn.executemany(_INSERT, rows)
+                self._conn.executemany(_INSERT, coalesce(rows))
         except sqlite3.Error as e:
             self.failures += 1
             if self.last_error is None:
@@ -277,6 +277,30 @@ class AuditWriter:
 
 _KEPT_BACK = frozenset({"block", "superseded", "overflow", "shutdown", "abandoned", "tor-unavailable", "revoked",
                         "dropped", "ask-mismatch"})
+
+
+_CONN = COLUMNS.index("conn")
+
+
+def coalesce(rows: list[tuple]) -> list[tuple]:
+    """One batch's rows with one row per connection: a tunnel's row is written whole at open, at
+    connect and at close (an upsert on ``conn``), and when two of those are in one batch only the
+    last needs writing — where the first was, so ids keep the order rows were submitted in.  The
+    database ends the same; SQLite does a third of the work for a short tunnel (bench/tunnels.py)."""
+    first: dict[str, int] = {}
+    out: list[tuple] = []
+    for row in rows:
+        key = row[_CONN]
+        if key is None:
+            out.append(row)
+            continue
+        at = first.get(key)
+        if at is None:
+            first[key] = len(out)
+            out.append(row)
+        else:
+            out[at] = row
+    return out
 
 
 def egress_of(record: dict[str, Any]) -> str:

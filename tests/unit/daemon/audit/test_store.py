@@ -166,3 +166,26 @@ def test_an_older_database_is_migrated(tmp_path):
     # opening it again changes nothing
     AuditWriter(path).close()
     assert conn.execute("SELECT COUNT(*) FROM records").fetchone() == (8,)
+
+
+def test_a_batch_writes_one_row_per_connection_where_the_first_was(tmp_path):
+    """A tunnel's row is submitted whole at open, at connect and at close (upserts on conn): in one
+    batch only the last is written, at the first one's place — the database ends the same."""
+    from hush.daemon.audit.store import COLUMNS, coalesce
+
+    def row(conn, note):
+        values = dict.fromkeys(COLUMNS)
+        values.update(conn=conn, note=note, ts=1.0, decision="passthrough", ip_exposed=0)
+        return tuple(values[c] for c in COLUMNS)
+
+    rows = [row("a", "open"), row(None, "flow 1"), row("b", "open"), row("a", "connected"), row(None, "flow 2"),
+            row("a", "closed")]
+    note = COLUMNS.index("note")
+    assert [r[note] for r in coalesce(rows)] == ["closed", "flow 1", "open", "flow 2"]
+    writer = AuditWriter(tmp_path / "audit.db")
+    for r in rows:
+        writer.submit(dict(zip(COLUMNS, r, strict=True)))
+    writer.close()
+    conn = sqlite3.connect(tmp_path / "audit.db")
+    assert conn.execute("SELECT conn, note FROM records ORDER BY id").fetchall() == [
+        ("a", "closed"), (None, "flow 1"), ("b", "open"), (None, "flow 2")]
