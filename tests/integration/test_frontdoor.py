@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from .harness import free_port, payload, wait_for
-from .wire import tunnel_rows
+from .wire import recv_exactly, tunnel_rows
 
 pytestmark = pytest.mark.integration
 
@@ -121,15 +121,6 @@ def front_off(tmp: Path, **values) -> dict[str, str]:
     return {"PYTHONPATH": f"{where}{os.pathsep}{path}" if path else str(where)}
 
 
-def read_exactly(s: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        assert chunk, f"closed after {data!r}"
-        data += chunk
-    return data
-
-
 def read_all(s: socket.socket, timeout: float = 15) -> bytes:
     """Everything until the close (a reset ends it too)."""
     s.settimeout(timeout)
@@ -162,16 +153,16 @@ def connect(port: int, target: str, host_header: str | None = None) -> socket.so
     """A CONNECT granted: exactly the front door's 200 is read, nothing after it."""
     s = socket.create_connection(("127.0.0.1", port), timeout=15)
     s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {host_header or target}\r\n\r\n".encode())
-    assert read_exactly(s, len(OK)) == OK
+    assert recv_exactly(s, len(OK)) == OK
     return s
 
 
 def socks5(port: int, host: str, dport: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=15)
     s.sendall(b"\x05\x01\x00")
-    assert read_exactly(s, 2) == GREETING_REPLY
+    assert recv_exactly(s, 2) == GREETING_REPLY
     s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(host) + dport.to_bytes(2, "big"))
-    assert read_exactly(s, len(GRANTED)) == GRANTED
+    assert recv_exactly(s, len(GRANTED)) == GRANTED
     return s
 
 
@@ -244,7 +235,7 @@ def test_a_blocked_target_is_handed_before_any_reply(hush, site):
     assert b"X-Hush-Decision: block" in answer and b"200 Connection established" not in answer
     with socket.create_connection(("127.0.0.1", socks), timeout=15) as s:
         s.sendall(b"\x05\x01\x00")
-        assert read_exactly(s, 2) == GREETING_REPLY
+        assert recv_exactly(s, 2) == GREETING_REPLY
         s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + origin.port.to_bytes(2, "big"))
         reply = read_all(s)
     assert reply[:2] == b"\x05\x02", reply  # connection not allowed by ruleset
@@ -360,7 +351,7 @@ def test_a_client_that_waits_after_the_grant_is_handed_and_relayed_by_mitmproxy(
     s = connect(port, f"127.0.0.1:{origin.port}")  # one 200
     wait_for(lambda: counters(h)["handed"] == 1, timeout=10, message="the sweep handed the waiting client")
     s.sendall(HELLO)
-    assert read_exactly(s, 11) == b"site speaks"  # no second 200 before the site's bytes
+    assert recv_exactly(s, 11) == b"site speaks"  # no second 200 before the site's bytes
     s.sendall(b"late")
     wait_for(lambda: origin.received == HELLO + b"late", message="the bytes at the origin")
     s.close()
@@ -412,7 +403,7 @@ def test_sigterm_with_a_fast_tunnel_open_completes_its_row(hush, site, mode):
     port = free_port()
     h = hush({"t": policy(port, mode)})
     s = fast_tunnel(mode, port, origin)
-    assert read_exactly(s, 19) == b"hello from the site"
+    assert recv_exactly(s, 19) == b"hello from the site"
     s.sendall(b"x" * 500)
     wait_for(lambda: origin.received == HELLO + b"x" * 500, message="the bytes at the origin")
     assert counters(h)["open"] == 1
