@@ -24,7 +24,8 @@ self-connect check) before it dials, completes the row when the site answers
 and when the connection closes, and relays: asyncio protocols first, then,
 past ``SPLICE_AFTER`` bytes, the splice relay (``daemon/relay.py``).
 
-Everything else — another method, a Host naming another host, a shared
+Everything else — another user's connection (at once, as it is accepted),
+another method, a Host naming another host, body framing on a CONNECT, a shared
 listener, a decision that blocks, holds, asks, inspects or goes through tor,
 an SNI naming another host, bytes that are not TLS, a handshake the parser
 is not sure of, a client that waits — goes to mitmproxy **with every byte
@@ -40,8 +41,9 @@ Hand-overs and tunnel set-ups share one budget per turn of the event loop
 few milliseconds at a time instead of in one stall (bench/held_flows.py).
 
 mitmproxy's private API (its server instances' ``listen`` and
-``handle_stream``, asyncio's stream protocol) is used here only, in the
-functions at the end, pinned by tests/unit/daemon/test_frontdoor.py.
+``handle_stream``) and asyncio's (``StreamReaderProtocol`` swapped in under a
+transport, ``_make_socket_transport``) are used here only, in the functions at
+the end, pinned by tests/unit/daemon/test_frontdoor.py.
 """
 
 from __future__ import annotations
@@ -159,7 +161,6 @@ class FrontDoor:
     addons (``hush``: :func:`hush.addons.chain`'s)."""
 
     def __init__(self, master: Any, hush: Chain, enabled: bool = True):
-
         self.master = master
         self.hush = hush
         self.hooks = Hooks(list(traverse(master.addons.chain)))
@@ -222,7 +223,6 @@ class FrontDoor:
     def uid(self, peer: tuple, local: tuple) -> int | None:
         """The uid holding the client's end of a loopback connection, if the kernel says so at once
         (netlink ``sock_diag`` answers while the request is sent); None otherwise."""
-
         try:
             message = procnet.sock_diag_request(peer, local)
         except ValueError:
@@ -271,7 +271,6 @@ class FrontDoor:
             self._netlink = None
 
     def status(self) -> dict:
-
         return {"open": sum(1 for d in self.doors if d.state in (DIAL, RELAY, SPLICED)),
                 "spliced": tunnels.relays(),  # by the splice relay, the front door's and mitmproxy's
                 "fast": self.counts["fast"], "handed": self.counts["handed"], "enabled": self.enabled}
@@ -444,7 +443,6 @@ class Door(asyncio.Protocol):
             self._prepare()
 
     def _hello(self) -> None:
-
         found = handshake.tls_sni(bytes(self.buf[self.start:]))
         if found is None:
             if len(self.buf) - self.start > MAX_HELLO:
@@ -462,7 +460,6 @@ class Door(asyncio.Protocol):
     def _decide(self, target: Target) -> bool:
         """The decision mitmproxy's path would make for this connection at connection level, if
         the front door may carry it out (no refusal here: mitmproxy's path makes those)."""
-
 
         door = self.door
         policyset = door.hush.identify.holder.current
@@ -492,7 +489,6 @@ class Door(asyncio.Protocol):
         self.door.admit(lambda: self._hand(why))
 
     def _hand(self, why: str) -> None:
-
         door = self.door
         door.doors.discard(self)
         if self.client is not None:  # prepared, then not taken: its hooks see it end, mitmproxy's start anew
@@ -516,7 +512,6 @@ class Door(asyncio.Protocol):
         mitmproxy's hooks know it.  Its ``client_connected`` is called now; a hand-over to mitmproxy
         later ends it first (``client_disconnected``: nothing was decided on it)."""
 
-
         target = self.target
         assert target is not None and self.peer is not None and self.local is not None
         client = connection.Client(peername=self.peer, sockname=self.local, timestamp_start=time.time(),
@@ -529,7 +524,6 @@ class Door(asyncio.Protocol):
 
     def _commit(self) -> None:
         """The tunnel is taken here: announced, guarded, dialled."""
-
 
         transport, target, door, client, server = self.transport, self.target, self.door, self.client, self.server
         assert transport is not None and target is not None and self.decision is not None
@@ -614,7 +608,6 @@ class Door(asyncio.Protocol):
 
     def _connected(self, up: asyncio.Transport) -> None:
 
-
         tunnel, client, server = self.tunnel, self.client, self.server
         assert tunnel is not None and client is not None and server is not None and self.tally is not None
         if self.state != DIAL or tunnel.outcome or tunnel.error \
@@ -660,7 +653,6 @@ class Door(asyncio.Protocol):
     def _splice(self) -> None:
         """Past SPLICE_AFTER bytes, with nothing left to write on either side, both sockets go to
         the splice relay."""
-
         tally, up, transport = self.tally, self.up, self.transport
         assert tally is not None and transport is not None
         if (not tunnels.SPLICE or self.state != RELAY or up is None or tally.up + tally.down < tunnels.SPLICE_AFTER
