@@ -503,7 +503,11 @@ class Door(asyncio.Protocol):
         if self.paused:
             self.paused = False
             transport.resume_reading()
-        hand_to_mitmproxy(self.instance, transport, bytes(self.buf), self.answers, self.eof, door._tasks)
+        try:
+            hand_to_mitmproxy(self.instance, transport, bytes(self.buf), self.answers, self.eof, door._tasks)
+        except Exception:  # fail closed: nothing was sent anywhere; the connection must not linger
+            log.exception("front door: handing a connection to mitmproxy failed; closed")
+            transport.abort()
 
     # -- the boring case ---------------------------------------------------------------------------
 
@@ -622,14 +626,16 @@ class Door(asyncio.Protocol):
         server.state = ConnectionState.OPEN
         early = bytes(self.buf[self.start:])
         self.buf = bytearray()
+        self.state = RELAY
+        # reading resumes before the write: a site that takes less than what was read ahead pauses
+        # it again (Upstream.pause_writing), and that pause must stand
+        self._resume()
         up.write(early)  # the ClientHello first: the hooks below run while the site answers
         self.tally.up += len(early)
-        self.state = RELAY
         if self.eof:
             self.client_eof = True
             if up.can_write_eof():
                 up.write_eof()
-        self._resume()
         self.door.hooks("server_connected", self.data)
 
     # -- relaying ----------------------------------------------------------------------------------
@@ -678,7 +684,13 @@ class Door(asyncio.Protocol):
         self.relay = Relay(csock.fileno(), ssock.fileno(), on_end=ended, on_activity=active, counts=tally)
         self.state = SPLICED
         tunnels.register_relay(self.client.id, self.relay)
-        self.relay.start()
+        try:
+            self.relay.start()
+        except RuntimeError:  # no thread to be had: fail closed, the tunnel ends
+            log.exception("front door: the splice relay could not start; the tunnel is closed")
+            self.relay.discard()
+            self.finish(abort=True)
+            return
         log.debug("relaying %s ⇄ %s in the kernel (splice), from the front door", self.peer, where)
 
     def _spliced_end(self, relay: Relay) -> None:
@@ -708,10 +720,19 @@ class Door(asyncio.Protocol):
         mitmproxy calls at a connection's end (decide ends the tunnel: the audit completes its row)."""
         if self.state == DONE:
             return
+        granted_only = self.state in (HELLO, DIAL) and self.tunnel is None and not self.socks
         self.state = DONE
         self.door.doors.discard(self)
-
-
+        if granted_only and self.client is not None and self.target is not None and self.decision is not None:
+            # a CONNECT answered 200 whose ClientHello never came (the client left, hush is
+            # stopping): mitmproxy's path wrote its row at the CONNECT, and so does this, ended now
+            tunnel = Tunnel(self.client.id, self.app, self.instance.mode.full_spec, self.target.host,
+                            self.target.port, self.policyset, user_agent=self.target.user_agent, client=self.client,
+                            started=self.decided_at)
+            self.tunnel = tunnel
+            self.door.hush.decide.keep(tunnel)
+            tunnel.decision = self.decision
+            self.door.hooks("hush_tunnel", tunnel)
         if self.client is not None:
             tunnels.stop_relay(self.client.id)
         for transport in (self.up, self.transport):
@@ -866,7 +887,7 @@ async def _listen(self, host: str, port: int) -> list:
     """mitmproxy's ``AsyncioServerInstance.listen`` for a TCP listener: the same socket, a Door per
     connection instead of mitmproxy's stream handler."""
     front = _FRONT
-    if front is None or port == 0 or self.mode.transport_protocol != "tcp":
+    if front is None or not front.enabled or port == 0 or self.mode.transport_protocol != "tcp":
         return await _ORIGINAL[type(self)](self, host, port)
     loop = asyncio.get_running_loop()
     # asyncio accepts up to `backlog` connections per wake-up, all in one callback (a burst of 100 was

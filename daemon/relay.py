@@ -148,6 +148,19 @@ class Relay:
             with contextlib.suppress(OSError):
                 os.write(self._wake_w, b"x")
 
+    def discard(self) -> None:
+        """Close what a relay that never started holds (its duplicates, pipes and wake-up pipe)."""
+        with self._lock:
+            self._closed = True
+            for d in (self.up, self.down):
+                d.close()
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            for s in (self.client, self.server):
+                with contextlib.suppress(OSError):
+                    s.close()
+
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 

@@ -15,6 +15,7 @@ import pprint
 import signal
 import socket
 import ssl
+import struct
 import threading
 import time
 from pathlib import Path
@@ -334,7 +335,7 @@ def test_bytes_that_are_not_a_plain_hello_are_handed_and_go_as_before(hush, site
     fast, fast_status = _not_tls_run(hush, site)
     old, old_status = _not_tls_run(hush, site, front_off(tmp_path, ENABLED=False))
     assert fast_status == {"open": 0, "fast": 0, "handed": 2 * len(NOT_TLS), "enabled": True}
-    assert old_status["enabled"] is False and old_status["fast"] == 0
+    assert old_status["enabled"] is False and old_status["fast"] == old_status["handed"] == 0  # off: mitmproxy listens
     differ = {key: {"front door": fast[key], "mitmproxy alone": old[key]} for key in fast if fast[key] != old[key]}
     assert not differ, pprint.pformat(differ, width=150)
     # and, as tests/integration/test_adversarial_tunnels.py says, a hello hush cannot read reaches nothing
@@ -416,6 +417,28 @@ def test_sigterm_with_a_fast_tunnel_open_completes_its_row(hush, site, mode):
     assert row["ended"] is not None and row["duration_ms"] is not None
     assert (row["bytes_up"], row["bytes_down"]) == (len(HELLO) + 500, 19)
     assert origin.received == HELLO + b"x" * 500
+
+
+@pytest.mark.parametrize("ending", ["sigterm", "reset"])
+def test_a_granted_connect_whose_hello_never_comes_is_audited_as_on_mitmproxys_path(hush, site, ending):
+    """Found in review: a CONNECT answered 200 whose ClientHello never came left no row when the
+    client reset or hush stopped (the front door writes a tunnel's row at its commit); mitmproxy's
+    path writes it at the CONNECT.  Now one row, ended, nothing sent anywhere."""
+    origin = site()
+    port = free_port()
+    h = hush({"t": policy(port, "http")})
+    s = tunnel("http", port, origin.port)  # granted: the 200 is read
+    if ending == "reset":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # RST
+        wait_for(lambda: counters(h)["open"] == 0 and h.status()["decisions"], message="the row at the reset")
+    assert h.stop() == 0
+    if ending == "sigterm":
+        s.close()
+    [row] = tunnel_rows(h)
+    assert (row["decision"], row["port"], row["route"], row["ip_exposed"]) == ("passthrough", origin.port, "none", 0)
+    assert row["ended"] is not None and row["bytes_up"] == 0
+    assert origin.accepts == 0
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -565,3 +565,61 @@ def test_a_refused_connection_is_an_error_at_once_and_one_under_way_is_awaited()
         asyncio.run(main())
     finally:
         server.close()
+
+
+def test_a_site_slower_than_what_was_read_ahead_keeps_the_app_paused(monkeypatch):
+    """Found in review: the dial wrote what the app sent meanwhile to the site, which paused the
+    app's reading (the site's buffer over its mark), and then resumed it: what the app kept sending
+    piled up in hush's memory.  Reading resumes before that write now, so the pause stands."""
+    from types import SimpleNamespace
+
+    from mitmproxy import connection
+
+    from hush.addons import tunnel as tunnels
+    from hush.addons.notes import conn_notes
+    from hush.addons.tunnel import Tally
+
+    monkeypatch.setattr(tunnels, "SPLICE", False)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        site = socket.socket()
+        site.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        site.bind(("127.0.0.1", 0))
+        site.listen(8)  # accepts (in the kernel), never reads
+        port = site.getsockname()[1]
+        stub = SimpleNamespace(hooks=lambda *a: True, doors=set(), _tasks=set(), counts={})
+        instance = SimpleNamespace(mode=SimpleNamespace(type_name="regular", full_spec="regular@1"))
+        door = frontdoor.Door(stub, instance)
+        app, ours = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, sock=ours)
+        transport.set_protocol(door)
+        door.transport = transport
+        client = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0)
+        door.client, door.tally = client, Tally()
+        door.tunnel = SimpleNamespace(outcome=None, error=None)
+        door.server = connection.Server(address=("127.0.0.1", port))
+        door.data = SimpleNamespace(server=door.server, client=client)
+        conn_notes(client).permits.add(("127.0.0.1", port))
+        door.state = frontdoor.DIAL
+        door.buf = bytearray(b"x" * 400_000)  # read ahead while the dial waited its turn
+        door._pause()
+        sock = frontdoor._address_socket("127.0.0.1", None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # as slow as a remote site's path
+        assert frontdoor._connect_now(sock, ("127.0.0.1", port))
+        up = frontdoor._transport(sock, frontdoor.Upstream(door))
+        door._connected(up)
+        assert not transport.is_reading()  # paused by the site's backlog, and it stays paused
+        app.setblocking(False)
+        for _ in range(200):  # the app keeps sending
+            with contextlib.suppress(BlockingIOError):
+                app.send(b"y" * 65536)
+            await asyncio.sleep(0.002)
+        assert up.get_write_buffer_size() < 1_000_000
+        assert not transport.is_reading()
+        up.abort()
+        transport.abort()
+        app.close()
+        site.close()
+
+    asyncio.run(main())
