@@ -150,6 +150,9 @@ class Relay:
 
     def discard(self) -> None:
         """Close what a relay that never started holds (its duplicates, pipes and wake-up pipe)."""
+        self._release()
+
+    def _release(self) -> None:
         with self._lock:
             self._closed = True
             for d in (self.up, self.down):
@@ -159,7 +162,7 @@ class Relay:
                     os.close(fd)
             for s in (self.client, self.server):
                 with contextlib.suppress(OSError):
-                    s.close()
+                    s.close()  # the duplicates: the owner's descriptors stay open
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -196,15 +199,6 @@ class Relay:
             if not self.stopped:
                 self.error = f"{errno.errorcode.get(e.errno or 0, 'error')}: {e.strerror}"
         finally:
-            with self._lock:
-                self._closed = True
-                for d in (self.up, self.down):
-                    d.close()
-                for fd in (self._wake_r, self._wake_w):
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-                for s in (self.client, self.server):
-                    with contextlib.suppress(OSError):
-                        s.close()  # the duplicates: the owner's descriptors stay open
+            self._release()
             if self.on_end is not None:
                 self.on_end(self)
