@@ -59,11 +59,20 @@ def launch_rows(h, app="x"):
     return [r for r in h.audit() if (r["listener"] or "").startswith(f"launch:{app}:")]
 
 
-def row_for(h, host, timeout=30):
-    """The (first) launch audit row for ``host``, once written."""
+def row_for(h, host, timeout=30, complete=False):
+    """The (first) launch audit row for ``host``, once written — with ``complete``, once its
+    connection has closed too: a connection's row is written at open and completed at its close
+    (its tor exit, its bytes), and the writer batches rows for up to 20 ms, so a row read as soon as
+    it appears may still be the one written at open."""
+    def first():
+        return next((r for r in launch_rows(h) if r["host"] == host), None)
+
     h.wait_rows(lambda r: r["host"] == host and (r["listener"] or "").startswith("launch:"), timeout,
                 f"an audit row for {host}")
-    return next(r for r in launch_rows(h) if r["host"] == host)
+    if complete:
+        return until(lambda: (row := first()) is not None and row["ended"] is not None and row, timeout,
+                     f"the audit row for {host} completed", interval=0.05)
+    return first()
 
 
 def curl(h, url, *args, app="x"):
@@ -122,7 +131,7 @@ def test_tor_routed_name_reaches_the_origin_from_the_exit_and_is_never_resolved(
     assert origin.owners == [world_torlab.exit_pid]  # the private network's exit connected
     assert TOR_NAME in world_exit_dns.queries  # the exit resolved it ...
     assert TOR_NAME not in world.dns.queries  # ... and nothing in the world did
-    row = row_for(h, TOR_NAME)
+    row = row_for(h, TOR_NAME, complete=True)  # its tor exit is known at its close
     assert (row["app"], row["decision"], row["ip_exposed"]) == ("x", "tor", 0), row
     assert row["listener"].startswith("launch:x:") and (row["tor_exit"] or "").endswith("~exit0")
 
