@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import shutil
@@ -131,21 +132,31 @@ def _listen(family: int, kind: int, address: str, port: int) -> socket.socket:
     return sock
 
 
-def make_sockets() -> dict[str, socket.socket]:
+def make_sockets(attempts: int = 16) -> dict[str, socket.socket]:
     """The launch's listening sockets, on the namespace's loopback (one port for
-    TCP on both families, one for DNS over UDP and TCP)."""
-    tcp4 = _listen(socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", 0)
-    tcp_port = tcp4.getsockname()[1]
-    dns4 = _listen(socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1", 0)
-    dns_port = dns4.getsockname()[1]
-    return {
-        "tcp4": tcp4,
-        "tcp6": _listen(socket.AF_INET6, socket.SOCK_STREAM, "::1", tcp_port),
-        "dns_udp4": dns4,
-        "dns_udp6": _listen(socket.AF_INET6, socket.SOCK_DGRAM, "::1", dns_port),
-        "dns_tcp4": _listen(socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", dns_port),
-        "dns_tcp6": _listen(socket.AF_INET6, socket.SOCK_STREAM, "::1", dns_port),
-    }
+    TCP on both families, one for DNS over UDP and TCP).  The ports are the kernel's
+    picks for the first socket of each pair; where the others cannot have the same
+    number (taken, for that protocol or family, by another socket: in a namespace of
+    its own nothing is, elsewhere anything may be), new ports are picked."""
+    for attempt in range(attempts):
+        made: dict[str, socket.socket] = {}
+        try:
+            made["tcp4"] = _listen(socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", 0)
+            tcp_port = made["tcp4"].getsockname()[1]
+            made["dns_udp4"] = _listen(socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1", 0)
+            dns_port = made["dns_udp4"].getsockname()[1]
+            made["tcp6"] = _listen(socket.AF_INET6, socket.SOCK_STREAM, "::1", tcp_port)
+            made["dns_udp6"] = _listen(socket.AF_INET6, socket.SOCK_DGRAM, "::1", dns_port)
+            made["dns_tcp4"] = _listen(socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", dns_port)
+            made["dns_tcp6"] = _listen(socket.AF_INET6, socket.SOCK_STREAM, "::1", dns_port)
+        except OSError as e:
+            for sock in made.values():
+                sock.close()
+            if e.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                raise
+            continue
+        return {name: made[name] for name in SOCKETS}
+    raise AssertionError("unreachable")
 
 
 def set_up_network() -> dict[str, socket.socket]:

@@ -54,3 +54,35 @@ def test_ip_and_nft_are_found_outside_a_users_path(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert launch.tool("nft") in ("/usr/sbin/nft", "/sbin/nft"), "nftables is not installed (.ci/run installs it)"
     assert launch.tool("ip") is not None, "iproute2 is not installed"
+
+
+def test_a_port_taken_for_the_other_protocol_picks_new_ports(monkeypatch):
+    """The DNS port is the kernel's pick for UDP; TCP may have that number taken (outside a
+    namespace of its own: a flaky test once): new ports are picked, nothing is left open."""
+    import errno
+    import socket
+
+    from hush.daemon.launch import namespace
+
+    real = namespace._listen
+    opened: list[socket.socket] = []
+    refused = []
+
+    def listen(family, kind, address, port):
+        if kind == socket.SOCK_STREAM and port and not refused:
+            refused.append(port)
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        sock = real(family, kind, address, port)
+        opened.append(sock)
+        return sock
+
+    monkeypatch.setattr(namespace, "_listen", listen)
+    socks = namespace.make_sockets()
+    try:
+        assert list(socks) == list(namespace.SOCKETS) and refused
+        assert socks["dns_tcp4"].getsockname()[1] == socks["dns_udp4"].getsockname()[1]
+        assert socks["tcp6"].getsockname()[1] == socks["tcp4"].getsockname()[1]
+        assert all(s.fileno() == -1 for s in opened if s not in socks.values())  # the first try's, closed
+    finally:
+        for s in socks.values():
+            s.close()
