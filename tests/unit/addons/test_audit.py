@@ -190,3 +190,118 @@ def test_counted_layer_counts_what_the_layer_under_it_sends():
         out += list(counted.handle_event(events.DataReceived(ctx.server, b"hello")))
     assert [c.data for c in out] == [b"abcabc", b"hellohello"]
     assert (tally.up, tally.down) == (6, 10)
+
+
+def _tunnel(ps):
+    """A CONNECT's connection and its tunnel, decided, not yet announced."""
+    g = connect_flow("a.backend.net")
+    return g, Tunnel(g.client_conn.id, "x", "l", "a.backend.net", 443, ps, ps.decide_connect("x", "a.backend.net", 443),
+                     client=g.client_conn)
+
+
+def test_a_relayed_tunnels_row_is_built_once_per_coalesce_window_and_a_stop_writes_what_is_due(tmp_path):
+    from mitmproxy import connection
+    from mitmproxy.proxy import server_hooks
+
+    from hush.addons import audit as audit_module
+
+    audit = Audit()
+    seen = []
+    audit.live = seen.append
+    ps = policyset()
+
+    async def go():
+        # open, then connected, within the window: one row, built once, as it stands at the window's end
+        g, t = _tunnel(ps)
+        audit.hush_tunnel(t)
+        audit.server_connected(server_hooks.ServerConnectionHookData(
+            connection.Server(address=("a.backend.net", 443)), g.client_conn))
+        assert seen == []  # kept, not lost: the tunnel is due
+        await asyncio.sleep(audit_module.COALESCE * 4)
+        assert [(r["conn"], r["route"], r["ended"]) for r in seen] == [(t.key, "direct", None)]
+        # open, then closed, within the window: the complete row at once, and nothing more after it
+        seen.clear()
+        g, short = _tunnel(ps)
+        audit.hush_tunnel(short)
+        conn_notes(g.client_conn).wire.tally = Tally(5, 7)
+        short.ended = short.started + 0.001
+        audit.hush_tunnel_end(short)
+        await asyncio.sleep(audit_module.COALESCE * 4)
+        assert [(r["conn"], r["bytes_down"], r["ended"]) for r in seen] == [(short.key, 7, short.ended)]
+        # a stop within the window writes the row that was due, once, complete (as every open tunnel's)
+        seen.clear()
+        _, last = _tunnel(ps)
+        audit.hush_tunnel(last)
+        audit.done()
+        assert sorted((r["conn"], r["ended"] is not None) for r in seen) == sorted([(t.key, True), (last.key, True)])
+        await asyncio.sleep(audit_module.COALESCE * 4)  # and the timer it cancelled writes nothing more
+        assert len(seen) == 2
+
+    with taddons.context(audit) as tctx:
+        tctx.configure(audit, hush_state_dir=str(tmp_path))
+        _run(go())
+    db = sqlite3.connect(tmp_path / "audit.db")
+    assert db.execute("SELECT COUNT(*), COUNT(DISTINCT conn) FROM records").fetchone() == (3, 3)
+
+
+def test_a_refused_tunnels_row_is_written_at_once():
+    audit = Audit()
+    seen = []
+    audit.live = seen.append
+    ps = policyset()
+
+    async def go():
+        _, t = _tunnel(ps)
+        t.outcome = "revoked"
+        audit.hush_tunnel(t)
+        assert [r["conn"] for r in seen] == [t.key]
+
+    with taddons.context(audit):
+        _run(go())
+
+
+def test_rows_due_when_their_loop_stopped_are_written_before_the_next_and_a_burst_is_spread(monkeypatch):
+    from hush.addons import audit as audit_module
+
+    audit = Audit()
+    seen = []
+    audit.live = seen.append
+    ps = policyset()
+
+    first, second, third = (_tunnel(ps)[1] for _ in range(3))
+
+    async def opens(t):
+        audit.hush_tunnel(t)
+
+    async def opens_and_waits(t):
+        audit.hush_tunnel(t)
+        await asyncio.sleep(audit_module.COALESCE * 4)
+
+    with taddons.context(audit):
+        _run(opens(first))  # its loop ends before the row is due
+        assert seen == []
+        _run(opens_and_waits(second))  # a new loop: the first is written at once, the second when due
+        assert [r["conn"] for r in seen] == [first.key, second.key]
+        audit.hush_tunnel(third)  # no loop at all: at once
+        assert [r["conn"] for r in seen] == [first.key, second.key, third.key]
+
+        monkeypatch.setattr(audit_module, "DUE_PER_TURN", 3)
+        seen.clear()
+        burst = [_tunnel(ps)[1] for _ in range(7)]
+        turns = []
+        write_due = audit._write_due
+
+        def counted(everything=False):  # each call is one turn of the loop
+            write_due(everything)
+            turns.append(len(seen))
+
+        audit._write_due = counted
+
+        async def bursts():
+            for t in burst:
+                audit.hush_tunnel(t)
+            await asyncio.sleep(audit_module.COALESCE * 4)
+
+        _run(bursts())
+    assert turns == [3, 6, 7]  # 3 per turn of the loop, all of them, in order
+    assert [r["conn"] for r in seen] == [t.key for t in burst]

@@ -1,3 +1,4 @@
+import json
 import sqlite3
 import threading
 import time
@@ -189,3 +190,16 @@ def test_a_batch_writes_one_row_per_connection_where_the_first_was(tmp_path):
     conn = sqlite3.connect(tmp_path / "audit.db")
     assert conn.execute("SELECT conn, note FROM records ORDER BY id").fetchall() == [
         ("a", "closed"), (None, "flow 1"), ("b", "open"), (None, "flow 2")]
+
+
+def test_carried_and_sent_are_stored_as_json_the_same_with_or_without_the_cache():
+    from hush.daemon.audit.store import COLUMNS, _row
+
+    at = COLUMNS.index("carried")
+    for value in ({"cookies": 0}, {"cookies": False}, {"cookies": 0}, {"b": 1, "a": None}, {"list": [1, 2]},
+                  {"nested": {"x": 1}}, {}, "already text", ["a"], {"r": (0,)}, {"r": (False,)}, {"x": -0.0},
+                  {"x": 0.0}, {True: "a"}, {1: "a"}):
+        row = _row({"decision": "allow", "carried": value, "ip_exposed": "yes"})
+        expected = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        assert row[at] == expected  # 0 and False are not confused by the cache
+        assert row[COLUMNS.index("ip_exposed")] == 1 and row[COLUMNS.index("egress")] == "direct"
