@@ -181,14 +181,22 @@ def site_of(host: str) -> str:
 
 
 @functools.lru_cache(maxsize=8192)
-def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def address_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an address (parsed once per host), or None for a name."""
     return ipaddress.ip_address(host) if is_ip(host) else None
+
+
+@functools.lru_cache(maxsize=1024)
+def is_loopback(host: str) -> bool:
+    """An address in 127.0.0.0/8 or ::1 (a zone id after ``%`` aside); never a name."""
+    address = address_of(host.split("%")[0])
+    return address is not None and address.is_loopback
 
 
 def in_networks(host: str, networks) -> bool:
     """Is ``host`` (normalized) an IP address inside one of ``networks``?
     Names never are: hush does not resolve them to decide."""
-    address = _address(host)
+    address = address_of(host)
     return address is not None and any(address in net for net in networks if net.version == address.version)
 
 

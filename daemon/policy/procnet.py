@@ -22,6 +22,8 @@ import os
 import socket
 import struct
 
+from hush.daemon.policy.hosts import address_of
+
 DELETED = " (deleted)"  # what the kernel appends to /proc/PID/exe when the file was replaced or removed
 
 
@@ -76,7 +78,9 @@ _NOCOOKIE = 0xFFFFFFFF
 def sock_diag_request(local: tuple, remote: tuple) -> bytes | None:
     """The netlink ``SOCK_DIAG_BY_FAMILY`` request for the TCP socket local→remote
     (None: the two addresses are of different families)."""
-    lhost, rhost = ipaddress.ip_address(local[0]), ipaddress.ip_address(remote[0])
+    lhost, rhost = address_of(local[0]), address_of(remote[0])  # the kernel's spelling: parsed once each
+    if lhost is None or rhost is None:
+        raise ValueError(f"not addresses: {local[0]!r}, {remote[0]!r}")
     if lhost.version != rhost.version:
         return None
     family = socket.AF_INET if lhost.version == 4 else socket.AF_INET6

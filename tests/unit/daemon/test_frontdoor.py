@@ -89,6 +89,29 @@ def test_an_asynchronous_hook_method_not_skipped_turns_the_front_door_off():
     assert front.status() == {"open": 0, "spliced": 0, "fast": 0, "handed": 0, "enabled": False}
 
 
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.8.9.10", "::1"])
+def test_mitmproxys_block_does_nothing_to_a_loopback_client_so_the_front_door_skips_it(peer):
+    from mitmproxy import connection
+    from mitmproxy.addons.block import Block
+    from mitmproxy.proxy.mode_specs import ProxyMode
+    from mitmproxy.test import taddons
+
+    block = Block()
+    with taddons.context(block) as tctx:
+        tctx.configure(block, block_global=True, block_private=True)
+        client = connection.Client(peername=(peer, 5000), sockname=("127.0.0.1", 8101), timestamp_start=0,
+                                   proxy_mode=ProxyMode.parse("regular"))
+        block.client_connected(client)
+    assert client.error is None and frontdoor._loopback((peer, 5000))
+    assert frontdoor.Hooks([block]).methods["client_connected"] == []
+
+    class Block:  # an addon of the same name is not mitmproxy's: called
+        def client_connected(self, client):
+            pass
+
+    assert len(frontdoor.Hooks([Block()]).methods["client_connected"]) == 1
+
+
 # -- which decisions -------------------------------------------------------------------------------
 
 POLICY = textwrap.dedent("""\
