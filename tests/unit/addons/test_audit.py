@@ -192,6 +192,13 @@ def test_counted_layer_counts_what_the_layer_under_it_sends():
     assert (tally.up, tally.down) == (6, 10)
 
 
+def _watched():
+    """An audit whose live view collects the records it emits, and a policy set."""
+    audit, seen = Audit(), []
+    audit.live = seen.append
+    return audit, seen, policyset()
+
+
 def _tunnel(ps):
     """A CONNECT's connection and its tunnel, decided, not yet announced."""
     g = connect_flow("a.backend.net")
@@ -205,10 +212,7 @@ def test_a_relayed_tunnels_row_is_built_once_per_coalesce_window_and_a_stop_writ
 
     from hush.addons import audit as audit_module
 
-    audit = Audit()
-    seen = []
-    audit.live = seen.append
-    ps = policyset()
+    audit, seen, ps = _watched()
 
     async def go():
         # open, then connected, within the window: one row, built once, as it stands at the window's end
@@ -245,10 +249,7 @@ def test_a_relayed_tunnels_row_is_built_once_per_coalesce_window_and_a_stop_writ
 
 
 def test_a_refused_tunnels_row_is_written_at_once():
-    audit = Audit()
-    seen = []
-    audit.live = seen.append
-    ps = policyset()
+    audit, seen, ps = _watched()
 
     async def go():
         _, t = _tunnel(ps)
@@ -263,10 +264,7 @@ def test_a_refused_tunnels_row_is_written_at_once():
 def test_rows_due_when_their_loop_stopped_are_written_before_the_next_and_a_burst_is_spread(monkeypatch):
     from hush.addons import audit as audit_module
 
-    audit = Audit()
-    seen = []
-    audit.live = seen.append
-    ps = policyset()
+    audit, seen, ps = _watched()
 
     first, second, third = (_tunnel(ps)[1] for _ in range(3))
 
