@@ -317,9 +317,7 @@ def egress_of(record: dict[str, Any]) -> str:
 
 _AS_JSON = tuple(COLUMNS.index(column) for column in ("carried", "sent"))
 _AS_FLAG = COLUMNS.index("ip_exposed")
-
-
-_PLAIN = (str, int, bool, type(None))
+_PLAIN = (str, int, bool, type(None))  # the values of a dict whose JSON _json_of may keep
 
 
 @functools.lru_cache(maxsize=256)

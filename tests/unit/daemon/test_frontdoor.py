@@ -96,13 +96,18 @@ def test_mitmproxys_block_does_nothing_to_a_loopback_client_so_the_front_door_sk
     from mitmproxy.proxy.mode_specs import ProxyMode
     from mitmproxy.test import taddons
 
+    def client(address):
+        return connection.Client(peername=(address, 5000), sockname=("127.0.0.1", 8101), timestamp_start=0,
+                                 proxy_mode=ProxyMode.parse("regular"))
+
     block = Block()
     with taddons.context(block) as tctx:
         tctx.configure(block, block_global=True, block_private=True)
-        client = connection.Client(peername=(peer, 5000), sockname=("127.0.0.1", 8101), timestamp_start=0,
-                                   proxy_mode=ProxyMode.parse("regular"))
-        block.client_connected(client)
-    assert client.error is None and frontdoor._loopback((peer, 5000))
+        local, private = client(peer), client("10.1.2.3")
+        block.client_connected(local)
+        block.client_connected(private)
+    assert private.error is not None  # the options are in force: a non-loopback client is refused
+    assert local.error is None and frontdoor._loopback((peer, 5000))
     assert frontdoor.Hooks([block]).methods["client_connected"] == []
 
     class Block:  # an addon of the same name is not mitmproxy's: called
