@@ -347,6 +347,8 @@ class Audit:
         if n.audited or flow.request.method == "CONNECT":
             return
         n.audited = True
+        if self._due:
+            self._due_of(flow.client_conn)
         try:
             self._emit(flow_record(flow, ctx.options.hush_audit_redaction), flow)
         except Exception:
@@ -382,6 +384,14 @@ class Audit:
                 self._due_timer.cancel()  # another loop's, with nothing due
             self._due_timer, self._due_loop = loop.call_later(COALESCE, self._write_due), loop
         self._due[tunnel.key] = (tunnel, wire)
+
+    def _due_of(self, client: connection.Client | None) -> None:
+        """The rows due of the tunnels on ``client``'s connection, now: a tunnel's row comes before
+        the rows of the flows inside it."""
+        wire = conn_notes(client).wire if client is not None else None
+        for tunnel in wire.tunnels if wire is not None else ():
+            if self._due.pop(tunnel.key, None) is not None:
+                self._tunnel_row(tunnel, wire)
 
     def _write_due(self, everything: bool = False) -> None:
         """Build the rows that are due, at most DUE_PER_TURN in one turn of the loop (a burst of

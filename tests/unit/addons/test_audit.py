@@ -3,6 +3,7 @@ import sqlite3
 import time
 
 from mitmproxy import http
+from mitmproxy.flow import Error
 from mitmproxy.test import taddons
 
 from hush.addons.act import Act
@@ -303,3 +304,27 @@ def test_rows_due_when_their_loop_stopped_are_written_before_the_next_and_a_burs
         _run(bursts())
     assert turns == [3, 6, 7]  # 3 per turn of the loop, all of them, in order
     assert [r["conn"] for r in seen] == [t.key for t in burst]
+
+
+def test_a_tunnels_due_row_comes_before_the_rows_of_the_flows_inside_it():
+    """A request refused inside a tunnel whose row is due: the tunnel's row first, as its own
+    connection saw them (CI saw the PRI of an h2 preface recorded before its CONNECT)."""
+    from hush.addons import audit as audit_module
+
+    audit, seen, ps = _watched()
+
+    async def go():
+        g, t = _tunnel(ps)
+        _, other = _tunnel(ps)
+        audit.hush_tunnel(t)
+        audit.hush_tunnel(other)
+        inner = http_flow("http://a.backend.net/", method="PRI")
+        inner.client_conn = g.client_conn
+        inner.response, inner.error = None, Error("Connection killed.")
+        audit.error(inner)
+        assert [r.get("conn") or r["method"] for r in seen] == [t.key, "PRI"]  # the other connection's waits
+        await asyncio.sleep(audit_module.COALESCE * 4)
+        assert [r.get("conn") or r["method"] for r in seen] == [t.key, "PRI", other.key]
+
+    with taddons.context(audit):
+        _run(go())
