@@ -227,9 +227,9 @@ def test_a_hello_split_after_its_first_bytes_is_still_checked(hush, sni_origin, 
 @pytest.mark.parametrize("minor", [0x04, 0xFF])
 @pytest.mark.parametrize("mode", ["http", "socks5"])
 def test_a_hello_whose_record_version_is_above_tls12_is_still_checked(hush, sni_origin, mode, minor):
-    # BUG (fails now): OpenSSL takes a ClientHello in a record whose legacy version is 0x0304..0x03ff;
+    # found (fixed since): OpenSSL takes a ClientHello in a record whose legacy version is 0x0304..0x03ff;
     # mitmproxy's starts_like_tls_record only 0x0300..0x0303, so the tunnel (decided on its address)
-    # is relayed as raw TCP and the name it asks for is never decided
+    # was relayed as raw TCP and the name it asks for never decided
     port = free_port()
     h = hush({"t": policy(port, BLOCK_NAME, mode=mode)})
     with through_hush(port, mode, sni_origin.port) as s:
@@ -240,8 +240,8 @@ def test_a_hello_whose_record_version_is_above_tls12_is_still_checked(hush, sni_
 
 
 def test_a_hello_whose_first_bytes_wait_past_the_front_doors_wait_is_still_checked(hush, sni_origin):
-    # BUG (fails now): the sweep hands a client that waited (WAIT, 10 s) to mitmproxy with the two
-    # bytes it has; mitmproxy takes them for raw TCP and relays the rest of the hello unchecked
+    # found (fixed since): the sweep handed a client that waited (WAIT, 10 s) to mitmproxy with the two
+    # bytes it had; mitmproxy took them for raw TCP and relayed the rest of the hello unchecked
     from hush.daemon import frontdoor as door
 
     port = free_port()
@@ -265,8 +265,8 @@ FRAMING = {
 
 
 def test_a_connect_whose_framing_mitmproxy_refuses_is_not_relayed(hush):
-    # BUG (fails now): mitmproxy answers these 400 (or, chunked, reads the tunnel as the CONNECT's
-    # body and relays nothing); the front door does not look at the framing fields and relays them
+    # found (fixed since): mitmproxy answers these 400 (or, chunked, reads the tunnel as the CONNECT's
+    # body and relays nothing); the front door did not look at the framing fields and relayed them
     port = free_port()
     h = hush({"t": policy(port)})
     reached = {}
@@ -380,10 +380,10 @@ def test_another_users_connect_is_not_relayed(hush):
 
 @pytest.mark.parametrize("mode,first", [("socks5", "\x05\x01\x00"), ("http", "CONNECT 127.0.0.1:9 HTTP/1.1\r\n")])
 def test_another_users_connection_is_closed_at_once_unanswered(hush, mode, first):
-    # BUG (fails now): mitmproxy's path asks the kernel for the peer's uid at accept and closes another
-    # user's connection at once; the front door answers SOCKS5's greeting and holds a half-sent CONNECT
-    # head (until WAIT, or for as long as a byte arrives every few seconds) before it asks: another user
-    # learns what listens there and can hold the daemon's descriptors
+    # found (fixed since): mitmproxy's path asks the kernel for the peer's uid at accept and closes another
+    # user's connection at once; the front door answered SOCKS5's greeting and held a half-sent CONNECT
+    # head (until WAIT, or for as long as a byte arrives every few seconds) before it asked: another user
+    # learnt what listens there and could hold the daemon's descriptors
     port = free_port()
     h = hush({"t": policy(port, mode=mode)})
     got = as_nobody(port, first)
