@@ -39,6 +39,8 @@ import time
 import pytest
 import trustme
 
+from tests.tls import client_hello
+
 from .harness import free_port, wait_for
 from .hostile import CountingOrigin, read_head
 from .wire import EchoOrigin, recv_exactly, tunnel_rows
@@ -98,17 +100,6 @@ def sni_origin():
     o = SniOrigin()
     yield o
     o.close()
-
-
-def client_hello(sni: str | None = None) -> bytes:
-    """A real ClientHello (OpenSSL's, one record): with SNI ``sni``, or none."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
 
 
 def tls_get(sock: socket.socket, sni: str, minor: int | None = None, split: int = 0, pause: float = 0.0) -> bytes:

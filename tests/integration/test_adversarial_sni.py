@@ -16,6 +16,8 @@ import ssl
 
 import pytest
 
+from tests.tls import client_hello
+
 from .harness import NAME, ORIGIN_NAMES, Origin, free_port, tor_config, wait_tor_ready
 
 pytestmark = pytest.mark.integration
@@ -78,17 +80,6 @@ def socks5(port: int, host: str, dport: int) -> socket.socket:
 
 def tunnel(mode: str, port: int, host: str, dport: int) -> socket.socket:
     return connect(port, f"{host}:{dport}") if mode == "http" else socks5(port, host, dport)
-
-
-def client_hello(name: str) -> bytes:
-    """The bytes of a ClientHello asking for ``name``."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
 
 
 def https_get(s: socket.socket, sni: str, path: str, host: str = "127.0.0.1", cafile=None) -> bytes | None:

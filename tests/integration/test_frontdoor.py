@@ -14,7 +14,6 @@ import os
 import pprint
 import signal
 import socket
-import ssl
 import struct
 import threading
 import time
@@ -22,21 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.tls import client_hello
+
 from .harness import free_port, payload, wait_for
 from .wire import recv_exactly, tunnel_rows
 
 pytestmark = pytest.mark.integration
-
-
-def client_hello(server_name: str | None = None) -> bytes:
-    """A real TLS ClientHello made by Python's ssl (no SNI for an address)."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
 
 
 HELLO = client_hello()

@@ -5,11 +5,12 @@ import contextlib
 import os
 import signal
 import socket
-import ssl
 import threading
 import time
 
 import pytest
+
+from tests.tls import client_hello
 
 from .harness import free_port, payload, wait_for
 from .hostile import socks5
@@ -18,18 +19,6 @@ from .wire import tunnel_rows
 pytestmark = pytest.mark.integration
 
 CONFIG = "log_level: debug\n"  # the hand-over to the relay is logged at debug
-
-
-def client_hello() -> bytes:
-    """A real TLS ClientHello (no SNI: the target is an address): what makes mitmproxy pass the
-    tunnel through untouched, and hush hand it to the relay."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    tls = context.wrap_bio(incoming, outgoing)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
 
 
 HELLO = client_hello()

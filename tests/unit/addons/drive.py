@@ -14,7 +14,6 @@ of ``hush_tunnel``), letting exceptions through, as a test wants them.
 from __future__ import annotations
 
 import contextlib
-import ssl
 import types
 
 from mitmproxy import connection, hooks
@@ -26,17 +25,6 @@ from hush.daemon.policy import build
 from hush.daemon.policy.holder import PolicyHolder
 
 TOR = ("127.0.0.1", 9050)
-
-
-def client_hello(name: str) -> bytes:
-    """A TLS ClientHello asking for ``name``, as a client sends it first on a tunnel."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
 
 
 class FakeTor:

@@ -1,8 +1,6 @@
 """decide, connection level: tunnels that stop being HTTP, the SNI of inspected and Tor-routed
 tunnels, the SNI hush sends (issue 11, classes 5–7)."""
 
-import contextlib
-import ssl
 
 from mitmproxy import connection
 from mitmproxy.proxy import context
@@ -11,6 +9,7 @@ from mitmproxy.test import taddons, tflow
 
 from hush.addons.decide import UNREADABLE, Decide, client_hello_sni
 from hush.addons.notes import conn_notes, notes
+from tests.tls import client_hello
 
 from .helpers import Recorder, connect_flow, http_flow, noted, policyset
 
@@ -38,16 +37,6 @@ class Revocations:
 
     def revoke(self, client):
         self.revoked.append(client.id)
-
-
-def client_hello(name: str | None) -> bytes:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
 
 
 def test_client_hello_sni():

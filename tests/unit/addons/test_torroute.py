@@ -19,8 +19,9 @@ from mitmproxy.test import taddons, tflow
 from hush.addons.audit import flow_record
 from hush.addons.notes import notes
 from hush.addons.torroute import TorRoute, _StaticTor, isolation_key
+from tests.tls import client_hello
 
-from .drive import FakeTor, client_hello, running
+from .drive import FakeTor, running
 from .helpers import connect_flow, http_flow
 
 TOR = ("127.0.0.1", 9050)

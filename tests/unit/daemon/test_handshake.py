@@ -2,9 +2,7 @@
 None / UNSURE / -1 (mitmproxy's path) for everything else.  ``tls_sni`` agrees with
 mitmproxy's own ClientHello parser on real hellos made by Python's ``ssl``."""
 
-import contextlib
 import ipaddress
-import ssl
 
 import pytest
 from mitmproxy.proxy.layers.tls import parse_client_hello
@@ -19,6 +17,7 @@ from hush.daemon.handshake import (
     socks5_request,
     tls_sni,
 )
+from tests.tls import client_hello
 
 FIELDS, BYTES = 100, 8192
 OK11 = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -213,18 +212,6 @@ def test_socks5_requests_not_the_plain_connect_are_mitmproxys(data):
 
 
 # -- the ClientHello -------------------------------------------------------------------------------
-
-def client_hello(server_name: str | None = None, alpn: list[str] | None = None) -> bytes:
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    if alpn:
-        context.set_alpn_protocols(alpn)
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
-
 
 def pieces(record: bytes) -> tuple[bytes, bytes, list[tuple[int, bytes]]]:
     """A one-record ClientHello split into (its body up to the extensions, its record header's
