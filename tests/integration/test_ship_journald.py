@@ -170,6 +170,8 @@ def test_shipping_keeps_more_than_the_local_audit_when_told(hush, origin, tmp_pa
         assert raw.recv(4096).startswith(b"HTTP/1.1 200")
         raw.sendall(b"\x00\x01 not TLS, not HTTP: relayed as bytes\r\n\r\n")
         raw.recv(4096)
+        # its row while open (written within the audit's 5 ms window), then at its close: two writes
+        wait_for(lambda: any(r["method"] == "CONNECT" for r in h.audit()), timeout=15, message="the open tunnel's row")
     wait_for(lambda: h.status()["audit"]["ship"]["shipped"] >= 3, timeout=15, message="3 records shipped")
     h.stop()
     entries = []

@@ -562,6 +562,7 @@ def test_concurrent_launches_are_each_their_own_app(world, far, whush):
             world.kill_tree(p)
     assert outputs["open"] == b"origin 203.0.113.11 /open\n" and b"origin" not in outputs["x"], outputs
     assert blocked.paths == ["/open"]
-    rows = h.wait_rows(lambda r: r["app"] == "open" and r["host"] == "blocked.test", 30, "the open app's row")
+    h.wait_rows(lambda r: r["app"] == "open" and r["host"] == "blocked.test", 30, "the open app's row")
+    rows = h.wait_rows(lambda r: r["app"] == "x" and r["host"] == "blocked.test", 30, "x's row")  # not one batch
     decided = {(r["app"], r["decision"]) for r in rows if r["host"] == "blocked.test"}
     assert decided == {("x", "block"), ("open", "allow")}, decided
