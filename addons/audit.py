@@ -344,8 +344,14 @@ class Audit:
 
     def _flow(self, flow: http.HTTPFlow) -> None:
         n = notes(flow)
-        if n.audited or flow.request.method == "CONNECT":
+        if n.audited:
             return
+        if flow.request.method == "CONNECT":
+            if not self._unopened(flow):
+                return
+            if n.decision is None:
+                version = getattr(n.policy, "version", "") or ""
+                n.decision = fail_closed(n.app, "refused by mitmproxy before any decision", version, "connect")
         n.audited = True
         if self._due:
             self._due_of(flow.client_conn)
@@ -353,6 +359,14 @@ class Audit:
             self._emit(flow_record(flow, ctx.options.hush_audit_redaction), flow)
         except Exception:
             log.exception("audit: could not record %s", flow.request.pretty_url)
+
+    @staticmethod
+    def _unopened(flow: http.HTTPFlow) -> bool:
+        """A CONNECT decide opened no tunnel for: mitmproxy refused its head (its framing) before
+        hush decided anything, so the request's row is all that records it.  Any other CONNECT's
+        row is its tunnel's, or its requests' if it was inspected."""
+        tunnel = conn_notes(flow.client_conn).tunnel
+        return tunnel is None or tunnel.flow is not flow
 
     # tunnels: what their connections do on the wire
     @staticmethod

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from mitmproxy import addonmanager, connection, ctx, http
 from mitmproxy import flow as mflow
+from mitmproxy.net.http.url import parse_authority
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layer import CommandGenerator, Layer
 from mitmproxy.proxy.layers import HttpLayer
@@ -358,7 +359,13 @@ class Intake:
         method = first[0].decode("latin-1")[:16] if first and first[0] else "?"
         target = first[1].decode("latin-1") if len(first) > 1 else "/"
         scheme = "https" if client.tls else "http"
-        if context.server.address:
+        if method == "CONNECT":  # its authority names where it wanted to go
+            try:
+                host, port = parse_authority(target, check=True)
+            except ValueError:
+                host, port = "", 0
+            scheme, path, port = "", "", port or 0
+        elif context.server.address:
             host, port = context.server.address
             path = target if target.startswith("/") else "/"
         else:
@@ -367,7 +374,7 @@ class Intake:
                 scheme, host, port, path = request.scheme, request.host, request.port, request.path
             except Exception:
                 host, port, path = "", 0, "/"
-        now = time.time()
+        now = response.timestamp_start or time.time()  # the request was whole when it was answered
         request = http.Request(host, port, method.encode(), scheme.encode(), b"", path.encode(), b"HTTP/1.1",
                                http.Headers(), b"", None, now, now)
         flow = http.HTTPFlow(client, connection.Server(address=context.server.address))
@@ -375,7 +382,8 @@ class Intake:
         flow.response = response
         n = notes(flow)
         n.app, n.listener, n.policy, n.kind = app, listener, policyset, "other"
-        n.decision = fail_closed(app, f"request headers over the limit: {why}", _version(policyset))
+        n.decision = fail_closed(app, f"request headers over the limit: {why}", _version(policyset),
+                                 "connect" if method == "CONNECT" else "request")
         if self.audit is not None:
             self.audit.record(flow)
 

@@ -275,6 +275,15 @@ def test_a_connect_whose_framing_mitmproxy_refuses_is_not_relayed(hush):
             reached[name] = bytes(origin.data[:5]).hex()
     assert reached == {}, f"reached the origin: {reached}; front door {frontdoor(h)}"
     h.stop()
+    # each is audited: the four mitmproxy answered 400 before hush decided anything, with what it said
+    # (it had no row at all before); the chunked one's tunnel, granted, carried nothing
+    rows = [(r["method"], r["level"], r["decision"], r["ip_exposed"], r["error"] or "") for r in h.audit()]
+    refused = [row for row in rows if row[2] == "block"]
+    assert len(refused) == 4 and len(rows) == 5, rows
+    assert all(row[:4] == ("CONNECT", "connect", "block", 0) for row in refused), rows
+    assert sum("content-length" in row[4] for row in refused) == 2, rows
+    assert sum("transfer-encoding" in row[4].lower() for row in refused) == 2, rows
+    assert [row[:4] for row in rows if row[2] != "block"] == [("CONNECT", "connect", "allow", 0)]
 
 
 @pytest.mark.parametrize("target", ["0x7f.1", "2130706433", "127.1", "0177.0.0.1", "[::ffff:127.0.0.1]",

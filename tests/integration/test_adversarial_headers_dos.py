@@ -135,9 +135,17 @@ def test_inside_a_connect_tunnel_and_a_socks5_one(hush, origin):
         assert s.recv(10)[:2] == b"\x05\x00"
         s.sendall(head("/socks", 2, b"b" * 50_000))
         assert read_all(s).startswith(b"HTTP/1.1 431")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:  # the CONNECT's own head
+        s.sendall(head(f"127.0.0.1:{origin.port}", 150).replace(b"GET ", b"CONNECT ", 1))
+        assert read_all(s).startswith(b"HTTP/1.1 431")
     assert origin.accepts == []
     h.stop()
-    assert sorted(r["app"] for r in limited(h.audit())) == ["socksapp", "testapp"]
+    rows = limited(h.audit())
+    assert sorted(r["app"] for r in rows) == ["socksapp", "testapp", "testapp"]
+    connect = next(r for r in rows if r["method"] == "CONNECT")  # named as the CONNECT named it
+    assert (connect["host"], connect["port"], connect["level"], connect["ip_exposed"]) == (
+        "127.0.0.1", origin.port, "connect", 0)
+    assert all(r["duration_ms"] >= 0 for r in rows), rows
 
 
 def test_inside_intercepted_tls_http1_and_http2(hush, tls_origin):

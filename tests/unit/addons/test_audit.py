@@ -328,3 +328,24 @@ def test_a_tunnels_due_row_comes_before_the_rows_of_the_flows_inside_it():
 
     with taddons.context(audit):
         _run(go())
+
+
+def test_a_connect_mitmproxy_refused_before_any_decision_gets_its_row_and_a_tunnels_connect_none():
+    """A CONNECT whose head mitmproxy refused (its framing: 400) reaches only the error hook: its
+    request row is all that records it.  A CONNECT decide opened a tunnel for has the tunnel's row."""
+    from mitmproxy import connection
+
+    audit, seen, ps = _watched()
+    refused = connect_flow("a.backend.net")
+    refused.server_conn = connection.Server(address=("a.backend.net", 443))  # never dialled
+    refused.error = Error("Received invalid content-length header")
+    with taddons.context(audit):
+        audit.error(refused)
+        g, t = _tunnel(ps)
+        t.flow = g
+        conn_notes(g.client_conn).tunnel = t
+        g.error = Error("Connection killed.")
+        audit.error(g)  # the tunnel's own row says what became of it
+    assert [(r["method"], r["host"], r["level"], r["decision"], r["ip_exposed"], r["error"]) for r in seen] == [
+        ("CONNECT", "a.backend.net", "connect", "block", False, "Received invalid content-length header")]
+    assert seen[0]["note"] == "fail-closed: refused by mitmproxy before any decision"

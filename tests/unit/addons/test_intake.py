@@ -1,6 +1,7 @@
 """intake: request head bounds, and connections mitmproxy refuses or fails on (issue 11, 11 and 14)."""
 
 import logging
+import types
 
 from mitmproxy.proxy import commands, context, events
 from mitmproxy.proxy.layers import HttpLayer
@@ -234,3 +235,19 @@ def test_a_socks5_decision_that_raises_refuses_with_0x01(caplog):
     with taddons.context(intake):
         _, _, out = _socks5(intake, b"example.org")
     assert [c.data for c in out if isinstance(c, commands.SendData)][-1][:2] == b"\x05\x01"
+
+
+def test_a_connect_head_over_a_bound_is_recorded_by_its_authority_at_connection_level():
+    intake, recorded = Intake(), []
+    intake.audit = types.SimpleNamespace(record=recorded.append)
+    with taddons.context(intake) as tctx:
+        layer, client = http_layer(tctx)
+        bound = HeadBound(layer, intake)
+        list(bound.handle_event(events.Start()))
+        data = head(101).replace(b"GET http://example.org/x ", b"CONNECT example.org:8443 ", 1)
+        assert refused(feed(bound, client, [data]))
+    (flow,) = recorded
+    req = flow.request
+    assert (req.method, req.host, req.port, req.scheme, req.path) == ("CONNECT", "example.org", 8443, "", "")
+    assert notes(flow).decision.level == "connect" and flow.response.status_code == 431
+    assert req.timestamp_start <= flow.response.timestamp_end  # not a negative duration
