@@ -90,7 +90,7 @@ def hush(tmp_path):
             h.wait_exit()
 
 
-# -- the private Tor network (tests/torlab), once per test session ---------------------
+# -- the private Tor network (daemon/torlab.py), once per test session -----------------
 
 @pytest.fixture(scope="session")
 def exit_dns():
