@@ -1,4 +1,4 @@
-# make run   – set up .venv and run hush in the foreground with the shipped policies
+# make run   – set up .venv and run hush in the foreground with your policies (the shipped ones if you have none)
 # make test  – set up .venv and run the whole test suite
 # make lint  – ruff and mypy (what CI runs before the tests)
 # make setup – only build .venv

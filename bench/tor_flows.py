@@ -1,7 +1,7 @@
 """Tor flows on a private Tor network: first-byte latency vs direct, and
 circuit reuse per isolation group — in one run.
 
-Starts tests/torlab (3 authorities, one exit, on 127.0.0.1; ~15 s), an
+Starts hush.daemon.torlab's private Tor network (3 authorities, one exit, on 127.0.0.1; ~15 s), an
 origin, and hush with two apps whose policies send ``*.hushtest`` through
 Tor (isolation: app) and allow 127.0.0.1 directly.  Then, alternating, N
 requests each (fresh connections): direct, app A through Tor, app B through
@@ -27,8 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from common import free_port, pct, start_hush, start_origin  # noqa: E402
 
-from tests.torlab import TorLab  # noqa: E402
-from tests.torlab.dns import ExitDNS  # noqa: E402
+from hush.daemon.torlab import ExitDNS, TorLab  # noqa: E402
 
 NAME = "origin.hushtest"
 
@@ -36,14 +35,15 @@ NAME = "origin.hushtest"
 async def first_byte(proxy: int, url: str) -> float:
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy)
-    writer.write(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    authority = url.split("/")[2]  # the Host names the URL's host: hush blocks a Host naming another
+    writer.write(f"GET {url} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
     await writer.drain()
     first = await reader.read(1)
     elapsed = time.perf_counter() - start
     rest = await reader.read()
     writer.close()
     if not (first + rest).startswith(b"HTTP/1.1 200"):
-        raise RuntimeError((first + rest)[:80])
+        raise RuntimeError((first + rest)[:400])
     return elapsed
 
 
