@@ -60,10 +60,37 @@ def _ascii_form(host: str) -> str:
 _UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
+# RFC 6052's well-known NAT64 prefix: on an IPv6-only network with NAT64,
+# 64:ff9b::cb00:710b reaches 203.0.113.11.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# RFC 8215's local-use NAT64 prefix: the network picks a prefix of /48 to /96
+# in it, and the IPv4 address sits at a place that depends on that length
+# (RFC 6052 section 2.2), which hush cannot know: such an address is refused
+# (:func:`refusal`), never decided on a guess.
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291's deprecated IPv4-compatible ::a.b.c.d
+
+
+def embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 destination stands for, or None: IPv4-mapped
+    ``::ffff:a.b.c.d``, NAT64's ``64:ff9b::a.b.c.d`` and the deprecated
+    IPv4-compatible ``::a.b.c.d`` — but not ``::`` and ``::1``, which are
+    IPv6's own unspecified and loopback addresses."""
+    if address.version != 6:
+        return None
+    assert isinstance(address, ipaddress.IPv6Address)
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in NAT64 or (address in _COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 @functools.lru_cache(maxsize=4096)
 def canonical_address(host: str) -> str:
-    """``2001:DB8:0::1`` → ``2001:db8::1``; an IPv4-mapped ``::ffff:127.0.0.1``
-    and what the system resolver reads as an IPv4 address without asking DNS
+    """``2001:DB8:0::1`` → ``2001:db8::1``; an IPv6 address that stands for an
+    IPv4 one (:func:`embedded_ipv4`: ``::ffff:127.0.0.1``, NAT64's
+    ``64:ff9b::7f00:1``, ``::7f00:1``) and what the system resolver reads as an IPv4 address without asking DNS
     (``2130706433``, ``0x7f.1``, ``0177.0.0.1``, ``127.1``: inet_aton's forms)
     → ``127.0.0.1``.  The unspecified address, however spelt (``0``, ``0x0``,
     ``0.0``, ``::``, ``0:0::0``, ``::ffff:0.0.0.0``), is the loopback address
@@ -78,7 +105,7 @@ def canonical_address(host: str) -> str:
     else:
         if getattr(address, "scope_id", None) is not None:
             return str(address)  # ::ffff:127.0.0.1%1 too: refused, not decided as 127.0.0.1
-        text = str(getattr(address, "ipv4_mapped", None) or address)
+        text = str(embedded_ipv4(address) or address)
         return _UNSPECIFIED.get(text, text)
     if ":" in host:
         return host
@@ -110,8 +137,18 @@ def refusal(host: str) -> str | None:
         return f"{host!r} carries an IPv6 zone id"
     if not host:
         return "no destination host"
+    if ":" in host and _in_local_nat64(host):
+        return (f"{host!r} is in the local-use NAT64 prefix 64:ff9b:1::/48, where the IPv4 address it "
+                "stands for cannot be known")
     problem = check_name(host)
     return problem and f"{host!r} is not a valid host name or address"
+
+
+def _in_local_nat64(host: str) -> bool:
+    try:
+        return ipaddress.IPv6Address(host) in NAT64_LOCAL
+    except ValueError:
+        return False
 
 
 @functools.lru_cache(maxsize=4096)
@@ -182,13 +219,21 @@ def site_of(host: str) -> str:
 
 @functools.lru_cache(maxsize=8192)
 def address_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """``host`` as an address (parsed once per host), or None for a name."""
+    """``host`` as an address (parsed once per host), or None for a name.  As
+    written, IPv6 staying IPv6 (a socket's family depends on it, and the
+    kernel's spelling is matched as it is): a destination is canonicalized by
+    :func:`normalize` before it is decided, this does not."""
     return ipaddress.ip_address(host) if is_ip(host) else None
 
 
 @functools.lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
-    """An address in 127.0.0.0/8 or ::1 (a zone id after ``%`` aside); never a name."""
+    """An address in 127.0.0.0/8 or ::1 (a zone id after ``%`` aside), or
+    ``::ffff:127.x.y.z``; never a name.  Strict, for a *peer*'s address (is a
+    client on this machine?): NAT64's ``64:ff9b::7f00:1`` is not loopback here —
+    a connection from it came from another machine through a translator.  A
+    *destination* is normalized first (:func:`normalize`), which decides such
+    forms as the IPv4 address they reach."""
     address = address_of(host.split("%")[0])
     return address is not None and address.is_loopback
 

@@ -121,3 +121,25 @@ def test_the_rest_of_0_0_0_0_8_is_not_loopback(hush, origins):
     assert v4.accepts == []
     h.stop()
     assert [r["host"] for r in h.audit()] == ["0.0.0.1", "127.0.0.1"]
+
+
+NAT64 = ["64:ff9b::7f00:1", "::7f00:1", "64:ff9b::127.0.0.1"]  # RFC 6052 NAT64 and IPv4-compatible: 127.0.0.1
+
+
+def test_socks5_to_nat64_and_ipv4_compatible_forms_is_decided_as_the_ipv4_address(hush, origins):
+    # on an IPv6-only network with NAT64, 64:ff9b::7f00:1 reaches 127.0.0.1 (of the translator): a rule
+    # on 127.0.0.1 must decide it, as an address and as a domain; 64:ff9b:1::/48 (RFC 8215, local-use,
+    # its IPv4 address at a place hush cannot know) is refused outright
+    v4, _ = origins
+    port = free_port()
+    h = hush({"t": policy(port, "  - {match: {host: 127.0.0.1}, action: block}", mode="socks5")})
+    answers = {(spelling, domain): socks5_reply(port, spelling, v4.port, domain=domain)
+               for spelling in NAT64 for domain in (False, True)}
+    answers[("64:ff9b:1::7f00:1", False)] = socks5_reply(port, "64:ff9b:1::7f00:1", v4.port, domain=False)
+    assert all(code != 0 for code in answers.values()), answers
+    assert v4.accepts == []
+    h.stop()
+    rows = h.audit()
+    assert len(rows) == len(answers)
+    assert all(r["decision"] == "block" and r["ip_exposed"] == 0 for r in rows), rows
+    assert sorted(r["host"] for r in rows) == ["127.0.0.1"] * (len(answers) - 1) + ["64:ff9b:1::7f00:1"]

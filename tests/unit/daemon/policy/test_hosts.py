@@ -180,3 +180,46 @@ def test_what_is_no_host_is_refused(host):
 @pytest.mark.parametrize("host", ["example.com", "127.0.0.1", "::1", "2001:db8::1", "xn--bcher-kva.de", "a_b.example"])
 def test_hosts_are_not_refused(host):
     assert refusal(normalize(host)) is None
+
+
+@pytest.mark.parametrize("host, canonical", [
+    ("64:ff9b::cb00:710b", "203.0.113.11"),  # RFC 6052's well-known NAT64 prefix: reaches 203.0.113.11
+    ("[64:FF9B::203.0.113.11]", "203.0.113.11"),
+    ("64:ff9b::7f00:1", "127.0.0.1"),
+    ("64:ff9b::", "127.0.0.1"),  # 0.0.0.0 through NAT64: decided as the unspecified address, the strict way
+    ("::7f00:1", "127.0.0.1"),  # RFC 4291's deprecated IPv4-compatible form
+    ("::203.0.113.11", "203.0.113.11"),
+    ("::0.0.0.2", "0.0.0.2"),
+    ("::", "::1"), ("::1", "::1"), ("::0.0.0.1", "::1"),  # IPv6's own unspecified and loopback addresses stay IPv6
+    ("64:ff9b::1:7f00:1", "64:ff9b::1:7f00:1"),  # outside the /96: itself
+    ("64:ff9a::7f00:1", "64:ff9a::7f00:1"),
+    ("::1:7f00:1", "::1:7f00:1"),  # outside ::/96
+])
+def test_an_ipv6_address_standing_for_an_ipv4_one_is_decided_as_it(host, canonical):
+    assert normalize(host) == canonical
+
+
+def test_nat64_forms_match_ipv4_rules_and_loopback_networks():
+    nets = [parse_network("203.0.113.11/32")]
+    for host in ("64:ff9b::cb00:710b", "::cb00:710b", "::ffff:cb00:710b"):
+        assert in_networks(normalize(host), nets), host
+        assert parse_authority(f"[{host}]:443") == ("203.0.113.11", 443)
+        assert parse_host_pattern(host) == ("203.0.113.11", False)  # a rule written so names the same host
+    loopback = [parse_network("127.0.0.0/8")]
+    assert in_networks(normalize("64:ff9b::7f00:1"), loopback) and in_networks(normalize("::7f00:1"), loopback)
+
+
+@pytest.mark.parametrize("host", ["64:ff9b:1::7f00:1", "64:ff9b:1:7f00:0:100::", "[64:FF9B:1::cb00:710b]"])
+def test_local_use_nat64_is_refused(host):
+    # RFC 8215: where the IPv4 address sits depends on the prefix length the network chose
+    assert "local-use NAT64" in refusal(normalize(host))
+    with pytest.raises(ValueError):
+        parse_authority(f"[{host.strip('[]')}]:80")
+
+
+def test_is_loopback_and_address_of_stay_strict_for_peers():
+    # a peer's address: NAT64's 64:ff9b::7f00:1 is another machine's, through a translator
+    from hush.daemon.policy.hosts import address_of, is_loopback
+    assert not is_loopback("64:ff9b::7f00:1") and not is_loopback("::7f00:1")
+    assert is_loopback("::1") and is_loopback("127.0.0.1") and is_loopback("::ffff:127.0.0.1")
+    assert address_of("64:ff9b::7f00:1").version == 6  # a socket's family follows what is written
