@@ -10,7 +10,27 @@ that lets the proxy resolve (``socks5h``), and a name the policy sends
 through Tor or blocks is never resolved on this machine.
 
 AAAA, HTTPS, SVCB and every other type get an empty answer (NOERROR, no
-records): the app falls back to the A address.  Nothing here touches the
+records): the app falls back to the A address.
+
+No fake address is ever given out for what would reach *this machine* once
+mapped back and dialled by the daemon:
+
+- a name that is an IPv4 address in any spelling inet_aton reads
+  (``127.0.0.1``, ``127.1``, ``2130706433``, ``0``, ``198.19.255.254``): the
+  answer is the address itself, as the system resolver would give it without
+  asking DNS.  The app then connects to that address and it is decided on the
+  address, like any literal: a loopback one stays in the launch's namespace
+  (its own loopback, never the host's), a fake one no name has is refused;
+- a name that is loopback by definition (:func:`is_local_name`:
+  ``localhost``, ``*.localhost``, ``localhost.localdomain``,
+  ``ip6-localhost``, ``ip6-loopback`` and their kin): NXDOMAIN, so the app
+  finds them in the namespace's ``/etc/hosts`` (localhost only), i.e. its own
+  loopback.
+
+A name that only *resolves* to a loopback address (the machine's host name,
+127.0.1.1 in Debian's /etc/hosts; a public name pointing at 127.0.0.1) gets a
+fake address like any other; the daemon refuses to dial it when it resolves
+it (``hush.addons.act``).  Nothing here touches the
 network or blocks; the table is bounded (the least recently used name gives
 its address back when the range runs out).
 """
@@ -24,10 +44,30 @@ from collections import OrderedDict
 from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord
 from dnslib.label import DNSLabelError
 
+from hush.daemon.policy.hosts import address_of, normalize
+
 # RFC 2544: 198.18.0.0/15 is for benchmarking, never on the internet.
 FAKE_NET = ipaddress.IPv4Network("198.18.0.0/15")
 TTL = 60  # seconds; short, so a long-running app re-asks after a restart of the launch
 MAX_NAME = 253
+
+
+# loopback by definition (RFC 6761's localhost and its subdomains) or in every
+# distribution's /etc/hosts as loopback (Debian's ip6-*, Red Hat's localhost4/6)
+LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "localhost4", "localhost4.localdomain4",
+                         "localhost6", "localhost6.localdomain6", "ip6-localhost", "ip6-loopback"})
+
+
+def is_local_name(name: str) -> bool:
+    """A name that is this machine's loopback by definition (lower-case, no trailing dot)."""
+    return name in LOCAL_NAMES or name.endswith(".localhost")
+
+
+def literal(name: str) -> str | None:
+    """The address a name *is* (an IP address in any spelling the system
+    resolver reads without DNS, canonical: ``127.1`` → ``127.0.0.1``), or None."""
+    host = normalize(name)
+    return host if address_of(host) is not None else None
 
 
 def is_fake(address: str) -> bool:
@@ -107,8 +147,13 @@ def _reply(record: DNSRecord, table: FakeAddresses) -> tuple[bytes, str | None]:
     if name is None or len(record.questions) != 1 or record.header.opcode != 0:
         reply.header.rcode = RCODE.REFUSED
         return reply.pack(), name
-    if name == "localhost" or name.endswith(".localhost"):
-        reply.header.rcode = RCODE.NXDOMAIN  # /etc/hosts answers these inside the namespace
+    if is_local_name(name):
+        reply.header.rcode = RCODE.NXDOMAIN  # /etc/hosts answers these inside the namespace: its own loopback
+        return reply.pack(), name
+    address = literal(name)
+    if address is not None:  # the address itself, decided as one when the app connects to it
+        if record.q.qtype in (QTYPE.A, QTYPE.ANY) and ":" not in address:
+            reply.add_answer(RR(record.q.qname, QTYPE.A, rdata=A(address), ttl=TTL))
         return reply.pack(), name
     if record.q.qtype in (QTYPE.A, QTYPE.ANY):
         reply.add_answer(RR(record.q.qname, QTYPE.A, rdata=A(table.address(name)), ttl=TTL))

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from hush.daemon.launch import fakedns
 from hush.daemon.launch.namespace import LAUNCH_SOCKET, SOCKETS
+from hush.daemon.policy.hosts import address_of, normalize
 
 log = logging.getLogger("hush.launch")
 
@@ -73,9 +74,17 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
 
 
 def _local(host: str) -> bool:
-    """The namespace's own loopback or unspecified address: nftables never
-    redirects those, so such a destination means the app connected to hush's
-    socket itself — and deciding on it would reach the *host's* loopback."""
+    """A loopback or unspecified address, however spelt (``::ffff:127.0.0.1``,
+    NAT64's ``64:ff9b::7f00:1``, ``127.1``: :func:`hosts.normalize`).  Dialled
+    by the daemon it would reach the *host's* loopback."""
+    address = address_of(normalize(host))
+    return address is not None and (address.is_loopback or address.is_unspecified)
+
+
+def _straight(host: str) -> bool:
+    """The namespace's own loopback or unspecified address as the kernel gives it:
+    nftables never redirects those, so such a destination means the app connected
+    to hush's socket itself."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -83,6 +92,20 @@ def _local(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     return address.is_loopback or address.is_unspecified
+
+
+def _local_name(name: str) -> str | None:
+    """Why a name a fake address maps back to must not be dialled by the daemon,
+    or None: an address literal (decided on a name, ``127.1`` would reach the
+    *host's* 127.0.0.1) or a name that is loopback by definition."""
+    address = fakedns.literal(name)
+    if address is not None:
+        if _local(address):
+            return f"{name!r} is the loopback address {address}, and the host's is not the launch's"
+        return f"{name!r} is an address: it is decided as one, never given a fake address"
+    if fakedns.is_local_name(name):
+        return f"{name!r} names the loopback, and the host's is not the launch's"
+    return None
 
 
 def _expect(sock: socket.socket, family: socket.AddressFamily, kind: socket.SocketKind, listening: bool) -> None:
@@ -368,13 +391,21 @@ class LaunchServer:
             host, port = writer.get_extra_info("sockname")[:2]
             self._refuse(launch, writer, host, port, "no original destination")
             return
-        if _local(host):  # never redirected there: a connection made straight to this socket
+        if _straight(host):  # never redirected there: a connection made straight to this socket
             self._refuse(launch, writer, host, port, "a connection made straight to hush's socket")
+            return
+        if _local(host):  # another spelling of a loopback address (NAT64's, IPv4-compatible)
+            self._refuse(launch, writer, host, port, f"{host} stands for the loopback address {normalize(host)}, "
+                                                     "and the host's is not the launch's")
             return
         if fakedns.is_fake(host):
             name = launch.names.name(host)
             if name is None:
                 self._refuse(launch, writer, host, port, "a fake address no name was given out for")
+                return
+            why = _local_name(name)
+            if why:  # the stub gives these no fake address: a table that holds one is refused all the same
+                self._refuse(launch, writer, name, port, why)
                 return
             host = name
         if launch.open >= MAX_OPEN:

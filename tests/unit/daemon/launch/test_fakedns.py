@@ -2,6 +2,7 @@
 
 import ipaddress
 
+import pytest
 from dnslib import QTYPE, RCODE, DNSLabel, DNSQuestion, DNSRecord
 
 from hush.daemon.launch import fakedns
@@ -53,6 +54,45 @@ def test_what_is_not_a_host_name_is_refused_and_garbage_is_dropped():
 def test_localhost_is_left_to_the_hosts_file():
     reply, _, _ = ask("localhost")
     assert reply.header.rcode == RCODE.NXDOMAIN and reply.rr == []
+
+
+LOCAL_NAMES = ["localhost", "LocalHost.", "a.b.localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback",
+               "localhost4", "localhost6", "localhost6.localdomain6"]
+
+
+def test_names_loopback_by_definition_get_nxdomain_never_a_fake_address():
+    # mapped back and dialled by the daemon, a fake address for them would reach the *host's* loopback
+    table = FakeAddresses()
+    for name in LOCAL_NAMES:
+        for qtype in ("A", "AAAA", "ANY"):
+            reply, _, _ = ask(name, qtype, table)
+            assert reply.header.rcode == RCODE.NXDOMAIN and reply.rr == [], (name, qtype)
+    assert len(table) == 0
+    assert not fakedns.is_local_name("localhost.test") and not fakedns.is_local_name("mylocalhost")
+
+
+@pytest.mark.parametrize("name, address", [
+    ("127.0.0.1", "127.0.0.1"), ("127.1", "127.0.0.1"), ("2130706433", "127.0.0.1"), ("0", "127.0.0.1"),
+    ("0x7f.0.0.1", "127.0.0.1"), ("0177.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"),
+    ("198.19.255.254", "198.19.255.254"),  # a fake address asked as a name: itself, never issued
+    ("203.0.113.11", "203.0.113.11"),
+])
+def test_a_name_that_is_an_address_is_answered_with_the_address_itself(name, address):
+    # as the system resolver answers it without DNS: the app connects to the address, decided as one
+    # (a loopback one stays in the launch's namespace); no fake address maps back to it
+    table = FakeAddresses()
+    reply, asked, _ = ask(name, "A", table)
+    assert asked == name.lower() and reply.header.rcode == RCODE.NOERROR
+    assert [str(rr.rdata) for rr in reply.rr] == [address]
+    aaaa, _, _ = ask(name, "AAAA", table)
+    assert aaaa.header.rcode == RCODE.NOERROR and aaaa.rr == []
+    assert len(table) == 0
+
+
+def test_numeric_looking_names_still_get_a_fake_address():
+    for name in ("1e100.net", "123.com", "0xdead.be", "8bad.cafe", "256.1.1.1"):
+        reply, _, _ = ask(name)
+        assert ipaddress.ip_address(str(reply.rr[0].rdata)) in fakedns.FAKE_NET, name
 
 
 def test_the_table_is_bounded_and_recycles_the_least_recently_asked():

@@ -206,3 +206,42 @@ def test_a_bad_hello_leaves_no_descriptor_behind(tmp_path):
         await server.stop()
 
     asyncio.run(main())
+
+
+def test_a_fake_address_mapping_back_to_an_address_or_a_local_name_is_refused(tmp_path, monkeypatch):
+    """The stub gives these no fake address; a table that holds one anyway must not hand the daemon
+    a name that reaches the *host's* loopback (decided on a name, ``127.1`` is dialled as 127.0.0.1)."""
+    async def main():
+        served = []
+        server = await started(tmp_path, served)
+        client = await asyncio.to_thread(Client, server.path)
+        launch = server.launches[1]
+        names = ["127.1", "2130706433", "0", "203.0.113.11", "198.19.255.254", "localhost", "a.localhost",
+                 "ip6-localhost", "localhost.localdomain", "allowed.test"]
+        destinations = iter([*[(launch.names.address(n), 80) for n in names],
+                             ("64:ff9b::7f00:1", 80), ("::7f00:1", 80), ("64:ff9b::cb00:710a", 80)])
+        monkeypatch.setattr(launches, "original_destination", lambda sock: next(destinations))
+
+        def connect():
+            with socket.create_connection(("127.0.0.1", client.ports["tcp4"]), timeout=5) as c:
+                c.recv(10)
+
+        for _ in range(len(names) + 3):
+            await asyncio.to_thread(connect)
+        await until(lambda: len(served) == len(names) + 3)
+        assert [t for t in served if isinstance(t, tuple)] == [
+            ("x", ("allowed.test", 80)), ("x", ("64:ff9b::cb00:710a", 80))]  # decided as 203.0.113.10
+        tunnels = [t for t in served if not isinstance(t, tuple)]
+        assert [t.host for t in tunnels] == [*names[:-1], "64:ff9b::7f00:1", "::7f00:1"]
+        notes = {t.host: t.decision.note for t in tunnels}
+        for t in tunnels:
+            assert t.app == "x" and t.listener == "launch:x:1" and t.decision.action.egress == "none"
+            assert t.decision.note.startswith("fail-closed: ") and t.error.startswith("hush: ")
+        assert "the loopback address 127.0.0.1" in notes["127.1"] and "is an address" in notes["203.0.113.11"]
+        assert "names the loopback" in notes["ip6-localhost"]
+        assert "stands for the loopback address 127.0.0.1" in notes["64:ff9b::7f00:1"]
+        assert launch.refused == len(names) + 1
+        client.conn.close()
+        await server.stop()
+
+    asyncio.run(main())
