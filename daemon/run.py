@@ -13,7 +13,9 @@ written first; the log says what stopping did, in order: held flows answered,
 audit records written, tor stopped, stopped); SIGHUP (or ``hush reload``) —
 or any change to a file in the policy directory — reloads: a whole new
 PolicySet is built off the event loop and swapped in at once, or, if it has
-any error, every error is logged and the running set stays.
+any error, every error is logged and the running set stays.  A reload reads
+the directory the daemon started with, or none (:class:`PolicySource`): a
+policy path that now leads elsewhere is a refused reload.
 
 Under systemd (``Type=notify``) it reports READY=1 once listeners are bound,
 STATUS= with tor's bootstrap progress, RELOADING=1/READY=1 around reloads.
@@ -27,6 +29,7 @@ import errno
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -51,10 +54,10 @@ from hush.daemon.notify_dbus import DesktopPrompt
 from hush.daemon.policy import PolicySet
 from hush.daemon.policy.ask import ASKER
 from hush.daemon.policy.holder import PolicyHolder
-from hush.daemon.policy.loader import ExamplesFailed, load_checked
+from hush.daemon.policy.loader import ExamplesFailed, build, check_examples, combine, load_organisation
 from hush.daemon.tor import TorManager
 from hush.daemon.ui import questions
-from hush.daemon.yamlschema import LoadError
+from hush.daemon.yamlschema import LoadError, LocatedError, Location
 
 log = logging.getLogger("hush")
 
@@ -112,6 +115,143 @@ def policy_signature(directory: Path) -> tuple:
         if path.is_file():
             out.append((str(path), st.st_mtime_ns, st.st_size))
     return tuple(out)
+
+
+class PoliciesReplaced(LoadError):
+    """The policy directory's path now leads to another directory than the one hush started with."""
+
+
+class PolicySource:
+    """The user's policies, read the same way at every reload as at the start.
+
+    At the start the directory is opened (for ``--policies FILE``: the file's
+    directory; symbolic links resolved) and held open.  A reload opens the same
+    path again and reads only if it is still that directory (same ``st_dev``,
+    ``st_ino``; the held descriptor keeps the inode number from being reused),
+    and it reads the files through that descriptor (``dir_fd``), so nothing
+    done to the path's ancestors while the files are read can make it read
+    another directory.  A path that now leads elsewhere — a directory above it
+    renamed and a new one made in its place, as a launched app could do (its
+    policy directory is read-only to it, the directories above were not) — is
+    refused: the running set stays, the error is reported as any reload error
+    is, and a restart reads the new directory.  Only the last directory is
+    compared: what is read is what is in it, and the directories above may
+    change (be renamed back and forth) without changing that.  For a file, it
+    is its directory that is compared, not the file: editors save by renaming
+    a new file over the old one, and that must still reload."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)  # as given: the names in errors and the set's version
+        real = Path(os.path.realpath(self.path))
+        self.file = None if real.is_dir() else real.name  # --policies FILE: its name in the directory
+        self.directory = real if self.file is None else real.parent
+        self.fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(self.fd)
+        self.identity = (st.st_dev, st.st_ino)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _error(self, message: str) -> LocatedError:
+        return LocatedError(Location(str(self.path), 1, 1), message)
+
+    def open_checked(self) -> int:
+        """The directory, opened again by its path, if it is still the one hush started with.
+
+        :raises PoliciesReplaced: if the path leads to another directory (or to none)"""
+        restart = "; restart hush (systemctl --user restart hush, or hush stop and hush run) to read what is there"
+        try:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise PoliciesReplaced([self._error(
+                f"refused: the policy directory {self.directory} hush started with is gone "
+                f"({(e.strerror or str(e)).lower()}); it keeps the policies it has{restart}")]) from None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self.identity:
+            os.close(fd)
+            raise PoliciesReplaced([self._error(
+                f"refused: {self.directory} is no longer the policy directory hush started with (it, or a "
+                f"directory above it, was moved or replaced); hush keeps the policies it has{restart}")])
+        return fd
+
+    def sources(self, fd: int) -> list[tuple[str, str]]:
+        """(name, text) of every policy file, read through ``fd``, named as the start named them.
+
+        :raises LoadError: a file cannot be read, or there is none"""
+        if self.file is not None:
+            names = [self.file]
+        else:
+            names = []
+            for name in sorted(os.listdir(fd)):
+                if Path(name).suffix not in (".yaml", ".yml"):
+                    continue
+                try:
+                    if stat.S_ISREG(os.stat(name, dir_fd=fd).st_mode):
+                        names.append(name)
+                except OSError:
+                    continue
+        out, errors = [], []
+        for name in names:
+            shown = str(self.path) if self.file is not None else str(self.path / name)
+            try:
+                out.append((shown, self._read_at(fd, name)))
+            except (OSError, UnicodeDecodeError) as e:
+                errors.append(LocatedError(Location(shown, 1, 1), f"cannot read: {e}"))
+        if not names:
+            errors.append(self._error("no policy files (*.yaml) found"))
+        if errors:
+            raise LoadError(errors)
+        return out
+
+    @staticmethod
+    def _read_at(fd: int, name: str) -> str:
+        handle = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)
+        with open(handle, encoding="utf-8") as f:
+            return f.read()
+
+    def reader(self, fd: int):
+        """``hosts_from`` lists: one named relative to a policy file (so under the directory the
+        names start with) is read through ``fd`` as well; one elsewhere, by its path."""
+        shown = self.path.parent if self.file is not None else self.path
+
+        def read(path: str) -> str:
+            try:
+                relative = Path(os.path.normpath(path)).relative_to(os.path.normpath(shown))
+            except ValueError:
+                return Path(path).read_text(encoding="utf-8")
+            return self._read_at(fd, str(relative))
+
+        return read
+
+    def load(self, organisation: Path | None, ctx) -> PolicySet:
+        """Both layers, as :func:`hush.daemon.policy.loader.load_checked` builds them, the user's
+        read through the directory hush started with.
+
+        :raises LoadError: an error in either layer, or the directory replaced (:class:`PoliciesReplaced`);
+        :raises ExamplesFailed: with every failing example"""
+        fd = self.open_checked()
+        try:
+            errors: list[LocatedError] = []
+            user = floor = None
+            try:
+                user = build(self.sources(fd), ctx, self.reader(fd))
+            except LoadError as e:
+                errors.extend(e.errors)
+            try:
+                floor = load_organisation(organisation, ctx) if organisation is not None else None
+            except LoadError as e:
+                errors.extend(e.errors)
+        finally:
+            os.close(fd)
+        if errors or user is None:
+            raise LoadError(errors)
+        policyset = combine(user, floor)
+        failures = check_examples(policyset)
+        if failures:
+            raise ExamplesFailed(failures)
+        return policyset
 
 
 def _bind_errno(exc) -> int | None:
@@ -182,8 +322,10 @@ class Daemon:
         self.reloads: list[Reload] = []
         self.control = ControlServer(control_socket(state_dir), {
             "status": self.status, "stop": self.stop_command, "reload": self.reload_command})
+        self.source = PolicySource(policies)  # opened now: a reload reads this directory or refuses
         self.launches = LaunchServer(state_dir, lambda: self.policyset.policies, policies=policies,
                                      record=self._record_tunnel)
+        self.launches.guard["readonly"].extend(config_guard(config))  # what the next start reads, too
         self._reloading = asyncio.Lock()
         # full collections walk only what survived since the last one (held flows are frozen); the
         # cycles among frozen objects are collected when no client connection is open (loopwatch.py)
@@ -295,6 +437,7 @@ class Daemon:
             if self.shipper is not None:  # after audit's done: its last records are queued
                 await asyncio.to_thread(self.shipper.close, SHIP_DEADLINE)
             await self.tor.stop()
+            self.source.close()
             if self._listening:
                 log.info("stopped")
         return self.exit_status
@@ -374,7 +517,7 @@ class Daemon:
         async with self._reloading:
             notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
             try:
-                new = await asyncio.to_thread(load_checked, [self.policies], self.config.organisation_policies,
+                new = await asyncio.to_thread(self.source.load, self.config.organisation_policies,
                                               self.config.parse_context)  # both layers; every example must pass
             except LoadError as e:
                 log.error("reload (%s) refused, keeping policy set %s; %d error(s):\n%s",
@@ -456,6 +599,19 @@ class Daemon:
                 "ship": self.shipper.status() if self.shipper is not None else None,
             },
         }
+
+
+def config_guard(config: Config) -> list[str]:
+    """What of the daemon's config a launched app must not change (docs/launch.md): the config
+    file in use, and hush's config directory (~/.config/hush: the default config file and policy
+    directory, which the next start reads even where there are none now)."""
+    out = []
+    if config.file is not None and config.file.exists():
+        out.append(os.path.realpath(config.file))
+    home = paths.config_home()
+    if home.is_dir():
+        out.append(os.path.realpath(home))
+    return out
 
 
 def prepare_state_dir(state_dir: Path) -> str | None:

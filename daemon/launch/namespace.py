@@ -191,18 +191,33 @@ def _bind_file(libc, source: str, target: str) -> None:
         _mount(libc, None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
+def _ancestors(paths) -> list[str]:
+    """Every directory above ``paths`` but ``/``, each once, the outermost first."""
+    out: set[str] = set()
+    for path in paths:
+        out.update(str(parent) for parent in Path(path).parents if str(parent) != "/")
+    return sorted(out, key=lambda p: (p.count("/"), p))
+
+
 def protect_hush(libc, guard: dict) -> None:
     """hush's own files, from the app: its state dir (launch.sock — with which
     the app could register sockets of its own as a laxer app —, control.sock,
-    the CA key, the audit) is covered by an empty read-only tmpfs; its policy
-    dir is read-only (the daemon reloads what is written there)."""
-    for path in guard.get("readonly", []):
-        if os.path.isdir(path):
-            _mount(libc, path, path, None, MS_BIND | MS_REC)
-            _mount(libc, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    for path in guard.get("hide", []):
-        if os.path.isdir(path):
-            _mount(libc, "tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=0700")
+    the CA key, the audit) is covered by an empty read-only tmpfs; its policies
+    (a directory or a file: the daemon reloads what is written there) and its
+    config (the file in use, ~/.config/hush: read at the next start) are
+    read-only.  Every directory above them is made a mount point first (bound
+    on itself, with what is mounted below it): a mount point cannot be renamed
+    or removed from inside (EBUSY), so the app cannot move a directory above
+    the policies aside and make a new one where the daemon looks."""
+    readonly = [p for p in guard.get("readonly", []) if os.path.exists(p)]
+    hide = [p for p in guard.get("hide", []) if os.path.isdir(p)]
+    for path in _ancestors([*readonly, *hide]):
+        _mount(libc, path, path, None, MS_BIND | MS_REC)
+    for path in readonly:
+        _mount(libc, path, path, None, MS_BIND | MS_REC if os.path.isdir(path) else MS_BIND)
+        _mount(libc, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    for path in hide:
+        _mount(libc, "tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=0700")
 
 
 def set_up_files(hide: tuple[str, ...] = (), guard: dict | None = None) -> None:

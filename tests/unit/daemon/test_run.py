@@ -31,7 +31,7 @@ def test_a_reload_that_crashes_the_loader_keeps_the_running_set(tmp_path, monkey
     async def scenario():
         good = policy("  - {action: block}\n")
         daemon = run.Daemon(good, Config(), tmp_path, tmp_path)
-        monkeypatch.setattr(run, "load_checked", broken)
+        monkeypatch.setattr(run.PolicySource, "load", broken)
         ok = await daemon.reload("test")
         return ok, daemon.holder.current is good, daemon.reloads[-1]
 
@@ -113,3 +113,173 @@ def test_the_lock_is_taken_before_the_state_dir_is_changed(tmp_path, capsys):
     finally:
         held.release()
     assert oct(tmp_path.stat().st_mode & 0o777) == "0o755"
+
+
+# -- the policies a reload reads: the directory the daemon started with, or none ------------------
+
+POLICY = "app: a\nlisten: 8101\ndefault: block\n"
+
+
+def _daemon(tmp_path, policies):
+    """A daemon (made on a loop, as mitmproxy's Master needs) and a function that reloads it."""
+    import asyncio
+
+    from hush.daemon import run
+    from hush.daemon.config import Config
+    from hush.daemon.policy.loader import load_checked
+
+    loop = asyncio.new_event_loop()
+
+    async def make():
+        return run.Daemon(load_checked([policies]), Config(organisation_policies=tmp_path / "no-floor"),
+                          tmp_path / "state", policies)
+
+    daemon = loop.run_until_complete(make())
+
+    def reload():
+        try:
+            return loop.run_until_complete(daemon.reload_command())
+        finally:
+            daemon.source.close()
+            loop.close()
+
+    daemon.reload_now = reload
+    return daemon
+
+
+def _reload(daemon):
+    return daemon.reload_now()
+
+
+def test_a_reload_reads_the_same_directory_and_keeps_the_version_when_nothing_changed(tmp_path):
+    policies = tmp_path / "cfg" / "hush" / "policies"
+    policies.mkdir(parents=True)
+    (policies / "a.yaml").write_text(POLICY)
+    daemon = _daemon(tmp_path, policies)
+    first = daemon.policyset.version
+    result = _reload(daemon)
+    assert result["ok"] and result["version"] == first
+
+
+def test_an_edit_in_the_directory_reloads(tmp_path):
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "a.yaml").write_text(POLICY)
+    daemon = _daemon(tmp_path, policies)
+    before = daemon.policyset.version
+    (policies / "a.yaml").write_text(POLICY.replace("block", "allow"))
+    result = _reload(daemon)
+    assert result["ok"] and result["version"] != before
+    assert daemon.policyset.policies["a"].default.name == "allow"
+
+
+def test_a_parent_renamed_and_a_new_directory_in_its_place_is_refused(tmp_path):
+    """F1: the policy directory is read-only to a launched app, the one above it is not."""
+    import os
+
+    policies = tmp_path / "cfg" / "hush" / "policies"
+    policies.mkdir(parents=True)
+    (policies / "a.yaml").write_text(POLICY)
+    daemon = _daemon(tmp_path, policies)
+    before = daemon.policyset
+    os.rename(tmp_path / "cfg" / "hush", tmp_path / "cfg" / "hush.old")
+    policies.mkdir(parents=True)
+    (policies / "a.yaml").write_text(POLICY.replace("block", "allow"))
+    result = _reload(daemon)
+    assert not result["ok"] and not result["examples_failed"]
+    assert daemon.holder.current is before and before.policies["a"].default.name == "block"
+    assert "no longer the policy directory hush started with" in result["errors"][0]
+    assert not daemon.reloads[-1].ok and daemon.reloads[-1].errors == result["errors"]  # hush status last_reload
+
+
+def test_a_policy_directory_removed_is_a_refused_reload(tmp_path):
+    import shutil
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "a.yaml").write_text(POLICY)
+    daemon = _daemon(tmp_path, policies)
+    shutil.rmtree(policies)
+    result = _reload(daemon)
+    assert not result["ok"] and "is gone" in result["errors"][0]
+
+
+def test_a_policy_file_saved_by_renaming_a_new_one_over_it_reloads(tmp_path):
+    """--policies FILE: the file's directory is what is compared, so an editor's save still reloads."""
+    import os
+
+    policy = tmp_path / "cfg" / "a.yaml"
+    policy.parent.mkdir()
+    policy.write_text(POLICY)
+    daemon = _daemon(tmp_path, policy)
+    before = daemon.policyset.version
+    (tmp_path / "cfg" / "a.yaml.new").write_text(POLICY.replace("block", "allow"))
+    os.rename(tmp_path / "cfg" / "a.yaml.new", policy)
+    result = _reload(daemon)
+    assert result["ok"] and result["version"] != before
+
+
+def test_a_policy_file_whose_directory_was_replaced_is_refused(tmp_path):
+    import os
+
+    policy = tmp_path / "cfg" / "hush" / "a.yaml"
+    policy.parent.mkdir(parents=True)
+    policy.write_text(POLICY)
+    daemon = _daemon(tmp_path, policy)
+    os.rename(tmp_path / "cfg" / "hush", tmp_path / "cfg" / "hush.old")
+    policy.parent.mkdir()
+    policy.write_text(POLICY.replace("block", "allow"))
+    result = _reload(daemon)
+    assert not result["ok"] and daemon.policyset.policies["a"].default.name == "block"
+
+
+def test_hosts_from_next_to_the_policy_is_read_through_the_same_directory(tmp_path):
+    policies = tmp_path / "policies"
+    (policies / "lists").mkdir(parents=True)
+    (policies / "lists" / "ads.txt").write_text("ads.example\n")
+    (policies / "a.yaml").write_text(POLICY + "rules:\n  - {match: {hosts_from: lists/ads.txt}, action: allow}\n")
+    daemon = _daemon(tmp_path, policies)
+    first = daemon.policyset.version
+    (policies / "lists" / "ads.txt").write_text("ads.example\ntrack.example\n")
+    result = _reload(daemon)
+    assert result["ok"] and result["version"] == first  # the version is the policy files' (as at the start)
+    rule = daemon.policyset.policies["a"].rules[0]
+    assert "track.example" in rule.match.hosts
+
+
+def test_the_guard_keeps_the_config_from_a_launched_app(tmp_path, monkeypatch):
+    import os
+
+    from hush.daemon.config import Config
+    from hush.daemon.run import config_guard
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("CONFIGURATION_DIRECTORY", raising=False)
+    config = tmp_path / "elsewhere.yaml"
+    config.write_text("log_level: info\n")
+    assert config_guard(Config()) == []  # no config file, no ~/.config/hush
+    (tmp_path / "xdg" / "hush").mkdir(parents=True)
+    assert config_guard(Config(file=config)) == [str(config), os.path.realpath(tmp_path / "xdg" / "hush")]
+
+
+def test_the_daemons_guard_names_its_config(tmp_path, monkeypatch):
+    import asyncio
+
+    from hush.daemon import run
+    from hush.daemon.config import Config
+    from hush.daemon.policy.loader import load_checked
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "a.yaml").write_text(POLICY)
+    config = tmp_path / "config.yaml"
+    config.write_text("log_level: info\n")
+
+    async def make():
+        daemon = run.Daemon(load_checked([policies]), Config(file=config), tmp_path / "state", policies)
+        daemon.source.close()
+        return daemon.launches.guard
+
+    guard = asyncio.run(make())
+    assert guard["readonly"] == [str(policies.resolve()), str(config.resolve())]

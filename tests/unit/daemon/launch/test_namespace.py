@@ -86,3 +86,11 @@ def test_a_port_taken_for_the_other_protocol_picks_new_ports(monkeypatch):
     finally:
         for s in socks.values():
             s.close()
+
+
+def test_every_directory_above_the_guarded_paths_is_bound_once_outermost_first():
+    from hush.daemon.launch.namespace import _ancestors
+
+    assert _ancestors(["/home/u/.config/hush/policies", "/home/u/.config/hush", "/home/u/.local/state/hush"]) == [
+        "/home", "/home/u", "/home/u/.config", "/home/u/.local", "/home/u/.config/hush", "/home/u/.local/state"]
+    assert _ancestors(["/etc"]) == []
