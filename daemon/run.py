@@ -28,6 +28,7 @@ import dataclasses
 import errno
 import logging
 import os
+import resource
 import signal
 import stat
 import sys
@@ -252,6 +253,23 @@ class PolicySource:
         if failures:
             raise ExamplesFailed(failures)
         return policyset
+
+
+def raise_fd_limit() -> int:
+    """The soft limit on open files raised to the hard one (systemd's user services get 1024 soft,
+    524288 hard): each connection costs the daemon about two descriptors, and a launch may open
+    thousands.  Nothing in hush or mitmproxy uses select() (asyncio's loop is epoll; the relay and
+    the front door poll), which is what a descriptor past 1023 would break.  Returns the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as e:  # pragma: no cover - the kernel's nr_open below the hard limit
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, e)
+    log.debug("open files limit: %d (hard %s)", soft, "unlimited" if hard == resource.RLIM_INFINITY else hard)
+    return soft
 
 
 def _bind_errno(exc) -> int | None:
@@ -656,6 +674,7 @@ async def serve(policyset: PolicySet, config: Config, state_dir: Path, policies:
                   f"{(e.strerror or str(e)).lower()}", file=sys.stderr)
             return ExitStatus.ERROR
         sys.setswitchinterval(SWITCH_INTERVAL)
+        raise_fd_limit()
         try:
             daemon = Daemon(policyset, config, state_dir, policies)
         except ShipError as e:

@@ -467,8 +467,9 @@ class TcpTransport:
         if self._sock is None:
             return True
         try:  # poll first: with a timeout set, recv would wait for it even with MSG_DONTWAIT
-            readable, _, _ = select.select([self._sock], [], [], 0)
-            if not readable:
+            poller = select.poll()  # not select(): the daemon's descriptors go past 1023 (run.raise_fd_limit)
+            poller.register(self._sock, select.POLLIN)
+            if not poller.poll(0):
                 return True
             return bool(self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
         except BlockingIOError:

@@ -1,3 +1,5 @@
+import pytest
+
 from hush.daemon.mitmaddons import mitmproxy_addons
 from hush.daemon.policy import build
 from hush.daemon.run import uses_tor
@@ -283,3 +285,51 @@ def test_the_daemons_guard_names_its_config(tmp_path, monkeypatch):
 
     guard = asyncio.run(make())
     assert guard["readonly"] == [str(policies.resolve()), str(config.resolve())]
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_one(monkeypatch):
+    import resource
+
+    from hush.daemon import run
+
+    limits = {"now": (1024, 524288)}
+    monkeypatch.setattr(resource, "getrlimit", lambda which: limits["now"])
+    monkeypatch.setattr(resource, "setrlimit", lambda which, value: limits.update(now=value))
+    assert run.raise_fd_limit() == 524288 and limits["now"] == (524288, 524288)
+    assert run.raise_fd_limit() == 524288  # already there: nothing to do
+
+
+def test_the_real_soft_limit_is_raised(monkeypatch):
+    import resource
+
+    from hush.daemon import run
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip("needs a finite hard limit above 256")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        assert run.raise_fd_limit() == hard and resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_serve_raises_the_limit_before_the_daemon_opens_anything():
+    import inspect
+
+    from hush.daemon import run
+
+    source = inspect.getsource(run.serve)
+    assert source.index("raise_fd_limit()") < source.index("Daemon(policyset")
+
+
+def test_nothing_of_hush_selects_on_descriptors():
+    """select() fails on a descriptor past 1023, which a raised limit allows: poll (or asyncio's epoll) only."""
+    from pathlib import Path
+
+    import hush.daemon
+
+    root = Path(hush.daemon.__file__).parent.parent
+    users = [str(p.relative_to(root)) for d in ("daemon", "addons") for p in (root / d).rglob("*.py")
+             if "select.select(" in p.read_text() or "SelectSelector" in p.read_text()]
+    assert users == []
