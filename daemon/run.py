@@ -149,6 +149,14 @@ class PolicySource:
         self.fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.fstat(self.fd)
         self.identity = (st.st_dev, st.st_ino)
+        self.outside: list[str] = []  # files the last load read outside the directory (real paths)
+        self._reading: set[str] = set()
+
+    def _note(self, real: str) -> None:
+        """A file read: kept if it is outside the directory (a symbolic link out, an absolute
+        ``hosts_from``), for the launch guard to make read-only as well."""
+        if os.path.commonpath([real, str(self.directory)]) != str(self.directory):
+            self._reading.add(real)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -206,8 +214,8 @@ class PolicySource:
             raise LoadError(errors)
         return out
 
-    @staticmethod
-    def _read_at(fd: int, name: str) -> str:
+    def _read_at(self, fd: int, name: str) -> str:
+        self._note(os.path.realpath(self.directory / name))
         handle = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)
         with open(handle, encoding="utf-8") as f:
             return f.read()
@@ -221,6 +229,7 @@ class PolicySource:
             try:
                 relative = Path(os.path.normpath(path)).relative_to(os.path.normpath(shown))
             except ValueError:
+                self._note(os.path.realpath(path))
                 return Path(path).read_text(encoding="utf-8")
             return self._read_at(fd, str(relative))
 
@@ -233,6 +242,7 @@ class PolicySource:
         :raises LoadError: an error in either layer, or the directory replaced (:class:`PoliciesReplaced`);
         :raises ExamplesFailed: with every failing example"""
         fd = self.open_checked()
+        self._reading = set()
         try:
             errors: list[LocatedError] = []
             user = floor = None
@@ -252,6 +262,7 @@ class PolicySource:
         failures = check_examples(policyset)
         if failures:
             raise ExamplesFailed(failures)
+        self.outside = sorted(self._reading)
         return policyset
 
 
@@ -344,6 +355,7 @@ class Daemon:
         self.launches = LaunchServer(state_dir, lambda: self.policyset.policies, policies=policies,
                                      record=self._record_tunnel)
         self.launches.guard["readonly"].extend(config_guard(config))  # what the next start reads, too
+        self._guarded = list(self.launches.guard["readonly"])
         self._reloading = asyncio.Lock()
         # full collections walk only what survived since the last one (held flows are frozen); the
         # cycles among frozen objects are collected when no client connection is open (loopwatch.py)
@@ -416,6 +428,7 @@ class Daemon:
 
     async def run(self) -> ExitStatus:
         logging.getLogger("mitmproxy.addons.proxyserver").addFilter(self._quiet)
+        await self._guard_outside()  # before any reload or launch
         if uses_tor(self.policyset):
             await self.tor.start()  # returns at once: non-Tor flows are served while tor bootstraps
         await self.control.start()
@@ -485,6 +498,24 @@ class Daemon:
             self.hush.audit.live = self.ui.publish_record
         log.info("live view: %s%s (`hush ui` opens it)", self.ui.url, taken)
 
+    async def _guard_outside(self) -> None:
+        """Which files the policies read from outside their directory (a policy file that links out, a
+        ``hosts_from`` list elsewhere), for launches to get them read-only too: the set is read
+        once more at the start (the first read, by ``hush run``, did not say), then at every reload."""
+        try:
+            await asyncio.to_thread(self.source.load, self.config.organisation_policies, self.config.parse_context)
+        except Exception as e:  # the set in force was read a moment ago; what differs now a reload reports
+            log.warning("could not read the policies again to guard the files they name outside %s: %s",
+                        self.source.directory, e)
+            return
+        self._guard_files()
+
+    def _guard_files(self) -> None:
+        self.launches.guard["readonly"][:] = [*self._guarded, *self.source.outside]
+        if self.source.outside:
+            log.info("read-only in launches too: %s (read by the policies, outside %s)",
+                     ", ".join(self.source.outside), self.source.directory)
+
     def _record_tunnel(self, tunnel) -> None:
         self.hush.audit.record_tunnel(tunnel)
 
@@ -547,6 +578,7 @@ class Daemon:
                 return self._refused(trigger, [f"internal error while loading: {e!r}"])
             if self.tor.state == "off" and uses_tor(new):
                 await self.tor.start()
+            self._guard_files()
             old = self.holder.swap(new)
             self.hush.act.policy_changed(old, self.policyset)  # closes what the new set (in force) treats more strictly
             modes = new.specs

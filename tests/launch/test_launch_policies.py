@@ -187,3 +187,25 @@ def test_an_edit_outside_the_launch_reloads_through_the_watcher(world, far, whus
     write(str(h.policies / "x.yaml"), POLICY + "      - {match: {host: other.test}, action: allow}\n")
     st = until(lambda: (s := h.status())["policies"]["version"] != version and s, 30, "the edit reloaded")
     assert st["last_reload"]["ok"] and st["last_reload"]["trigger"] == "policy files changed", st["last_reload"]
+
+
+def test_a_hosts_from_list_outside_the_policy_directory_is_read_only_too(world, far, whush):
+    """An allow list the policy names by absolute path: the app cannot add the blocked host to it."""
+    blocked = far.origin(BLOCKED_IP)
+    lists = tree(world, "lists")
+    write(f"{lists}/allow.txt", "allowed.test\n")
+    h = whush({"x": POLICY + f"      - {{match: {{hosts_from: {lists}/allow.txt}}, action: allow}}\n"})
+    until(lambda: "read-only in launches too" in h.log, 10, "the list guarded")
+    res = h.launch("x", PYTHON, "-c", textwrap.dedent("""\
+        import errno, os, signal, sys
+        try:
+            with open(sys.argv[1], "a") as f:
+                f.write("blocked.test\\n")
+            print("DONE: appended")
+        except OSError as e:
+            print("refused:", errno.errorcode[e.errno])
+        os.kill(int(sys.argv[2]), signal.SIGHUP)
+        """), f"{lists}/allow.txt", str(h.pid))
+    assert res.stdout.decode() == "refused: EROFS\n", (res.stdout, res.stderr)
+    settle(h, 1)
+    blocked_stays_blocked(h, blocked, "/after-list")

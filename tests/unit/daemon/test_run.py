@@ -249,6 +249,43 @@ def test_hosts_from_next_to_the_policy_is_read_through_the_same_directory(tmp_pa
     assert "track.example" in rule.match.hosts
 
 
+def test_files_the_policies_read_outside_their_directory_are_guarded_too(tmp_path, monkeypatch):
+    """A hosts_from list by absolute path, a policy file that links out: read-only in launches as well."""
+    import asyncio
+    import os
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+    lists, policies = tmp_path / "lists", tmp_path / "policies"
+    lists.mkdir()
+    policies.mkdir()
+    (lists / "ads.txt").write_text("ads.example\n")
+    (lists / "b.yaml").write_text("app: b\ndefault: block\n")
+    (policies / "b.yaml").symlink_to(lists / "b.yaml")
+    (policies / "near.txt").write_text("near.example\n")
+    (policies / "a.yaml").write_text(POLICY + f"rules:\n  - {{match: {{hosts_from: [{lists}/ads.txt, near.txt]}}, "
+                                     "action: allow}\n")
+    daemon = _daemon(tmp_path, policies)
+
+    async def start_and_reload():
+        await daemon._guard_outside()
+        started = list(daemon.launches.guard["readonly"])
+        (lists / "ads.txt").unlink()
+        (policies / "a.yaml").write_text(POLICY)
+        await daemon.reload("test")
+        return started, list(daemon.launches.guard["readonly"])
+
+    loop = asyncio.new_event_loop()
+    try:
+        started, reloaded = loop.run_until_complete(start_and_reload())
+    finally:
+        daemon.source.close()
+        loop.close()
+    real = os.path.realpath
+    assert started == [real(policies), real(lists / "ads.txt"), real(lists / "b.yaml")]
+    assert reloaded == [real(policies), real(lists / "b.yaml")]  # what the new set reads
+
+
 def test_the_guard_keeps_the_config_from_a_launched_app(tmp_path, monkeypatch):
     import os
 
