@@ -19,9 +19,12 @@ new policy set) and timing (its held flows, on a reload).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection, ctx, http
 from mitmproxy.proxy import server_hooks
@@ -30,7 +33,8 @@ from hush.addons.actions.base import Holding, Services, local_response
 from hush.addons.flowinfo import fail_closed
 from hush.addons.notes import conn_notes, notes
 from hush.addons.tunnel import Tunnel, stop_relay
-from hush.daemon.policy.hosts import normalize
+from hush.daemon.launch.server import app_of_spec
+from hush.daemon.policy.hosts import address_of, is_ip, normalize
 from hush.daemon.policy.model import Decision, PolicySet, stricter
 
 if TYPE_CHECKING:
@@ -44,6 +48,27 @@ log = logging.getLogger("hush.act")
 
 
 REVOKED = "revoked"
+
+
+def launched(client: connection.Client) -> bool:
+    """A connection of an app started with ``hush launch`` (its mode names the launch)."""
+    mode = getattr(client, "proxy_mode", None)
+    return app_of_spec(getattr(mode, "full_spec", "") or "") is not None
+
+
+def own_address(text: str) -> str | None:
+    """Why dialling ``text`` (an address as getaddrinfo or a socket gives it)
+    would reach this machine itself, or None."""
+    address = address_of(normalize(text.split("%")[0]))  # ::ffff:127.0.0.1, 0.0.0.0 → 127.0.0.1
+    if address is None:
+        return None
+    if address.is_loopback:
+        return "this machine's loopback"
+    if address.is_unspecified:
+        return "the unspecified address (this machine)"
+    if address.is_link_local:
+        return "a link-local address"
+    return None
 
 
 def tunnel_decision(policyset: PolicySet, tunnel: Tunnel, app: str | None) -> Decision | None:
@@ -143,7 +168,11 @@ class Act:
         if flow.response is None and flow.error is None:
             self._egress(flow.client_conn, action.egress, flow.request.host, flow.request.port, n.tor)
 
-    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> Coroutine[Any, Any, None] | None:
+        """The egress guard.  Synchronous (the front door calls it so), except
+        for a launch's connection to a name: then it returns the check of what
+        the name resolves to (:meth:`_launch_name`), which mitmproxy awaits
+        before it dials."""
         try:
             # open_connection dials server.address, whatever server.via says
             # (via only works through an upstream-proxy layer, whose own
@@ -151,12 +180,62 @@ class Act:
             address = data.server.address
             permitted = conn_notes(data.client).permits
             if address is not None and (normalize(address[0]), address[1]) in permitted:
-                return
+                if launched(data.client) and not data.server.error and not is_ip(normalize(address[0])):
+                    return self._launch_name(data, address[0], address[1])
+                return None
             where = f"{address[0]}:{address[1]}" if address else "an unknown address"
             log.warning("refused a connection to %s that no decision permits", where)
             data.server.error = f"hush: no decision permits a direct connection to {where}"
         except Exception as e:  # the guard itself failing must not open anything
             data.server.error = f"hush: egress check failed: {e!r}"
+        return None
+
+    @staticmethod
+    async def _launch_name(data: server_hooks.ServerConnectionHookData, host: str, port: int) -> None:
+        """A launch's connection to a name is dialled by the daemon, on the host's
+        network: if the name resolves (here, as mitmproxy will, getaddrinfo in a
+        thread) to this machine's loopback, unspecified or a link-local address,
+        it would reach the host's own services (hush's UI, tor's ports), which a
+        launched app must not reach — refused before any connection is made."""
+        try:
+            try:
+                found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError:
+                return  # mitmproxy's own lookup fails the same way: nothing is dialled
+            for *_, sockaddr in found:
+                why = own_address(str(sockaddr[0]))
+                if why:
+                    log.warning("refused a launch's connection to %s:%s: it resolves to %s", host, port, sockaddr[0])
+                    data.server.error = (f"hush: {host} resolves to {sockaddr[0]}, {why}: "
+                                         "a launched app does not reach the host's own services")
+                    return
+        except Exception as e:  # the check failing must not open anything
+            data.server.error = f"hush: egress check failed: {e!r}"
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """A launch's connection whose name resolved anew, between the check
+        above and mitmproxy's own lookup, to one of this machine's addresses
+        (DNS rebinding): closed now, before a byte is sent on it."""
+        if not launched(data.client) or data.server.peername is None:
+            return
+        why = own_address(str(data.server.peername[0]))
+        if not why:
+            return
+        where = data.server.address
+        error = f"hush: {where[0] if where else '?'} resolved to {data.server.peername[0]}, {why}, when dialled"
+        log.warning("closed a launch's connection: %s", error)
+        data.server.error = error
+        self.revoke(data.client)
+        tunnel = conn_notes(data.client).tunnel
+        if tunnel is not None and tunnel.error is None:
+            tunnel.error = error  # its audit row says why
+        handler = self._handler(data.client.id)
+        io = handler.transports.get(data.server) if handler is not None else None
+        transport = getattr(io.writer, "transport", None) if io is not None else None
+        if transport is not None:
+            transport.abort()  # nothing buffered yet; what the layers write next is dropped
+        elif handler is not None:
+            handler.close_connection(data.server)
 
     def _relay(self, client: connection.Client, tunnel: Tunnel) -> None:
         state = conn_notes(client)

@@ -219,3 +219,79 @@ def test_a_reload_leaves_a_tunnel_already_refused_for_its_tls_name_alone():
         t.error = "refused: the TLS names blocked.org (block by rule …), not a.backend.net"  # as decide sets it
         assert act.policy_changed(old, new) == 0
     assert t.outcome is None and t.error.startswith("refused: the TLS names")  # its reason stays
+
+
+# -- a launch's connection to a name that resolves to this machine --------------------
+
+def _launched(host, port=80):
+    from hush.daemon.launch.server import make_mode
+    client = tflow.tclient_conn()
+    client.proxy_mode = make_mode("launch:x:1")
+    server = tflow.tserver_conn()
+    server.address, server.error = (host, port), None
+    conn_notes(client).permits.add((host, port))
+    return server_hooks.ServerConnectionHookData(server, client)
+
+
+@pytest.mark.parametrize("resolved, why", [
+    ("127.0.1.1", "loopback"), ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"), ("0.0.0.0", "loopback"),
+    ("169.254.169.254", "link-local"), ("fe80::1%2", "link-local")])
+def test_a_launch_name_resolving_to_this_machine_is_refused_before_it_is_dialled(monkeypatch, resolved, why):
+    act = Act()
+    data = _launched("myhost.test")
+
+    async def getaddrinfo(self, host, port, **kw):
+        assert (host, port) == ("myhost.test", 80)
+        family = 10 if ":" in resolved else 2
+        return [(family, 1, 6, "", ("203.0.113.10", port)), (family, 1, 6, "", (resolved, port))]
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", getaddrinfo)
+    pending = act.server_connect(data)
+    assert pending is not None and data.server.error is None
+    _run(pending)
+    assert data.server.error.startswith(f"hush: myhost.test resolves to {resolved}, ") and why in data.server.error
+
+
+def test_only_a_launch_connection_to_a_permitted_name_is_resolved(monkeypatch):
+    async def getaddrinfo(self, host, port, **kw):
+        return [(2, 1, 6, "", ("203.0.113.10", port))]
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", getaddrinfo)
+    act = Act()
+    name = _launched("site.test")
+    _run(act.server_connect(name))
+    assert name.server.error is None  # a public address: dialled
+    assert act.server_connect(_launched("127.0.0.1", 9050)) is None  # an address (tor's port): as decided
+    other = _launched("site.test")
+    other.client.proxy_mode = tflow.tclient_conn().proxy_mode  # not a launch's
+    assert act.server_connect(other) is None and other.server.error is None
+    unpermitted = _launched("site.test")
+    conn_notes(unpermitted.client).permits.clear()
+    assert act.server_connect(unpermitted) is None and unpermitted.server.error.startswith("hush: no decision")
+
+
+def test_a_launch_name_rebound_to_this_machine_when_dialled_is_closed_before_a_byte(monkeypatch):
+    class Transport:
+        aborted = False
+
+        def abort(self):
+            self.aborted = True
+
+    class IO:
+        writer = type("Writer", (), {"transport": Transport()})()
+
+    act = Act()
+    data = _launched("rebind.test")
+    tunnel = Tunnel(data.client.id, "x", "launch:x:1", "rebind.test", 80, None, None, client=data.client)
+    conn_notes(data.client).tunnel = tunnel
+    handler = type("Handler", (), {"transports": {data.server: IO()}})()
+    monkeypatch.setattr(Act, "_handler", staticmethod(lambda client_id: handler))
+    data.server.peername = ("203.0.113.10", 80)
+    act.server_connected(data)
+    assert not IO.writer.transport.aborted and data.server.error is None
+    data.server.peername = ("127.0.0.1", 80)
+    act.server_connected(data)
+    assert IO.writer.transport.aborted
+    assert data.server.error == tunnel.error == ("hush: rebind.test resolved to 127.0.0.1, this machine's loopback, "
+                                                 "when dialled")
+    assert not conn_notes(data.client).permits  # nothing more leaves on this connection
