@@ -1,13 +1,20 @@
 """Fault injection: the daemon killed, the audit disk full, a policy half-written."""
 
+import datetime
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
+import threading
+import time
 
 import pytest
 
+from tests.tls import client_hello
+
 from .harness import curl, free_port, wait_for
+from .wire import EchoOrigin
 
 pytestmark = pytest.mark.integration
 
@@ -118,3 +125,48 @@ def test_policy_truncated_mid_write_keeps_the_old_set(hush, origin):
     code = curl("-o", "/dev/null", "-w", "%{http_code}", "-x", f"http://127.0.0.1:{port}", origin.url("/b/2"))
     assert code.stdout == b"200"  # the completed file took effect
     h.stop()
+
+
+def test_once_stopping_no_new_connection_is_taken_and_every_tunnel_row_is_complete(hush):
+    """Apps keep opening tunnels while hush stops: from SIGTERM on, a new connection is refused by
+    the kernel (the listening sockets are closed), not decided, dialled and relayed after the
+    audit's last write with its row left open.  Every connection the origin accepted has a row,
+    and every row is complete."""
+    origin = EchoOrigin()
+    port = free_port()
+    h = hush({"a": f"app: a\nlisten: {port}\ndefault: allow\n"})
+    stop = threading.Event()
+    refused, granted_at = [], []
+
+    def app():
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\n\r\n".encode())
+                    if not s.recv(100).startswith(b"HTTP/1.1 200"):
+                        continue
+                    granted_at.append(time.time())
+                    s.sendall(client_hello())
+            except ConnectionRefusedError:
+                refused.append(time.monotonic())
+                return
+            except OSError:
+                continue
+
+    apps = [threading.Thread(target=app) for _ in range(6)]
+    for t in apps:
+        t.start()
+    wait_for(lambda: len(origin.accepts) >= 30, message="tunnels relayed")
+    h.stop(signal.SIGTERM)
+    stop.set()
+    for t in apps:
+        t.join(10)
+    origin.close()
+    rows = [r for r in h.audit() if r["method"] == "CONNECT"]
+    assert refused, "no app saw the listener closed"
+    assert [r for r in rows if r["ended"] is None] == []
+    relayed = [r for r in rows if r["route"] == "direct"]  # the others were granted, closed before the dial
+    assert len(relayed) == len(origin.accepts), (len(relayed), len(origin.accepts))
+    line = next(line for line in h.log.splitlines() if " hush: stopping: " in line)  # logged once stopped
+    stopped = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    assert [t - stopped for t in granted_at if t > stopped] == [], "tunnels granted after hush stopped"
