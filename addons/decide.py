@@ -33,6 +33,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from hush.addons.flowinfo import drop_proxy_headers, fail_closed, request_info
 from hush.addons.notes import conn_notes, notes
 from hush.addons.tunnel import HushTunnelEndHook, HushTunnelHook, Tunnel
+from hush.daemon.handshake import RECORD_TYPES, tls_record_start
 from hush.daemon.policy.hosts import normalize
 from hush.daemon.policy.model import Decision, PolicySet, RequestInfo, stricter
 
@@ -57,14 +58,14 @@ def client_hello_sni(data: bytes):
     arriving, ``UNREADABLE`` if it does not parse, else ``(sni,)`` — the name
     it asks for (``(None,)``: no name, or not TLS at all).  No byte yet is
     still arriving: a client that has said nothing has not said it is not TLS."""
-    if not data:
-        return None
-    if data[:1] == b"\x16" and len(data) < 3 and (len(data) < 2 or data[1] == 3):
-        return None  # the start of a TLS record
+    record = tls_record_start(data)
+    if record is None:
+        return None  # nothing yet, or the start of what may be a TLS record
     if not starts_like_tls_record(data):
-        # a handshake record mitmproxy does not take for TLS (a record version above 0x0303): a
-        # server may (OpenSSL takes any minor version), and read a name no one checked
-        return UNREADABLE if data[:1] == b"\x16" else (None,)
+        # a record mitmproxy does not take for a ClientHello: a handshake record whose version is
+        # above 0x0303 (OpenSSL takes any minor version), or another record first (OpenSSL skips
+        # empty change_cipher_spec records, then reads the hello): a name no one checked
+        return UNREADABLE if record or data[:1] == b"\x16" else (None,)
     try:
         hello = parse_client_hello(data)
     except ValueError:
@@ -199,14 +200,17 @@ class Decide:
         state = conn_notes(client)
         if isinstance(nextlayer.layer, TCPLayer) and context.server.address is not None:
             data = nextlayer.data_client()
-            if data[:1] == b"\x16" and not starts_like_tls_record(data):
-                # mitmproxy relays as raw TCP a first read shorter than a record header, and a
-                # handshake record whose version it does not take for TLS; a server may take it
-                # for TLS (OpenSSL takes any minor version) and serve a name never checked
-                if len(data) < 3:
+            if data and data[0] in RECORD_TYPES and not starts_like_tls_record(data):
+                # mitmproxy relays as raw TCP a first read shorter than a record header, a
+                # handshake record whose version it does not take for TLS, and another record
+                # first; a server may take them for TLS (OpenSSL takes any minor version, and
+                # skips empty change_cipher_spec records before the hello) and serve a name never checked
+                record = tls_record_start(data)
+                if len(data) < 3 and (record is not False or data[0] == 0x16):
                     nextlayer.layer = None  # the record header is still arriving: ask again
                     return
-                state.tls_unreadable = True  # tcp_start closes it, whatever was decided
+                if record or data[0] == 0x16:
+                    state.tls_unreadable = True  # tcp_start closes it, whatever was decided
         tunnel = state.tunnel
         if tunnel is not None and tunnel.route is not None and not state.hello_read:
             self._tor_hello(nextlayer, tunnel)  # a CONNECT routed into tor

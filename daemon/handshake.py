@@ -228,3 +228,25 @@ def tls_sni(data: bytes) -> tuple[str | None] | str | None:
         return (name,)
     except (IndexError, UnicodeDecodeError):
         return UNSURE
+
+
+# -- a TLS record's first bytes ----------------------------------------
+
+RECORD_TYPES = b"\x14\x15\x16\x17\x18"  # change_cipher_spec, alert, handshake, application_data, heartbeat
+
+
+def tls_record_start(data: bytes | bytearray | memoryview) -> bool | None:
+    """Do a connection's first bytes start a TLS record (a content type 0x14..0x18, then major
+    version 3)?  None while that is not known yet (fewer than 3 bytes of what may be one).  OpenSSL
+    skips records before a ClientHello (any number of empty change_cipher_spec records), so a
+    tunnel whose first record is not a readable ClientHello must not be relayed as if it were not
+    TLS: its name would reach the server unchecked."""
+    if not data:
+        return None
+    if data[0] not in RECORD_TYPES:
+        return False
+    if len(data) < 2:
+        return None
+    if data[1] != 3:
+        return False
+    return True if len(data) >= 3 else None

@@ -52,6 +52,18 @@ def test_client_hello_sni():
     assert client_hello_sni(b"\x16\x03\x01\xff\xff\x01\xff\xff\xff" + b"\x00" * 70_000) is UNREADABLE
 
 
+def test_client_hello_sni_of_another_tls_record_first_is_unreadable():
+    # found: OpenSSL skips empty change_cipher_spec records before a ClientHello and serves its name;
+    # "not TLS" here sent a blocked name through tor unchecked
+    hello = client_hello("blocked.org")
+    for first in (b"\x14\x03\x03\x00\x00", b"\x14\x03\x01\x00\x00" * 3, b"\x15\x03\x03\x00\x00",
+                  b"\x17\x03\x03\x00\x00", b"\x18\x03\x03\x00\x00"):
+        assert client_hello_sni(first + hello) is UNREADABLE, first
+        assert client_hello_sni(first) is UNREADABLE, first
+    assert client_hello_sni(b"\x14") is None and client_hello_sni(b"\x14\x03") is None  # a record header arriving
+    assert client_hello_sni(b"\x14\x01") == (None,) and client_hello_sni(b"\x19\x03\x03") == (None,)  # not TLS
+
+
 class _Hello:
     def __init__(self, sni):
         self.sni = sni
@@ -285,3 +297,47 @@ def test_a_socks5_connection_with_no_policy_fails_closed_with_0x01():
         client = tflow.tclient_conn()
         client.proxy_mode = ProxyMode.parse("socks5@127.0.0.1:1080")
         assert decide.socks_refusal(client, connection.Server(address=("example.org", 443))) == SOCKS5_GENERAL_FAILURE
+
+
+def test_a_tunnel_whose_first_record_is_not_a_hello_is_closed_once_its_header_is_in():
+    # found: an empty change_cipher_spec record first (OpenSSL skips it, then serves the hello's name);
+    # mitmproxy chose raw TCP for it and the decided tunnel was relayed, its name never checked
+    from mitmproxy import tcp
+    from mitmproxy.proxy.layers.tcp import TCPLayer
+
+    act, recorder = Revocations(), Recorder()
+    decide = Decide(act=act)
+    with taddons.context(decide, recorder):
+        f = connect_flow("127.0.0.1")
+        hosts_only = "app: x\nlisten: 8101\ndefault: allow\nrules:\n  - {match: {host: blocked.org}, action: block}\n"
+        noted(f, policy=policyset(hosts_only), app="x", listener="l")
+        decide.http_connect(f)
+        for data, waits in ((b"\x14", True), (b"\x14\x03", True), (b"\x17\x01", False)):
+            nl = FakeNextLayer(f.client_conn, data, host="127.0.0.1")
+            nl.layer = TCPLayer(nl.context)
+            decide.next_layer(nl)
+            assert (nl.layer is None) is waits and not conn_notes(f.client_conn).tls_unreadable, data
+        nl = FakeNextLayer(f.client_conn, b"\x14\x03\x03\x00\x00" + client_hello("blocked.org"), host="127.0.0.1")
+        nl.layer = TCPLayer(nl.context)
+        decide.next_layer(nl)
+        assert nl.layer is not None and conn_notes(f.client_conn).tls_unreadable
+        flow = tcp.TCPFlow(f.client_conn, connection.Server(address=("127.0.0.1", 443)), True)
+        decide.tcp_start(flow)
+    [tunnel] = recorder.tunnels
+    assert tunnel.decision.action.name == "allow" and flow.error is not None  # killed
+    assert tunnel.error.startswith("refused: the tunnel's TLS record cannot be read")
+    assert act.revoked == [f.client_conn.id]
+
+
+def test_a_tor_routed_tunnel_whose_first_record_is_not_a_hello_is_refused():
+    act = Revocations()
+    decide = Decide(act=act)
+    with taddons.context(decide, Recorder()):
+        f = connect_flow("onion.org")
+        noted(f, policy=policyset(POLICY), app="x", listener="l")
+        decide.http_connect(f)
+        tunnel = conn_notes(f.client_conn).tunnel
+        tunnel.route = object()
+        nl = FakeNextLayer(f.client_conn, b"\x14\x03\x03\x00\x00" + client_hello("blocked.org"))
+        decide.next_layer(nl)
+    assert tunnel.error == "refused: the tunnel's TLS ClientHello cannot be read" and act.revoked == [f.client_conn.id]

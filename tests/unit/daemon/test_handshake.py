@@ -342,3 +342,15 @@ def test_tls_sni_is_unsure_of_truncated_lengths():
 ])
 def test_tls_sni_is_unsure_of_what_is_not_tls(data):
     assert tls_sni(data) == UNSURE
+
+
+# -- a TLS record's start ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("data", "found"), [
+    (b"", None), (b"\x14", None), (b"\x14\x03", None), (b"\x14\x03\x03", True), (b"\x14\x03\x03\x00\x00", True),
+    (b"\x15\x03\x01", True), (b"\x16\x03\x05", True), (b"\x17\x03\x03", True), (b"\x18\x03\x00", True),
+    (b"\x13\x03\x03", False), (b"\x19\x03\x03", False), (b"\x14\x02", False), (b"\x16\x00", False),
+    (b"GET / HTTP/1.1", False), (b"\x80\x2e\x01", False),
+])
+def test_tls_record_start(data, found):
+    assert handshake.tls_record_start(data) is found
