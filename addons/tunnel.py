@@ -22,6 +22,7 @@ from mitmproxy import connection, hooks, http
 from mitmproxy.proxy import commands, context, events, layer
 from mitmproxy.proxy.layers import tcp, tls
 
+from hush.daemon.handshake import RetryWatch
 from hush.daemon.policy.model import Decision, PolicySet
 from hush.daemon.relay import Relay
 
@@ -143,20 +144,103 @@ class Counted(layer.Layer):
         self.relay: Relay | None = None
         self._relayable = SPLICE
         self._scheduled = False
+        # a tunnel whose first bytes are a TLS handshake record is watched until the server's first
+        # record shows no HelloRetryRequest (then a second ClientHello must name the same host)
+        self._looked = False  # its first byte was seen
+        self._watch: RetryWatch | None = None
+        self._released = b""  # client bytes the watch let through from the server's side, to pass in
+        self._refused = False
 
     def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         client = self.context.client
+        if self._refused:
+            return  # closed: nothing more goes anywhere
+        if (isinstance(event, (events.DataReceived, events.ConnectionClosed)) and event.connection is client
+                and (self._watch is not None or not self._looked)):
+            passed = yield from self._watched_client(event)
+            if passed is None:
+                return
+            event = passed
+        watch = self._watch
         for command in self.inner.handle_event(event):
             if isinstance(command, commands.SendData):
                 if command.connection is client:
                     self.tally.down += len(command.data)
+                    if watch is not None and not self._refused:
+                        self._watched_server(watch, command.data)
                 else:
                     self.tally.up += len(command.data)
             yield command
+        if self._refused and self._watch is not None:
+            yield from self._refuse()
+            return
+        if watch is not None and self._watch is None:  # the watch ended: what it held goes in now
+            released, self._released = self._released, b""
+            if released:
+                yield from self.handle_event(events.DataReceived(client, released))
         if self._relayable and self.relay is None and not self._scheduled and self._eligible():
             # not from inside an event: mitmproxy's reading tasks must be idle first (see _hand_over)
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._hand_over)
+
+    # -- the watch of a second ClientHello (handshake.RetryWatch) --------------------------
+
+    def _watched_client(self, event: events.Event) -> layer.CommandGenerator[events.Event | None]:
+        """A client event while the watch may be on: the event to pass in (maybe with fewer
+        bytes), or None (held, or the tunnel refused)."""
+        if isinstance(event, events.ConnectionClosed):
+            if self._watch is not None and not self._watch.eof():
+                yield from self._refuse()  # it ended its side with bytes held
+                return None
+            return event
+        assert isinstance(event, events.DataReceived)
+        if not self._looked:
+            if not event.data:
+                return event
+            self._looked = True
+            if event.data[0] != 0x16:
+                return event  # not TLS: nothing to watch
+            self._watch = RetryWatch()
+        watch = self._watch
+        assert watch is not None
+        sent = watch.up(event.data)
+        if sent is None:
+            yield from self._refuse()
+            return None
+        if watch.done:
+            self._watch = None
+        if not sent:
+            return None
+        return event if sent is event.data else events.DataReceived(event.connection, sent)
+
+    def _watched_server(self, watch: RetryWatch, data: bytes) -> None:
+        """The server's bytes on their way to the client: the watch's verdict, acted on once the
+        inner layer has handled its event."""
+        released = watch.down(data)
+        if released is None:
+            self._refused = True
+            return
+        self._released += released
+        if watch.done:
+            self._watch = None
+
+    def _refuse(self) -> layer.CommandGenerator[None]:
+        """Close the tunnel: the watch found a second ClientHello it must not pass (audited)."""
+        from hush.addons.notes import conn_notes
+
+        watch = self._watch
+        why = watch.why if watch is not None else "refused"
+        self._refused = True
+        self._watch = None
+        self._released = b""
+        client = self.context.client
+        state = conn_notes(client)
+        state.permits.clear()  # no dial for it from now on (act's permits)
+        tunnel = state.tunnel
+        if tunnel is not None and tunnel.error is None:
+            tunnel.error = why
+        log.warning("closed a tunnel to %s: %s", self.context.server.address, why)
+        yield commands.CloseConnection(client)
 
     # -- the hand-over to the splice relay ---------------------------------------------
 
@@ -171,7 +255,8 @@ class Counted(layer.Layer):
 
     def _eligible(self) -> bool:
         context = self.context
-        return (self.tally.up + self.tally.down >= SPLICE_AFTER and context.server.connected
+        return (self.tally.up + self.tally.down >= SPLICE_AFTER and self._looked and self._watch is None
+                and not self._refused and context.server.connected
                 and context.client.connected and only_relays(self.inner) and self._decided_direct())
 
     def _hand_over(self) -> None:

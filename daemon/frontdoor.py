@@ -318,6 +318,9 @@ class Door(asyncio.Protocol):
         self.client_eof = False
         self.server_eof = False
         self.relay: Relay | None = None
+        # the first ClientHello went: until the server's first record shows it is no HelloRetryRequest,
+        # a second hello must name the same host (handshake.RetryWatch); None once that is known
+        self.watch: handshake.RetryWatch | None = None
 
     # -- asyncio's callbacks ---------------------------------------------------------------------
 
@@ -344,6 +347,9 @@ class Door(asyncio.Protocol):
         state = self.state
         if state == RELAY:
             assert self.up is not None and self.tally is not None
+            if self.watch is not None:
+                self._watched_up(data)
+                return
             self.up.write(data)
             self.tally.up += len(data)
             self._splice()
@@ -360,6 +366,9 @@ class Door(asyncio.Protocol):
             self.hand("the client closed its side")  # mitmproxy reads the end with the rest
         elif self.state == RELAY:
             self.client_eof = True
+            if self.watch is not None and not self.watch.eof():
+                self._watched(None)  # it ended its side with bytes held: refused
+                return True
             if self.up is not None and self.up.can_write_eof():
                 self.up.write_eof()
             if self.server_eof:
@@ -636,10 +645,17 @@ class Door(asyncio.Protocol):
         # reading resumes before the write: a site that takes less than what was read ahead pauses
         # it again (Upstream.pause_writing), and that pause must stand
         self._resume()
-        up.write(early)  # the ClientHello first: the hooks below run while the site answers
-        self.tally.up += len(early)
+        # the ClientHello first (checked whole by _hello), and what the watch lets follow it now:
+        # the hooks below run while the site answers
+        self.watch = handshake.RetryWatch()
+        self._watched(self.watch.up(early))
+        if self.state != RELAY:
+            return  # refused (it cannot be: _hello read the hello)
         if self.eof:
             self.client_eof = True
+            if self.watch is not None and not self.watch.eof():
+                self._watched(None)  # it ended its side with bytes held: refused
+                return
             if up.can_write_eof():
                 up.write_eof()
         self.door.hooks("server_connected", self.data)
@@ -652,7 +668,34 @@ class Door(asyncio.Protocol):
         self.last = time.monotonic()
         self.transport.write(data)
         self.tally.down += len(data)
+        if self.watch is not None:
+            self._watched(self.watch.down(data))
+            return
         self._splice()
+
+    def _watched_up(self, data: bytes) -> None:
+        """The client's bytes while the watch is on: what it lets through goes on."""
+        assert self.watch is not None
+        self._watched(self.watch.up(data))
+
+    def _watched(self, sent: bytes | None) -> None:
+        """What the watch let through goes to the site; its refusal closes the tunnel (audited)."""
+        watch, up, tally = self.watch, self.up, self.tally
+        assert watch is not None and up is not None and tally is not None
+        if sent is None:
+            self.watch = None
+            tunnel = self.tunnel
+            if tunnel is not None and tunnel.error is None:
+                tunnel.error = watch.why
+            log.warning("front door: closed a tunnel to %s: %s", self.target, watch.why)
+            self.finish(abort=True)
+            return
+        if sent:
+            up.write(sent)
+            tally.up += len(sent)
+        if watch.done:
+            self.watch = None
+            self._splice()
 
     def server_closed(self) -> None:
         self.server_eof = True
@@ -668,7 +711,7 @@ class Door(asyncio.Protocol):
         tally, up, transport = self.tally, self.up, self.transport
         assert tally is not None and transport is not None
         if (not tunnels.SPLICE or self.state != RELAY or up is None or tally.up + tally.down < tunnels.SPLICE_AFTER
-                or self.client_eof or self.server_eof or transport.get_write_buffer_size()
+                or self.watch is not None or self.client_eof or self.server_eof or transport.get_write_buffer_size()
                 or up.get_write_buffer_size()):
             return
         csock, ssock = transport.get_extra_info("socket"), up.get_extra_info("socket")

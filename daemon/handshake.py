@@ -230,7 +230,7 @@ def tls_sni(data: bytes) -> tuple[str | None] | str | None:
         return UNSURE
 
 
-# -- a TLS record's first bytes ----------------------------------------
+# -- a TLS record's first bytes, and a HelloRetryRequest ----------------------------------------
 
 RECORD_TYPES = b"\x14\x15\x16\x17\x18"  # change_cipher_spec, alert, handshake, application_data, heartbeat
 
@@ -250,3 +250,215 @@ def tls_record_start(data: bytes | bytearray | memoryview) -> bool | None:
     if data[1] != 3:
         return False
     return True if len(data) >= 3 else None
+
+
+# the random of a ServerHello that is a HelloRetryRequest (RFC 8446, 4.1.3): SHA-256("HelloRetryRequest")
+HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
+CCS = b"\x14\x03\x03\x00\x01\x01"  # TLS 1.3's middlebox-compatibility change_cipher_spec
+_HRR_PREFIX = 5 + 4 + 2 + 32  # record header, handshake header, legacy_version, random
+MAX_HELLO_BYTES = 64 * 1024  # a ClientHello not complete within this many bytes is refused while watching
+MAX_HELD = 256 * 1024  # bytes held after a ClientHello (TLS 1.3 early data) until the server's first record
+
+
+def hello_retry(data: bytes | bytearray | memoryview) -> bool | str | None:
+    """From the first bytes a server sent after a ClientHello: True if they are a
+    HelloRetryRequest, False if they are not (an alert, a ServerHello, another message, anything not
+    a TLS handshake record: no server reads a second hello after those), None while the first 43
+    bytes of a ServerHello's record are still arriving, ``UNSURE`` for a ServerHello record too
+    short to hold its random (fragmented; an OpenSSL server sends none)."""
+    n = len(data)
+    if not n:
+        return None
+    if data[0] != 0x16 or (n > 1 and data[1] != 3) or (n > 5 and data[5] != 2):
+        return False
+    if n > 5 and int.from_bytes(data[3:5], "big") < _HRR_PREFIX - 5:
+        return UNSURE
+    if n < _HRR_PREFIX:
+        return None
+    return bytes(data[11:_HRR_PREFIX]) == HRR_RANDOM
+
+
+def hello_end(data: bytes | bytearray | memoryview) -> int | str | None:
+    """Where the ClientHello at the start of ``data`` ends: after the handshake record that
+    completes it (it may span several).  None while it is arriving, ``UNSURE`` for anything else:
+    not handshake records, or a record that holds more than the hello (a second message the
+    server may read after a HelloRetryRequest)."""
+    pos, head, need, have = 0, b"", -1, 0
+    while True:
+        if len(data) < pos + 5:
+            return None if len(data) - pos < 2 or (data[pos] == 0x16 and data[pos + 1] == 3) else UNSURE
+        if data[pos] != 0x16 or data[pos + 1] != 3:
+            return UNSURE
+        size = int.from_bytes(data[pos + 3:pos + 5], "big")
+        if size == 0 or size > 16384:
+            return UNSURE
+        end = pos + 5 + size
+        if len(data) < end:
+            return None
+        if need < 0:
+            head += bytes(data[pos + 5:min(end, pos + 5 + 4 - len(head))])
+            if len(head) == 4:
+                if head[0] != 1:
+                    return UNSURE
+                need = 4 + int.from_bytes(head[1:4], "big")
+        have += size
+        if need >= 0 and have >= need:
+            return end if have == need else UNSURE
+        if end > MAX_HELLO_BYTES:
+            return UNSURE
+        pos = end
+
+
+# phases of a RetryWatch
+_HELLO, _AFTER, _HOLDING, _RETRY, _DONE = range(5)
+
+
+class RetryWatch:
+    """A tunnel relayed once its first ClientHello's name was checked, watched until the server's
+    first record shows whether it asks for a second ClientHello (TLS 1.3's HelloRetryRequest).
+    The client may send a second one naming another host, which the server would serve; so:
+
+    - the client's bytes pass until its first ClientHello is complete (``up``);
+    - what follows it is held while the server has not answered, if it may be TLS (a record's
+      content type); other bytes end the watch (a server reads no record after them);
+    - the server's first record (``down``): not an HRR, the watch ends and the held bytes go; an
+      HRR, the held bytes wait for the second ClientHello (after one change_cipher_spec record),
+      whose name (``tls_sni``) must be the first one's, normalized, or its absence the same.
+
+    ``up`` and ``down`` return the client's bytes that may go to the server now (b"": none), or
+    None: refuse the tunnel (``why`` says why).  ``done``: nothing more to watch.  A few
+    microseconds per tunnel: most end at the server's first bytes, not an HRR."""
+
+    __slots__ = ("_first", "_head", "_phase", "_server", "held", "why")
+
+    def __init__(self) -> None:
+        self._phase = _HELLO
+        self._head = b""  # the first ClientHello's bytes so far (then the whole hello, until the watch ends)
+        self._first = b""
+        self._server = b""  # the server's first bytes, until its first record is known
+        self.held = bytearray()
+        self.why = ""
+
+    @property
+    def done(self) -> bool:
+        return self._phase == _DONE
+
+    @property
+    def holding(self) -> bool:
+        """Bytes of the client after its hello are held (or, after an HRR, would be)."""
+        return self._phase in (_HOLDING, _RETRY)
+
+    def eof(self) -> bool:
+        """The client ended its side: False (refuse) while bytes after its hello are held; a TLS
+        client waits for the server's answer before it sends more, and never half-closes there."""
+        if self.holding:
+            self._refuse("refused: the client ended its side with bytes after its TLS ClientHello held")
+            return False
+        return True
+
+    def _refuse(self, why: str) -> None:
+        self.why = why
+        self._phase = _DONE
+        self.held.clear()
+        self._head = self._first = self._server = b""
+
+    def up(self, data: bytes) -> bytes | None:
+        phase = self._phase
+        if phase == _DONE:
+            return data
+        if phase == _HELLO:
+            head = self._head + data if self._head else data
+            end = hello_end(head)
+            if end is None:
+                if len(head) > MAX_HELLO_BYTES:
+                    self._refuse("refused: its TLS ClientHello is too long to read")
+                    return None
+                self._head = head
+                return data
+            if end == UNSURE:
+                self._refuse("refused: its TLS ClientHello cannot be read")
+                return None
+            assert isinstance(end, int)
+            self._first, self._head = bytes(head[:end]), b""
+            passed = len(data) - (len(head) - end)
+            self._phase = _AFTER
+            rest = self._after(data[passed:])
+            return None if rest is None else data[:passed] + rest
+        if phase == _AFTER:
+            return self._after(data)
+        self.held += data
+        if len(self.held) > MAX_HELD:
+            self._refuse("refused: too many bytes after its TLS ClientHello before the server answered")
+            return None
+        return self._second() if phase == _RETRY else b""
+
+    def _after(self, data: bytes) -> bytes | None:
+        if not data:
+            return b""
+        if data[0] in RECORD_TYPES:
+            self._phase = _HOLDING
+            return self.up(data)
+        # not a record: an OpenSSL server reads no record after it (after an HRR neither), so no
+        # second hello either
+        self._phase = _DONE
+        self._head = self._first = self._server = b""
+        return data
+
+    def down(self, data: bytes) -> bytes | None:
+        if self._phase == _DONE:
+            return b""
+        server = self._server + data[:_HRR_PREFIX - len(self._server)]
+        verdict = hello_retry(server)
+        if verdict is None:
+            self._server = server
+            return b""
+        if verdict == UNSURE:
+            self._refuse("refused: the server's first TLS record after the ClientHello cannot be read")
+            return None
+        if verdict is False:
+            held = bytes(self.held)
+            self._phase = _DONE
+            self.held.clear()
+            self._head = self._first = self._server = b""
+            return held
+        if self._phase not in (_AFTER, _HOLDING):
+            self._refuse("refused: a HelloRetryRequest before the ClientHello was whole")
+            return None
+        self._server = b""
+        self._phase = _RETRY
+        return self._second()
+
+    def _second(self) -> bytes | None:
+        """After an HRR: the held bytes once they hold the whole second ClientHello, and it names
+        what the first one named."""
+        held = self.held
+        start = 0
+        if held[:len(CCS)] == CCS[:len(held)]:
+            if len(held) < len(CCS):
+                return b""
+            start = len(CCS)
+        if len(held) < start + 5:
+            return b"" if held[start:start + 2] in (b"", b"\x16", b"\x16\x03") else self._refused_second()
+        end = start + 5 + int.from_bytes(held[start + 3:start + 5], "big")
+        if held[start] != 0x16 or held[start + 1] != 3:
+            return self._refused_second()
+        if len(held) < end:
+            return b""
+        second = tls_sni(bytes(held[start:end]))
+        first = tls_sni(self._first)
+        if second is None or second == UNSURE or first is None or first == UNSURE:
+            return self._refused_second()
+        one, two = first[0], second[0]
+        if (normalize(one) if one else None) != (normalize(two) if two else None):
+            self._refuse(f"refused: its second TLS ClientHello (after a HelloRetryRequest) names "
+                         f"{normalize(two) if two else 'no host'}, not {normalize(one) if one else 'no host'}")
+            return None
+        out = bytes(held)
+        self._phase = _DONE
+        self.held.clear()
+        self._first = b""
+        return out
+
+    def _refused_second(self) -> bytes | None:
+        self._refuse("refused: its second TLS ClientHello (after a HelloRetryRequest) cannot be read")
+        return None

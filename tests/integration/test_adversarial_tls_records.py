@@ -6,6 +6,12 @@ records are crafted so that the server reads a name hush never checked.
   such a first record for raw TCP and relayed it unchecked, and the front door's parser handed it
   to mitmproxy.  decide now refuses a tunnel whose first bytes are a TLS record but not a readable
   ClientHello (``handshake.tls_record_start``).
+- A second ClientHello after a HelloRetryRequest: the first hello passes the check (no name, or
+  the target's), the server asks for another (TLS 1.3's HRR), and the client's second hello names
+  a blocked host, which OpenSSL serves.  Now the client's bytes after the first hello are held
+  until the server's first record is known; after an HRR the second hello must name what the
+  first named (``handshake.RetryWatch``: the front door's ``Door`` and mitmproxy's path's
+  ``Counted``).
 
 Each test runs on both listener modes and with the front door on and off, and asserts what the
 origin saw: the names its servername callback was asked for, the raw bytes it received, the
@@ -25,12 +31,14 @@ import time
 import pytest
 import trustme
 
+from hush.daemon.handshake import CCS, hello_retry
 from tests.tls import client_hello
 
 from .harness import free_port, wait_for
+from .hostile import read_head
 from .test_adversarial_frontdoor import ALLOWED, BLOCK_NAME, BLOCKED, policy, through_hush
 from .test_frontdoor import front_off
-from .wire import tunnel_rows
+from .wire import recv_exactly, tunnel_rows
 
 pytestmark = pytest.mark.integration
 
@@ -265,3 +273,130 @@ def test_curl_through_hush_is_unaffected(hush, origins, tmp_path):
             assert out.stdout == b"origin\n", (mode, front, out)
             assert origin.requests == [b"GET /x HTTP/1.1"]
             h.stop()
+
+
+# -- a second ClientHello after a HelloRetryRequest ---------------------------------------------------
+
+def second_hello(sni: str | None) -> bytes:
+    """A ClientHello whose key share is secp384r1's, as a client answering the origin's HRR sends."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_ecdh_curve("secp384r1")
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize("front", FRONT)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_second_hello_naming_another_host_after_a_retry_is_refused(hush, origins, tmp_path, mode, front):
+    # found: the first hello (no name) passed the check, the origin asked for another (HRR), and the
+    # second one, naming the blocked host in cleartext, was relayed: OpenSSL served that name
+    port, h = daemon(hush, tmp_path, mode, front)
+    seen = {}
+    cases = [(first, second, ccs, pipelined)
+             for first, second in ((None, BLOCKED), (ALLOWED, BLOCKED), (ALLOWED, None), (None, ALLOWED))
+             for ccs in (True, False) for pipelined in (False, True)]
+    fast = 0
+    for first, second, ccs, pipelined in cases:
+        origin = origins(retry=True)
+        one, two = client_hello(first), (CCS if ccs else b"") + second_hello(second)
+        with through_hush(port, mode, origin.port) as s:
+            if pipelined:
+                s.sendall(one + two)  # the server reads the second hello after its HRR, from its buffer
+            else:
+                s.sendall(one)
+                s.settimeout(10)
+                retry = s.recv(65536)
+                assert hello_retry(retry) is True, retry[:16]
+                s.sendall(two)
+            until_closed(s)
+        wait_for(lambda o=origin: o.accepts == 0 or o.closed == 1, message="the origin's connection ended")
+        fast += first is None and not pipelined
+        seen[first, second, ccs, pipelined] = (origin.names, origin.requests, [bytes(r) for r in origin.raw] == [one])
+    wrong = {key: value for key, value in seen.items() if value != ([key[0]], [], True)}
+    assert wrong == {}, "the origin saw more than the first hello"
+    if front == "front-on":  # the front door's own watch took the plain ones (the rest it handed)
+        assert h.status()["frontdoor"]["fast"] == fast
+    wait_for(lambda: len(refused_rows(h)) == len(cases), message="the refused tunnels' rows")
+    h.stop()
+    rows = refused_rows(h)
+    retried = [r for r in rows if "second TLS ClientHello" in r["error"]]
+    assert len(retried) == len(cases), rows
+    # the first hello went to the site: the row says so (direct, the address exposed), and its error
+    assert all((r["route"], r["ip_exposed"], r["decision"]) == ("direct", 1, "allow") and r["ended"]
+               for r in retried), retried
+
+
+@pytest.mark.parametrize("front", FRONT)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_retry_naming_the_same_host_completes(hush, origins, tmp_path, mode, front):
+    # a real client the origin asks for a second hello (HRR): the same name (or none) twice goes through
+    port, h = daemon(hush, tmp_path, mode, front)
+    for sni in (None, ALLOWED):
+        origin = origins(retry=True)
+        with through_hush(port, mode, origin.port) as s:
+            answer = exchange(s, sni)
+        assert answer.endswith(b"origin\n"), (sni, origin.names)
+        assert origin.names == [sni, sni] and origin.requests == [b"GET /x HTTP/1.1"]
+        raw = bytes(origin.raw[0])
+        assert raw.count(b"\x16\x03\x01") + raw.count(b"\x16\x03\x03") >= 2  # two hellos reached it
+    if front == "front-on":
+        assert h.status()["frontdoor"]["fast"] == 1  # the nameless one: the front door's
+    h.stop()
+    assert not refused_rows(h)
+
+
+# -- the tor route: the same watch, on the bytes after tor's answer ---------------------------------
+
+def through_tor(port: int, mode: str, dport: int) -> socket.socket:
+    """A tunnel to origin.hushtest:dport that hush routes through tor (the exit resolves the name to
+    127.0.0.1)."""
+    from .harness import NAME
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if mode == "http":
+        target = f"{NAME}:{dport}"
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        assert read_head(s).startswith(b"HTTP/1.1 200 ")
+    else:
+        s.sendall(b"\x05\x01\x00")
+        assert recv_exactly(s, 2) == b"\x05\x00"
+        s.sendall(b"\x05\x01\x00\x03" + bytes([len(NAME)]) + NAME.encode() + dport.to_bytes(2, "big"))
+        assert recv_exactly(s, 10)[:2] == b"\x05\x00"
+    return s
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_through_tor_a_second_hello_must_name_what_the_first_named(hush, torlab, origins, mode):
+    from .harness import tor_config, wait_tor_ready
+
+    port = free_port()
+    rules = BLOCK_NAME + "  - {match: {host: '*.hushtest'}, action: tor}\n"
+    h = hush({"t": policy(port, rules, default="block", mode=mode)}, config=tor_config(torlab))
+    wait_tor_ready(h)
+    origin = origins(retry=True)  # a real client retried: the same (no) name twice goes through tor
+    with through_tor(port, mode, origin.port) as s:
+        assert exchange(s, None).endswith(b"origin\n"), origin.names
+    assert origin.names == [None, None] and origin.requests == [b"GET /x HTTP/1.1"]
+    seen = {}
+    for pipelined in (False, True):
+        origin = origins(retry=True)
+        one, two = client_hello(None), CCS + second_hello(BLOCKED)
+        with through_tor(port, mode, origin.port) as s:
+            if pipelined:
+                s.sendall(one + two)
+            else:
+                s.sendall(one)
+                s.settimeout(30)
+                assert hello_retry(s.recv(65536)) is True
+                s.sendall(two)
+            until_closed(s, 15)
+        wait_for(lambda o=origin: o.closed == 1, timeout=30, message="the origin's connection ended")
+        seen[pipelined] = (origin.names, origin.requests, [bytes(r) for r in origin.raw] == [one])
+    assert seen == {False: ([None], [], True), True: ([None], [], True)}, seen
+    h.stop()
+    retried = [r for r in refused_rows(h) if "second TLS ClientHello" in r["error"]]
+    assert len(retried) == 2 and all((r["route"], r["ip_exposed"]) == ("tor", 0) for r in retried), retried

@@ -180,3 +180,124 @@ def test_only_layers_that_relay_untouched_are_handed_to_the_relay():
         assert only_relays(client_tls)  # what mitmproxy makes of it when tls_clienthello ignores it
         assert not only_relays(layers.HttpLayer(ctx, layers.http.HTTPMode.transparent))
         assert not only_relays(None)
+
+
+# -- the watch of a second ClientHello after a HelloRetryRequest (handshake.RetryWatch) -------------
+
+def opened(ctx, tunnel=None):
+    """Counted over a relay (TCPLayer, as a passed-through TLS tunnel ends up), started and connected;
+    ``tunnel`` is the connection's, decided direct (what act notes as relayed)."""
+    from hush.addons.notes import conn_notes
+
+    if tunnel is not None:
+        conn_notes(ctx.client).tunnel = conn_notes(ctx.client).relayed = tunnel
+        conn_notes(ctx.client).permits.add(("site.org", 443))
+    counted = Counted(ctx, layers.TCPLayer(ctx, ignore=True), Tally())
+    counted._relayable = False  # no event loop here: _eligible() is asked directly
+    for command in counted.handle_event(events.Start()):
+        if isinstance(command, commands.OpenConnection):
+            command.connection.state = connection.ConnectionState.OPEN
+            list(counted.handle_event(events.OpenConnectionCompleted(command, None)))
+    return counted
+
+
+def sent(given, conn) -> bytes:
+    return b"".join(c.data for c in given if isinstance(c, commands.SendData) and c.connection is conn)
+
+
+def closed(given, conn) -> bool:
+    return any(isinstance(c, commands.CloseConnection) and c.connection is conn for c in given)
+
+
+def direct_tunnel():
+    from tests.unit.addons.helpers import policyset
+
+    policy = policyset("app: x\nlisten: 8101\ndefault: allow\n")
+    return Tunnel("c", "x", "l", "site.org", 443, policy, decision=policy.decide_connect("x", "site.org", 443))
+
+
+def test_counted_refuses_a_second_hello_naming_another_host_after_a_retry():
+    from hush.addons.notes import conn_notes
+    from hush.daemon.handshake import CCS
+    from tests.tls import client_hello
+    from tests.unit.daemon.test_handshake import second_hello, server_answer
+
+    hello, again = client_hello(None), CCS + second_hello("blocked.org")
+    with taddons.context() as tctx:
+        for pipelined in (True, False):
+            ctx = new_context(tctx)
+            tunnel = direct_tunnel()
+            counted = opened(ctx, tunnel)
+            given = list(counted.handle_event(events.DataReceived(ctx.client, hello + (again if pipelined else b""))))
+            assert sent(given, ctx.server) == hello  # the first hello goes; what follows it waits for the server
+            retry = server_answer(hello)
+            given = list(counted.handle_event(events.DataReceived(ctx.server, retry)))
+            if not pipelined:
+                assert sent(given, ctx.client) == retry and not closed(given, ctx.client)
+                given = list(counted.handle_event(events.DataReceived(ctx.client, again)))
+            assert sent(given, ctx.server) == b"" and closed(given, ctx.client), pipelined
+            assert tunnel.error.startswith("refused: its second TLS ClientHello") and "blocked.org" in tunnel.error
+            assert not conn_notes(ctx.client).permits
+            assert list(counted.handle_event(events.DataReceived(ctx.client, b"more"))) == []  # closed: nothing goes
+            assert counted.tally == Tally(up=len(hello), down=len(retry))
+
+
+def test_counted_lets_a_second_hello_naming_the_same_host_through_then_may_splice(monkeypatch):
+    from hush.addons import tunnel as tunnels
+    from hush.daemon.handshake import CCS
+    from tests.tls import client_hello
+    from tests.unit.daemon.test_handshake import second_hello, server_answer
+
+    monkeypatch.setattr(tunnels, "SPLICE_AFTER", 0)
+    hello, again = client_hello("site.org"), CCS + second_hello("site.org")
+    with taddons.context() as tctx:
+        ctx = new_context(tctx)
+        tunnel = direct_tunnel()
+        counted = opened(ctx, tunnel)
+        assert sent(counted.handle_event(events.DataReceived(ctx.client, hello + again)), ctx.server) == hello
+        assert not counted._eligible()  # watching: no hand-over to the splice relay
+        given = list(counted.handle_event(events.DataReceived(ctx.server, server_answer(hello))))
+        assert sent(given, ctx.server) == again and not closed(given, ctx.client)
+        assert tunnel.error is None and counted._eligible()
+        assert sent(counted.handle_event(events.DataReceived(ctx.client, b"app data")), ctx.server) == b"app data"
+
+
+def test_counted_stops_watching_at_a_server_hello_that_is_no_retry():
+    from tests.tls import client_hello
+    from tests.unit.daemon.test_handshake import server_answer
+
+    hello, early = client_hello("site.org"), b"\x17\x03\x03\x00\x05early"
+    with taddons.context() as tctx:
+        ctx = new_context(tctx)
+        counted = opened(ctx, direct_tunnel())
+        assert sent(counted.handle_event(events.DataReceived(ctx.client, hello + early)), ctx.server) == hello
+        answer = server_answer(hello, retry=False)
+        given = list(counted.handle_event(events.DataReceived(ctx.server, answer)))
+        assert sent(given, ctx.client) == answer and sent(given, ctx.server) == early
+        assert counted._watch is None and counted.tally == Tally(up=len(hello + early), down=len(answer))
+
+
+def test_counted_refuses_a_client_that_ends_its_side_with_bytes_held():
+    from tests.tls import client_hello
+
+    hello = client_hello(None)
+    with taddons.context() as tctx:
+        ctx = new_context(tctx)
+        tunnel = direct_tunnel()
+        counted = opened(ctx, tunnel)
+        list(counted.handle_event(events.DataReceived(ctx.client, hello + hello)))
+        given = list(counted.handle_event(events.ConnectionClosed(ctx.client)))
+        assert closed(given, ctx.client) and sent(given, ctx.server) == b""
+        assert tunnel.error.startswith("refused: the client ended its side")
+
+
+def test_counted_does_not_watch_what_is_not_tls():
+    with taddons.context() as tctx:
+        ctx = new_context(tctx)
+        counted = opened(ctx, direct_tunnel())
+        given = list(counted.handle_event(events.DataReceived(ctx.client, b"\x16GET / HTTP/1.1\r\n")))
+        assert counted._watch is None and counted._refused  # a 0x16 first byte that is no record: refused
+        ctx = new_context(tctx)
+        counted = opened(ctx, direct_tunnel())
+        given = list(counted.handle_event(events.DataReceived(ctx.client, b"GET / HTTP/1.1\r\n")))
+        assert sent(given, ctx.server) == b"GET / HTTP/1.1\r\n" and counted._watch is None and counted._looked

@@ -18,6 +18,7 @@ import pytest
 
 from hush.daemon import frontdoor, handshake
 from hush.daemon.policy import build
+from tests.tls import client_hello
 
 # -- Hooks -----------------------------------------------------------------------------------------
 
@@ -630,7 +631,7 @@ def test_a_site_slower_than_what_was_read_ahead_keeps_the_app_paused(monkeypatch
         door.data = SimpleNamespace(server=door.server, client=client)
         conn_notes(client).permits.add(("127.0.0.1", port))
         door.state = frontdoor.DIAL
-        door.buf = bytearray(b"x" * 400_000)  # read ahead while the dial waited its turn
+        door.buf = bytearray(client_hello() + b"x" * 400_000)  # read ahead while the dial waited its turn
         door._pause()
         sock = frontdoor._address_socket("127.0.0.1", None)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # as slow as a remote site's path
@@ -651,3 +652,66 @@ def test_a_site_slower_than_what_was_read_ahead_keeps_the_app_paused(monkeypatch
         site.close()
 
     asyncio.run(main())
+
+
+def test_a_second_hello_naming_another_host_after_a_retry_never_reaches_the_site(monkeypatch):
+    """The Door relays once the first ClientHello's name was checked; the site's HelloRetryRequest
+    would have the client's second hello read, naming any host: what follows the first hello is
+    held until the site's first record is in, and after an HRR the second must name the same host.
+    The splice relay does not start meanwhile."""
+    from mitmproxy import connection
+
+    from hush.addons import tunnel as tunnels
+    from hush.addons.notes import conn_notes
+    from hush.addons.tunnel import Tally
+    from tests.unit.daemon.test_handshake import second_hello, server_answer
+
+    monkeypatch.setattr(tunnels, "SPLICE_AFTER", 0)  # it would splice at once, were it not watching
+    hello = client_hello(None)
+
+    async def run(after: bytes) -> tuple[bytes, object, object]:
+        loop = asyncio.get_running_loop()
+        site = socket.create_server(("127.0.0.1", 0))
+        port = site.getsockname()[1]
+        stub = SimpleNamespace(hooks=lambda *a: True, doors=set(), _tasks=set(), counts={})
+        instance = SimpleNamespace(mode=SimpleNamespace(type_name="regular", full_spec="regular@1"))
+        door = frontdoor.Door(stub, instance)
+        app, ours = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, sock=ours)
+        transport.set_protocol(door)
+        door.transport = transport
+        client = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0)
+        door.client, door.tally = client, Tally()
+        door.tunnel = SimpleNamespace(outcome=None, error=None)
+        door.server = connection.Server(address=("127.0.0.1", port))
+        door.data = SimpleNamespace(server=door.server, client=client)
+        conn_notes(client).permits.add(("127.0.0.1", port))
+        door.state = frontdoor.DIAL
+        door.buf = bytearray(hello + after)  # the hello, and what came while the dial waited its turn
+        sock = frontdoor._address_socket("127.0.0.1", None)
+        assert frontdoor._connect_now(sock, ("127.0.0.1", port))
+        door._connected(frontdoor._transport(sock, frontdoor.Upstream(door)))
+        door._splice()
+        assert door.state == frontdoor.RELAY and door.watch is not None  # watching: no splice
+        far, _ = await loop.sock_accept(site)
+        got = b""
+        while len(got) < len(hello):
+            got += await loop.sock_recv(far, 65536)
+        await loop.sock_sendall(far, server_answer(hello))  # its HRR
+        await asyncio.sleep(0.1)
+        far.setblocking(False)
+        with contextlib.suppress(BlockingIOError, ConnectionResetError):
+            got += far.recv(65536)
+        state, error = door.state, door.tunnel.error
+        door.close()
+        for s in (far, site, app):
+            s.close()
+        return got, state, error
+
+    from hush.daemon.handshake import CCS
+
+    got, state, error = asyncio.run(run(CCS + second_hello("blocked.org")))
+    assert got == hello and state == frontdoor.DONE and error.startswith("refused: its second TLS ClientHello")
+    again = CCS + second_hello(None)
+    got, state, error = asyncio.run(run(again))  # the same (no) name: it goes on, then may be spliced
+    assert got == hello + again and state == frontdoor.SPLICED and error is None

@@ -2,6 +2,7 @@
 None / UNSURE / -1 (mitmproxy's path) for everything else.  ``tls_sni`` agrees with
 mitmproxy's own ClientHello parser on real hellos made by Python's ``ssl``."""
 
+import contextlib
 import ipaddress
 
 import pytest
@@ -344,7 +345,40 @@ def test_tls_sni_is_unsure_of_what_is_not_tls(data):
     assert tls_sni(data) == UNSURE
 
 
-# -- a TLS record's start ----------------------------------------------------------------------
+# -- a TLS record's start, a HelloRetryRequest, a second ClientHello --------------------------------
+
+def server_answer(hello: bytes, retry: bool = True) -> bytes:
+    """What an OpenSSL TLS 1.3 server answers to ``hello``: a HelloRetryRequest if it accepts only
+    secp384r1 (``retry``) and the hello's key share is x25519's (Python's), else its ServerHello."""
+    import ssl
+
+    import trustme
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    trustme.CA().issue_cert("a.example").configure_cert(context)
+    if retry:
+        context.set_ecdh_curve("secp384r1")
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_side=True)
+    incoming.write(hello)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def second_hello(server_name: str | None) -> bytes:
+    """A ClientHello whose key share is secp384r1's: what a client answering that HRR sends."""
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_ecdh_curve("secp384r1")
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
 
 @pytest.mark.parametrize(("data", "found"), [
     (b"", None), (b"\x14", None), (b"\x14\x03", None), (b"\x14\x03\x03", True), (b"\x14\x03\x03\x00\x00", True),
@@ -354,3 +388,141 @@ def test_tls_sni_is_unsure_of_what_is_not_tls(data):
 ])
 def test_tls_record_start(data, found):
     assert handshake.tls_record_start(data) is found
+
+
+def test_hello_retry_tells_a_real_hrr_from_a_real_server_hello():
+    hello = client_hello("a.example")
+    retry, plain = server_answer(hello), server_answer(hello, retry=False)
+    assert retry[11:43] == handshake.HRR_RANDOM and plain[11:43] != handshake.HRR_RANDOM
+    assert handshake.hello_retry(retry) is True and handshake.hello_retry(plain) is False
+    for n in range(1, 43):  # the first 43 bytes decide; fewer wait
+        assert handshake.hello_retry(retry[:n]) is None and handshake.hello_retry(plain[:n]) is None
+    assert handshake.hello_retry(retry[:43]) is True
+    assert handshake.hello_retry(b"") is None
+    assert handshake.hello_retry(b"\x15\x03\x03\x00\x02\x02\x28") is False  # an alert
+    assert handshake.hello_retry(b"SSH-2.0-x\r\n") is False  # not TLS: no second hello is read
+
+
+@pytest.mark.parametrize(("data", "found"), [
+    (b"\x16\x02", False), (b"\x16\x03\x03\x00\x50\x01", False),  # not TLS; a ClientHello, not a ServerHello
+    (b"\x16\x03\x03\x00\x50\x0b" + bytes(40), False),  # another message: no server reads a second hello then
+    (b"\x16\x03\x03 server", False),
+    (b"\x16\x03\x03\x00\x10", None),  # its message type still to come
+    (b"\x16\x03\x03\x00\x10\x02", UNSURE), (b"\x16\x03\x03\x00\x25\x02" + bytes(40), UNSURE),  # a fragment
+])
+def test_hello_retry_of_a_first_record_that_is_no_whole_server_hello(data, found):
+    assert handshake.hello_retry(data) == found
+
+
+def test_hello_end_over_one_record_or_several():
+    hello = client_hello("a.example")
+    assert handshake.hello_end(hello) == len(hello)
+    assert handshake.hello_end(hello + b"\x17\x03\x03") == len(hello)  # what follows is not its
+    assert all(handshake.hello_end(hello[:n]) is None for n in range(len(hello)))
+    body = hello[5:]
+    split = b"\x16\x03\x01" + (100).to_bytes(2, "big") + body[:100] + \
+        b"\x16\x03\x01" + (len(body) - 100).to_bytes(2, "big") + body[100:]
+    assert handshake.hello_end(split) == len(split)
+    assert handshake.hello_end(split[:110]) is None
+    tiny = b"".join(b"\x16\x03\x01\x00\x01" + body[i:i + 1] for i in range(len(body)))  # its header over 4 records
+    assert handshake.hello_end(tiny) == len(tiny)
+
+
+@pytest.mark.parametrize("data", [
+    b"\x14\x03\x03\x00\x01\x01", b"\x17\x03\x03\x00\x05hello", b"\x16\x03\x03\x00\x00",
+    b"\x16\x03\x03\x00\x05\x02\x00\x00\x01\x00",  # not a ClientHello
+])
+def test_hello_end_is_unsure_of_what_is_not_a_hello_first(data):
+    assert handshake.hello_end(data) == UNSURE
+
+
+def test_hello_end_is_unsure_of_a_record_holding_more_than_the_hello():
+    hello, other = client_hello("a.example"), second_hello("b.example")
+    both = hello[5:] + other[5:]
+    assert handshake.hello_end(b"\x16\x03\x01" + len(both).to_bytes(2, "big") + both) == UNSURE
+
+
+def watch_through(watch, hello: bytes, after: bytes = b""):
+    """The client's hello (and ``after``) through the watch: what it let through."""
+    return watch.up(hello + after)
+
+
+@pytest.mark.parametrize("ccs", [True, False])
+@pytest.mark.parametrize("pipelined", [True, False])
+@pytest.mark.parametrize(("first", "second", "passes"), [
+    (None, None, True), ("a.example", "a.example", True), ("a.example", "A.EXAMPLE", True),
+    (None, "b.example", False), ("a.example", "b.example", False), ("a.example", None, False),
+    (None, "a.example", False),
+])
+def test_a_retry_watch_lets_a_second_hello_through_only_with_the_first_ones_name(first, second, passes, ccs,
+                                                                                 pipelined):
+    hello = client_hello(first)
+    again = (handshake.CCS if ccs else b"") + second_hello(second.lower() if second else None)
+    if second and second != second.lower():  # the same name spelt otherwise: normalized
+        again = again.replace(second.lower().encode(), second.encode())
+    retry = server_answer(hello)
+    watch = handshake.RetryWatch()
+    if pipelined:
+        assert watch.up(hello + again) == hello  # the rest held while the server has not answered
+        released = watch.down(retry)
+    else:
+        assert watch.up(hello) == hello
+        assert watch.down(retry) == b""  # nothing held yet: the second hello is waited for
+        released = b""
+        for i in range(0, len(again), 7):  # arriving in pieces
+            out = watch.up(again[i:i + 7])
+            if out is None:
+                released = None
+                break
+            released += out
+    if passes:
+        assert released == again and watch.done
+        assert watch.up(b"more") == b"more" and watch.down(b"anything") == b""
+    else:
+        assert released is None and watch.why.startswith("refused: its second TLS ClientHello")
+        assert (second or "no host") in watch.why and watch.done and not watch.held
+
+
+def test_a_retry_watch_ends_at_a_server_hello_that_is_no_retry_and_lets_the_held_bytes_go():
+    hello = client_hello("a.example")
+    early = handshake.CCS + b"\x17\x03\x03\x00\x05early"
+    watch = handshake.RetryWatch()
+    assert watch.up(hello + early[:3]) == hello and watch.holding
+    assert watch.up(early[3:]) == b""
+    plain = server_answer(hello, retry=False)
+    assert watch.down(plain[:20]) == b"" and not watch.done  # the first 43 bytes decide
+    assert watch.down(plain[20:]) == early and watch.done and not watch.holding
+    watch = handshake.RetryWatch()
+    assert watch.up(hello) == hello and watch.down(b"\x15\x03\x03\x00\x02\x02\x28") == b"" and watch.done
+
+
+def test_a_retry_watch_ends_at_bytes_after_the_hello_that_are_no_tls_record():
+    # an OpenSSL server reads no record after them, so no second hello either: they go, and the
+    # watch ends (a tunnel carrying something else after a hello is not held up)
+    hello = client_hello(None)
+    watch = handshake.RetryWatch()
+    assert watch.up(hello + b"GET") == hello + b"GET" and watch.done and watch.up(b" /") == b" /"
+    assert watch.down(server_answer(hello)) == b""
+
+
+def test_a_retry_watch_refuses_a_retry_before_the_hello_is_whole():
+    hello = client_hello(None)
+    watch = handshake.RetryWatch()
+    assert watch.up(hello[:20]) == hello[:20]
+    assert watch.down(server_answer(hello)) is None and "before the ClientHello" in watch.why
+
+
+def test_a_retry_watch_passes_the_hello_as_it_arrives_and_refuses_what_it_cannot_read():
+    hello = client_hello(None)
+    watch = handshake.RetryWatch()
+    assert watch.up(hello[:10]) == hello[:10] and watch.up(hello[10:]) == hello[10:]
+    assert handshake.RetryWatch().up(b"\x16\x03\x03\x00\x00") is None  # an empty handshake record
+    watch = handshake.RetryWatch()
+    assert watch.up(hello) == hello
+    assert watch.down(b"\x16\x03\x03\x00\x10\x02") is None and "cannot be read" in watch.why
+    watch = handshake.RetryWatch()  # after the retry: no hello but another record
+    assert watch.up(hello) == hello and watch.down(server_answer(hello)) == b""
+    assert watch.up(b"\x17\x03\x03\x00\x01x") is None and "cannot be read" in watch.why
+    watch = handshake.RetryWatch()  # too much held before the server answers
+    assert watch.up(hello + b"\x17\x03\x03") == hello
+    assert watch.up(b"x" * handshake.MAX_HELD) is None and "too many bytes" in watch.why
