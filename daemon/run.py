@@ -126,8 +126,8 @@ class PolicySource:
     """The user's policies, read the same way at every reload as at the start.
 
     At the start the directory is opened (for ``--policies FILE``: the file's
-    directory; symbolic links resolved) and held open.  A reload opens the same
-    path again and reads only if it is still that directory (same ``st_dev``,
+    directory; symbolic links resolved) and held open.  A reload follows the same
+    path again (links too) and reads only if it is still that directory (same ``st_dev``,
     ``st_ino``; the held descriptor keeps the inode number from being reused),
     and it reads the files through that descriptor (``dir_fd``), so nothing
     done to the path's ancestors while the files are read can make it read
@@ -171,8 +171,14 @@ class PolicySource:
 
         :raises PoliciesReplaced: if the path leads to another directory (or to none)"""
         restart = "; restart hush (systemctl --user restart hush, or hush stop and hush run) to read what is there"
+        # the path as given, followed as a start would follow it: a symbolic link re-pointed (a
+        # `current -> v2` deploy) leads elsewhere too, and must not go on reading the old directory
+        real = Path(os.path.realpath(self.path))
+        directory = real if self.file is None else real.parent
         try:
-            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if self.file is not None and real.name != self.file:
+                raise OSError(f"{self.path} now names {real}")
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise PoliciesReplaced([self._error(
                 f"refused: the policy directory {self.directory} hush started with is gone "
@@ -181,8 +187,9 @@ class PolicySource:
         if (st.st_dev, st.st_ino) != self.identity:
             os.close(fd)
             raise PoliciesReplaced([self._error(
-                f"refused: {self.directory} is no longer the policy directory hush started with (it, or a "
-                f"directory above it, was moved or replaced); hush keeps the policies it has{restart}")])
+                f"refused: {self.path} no longer leads to the policy directory hush started with, "
+                f"{self.directory} (it, a directory above it or a symbolic link on the way was moved, "
+                f"replaced or re-pointed); hush keeps the policies it has{restart}")])
         return fd
 
     def sources(self, fd: int) -> list[tuple[str, str]]:

@@ -190,8 +190,27 @@ def test_a_parent_renamed_and_a_new_directory_in_its_place_is_refused(tmp_path):
     result = _reload(daemon)
     assert not result["ok"] and not result["examples_failed"]
     assert daemon.holder.current is before and before.policies["a"].default.name == "block"
-    assert "no longer the policy directory hush started with" in result["errors"][0]
+    assert "no longer leads to the policy directory hush started with" in result["errors"][0]
     assert not daemon.reloads[-1].ok and daemon.reloads[-1].errors == result["errors"]  # hush status last_reload
+
+
+def test_a_symbolic_link_re_pointed_is_a_refused_reload_not_a_silent_one(tmp_path):
+    """`policies -> v1` swapped to `-> v2` (a deploy): the reload must not go on reading v1 and say
+    it is in force; it is refused, and a restart reads v2."""
+    import os
+
+    for version, action in (("v1", "allow"), ("v2", "block")):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "a.yaml").write_text(POLICY.replace("block", action))
+    link = tmp_path / "policies"
+    link.symlink_to(tmp_path / "v1")
+    daemon = _daemon(tmp_path, link)
+    assert daemon.policyset.policies["a"].default.name == "allow"
+    (tmp_path / "next").symlink_to(tmp_path / "v2")
+    os.replace(tmp_path / "next", link)  # atomic, as deploy tools swap it
+    result = _reload(daemon)
+    assert not result["ok"] and "no longer leads to the policy directory" in result["errors"][0]
+    assert daemon.policyset.policies["a"].default.name == "allow"  # kept, and said so: not "ok"
 
 
 def test_a_policy_directory_removed_is_a_refused_reload(tmp_path):
