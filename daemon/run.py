@@ -537,8 +537,8 @@ class Daemon:
         """Stopping: no new connection is taken from now on (it would be decided, dialled and
         relayed after the audit's last write, its row left open).  Every listener's listening
         sockets close now — mitmproxy's instances keep theirs in ``_servers`` (private API, here
-        only; the front door's servers are among them) — and every launch's; open connections go on
-        until they are closed as before."""
+        only; the front door's servers are among them) —, ``launch.sock`` and every launch's; open
+        connections go on until they are closed as before."""
         proxyserver = self.master.addons.get("proxyserver")
         for instance in getattr(proxyserver, "servers", ()):
             for server in getattr(instance, "_servers", ()):
@@ -546,12 +546,7 @@ class Daemon:
                     server.close()
                 except Exception:
                     log.exception("stopping: a listener could not be closed")
-        for launch in list(self.launches.launches.values()):
-            for server in launch.servers:
-                try:
-                    server.close()
-                except Exception:
-                    log.exception("stopping: a launch's listener could not be closed")
+        self.launches.stop_accepting()
 
     def stop_command(self) -> dict:
         """``hush stop``: answered at once; the daemon then stops as on SIGTERM."""

@@ -250,6 +250,20 @@ class LaunchServer:
         self._task = asyncio.ensure_future(self._accept(sock))
         return True
 
+    def stop_accepting(self) -> None:
+        """Stopping: no new launch is taken (``launch.sock`` stops accepting) and no running launch
+        takes a new connection (its listening sockets close); what is open goes on until ``stop``."""
+        if self._task is not None:
+            self._task.cancel()
+        if self._sock is not None:
+            self._sock.close()  # `hush launch` is refused now, as with no daemon (exit 7)
+        for launch in self.launches.values():
+            for server in launch.servers:
+                try:
+                    server.close()
+                except Exception:
+                    log.exception("stopping: launch %d's listener could not be closed", launch.id)
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -245,3 +245,22 @@ def test_a_fake_address_mapping_back_to_an_address_or_a_local_name_is_refused(tm
         await server.stop()
 
     asyncio.run(main())
+
+
+def test_stopping_takes_no_new_launch_and_no_new_connection(tmp_path):
+    async def main():
+        served = []
+        server = await started(tmp_path, served)
+        client = await asyncio.to_thread(Client, server.path)
+        assert client.reply["ok"]
+        server.stop_accepting()
+        await asyncio.sleep(0.05)
+        with pytest.raises(ConnectionRefusedError):  # the launch's listening socket is closed
+            socket.create_connection(("127.0.0.1", client.ports["tcp4"]), timeout=5)
+        with pytest.raises(ConnectionRefusedError):  # launch.sock takes no new launch
+            await asyncio.to_thread(Client, server.path)
+        assert list(server.launches) == [1]  # the running one is ended by stop(), as before
+        await server.stop()
+        client.conn.close()
+
+    asyncio.run(main())
