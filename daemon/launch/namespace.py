@@ -199,22 +199,91 @@ def _ancestors(paths) -> list[str]:
     return sorted(out, key=lambda p: (p.count("/"), p))
 
 
-def protect_hush(libc, guard: dict) -> None:
+# Directories a guarded file must not sit in directly: binding them read-only would break every app.
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def homes() -> set[str]:
+    """The caller's home directory ($HOME and the password database's), real paths."""
+    import pwd
+
+    found = {os.environ.get("HOME", "")}
+    with contextlib.suppress(KeyError):
+        found.add(pwd.getpwuid(os.getuid()).pw_dir)
+    return {os.path.realpath(h) for h in found if h}
+
+
+def _too_shared(directory: str, home: set[str]) -> str | None:
+    """Why ``directory`` cannot be made read-only in a launch, or None."""
+    if directory == "/":
+        return "/"
+    if directory in home:
+        return "your home directory"
+    if any(h.startswith(directory + "/") for h in home):
+        return "a directory above your home directory"
+    if directory in SHARED_DIRS:
+        return "a directory every program writes to"
+    return None
+
+
+def _writable(path: str) -> bool:
+    return os.access(path, os.W_OK)
+
+
+def plan_guard(guard: dict, home: set[str], writable=_writable) -> tuple[list[str], list[str], list[str]]:
+    """What ``protect_hush`` mounts: (directories bound on themselves, outermost first;
+    paths made read-only, outermost first; directories hidden under a tmpfs).
+
+    A guarded directory is made read-only itself.  A guarded FILE is protected by
+    making its parent directory read-only, never by binding the file: an editor
+    saves by renaming a new file over the old one, and when that happens outside
+    the launch the kernel detaches every bind of the old file in every other
+    namespace — the app would then see the new file, writable.  A directory bind
+    survives renames inside it.  A file whose directory is the home directory,
+    one above it, ``/`` or /tmp cannot be protected that way: LaunchError (the
+    launch fails closed).  A file the caller can write neither to nor in its
+    directory (shipped under /usr or site-packages) needs no read-only bind.
+
+    :raises LaunchError: a guarded file sits directly in such a directory"""
+    readonly: set[str] = set()
+    anchored: list[str] = []  # not made read-only, but the directories above them still bound
+    for path in guard.get("readonly", []):
+        if not os.path.exists(path):
+            continue
+        if os.path.isdir(path):
+            readonly.add(path)
+            continue
+        parent = os.path.dirname(path) or "/"
+        if not writable(path) and not writable(parent):
+            anchored.append(path)
+            continue
+        why = _too_shared(parent, home)
+        if why is not None:
+            raise LaunchError(
+                f"{path} must be read-only to the app, which needs its directory {parent} read-only, and that is "
+                f"{why}; move the file into a directory of its own (e.g. ~/.config/hush) and point hush at it there")
+        readonly.add(parent)
+    hide = [p for p in guard.get("hide", []) if os.path.isdir(p)]
+    depth = lambda p: (p.count("/"), p)  # noqa: E731
+    return _ancestors([*readonly, *anchored, *hide]), sorted(readonly, key=depth), hide
+
+
+def protect_hush(libc, guard: dict, home: set[str] | None = None) -> None:
     """hush's own files, from the app: its state dir (launch.sock — with which
     the app could register sockets of its own as a laxer app —, control.sock,
     the CA key, the audit) is covered by an empty read-only tmpfs; its policies
-    (a directory or a file: the daemon reloads what is written there) and its
-    config (the file in use, ~/.config/hush: read at the next start) are
-    read-only.  Every directory above them is made a mount point first (bound
-    on itself, with what is mounted below it): a mount point cannot be renamed
-    or removed from inside (EBUSY), so the app cannot move a directory above
-    the policies aside and make a new one where the daemon looks."""
-    readonly = [p for p in guard.get("readonly", []) if os.path.exists(p)]
-    hide = [p for p in guard.get("hide", []) if os.path.isdir(p)]
-    for path in _ancestors([*readonly, *hide]):
+    (a directory, or a file's directory: the daemon reloads what is written
+    there) and its config (the file in use, by its directory; ~/.config/hush:
+    read at the next start) are read-only (``plan_guard`` says why a file's
+    directory and not the file).  Every directory above them is made a mount
+    point first (bound on itself, with what is mounted below it): a mount point
+    cannot be renamed or removed from inside (EBUSY), so the app cannot move a
+    directory above the policies aside and make a new one where the daemon looks."""
+    above, readonly, hide = plan_guard(guard, homes() if home is None else home)
+    for path in above:
         _mount(libc, path, path, None, MS_BIND | MS_REC)
     for path in readonly:
-        _mount(libc, path, path, None, MS_BIND | MS_REC if os.path.isdir(path) else MS_BIND)
+        _mount(libc, path, path, None, MS_BIND | MS_REC)
         _mount(libc, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     for path in hide:
         _mount(libc, "tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=0700")

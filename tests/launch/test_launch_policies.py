@@ -5,15 +5,17 @@ directory above it was not, so the app moved it aside, made a new policy
 directory where the daemon looks, and the daemon's watcher loaded the app's
 ``default: allow``; with ``--policies FILE`` the file itself was writable.  Two
 layers now: inside the launch every directory above the policies is a mount
-point (a rename fails with EBUSY) and a policy file is read-only too; and the
-daemon reloads only the directory it started with (a path that now leads
-elsewhere is a refused reload, shown by ``hush status``).
+point (a rename fails with EBUSY) and a policy file is read-only too, by its
+directory (a bind of the file itself is detached when an editor outside renames
+a new file over it); and the daemon reloads only the directory it started with
+(a path that now leads elsewhere is a refused reload, shown by ``hush status``).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -145,10 +147,10 @@ def test_the_daemon_refuses_a_policy_directory_moved_under_it(world, far, whush)
     st = settle(h, 1)  # the watcher sees the new files and tries
     last = st["last_reload"]
     assert not last["ok"] and last["trigger"] == "policy files changed", last
-    assert "no longer the policy directory hush started with" in last["errors"][0], last
+    assert "no longer leads to the policy directory hush started with" in last["errors"][0], last
     assert st["policies"]["version"] == version
     res = h.cli("reload", "--state-dir", str(h.state), text=True)
-    assert res.returncode == 3 and "no longer the policy directory" in res.stderr, (res.stdout, res.stderr)
+    assert res.returncode == 3 and "no longer leads to the policy directory" in res.stderr, (res.stdout, res.stderr)
     assert "refused" in h.log and "keeping policy set" in h.log
     blocked_stays_blocked(h, blocked, "/after-move")
 
@@ -209,3 +211,74 @@ def test_a_hosts_from_list_outside_the_policy_directory_is_read_only_too(world, 
     assert res.stdout.decode() == "refused: EROFS\n", (res.stdout, res.stderr)
     settle(h, 1)
     blocked_stays_blocked(h, blocked, "/after-list")
+
+
+SAVED_THEN_ATTACK = """\
+    import errno, os, signal, sys
+    target, daemon = sys.argv[1], int(sys.argv[2])
+    ALLOW = "app: x\\ndefault: allow\\n"
+    print("ready", flush=True)
+    sys.stdin.readline()  # the user has saved the file, outside, while this launch runs
+
+    def attempt(what, fn):
+        try:
+            fn()
+            print("DONE:", what)
+        except OSError as e:
+            print("refused:", what, errno.errorcode.get(e.errno, e.errno))
+
+    def write(path, text):
+        with open(path, "w") as f:
+            f.write(text)
+
+    attempt("write the saved policy file", lambda: write(target, ALLOW))
+    attempt("create a file in its directory", lambda: write(target + ".new", ALLOW))
+    os.kill(daemon, signal.SIGHUP)
+    print("hup sent", flush=True)
+"""
+
+
+def test_a_policy_file_saved_outside_while_a_launch_runs_stays_read_only_inside(world, far, whush):
+    """A bind of the file itself is detached, in every other namespace, when an editor outside renames a
+    new file over it: the launch would then see the saved file, writable.  The file's directory is what
+    is made read-only, and a directory bind survives renames inside it."""
+    blocked = far.origin(BLOCKED_IP)
+    own = tree(world, "cfg", "hush")
+    policy = f"{own}/x.yaml"
+    write(policy, POLICY)
+    h = whush({"x": POLICY}, args=("--policies", policy))
+    version = h.status()["policies"]["version"]
+    app = h.launch_popen("x", PYTHON, "-c", textwrap.dedent(SAVED_THEN_ATTACK), policy, str(h.pid),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert app.stdout.readline() == b"ready\n", app.stderr.read() if app.poll() is not None else ""
+        saved = POLICY + "      - {match: {host: other.test}, action: allow}\n"  # still blocks blocked.test
+        write(policy + ".swp", saved)  # as vim saves: a new file, renamed over the old one
+        os.rename(policy + ".swp", policy)  # (no watcher for a FILE: the app's SIGHUP reloads it)
+        out, err = app.communicate(b"go\n", timeout=60)
+    finally:
+        world.kill_tree(app)
+    out = out.decode()
+    assert app.returncode == 0 and "hup sent" in out, (out, err.decode())
+    assert "DONE" not in out, out
+    assert "refused: write the saved policy file EROFS" in out, out
+    assert "refused: create a file in its directory EROFS" in out, out
+    st = settle(h, 1)  # the SIGHUP's reload reads what the user saved, and only that
+    assert st["last_reload"]["ok"] and st["policies"]["version"] != version, st["last_reload"]
+    assert Path(policy).read_text() == textwrap.dedent(saved)
+    blocked_stays_blocked(h, blocked, "/after-save")
+
+
+def test_a_policy_file_directly_in_home_fails_the_launch_closed(world, far, whush):
+    """Its directory cannot be made read-only (that would break every app), nor can the file alone: the
+    launch is refused in one line that says which file and what to do; the command never runs."""
+    policy = str(world.home / "hush-x.yaml")
+    write(policy, POLICY)
+    h = whush({"x": POLICY}, args=("--policies", policy))
+    marker = world.dir("marker") / "ran"
+    res = h.launch("x", "touch", str(marker))
+    err = res.stderr.decode()
+    assert res.returncode == 1 and err.count("\n") == 1, (res.returncode, err)
+    assert policy in err and "your home directory" in err and "directory of its own" in err, err
+    assert not marker.exists()
+    os.unlink(policy)

@@ -94,3 +94,40 @@ def test_every_directory_above_the_guarded_paths_is_bound_once_outermost_first()
     assert _ancestors(["/home/u/.config/hush/policies", "/home/u/.config/hush", "/home/u/.local/state/hush"]) == [
         "/home", "/home/u", "/home/u/.config", "/home/u/.local", "/home/u/.config/hush", "/home/u/.local/state"]
     assert _ancestors(["/etc"]) == []
+
+
+def test_a_guarded_file_is_protected_by_its_directory_and_refused_directly_in_home(tmp_path):
+    """An editor's save outside the launch (a new file renamed over the old) detaches a bind of the
+    file itself in every other namespace: a guarded file's directory is made read-only, never the file."""
+    from hush.daemon.launch.namespace import LaunchError, plan_guard
+
+    home = tmp_path / "home"
+    (home / ".config" / "hush").mkdir(parents=True)
+    (home / "lists").mkdir()
+    (home / "lists" / "allow.txt").write_text("a.test\n")
+    (home / ".config" / "hush" / "config.yaml").write_text("")
+    state = home / ".local" / "state" / "hush"
+    state.mkdir(parents=True)
+    shipped = tmp_path / "usr" / "share" / "hush"
+    shipped.mkdir(parents=True)
+    (shipped / "list.txt").write_text("")
+    guard = {"readonly": [f"{home}/.config/hush", f"{home}/.config/hush/config.yaml", f"{home}/lists/allow.txt",
+                          f"{shipped}/list.txt", f"{home}/gone.yaml"],
+             "hide": [str(state)]}
+    writable = lambda p: not p.startswith(str(tmp_path / "usr"))  # noqa: E731
+    above, readonly, hide = plan_guard(guard, {str(home)}, writable)
+    assert readonly == [f"{home}/lists", f"{home}/.config/hush"]  # directories only, outermost first
+    assert hide == [str(state)]
+    h, t = str(home), str(tmp_path)
+    assert [p for p in above if p.startswith(t + "/")] == [  # outermost first; the shipped file's too
+        h, f"{t}/usr", f"{h}/.config", f"{h}/.local", f"{t}/usr/share", f"{h}/.local/state", str(shipped)]
+    assert f"{shipped}/list.txt" not in readonly and str(shipped) not in readonly  # shipped: no read-only bind
+
+    (home / "p.yaml").write_text("")
+    for path, why in ((home / "p.yaml", "your home directory"), (tmp_path / "q.yaml", "above your home")):
+        path.write_text("")
+        with pytest.raises(LaunchError, match=why) as e:
+            plan_guard({"readonly": [str(path)]}, {str(home)}, writable)
+        assert str(path) in str(e.value) and "directory of its own" in str(e.value) and "\n" not in str(e.value)
+    # a file the user can write neither to nor in its directory, directly in home: nothing to bind, no refusal
+    assert plan_guard({"readonly": [str(home / "p.yaml")]}, {str(home)}, lambda p: False)[1] == []
