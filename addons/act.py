@@ -34,7 +34,7 @@ from hush.addons.flowinfo import fail_closed
 from hush.addons.notes import conn_notes, notes
 from hush.addons.tunnel import Tunnel, stop_relay
 from hush.daemon.launch.server import app_of_spec
-from hush.daemon.policy.hosts import address_of, is_ip, normalize
+from hush.daemon.policy.hosts import address_of, is_ip, normalize, site_of
 from hush.daemon.policy.model import Decision, PolicySet, stricter
 
 if TYPE_CHECKING:
@@ -190,13 +190,34 @@ class Act:
             data.server.error = f"hush: egress check failed: {e!r}"
         return None
 
-    @staticmethod
-    async def _launch_name(data: server_hooks.ServerConnectionHookData, host: str, port: int) -> None:
+    def _own_address_allowed(self, client: connection.Client, address: str, port: int) -> bool:
+        """Whether the app's policy lets it reach this machine's ``address`` by a rule naming that
+        address (``net: 127.0.0.0/8``, ``host: 127.0.0.1``) — the first such rule that matches,
+        in order, and lets it through directly —, not by its default nor a rule that names no
+        address: a name that resolves to this machine is dialled only then."""
+        identify = self.identify
+        try:
+            policyset = identify.holder.current if identify is not None else None
+            app = identify.app_for(client, policyset)[0] if identify is not None else None
+            policy = policyset.policies.get(app) if policyset is not None and app is not None else None
+            if policy is None:
+                return False
+            host = normalize(address.split("%")[0])
+            for rule in policy._candidates(host, site_of(host), port):
+                match = rule.match
+                if (match.nets or match.hosts) and not match.request_level:
+                    return rule.action.egress == "direct"
+        except Exception:
+            log.exception("deciding whether a launch may reach %s failed; refused", address)
+        return False
+
+    async def _launch_name(self, data: server_hooks.ServerConnectionHookData, host: str, port: int) -> None:
         """A launch's connection to a name is dialled by the daemon, on the host's
         network: if the name resolves (here, as mitmproxy will, getaddrinfo in a
         thread) to this machine's loopback, unspecified or a link-local address,
         it would reach the host's own services (hush's UI, tor's ports), which a
-        launched app must not reach — refused before any connection is made."""
+        launched app must not reach — refused before any connection is made,
+        unless a rule of the app's policy allows that address itself."""
         try:
             try:
                 found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -204,7 +225,7 @@ class Act:
                 return  # mitmproxy's own lookup fails the same way: nothing is dialled
             for *_, sockaddr in found:
                 why = own_address(str(sockaddr[0]))
-                if why:
+                if why and not self._own_address_allowed(data.client, str(sockaddr[0]), port):
                     log.warning("refused a launch's connection to %s:%s: it resolves to %s", host, port, sockaddr[0])
                     data.server.error = (f"hush: {host} resolves to {sockaddr[0]}, {why}: "
                                          "a launched app does not reach the host's own services")
@@ -219,7 +240,7 @@ class Act:
         if not launched(data.client) or data.server.peername is None:
             return
         why = own_address(str(data.server.peername[0]))
-        if not why:
+        if not why or self._own_address_allowed(data.client, str(data.server.peername[0]), data.server.peername[1]):
             return
         where = data.server.address
         error = f"hush: {where[0] if where else '?'} resolved to {data.server.peername[0]}, {why}, when dialled"

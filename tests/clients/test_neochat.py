@@ -47,11 +47,18 @@ def without_rule(text: str, name_starts: str) -> str:
     return control[:control.index("\nexamples:")] + "\n"
 
 
+# Synapse runs on this machine's loopback here (127.x.y.z): a launched app reaches this machine's own
+# addresses only where a rule names them, as a user running their own homeserver locally writes it
+LOOPBACK_RULE = "  - {match: {net: 127.0.0.0/8, port: 443}, action: allow}  # the test's homeserver\n"
+
+
 def policy_on(port: int, text: str) -> str:
-    """The shipped policy, its listener moved to ``port`` in place (every other line where it was)."""
+    """The shipped policy, its listener moved to ``port`` in place (every other line where it was), and
+    LOOPBACK_RULE as its last rule (the rules above keep their lines)."""
     moved, n = re.subn(r"(?m)^listen: \d+$", f"listen: {port}", text)
     assert n == 1
-    return moved
+    at = moved.find("\nexamples:")
+    return moved + LOOPBACK_RULE if at < 0 else moved[:at + 1] + LOOPBACK_RULE + moved[at + 1:]
 
 
 def audit(hush: HushIn) -> list[dict]:

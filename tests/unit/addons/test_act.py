@@ -7,8 +7,10 @@ from mitmproxy.test import taddons, tflow
 from hush.addons.act import Act
 from hush.addons.classify import Classify
 from hush.addons.decide import Decide
+from hush.addons.identify import Identify
 from hush.addons.notes import conn_notes, notes
 from hush.addons.tunnel import Tunnel
+from hush.daemon.policy.holder import PolicyHolder
 
 from .helpers import connect_flow, http_flow, noted, policyset
 
@@ -295,3 +297,29 @@ def test_a_launch_name_rebound_to_this_machine_when_dialled_is_closed_before_a_b
     assert data.server.error == tunnel.error == ("hush: rebind.test resolved to 127.0.0.1, this machine's loopback, "
                                                  "when dialled")
     assert not conn_notes(data.client).permits  # nothing more leaves on this connection
+
+
+def test_a_launch_name_resolving_to_this_machine_is_dialled_only_where_a_rule_allows_that_address(monkeypatch):
+    """The default (allow) does not open this machine's own services to a launched app; a rule
+    naming the address does (a homeserver run on this machine: `net: 127.0.0.0/8`)."""
+    from hush.daemon.policy import build
+
+    async def getaddrinfo(self, host, port, **kw):
+        return [(2, 1, 6, "", ("127.0.0.7", port))]
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", getaddrinfo)
+    rule = "rules:\n  - {match: {net: 127.0.0.0/8, port: 443}, action: allow}\n"
+    for text, allowed in (("", False), (rule, True)):
+        holder = PolicyHolder(build([("x.yaml", f"app: x\ndefault: allow\n{text}")]))
+        identify = Identify(holder)
+        act = Act(identify)
+        with taddons.context(identify, act):
+            data = _launched("hs.test", 443)
+            _run(act.server_connect(data))
+            assert (data.server.error is None) == allowed, data.server.error
+            other_port = _launched("hs.test", 8448)  # the rule names port 443 only
+            _run(act.server_connect(other_port))
+            assert other_port.server.error is not None
+            data.server.peername = ("127.0.0.7", 443)  # and when dialled
+            act.server_connected(data)
+            assert (data.server.error is None) == allowed
