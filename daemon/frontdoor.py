@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import itertools
 import logging
 import os
@@ -140,14 +141,22 @@ class Hooks:
             self.methods[name] = found
 
     def __call__(self, name: str, *args: Any) -> bool:
-        """True if every method returned; False if one raised (logged)."""
+        """True if every method returned; False if one raised (logged) or asked to be awaited (a
+        check this caller cannot wait for — act's for a launch's name — counts as failed: the
+        caller then refuses, it does not go on without it)."""
         ok = True
         for method in self.methods[name]:
             try:
-                method(*args)
+                pending = method(*args)
             except Exception:
                 ok = False
                 log.exception("%s: %r failed", name, method)
+                continue
+            if pending is not None and inspect.isawaitable(pending):
+                if inspect.iscoroutine(pending):
+                    pending.close()
+                ok = False
+                log.error("%s: %r asked to be awaited; refused", name, method)
         return ok
 
 

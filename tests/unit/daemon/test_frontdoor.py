@@ -69,6 +69,26 @@ def test_hooks_call_the_sync_methods_in_order():
     assert hooks.methods["server_disconnected"] == []
 
 
+def test_a_hook_that_returns_something_to_await_fails_the_call_and_is_not_left_pending(caplog):
+    """act.server_connect returns a check to await for a launch's name: should one ever reach the
+    front door, which cannot await it, the egress check fails (refused), it does not pass unchecked."""
+    checks = []
+
+    class Deferring:
+        def server_connect(self, data):
+            async def check():
+                checks.append("ran")
+
+            checks.append(coroutine := check())
+            return coroutine
+
+    hooks = frontdoor.Hooks([Deferring()])
+    with caplog.at_level(logging.ERROR, logger="hush.frontdoor"):
+        assert hooks("server_connect", "d") is False
+    assert checks[0].cr_frame is None and "ran" not in checks  # closed, never left un-awaited
+    assert "asked to be awaited" in caplog.text
+
+
 def test_a_hook_that_raises_is_logged_and_the_next_still_runs(caplog):
     calls = []
     hooks = frontdoor.Hooks([First(calls), Second(calls)])
