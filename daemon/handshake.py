@@ -278,12 +278,14 @@ def hello_retry(data: bytes | bytearray | memoryview) -> bool | str | None:
     return bytes(data[11:_HRR_PREFIX]) == HRR_RANDOM
 
 
-def hello_end(data: bytes | bytearray | memoryview) -> int | str | None:
+def hello_end(data: bytes | bytearray | memoryview, scan: list | None = None) -> int | str | None:
     """Where the ClientHello at the start of ``data`` ends: after the handshake record that
     completes it (it may span several).  None while it is arriving, ``UNSURE`` for anything else:
     not handshake records, or a record that holds more than the hello (a second message the
-    server may read after a HelloRetryRequest)."""
-    pos, head, need, have = 0, b"", -1, 0
+    server may read after a HelloRetryRequest).  ``scan``: where a caller feeding ``data`` a
+    read at a time got to (updated here after each whole record, ``[0, b"", -1, 0]`` at first):
+    each record is read once, not once per read (a hello in 1-byte records, a byte a time)."""
+    pos, head, need, have = scan if scan is not None else (0, b"", -1, 0)
     while True:
         if len(data) < pos + 5:
             return None if len(data) - pos < 2 or (data[pos] == 0x16 and data[pos + 1] == 3) else UNSURE
@@ -307,6 +309,8 @@ def hello_end(data: bytes | bytearray | memoryview) -> int | str | None:
         if end > MAX_HELLO_BYTES:
             return UNSURE
         pos = end
+        if scan is not None:
+            scan[:] = (pos, head, need, have)
 
 
 # phases of a RetryWatch
@@ -329,11 +333,12 @@ class RetryWatch:
     None: refuse the tunnel (``why`` says why).  ``done``: nothing more to watch.  A few
     microseconds per tunnel: most end at the server's first bytes, not an HRR."""
 
-    __slots__ = ("_first", "_head", "_phase", "_server", "held", "why")
+    __slots__ = ("_first", "_head", "_phase", "_scan", "_server", "held", "why")
 
     def __init__(self) -> None:
         self._phase = _HELLO
-        self._head = b""  # the first ClientHello's bytes so far (then the whole hello, until the watch ends)
+        self._head: bytes | bytearray = b""  # the first ClientHello's bytes so far (a read at a time)
+        self._scan: list = [0, b"", -1, 0]  # how far hello_end read them
         self._first = b""
         self._server = b""  # the server's first bytes, until its first record is known
         self.held = bytearray()
@@ -367,13 +372,18 @@ class RetryWatch:
         if phase == _DONE:
             return data
         if phase == _HELLO:
-            head = self._head + data if self._head else data
-            end = hello_end(head)
+            if self._head:
+                self._head += data  # in place: a hello a byte at a time is not copied once per byte
+                head = self._head
+            else:
+                head = data
+            end = hello_end(head, self._scan)
             if end is None:
                 if len(head) > MAX_HELLO_BYTES:
                     self._refuse("refused: its TLS ClientHello is too long to read")
                     return None
-                self._head = head
+                if not self._head:
+                    self._head = bytearray(data)
                 return data
             if end == UNSURE:
                 self._refuse("refused: its TLS ClientHello cannot be read")

@@ -526,3 +526,18 @@ def test_a_retry_watch_passes_the_hello_as_it_arrives_and_refuses_what_it_cannot
     watch = handshake.RetryWatch()  # too much held before the server answers
     assert watch.up(hello + b"\x17\x03\x03") == hello
     assert watch.up(b"x" * handshake.MAX_HELD) is None and "too many bytes" in watch.why
+
+
+def test_hello_end_resumed_a_read_at_a_time_reads_each_record_once_and_agrees():
+    """A caller feeding the hello a read at a time passes ``scan``: the records already read are not
+    read again (a hello in 1-byte records sent a byte at a time was quadratic), and every answer is the
+    one a whole parse gives."""
+    body = client_hello("a.example")[5:]
+    tiny = b"".join(b"\x16\x03\x01\x00\x01" + body[i:i + 1] for i in range(len(body)))
+    scan = [0, b"", -1, 0]
+    for n in range(1, len(tiny) + 1):
+        assert handshake.hello_end(tiny[:n], scan) == handshake.hello_end(tiny[:n])
+        assert 0 <= n - scan[0] <= 6  # resumes at the last whole record read, never further back
+    watch = handshake.RetryWatch()
+    passed = b"".join(watch.up(tiny[i:i + 1]) or b"" for i in range(len(tiny)))
+    assert passed == tiny and not watch.why  # a byte at a time, all of it, then the watch goes on
