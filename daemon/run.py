@@ -55,7 +55,7 @@ from hush.daemon.notify_dbus import DesktopPrompt
 from hush.daemon.policy import PolicySet
 from hush.daemon.policy.ask import ASKER
 from hush.daemon.policy.holder import PolicyHolder
-from hush.daemon.policy.loader import ExamplesFailed, build, check_examples, combine, load_organisation
+from hush.daemon.policy.loader import ExamplesFailed, build, load_checked
 from hush.daemon.tor import TorManager
 from hush.daemon.ui import questions
 from hush.daemon.yamlschema import LoadError, LocatedError, Location
@@ -251,24 +251,9 @@ class PolicySource:
         fd = self.open_checked()
         self._reading = set()
         try:
-            errors: list[LocatedError] = []
-            user = floor = None
-            try:
-                user = build(self.sources(fd), ctx, self.reader(fd))
-            except LoadError as e:
-                errors.extend(e.errors)
-            try:
-                floor = load_organisation(organisation, ctx) if organisation is not None else None
-            except LoadError as e:
-                errors.extend(e.errors)
+            policyset = load_checked((), organisation, ctx, lambda: build(self.sources(fd), ctx, self.reader(fd)))
         finally:
             os.close(fd)
-        if errors or user is None:
-            raise LoadError(errors)
-        policyset = combine(user, floor)
-        failures = check_examples(policyset)
-        if failures:
-            raise ExamplesFailed(failures)
         self.outside = sorted(self._reading)
         return policyset
 

@@ -164,13 +164,13 @@ def check_examples(policyset: PolicySet) -> list[LocatedError]:
 
 
 def load_checked(paths: Iterable[Path | str], organisation: Path | str | None = None,
-                 ctx: ParseContext = _DEFAULTS) -> PolicySet:
+                 ctx: ParseContext = _DEFAULTS, user: Callable[[], PolicySet] | None = None) -> PolicySet:
     """What ``hush run`` and a reload take: both layers (:func:`load_layers`),
     every policy's examples passing.
 
     :raises LoadError: a policy is invalid (or an organisation file is not root's);
     :raises ExamplesFailed: with every failing example."""
-    policyset = load_layers(paths, organisation, ctx)
+    policyset = load_layers(paths, organisation, ctx, user)
     failures = check_examples(policyset)
     if failures:
         raise ExamplesFailed(failures)
@@ -181,8 +181,9 @@ def load_checked(paths: Iterable[Path | str], organisation: Path | str | None = 
 
 
 def load_layers(paths: Iterable[Path | str], organisation: Path | str | None = None,
-                ctx: ParseContext = _DEFAULTS) -> PolicySet:
-    """The user's policies (``paths``) and the organisation's floor (the
+                ctx: ParseContext = _DEFAULTS, user_layer: Callable[[], PolicySet] | None = None) -> PolicySet:
+    """The user's policies (``paths``; or what ``user_layer`` builds: the daemon's reload reads
+    them through the directory it started with) and the organisation's floor (the
     ``*.yaml`` files of the directory ``organisation``; none if it does not
     exist), as one set: :meth:`PolicySet.decide` applies the stricter of the
     two layers (:func:`hush.daemon.policy.model.floor`).
@@ -191,7 +192,7 @@ def load_layers(paths: Iterable[Path | str], organisation: Path | str | None = N
     errors: list[LocatedError] = []
     user = floor_set = None
     try:
-        user = load(paths, ctx)
+        user = user_layer() if user_layer is not None else load(paths, ctx)
     except LoadError as e:
         errors.extend(e.errors)
     try:
