@@ -180,7 +180,8 @@ class Act:
             address = data.server.address
             permitted = conn_notes(data.client).permits
             if address is not None and (normalize(address[0]), address[1]) in permitted:
-                if launched(data.client) and not data.server.error and not is_ip(normalize(address[0])):
+                if (launched(data.client) and not data.server.error and data.server.via is None
+                        and not is_ip(normalize(address[0]))):  # through tor: the exit resolves it, never here
                     return self._launch_name(data, address[0], address[1])
                 return None
             where = f"{address[0]}:{address[1]}" if address else "an unknown address"
@@ -237,8 +238,10 @@ class Act:
         """A launch's connection whose name resolved anew, between the check
         above and mitmproxy's own lookup, to one of this machine's addresses
         (DNS rebinding): closed now, before a byte is sent on it."""
-        if not launched(data.client) or data.server.peername is None:
-            return
+        address = data.server.address
+        if (not launched(data.client) or data.server.peername is None or data.server.via is not None
+                or address is None or is_ip(normalize(address[0]))):
+            return  # only a name dialled here can have resolved anew (tor's port is dialled by its address)
         why = own_address(str(data.server.peername[0]))
         if not why or self._own_address_allowed(data.client, str(data.server.peername[0]), data.server.peername[1]):
             return

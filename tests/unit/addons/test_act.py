@@ -323,3 +323,19 @@ def test_a_launch_name_resolving_to_this_machine_is_dialled_only_where_a_rule_al
             data.server.peername = ("127.0.0.7", 443)  # and when dialled
             act.server_connected(data)
             assert (data.server.error is None) == allowed
+
+
+def test_a_launch_name_sent_through_tor_is_never_resolved_here_nor_closed_for_tor_s_loopback_port(monkeypatch):
+    """Through tor the exit resolves the name: looking it up here would tell this machine's resolver
+    the name the policy sends through tor, and tor's own port is on loopback."""
+    async def getaddrinfo(self, host, port, **kw):
+        raise AssertionError(f"{host} resolved on this machine")
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", getaddrinfo)
+    act = Act()
+    data = _launched("hidden.onion.test", 80)
+    data.server.via = ("http", ("127.0.0.1", 9080))
+    assert act.server_connect(data) is None and data.server.error is None
+    data.server.peername = ("127.0.0.1", 9080)  # tor's HTTP tunnel port
+    act.server_connected(data)
+    assert data.server.error is None and conn_notes(data.client).permits  # not closed, not revoked
