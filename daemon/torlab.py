@@ -41,15 +41,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: bound all at once, so none is handed out twice (one after the
+    other, the kernel may give the same port again: a relay whose ORPort is its DirPort does not
+    start, and says so only on the stderr it had)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 class Node:
-    def __init__(self, root: Path, nick: str):
+    def __init__(self, root: Path, nick: str, ports: list[int] | None = None):
         self.nick = nick
         self.dir = root / nick
         self.dir.mkdir(mode=0o700, parents=True)
         (self.dir / "keys").mkdir(mode=0o700)
-        self.or_port = free_port()
-        self.dir_port = free_port()
-        self.control_port = free_port()
+        self.or_port, self.dir_port, self.control_port = ports or free_ports(3)
         self.v3ident = ""
         self.fingerprint = ""
         self.proc: subprocess.Popen | None = None
@@ -88,7 +100,8 @@ class TorLab:
     def __init__(self, root: Path, dns_port: int):
         self.root = Path(root)
         self.dns_port = dns_port
-        self.nodes = [Node(self.root, nick) for nick in NICKS]
+        ports = free_ports(3 * len(NICKS))
+        self.nodes = [Node(self.root, nick, ports[3 * i:3 * i + 3]) for i, nick in enumerate(NICKS)]
         self.exit = self.nodes[-1]
 
     # -- setup -----------------------------------------------------------------
@@ -152,9 +165,10 @@ class TorLab:
         for node in self.nodes:
             torrc = node.dir / "torrc"
             torrc.write_text(self._torrc(node, offset))
-            node.proc = subprocess.Popen(
-                [TOR, "-f", str(torrc), "--defaults-torrc", "NONE"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with open(node.dir / "stderr.log", "wb") as early:  # what tor says before its log opens
+                node.proc = subprocess.Popen(
+                    [TOR, "-f", str(torrc), "--defaults-torrc", "NONE"],
+                    stdout=early, stderr=subprocess.STDOUT)
         self.wait_consensus(timeout)
         return self
 
@@ -177,7 +191,11 @@ class TorLab:
 
     def log(self, node: Node) -> str:
         path = node.dir / "notice.log"
-        return path.read_text()[-3000:] if path.exists() else "(no log)"
+        early = node.dir / "stderr.log"
+        text = early.read_text(errors="replace")[-2000:] if early.exists() else ""
+        if path.exists():
+            text += path.read_text(errors="replace")[-3000:]
+        return text or "(no log)"
 
     # -- for the client ------------------------------------------------------------
 
