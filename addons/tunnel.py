@@ -24,7 +24,7 @@ from mitmproxy.proxy.layers import tcp, tls
 
 from hush.daemon.handshake import RetryWatch
 from hush.daemon.policy.model import Decision, PolicySet
-from hush.daemon.relay import Relay
+from hush.daemon.relay import Relay, tell
 
 if TYPE_CHECKING:
     from hush.addons.torroute import Route
@@ -295,10 +295,10 @@ class Counted(layer.Layer):
         watchdog = handler.timeout_watchdog
 
         def ended(relay: Relay) -> None:  # in the relay's thread
-            loop.call_soon_threadsafe(self._ended, relay, ct, st)
+            tell(loop, self._ended, relay, ct, st)
 
         def active() -> None:  # in the relay's thread: mitmproxy's idle timeout must not close a busy tunnel
-            loop.call_soon_threadsafe(watchdog.register_activity)
+            tell(loop, watchdog.register_activity)
 
         self.relay = Relay(csock.fileno(), ssock.fileno(), up_head, down_head, on_end=ended, on_activity=active,
                            counts=self.tally)

@@ -78,7 +78,7 @@ from hush.daemon import handshake
 from hush.daemon.handshake import Target
 from hush.daemon.policy import procnet
 from hush.daemon.policy.hosts import address_of, is_loopback, normalize
-from hush.daemon.relay import Relay
+from hush.daemon.relay import Relay, tell
 
 if TYPE_CHECKING:
     from hush.addons import Chain
@@ -733,7 +733,7 @@ class Door(asyncio.Protocol):
         loop = asyncio.get_running_loop()
 
         def ended(relay: Relay) -> None:  # in the relay's thread
-            loop.call_soon_threadsafe(self._spliced_end, relay)
+            tell(loop, self._spliced_end, relay)
 
         def active() -> None:  # in the relay's thread: a float, read by the sweep
             self.last = time.monotonic()

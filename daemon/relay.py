@@ -101,6 +101,16 @@ class _Direction:
                 os.close(fd)
 
 
+def tell(loop, callback: Callable[..., object], *args: object) -> None:
+    """From a relay's thread, ``callback(*args)`` on the event loop ``loop``; nothing once that loop
+    has closed (the daemon stopped while the relay was ending: no one is left to tell)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
+
+
 class Relay:
     """Relay between two connected sockets (given as file descriptors, which stay the caller's)."""
 

@@ -98,3 +98,18 @@ def test_a_reset_ends_the_relay_with_its_error():
         assert s.ended.wait(5)
     finally:
         s.close()
+
+
+def test_tell_reaches_the_loop_and_is_silent_once_it_has_closed():
+    import asyncio
+
+    from hush.daemon.relay import tell
+
+    loop = asyncio.new_event_loop()
+    got = []
+    tell(loop, got.append, 1)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert got == [1]
+    loop.close()
+    tell(loop, got.append, 2)  # a relay ending after the daemon's loop closed: no exception in its thread
+    assert got == [1]
