@@ -34,7 +34,7 @@ from hush.addons.flowinfo import fail_closed
 from hush.addons.notes import conn_notes, notes
 from hush.addons.tunnel import Tunnel, stop_relay
 from hush.daemon.launch.server import app_of_spec
-from hush.daemon.policy.hosts import address_of, is_ip, normalize, site_of
+from hush.daemon.policy.hosts import is_ip, normalize, this_machine
 from hush.daemon.policy.model import Decision, PolicySet, stricter
 
 if TYPE_CHECKING:
@@ -54,21 +54,6 @@ def launched(client: connection.Client) -> bool:
     """A connection of an app started with ``hush launch`` (its mode names the launch)."""
     mode = getattr(client, "proxy_mode", None)
     return app_of_spec(getattr(mode, "full_spec", "") or "") is not None
-
-
-def own_address(text: str) -> str | None:
-    """Why dialling ``text`` (an address as getaddrinfo or a socket gives it)
-    would reach this machine itself, or None."""
-    address = address_of(normalize(text.split("%")[0]))  # ::ffff:127.0.0.1, 0.0.0.0 → 127.0.0.1
-    if address is None:
-        return None
-    if address.is_loopback:
-        return "this machine's loopback"
-    if address.is_unspecified:
-        return "the unspecified address (this machine)"
-    if address.is_link_local:
-        return "a link-local address"
-    return None
 
 
 def tunnel_decision(policyset: PolicySet, tunnel: Tunnel, app: str | None) -> Decision | None:
@@ -203,11 +188,8 @@ class Act:
             policy = policyset.policies.get(app) if policyset is not None and app is not None else None
             if policy is None:
                 return False
-            host = normalize(address.split("%")[0])
-            for rule in policy._candidates(host, site_of(host), port):
-                match = rule.match
-                if (match.nets or match.hosts) and not match.request_level:
-                    return rule.action.egress == "direct"
+            rule = policy.rule_naming(normalize(address.split("%")[0]), port)
+            return rule is not None and rule.action.egress == "direct"
         except Exception:
             log.exception("deciding whether a launch may reach %s failed; refused", address)
         return False
@@ -225,7 +207,7 @@ class Act:
             except OSError:
                 return  # mitmproxy's own lookup fails the same way: nothing is dialled
             for *_, sockaddr in found:
-                why = own_address(str(sockaddr[0]))
+                why = this_machine(str(sockaddr[0]))
                 if why and not self._own_address_allowed(data.client, str(sockaddr[0]), port):
                     log.warning("refused a launch's connection to %s:%s: it resolves to %s", host, port, sockaddr[0])
                     data.server.error = (f"hush: {host} resolves to {sockaddr[0]}, {why}: "
@@ -242,7 +224,7 @@ class Act:
         if (not launched(data.client) or data.server.peername is None or data.server.via is not None
                 or address is None or is_ip(normalize(address[0]))):
             return  # only a name dialled here can have resolved anew (tor's port is dialled by its address)
-        why = own_address(str(data.server.peername[0]))
+        why = this_machine(str(data.server.peername[0]))
         if not why or self._own_address_allowed(data.client, str(data.server.peername[0]), data.server.peername[1]):
             return
         where = data.server.address

@@ -35,16 +35,10 @@ TOR_GENCERT = shutil.which("tor-gencert") or "/usr/bin/tor-gencert"
 NICKS = ("auth0", "auth1", "exit0")  # the last one is the exit
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports: bound all at once, so none is handed out twice (one after the
-    other, the kernel may give the same port again: a relay whose ORPort is its DirPort does not
-    start, and says so only on the stderr it had)."""
+    """``n`` distinct free ports on 127.0.0.1, all held open while they are picked: one at a time,
+    the kernel may hand the same port out twice (a relay whose ORPort is its DirPort does not
+    start; ``hush demo``'s listener on tor's control port made stem wait for hush itself)."""
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
@@ -56,12 +50,12 @@ def free_ports(n: int) -> list[int]:
 
 
 class Node:
-    def __init__(self, root: Path, nick: str, ports: list[int] | None = None):
+    def __init__(self, root: Path, nick: str, ports: list[int]):
         self.nick = nick
         self.dir = root / nick
         self.dir.mkdir(mode=0o700, parents=True)
         (self.dir / "keys").mkdir(mode=0o700)
-        self.or_port, self.dir_port, self.control_port = ports or free_ports(3)
+        self.or_port, self.dir_port, self.control_port = ports
         self.v3ident = ""
         self.fingerprint = ""
         self.proc: subprocess.Popen | None = None

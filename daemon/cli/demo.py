@@ -27,7 +27,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,24 +39,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from hush.daemon import paths
+from hush.daemon.torlab import free_ports
 
 ARTICLE = b"""<!doctype html><html><head><title>A shared article</title>
 <meta property="og:title" content="A shared article">
 <meta property="og:image" content="/og.png"></head><body>An article someone shared.</body></html>"""
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports on 127.0.0.1, all held open while they are picked: one
-    at a time, the kernel may hand the same port out twice (a listener's port as
-    tor's control port made stem wait forever for an answer from hush itself)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def rewrite_ports(src: Path, dst: Path, free: list[int] | None = None) -> dict[str, int]:

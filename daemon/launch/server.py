@@ -37,7 +37,7 @@ from pathlib import Path
 
 from hush.daemon.launch import fakedns
 from hush.daemon.launch.namespace import LAUNCH_SOCKET, SOCKETS
-from hush.daemon.policy.hosts import address_of, normalize
+from hush.daemon.policy.hosts import normalize, this_machine
 
 log = logging.getLogger("hush.launch")
 
@@ -74,11 +74,9 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
 
 
 def _local(host: str) -> bool:
-    """A loopback or unspecified address, however spelt (``::ffff:127.0.0.1``,
-    NAT64's ``64:ff9b::7f00:1``, ``127.1``: :func:`hosts.normalize`).  Dialled
-    by the daemon it would reach the *host's* loopback."""
-    address = address_of(normalize(host))
-    return address is not None and (address.is_loopback or address.is_unspecified)
+    """A loopback or unspecified address, however spelt (:func:`hosts.this_machine`).
+    Dialled by the daemon it would reach the *host's* loopback."""
+    return this_machine(host, link_local=False) is not None
 
 
 def _straight(host: str) -> bool:

@@ -238,6 +238,22 @@ def is_loopback(host: str) -> bool:
     return address is not None and address.is_loopback
 
 
+def this_machine(host: str, link_local: bool = True) -> str | None:
+    """Why dialling the destination ``host`` (an address however spelt: ``127.1``,
+    ``::ffff:127.0.0.1``, NAT64's ``64:ff9b::7f00:1``; the unspecified ``0.0.0.0`` and ``::``,
+    which :func:`normalize` makes the loopback Linux connects them to; a zone id aside) would
+    reach this machine itself, or None (a name, any other address).  ``link_local``: a
+    link-local address counts too."""
+    address = address_of(normalize(host.split("%")[0]))
+    if address is None:
+        return None
+    if address.is_loopback:
+        return "this machine's loopback"
+    if link_local and address.is_link_local:
+        return "a link-local address"
+    return None
+
+
 def in_networks(host: str, networks) -> bool:
     """Is ``host`` (normalized) an IP address inside one of ``networks``?
     Names never are: hush does not resolve them to decide."""

@@ -300,6 +300,16 @@ class Policy:
     index: HostIndex = dataclasses.field(compare=False, repr=False)
     processes: frozenset[str] = frozenset()  # identify: {process: [...]}, for shared listeners
 
+    def rule_naming(self, address: str, port: int) -> Rule | None:
+        """The first rule that names the (normalized) ``address`` itself — by ``host:`` or
+        ``net:``, at connection level — and matches it on ``port``; None if no rule does (the
+        default, or rules naming no address, would decide it)."""
+        for rule in self._candidates(address, site_of(address), port):
+            match = rule.match
+            if (match.nets or match.hosts) and not match.request_level:
+                return rule
+        return None
+
     def _candidates(self, host: str, site: str, port: int) -> Iterable[Rule]:
         for i in self.index.candidates(host, site):
             rule = self.rules[i]

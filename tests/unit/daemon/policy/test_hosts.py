@@ -223,3 +223,15 @@ def test_is_loopback_and_address_of_stay_strict_for_peers():
     assert not is_loopback("64:ff9b::7f00:1") and not is_loopback("::7f00:1")
     assert is_loopback("::1") and is_loopback("127.0.0.1") and is_loopback("::ffff:127.0.0.1")
     assert address_of("64:ff9b::7f00:1").version == 6  # a socket's family follows what is written
+
+
+def test_this_machine_names_why_a_destination_is_this_machine_however_spelt():
+    from hush.daemon.policy.hosts import this_machine
+
+    for host in ("127.0.0.1", "127.1", "2130706433", "::ffff:127.0.0.1", "64:ff9b::7f00:1", "::1", "::1%lo"):
+        assert this_machine(host) == "this machine's loopback", host
+    assert this_machine("0.0.0.0") == this_machine("::") == "this machine's loopback"  # as Linux connects them
+    assert this_machine("169.254.169.254") == "a link-local address"
+    assert this_machine("169.254.169.254", link_local=False) is None
+    assert this_machine("fe80::1%2") == "a link-local address"
+    assert this_machine("203.0.113.10") is None and this_machine("example.org") is None
