@@ -326,6 +326,14 @@ def test_bytes_that_are_not_a_plain_hello_are_handed_and_go_as_before(hush, site
     old, old_status = _not_tls_run(hush, site, front_off(tmp_path, ENABLED=False))
     assert fast_status == {"open": 0, "fast": 0, "handed": 2 * len(NOT_TLS), "enabled": True}
     assert old_status["enabled"] is False and old_status["fast"] == old_status["handed"] == 0  # off: mitmproxy listens
+    # two hellos in one write: the first is relayed, the second held until the server answers, and the
+    # client's end with it held refuses the tunnel — whether the dial (and the first hello) got out
+    # before that end is timing, on either path; the second hello never does
+    for mode in ("http", "socks5"):
+        for run in (fast, old):
+            seen = run.pop((mode, "two-hellos"))
+            assert seen["answer"] == b"" and seen["origin"][1] in (b"", HELLO), seen
+            assert [row[2] for row in seen["rows"]] == ["allow"] and "refused" in (seen["rows"][0][5] or ""), seen
     differ = {key: {"front door": fast[key], "mitmproxy alone": old[key]} for key in fast if fast[key] != old[key]}
     assert not differ, pprint.pformat(differ, width=150)
     # and, as tests/integration/test_adversarial_tunnels.py says, a hello hush cannot read reaches nothing
