@@ -289,7 +289,8 @@ def test_a_link_in_a_room_is_never_previewed_by_the_homeserver(matrix, login):
     assert row["listener"].startswith("launch:element:") == (login.mode == "launch"), row
     # a second link: asked for too (NeoChat also asks again for the older ones it shows), blocked alike
     send(1)
-    wait_for(lambda: previews(links[1]), timeout=30, message=f"the second preview ({matrix.screenshot('room2')})")
+    # NeoChat asks for a later link's preview when it renders it, sometimes well after (CI once waited >30 s)
+    wait_for(lambda: previews(links[1]), timeout=90, message=f"the second preview ({matrix.screenshot('room2')})")
     time.sleep(1)
     rows = previews(links[0]) + previews(links[1])
     assert {(r["decision"], r["rule"].rsplit(":", 1)[1]) for r in rows} == {("block", str(line))}, rows
